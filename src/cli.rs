@@ -1,0 +1,138 @@
+//! Command-line argument structs (clap derive). No logic lives here: `config.rs` turns these into
+//! validated configuration. Every flag can also come from a `SKIFF_` environment variable.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "skiff", version, about = "A Kubernetes distribution in one executable")]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `skiff=debug`.
+    #[arg(long, global = true, env = "SKIFF_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (and, unless --disable-agent, a node agent).
+    Server(ServerArgs),
+    /// Run a node agent that joins an existing server.
+    Agent(AgentArgs),
+    /// Container log writer started by containerd's shim (internal).
+    #[command(hide = true)]
+    Logger(LoggerArgs),
+}
+
+/// Flags shared by `server` and `agent` that describe the node.
+#[derive(Debug, Args, Clone)]
+pub struct NodeArgs {
+    /// Directory holding all state.
+    #[arg(long, env = "SKIFF_DATA_DIR", default_value = "/var/lib/skiff")]
+    pub data_dir: PathBuf,
+    /// IP address this node advertises (default: the first non-loopback address).
+    #[arg(long, env = "SKIFF_NODE_IP")]
+    pub node_ip: Option<IpAddr>,
+    /// Node name (default: the host name).
+    #[arg(long, env = "SKIFF_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Label to add to the node, as KEY=VALUE (repeatable).
+    #[arg(long = "node-label", env = "SKIFF_NODE_LABEL", value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+    /// Taint to add to the node, as KEY=VALUE:EFFECT (repeatable).
+    #[arg(long = "node-taint", env = "SKIFF_NODE_TAINT", value_delimiter = ',')]
+    pub node_taints: Vec<String>,
+    /// containerd socket to use; without it the agent starts and manages its own containerd.
+    #[arg(long, env = "SKIFF_CONTAINER_RUNTIME_ENDPOINT")]
+    pub container_runtime_endpoint: Option<PathBuf>,
+    /// containerd namespace for this node's containers.
+    #[arg(long, env = "SKIFF_CONTAINERD_NAMESPACE", default_value = "k8s.skiff.io")]
+    pub containerd_namespace: String,
+    /// Port of the kubelet API (logs, exec, port-forward).
+    #[arg(long, env = "SKIFF_KUBELET_PORT", default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// Parent cgroup for pods.
+    #[arg(long, env = "SKIFF_CGROUP_ROOT", default_value = "skiff")]
+    pub cgroup_root: String,
+    /// Pod network backend between nodes.
+    #[arg(long, env = "SKIFF_FLANNEL_BACKEND", default_value = "vxlan")]
+    pub flannel_backend: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Address the API server listens on.
+    #[arg(long, env = "SKIFF_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// Address other nodes and clients use to reach this server (default: --node-ip).
+    #[arg(long, env = "SKIFF_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<IpAddr>,
+    /// HTTPS port of the API server.
+    #[arg(long, env = "SKIFF_HTTPS_LISTEN_PORT", default_value_t = 6443)]
+    pub https_listen_port: u16,
+    /// Extra subject alternative name for the serving certificate (repeatable).
+    #[arg(long = "tls-san", env = "SKIFF_TLS_SAN", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// Where to write the admin kubeconfig.
+    #[arg(long, env = "SKIFF_WRITE_KUBECONFIG", default_value = "/etc/skiff/skiff.yaml")]
+    pub write_kubeconfig: PathBuf,
+    /// File mode of the admin kubeconfig (octal).
+    #[arg(long, env = "SKIFF_WRITE_KUBECONFIG_MODE", default_value = "0600")]
+    pub write_kubeconfig_mode: String,
+    /// Shared secret nodes use to join (default: generated, stored in the data dir).
+    #[arg(long, env = "SKIFF_TOKEN")]
+    pub token: Option<String>,
+    /// Start the first server of a highly available group.
+    #[arg(long, env = "SKIFF_CLUSTER_INIT")]
+    pub cluster_init: bool,
+    /// Join the server group at this URL.
+    #[arg(long, env = "SKIFF_SERVER")]
+    pub server: Option<String>,
+    /// Turn this member back into a one-node cluster, keeping its data.
+    #[arg(long, env = "SKIFF_CLUSTER_RESET")]
+    pub cluster_reset: bool,
+    /// Pod network range.
+    #[arg(long, env = "SKIFF_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+    /// Service ClusterIP range.
+    #[arg(long, env = "SKIFF_SERVICE_CIDR", default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
+    /// ClusterIP of the cluster DNS service.
+    #[arg(long, env = "SKIFF_CLUSTER_DNS", default_value = "10.43.0.10")]
+    pub cluster_dns: IpAddr,
+    /// NodePort range.
+    #[arg(long, env = "SKIFF_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767")]
+    pub service_node_port_range: String,
+    /// Run only the control plane on this machine.
+    #[arg(long, env = "SKIFF_DISABLE_AGENT")]
+    pub disable_agent: bool,
+    /// Built-in component not to run (repeatable).
+    #[arg(long = "disable", env = "SKIFF_DISABLE", value_delimiter = ',')]
+    pub disable: Vec<String>,
+    /// Use an external etcd instead of the embedded store.
+    #[arg(long, env = "SKIFF_DATASTORE_ENDPOINT")]
+    pub datastore_endpoint: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// URL of a server to join, e.g. https://10.0.0.1:6443.
+    #[arg(long, env = "SKIFF_SERVER")]
+    pub server: String,
+    /// Join token printed by the server (or read from its data dir).
+    #[arg(long, env = "SKIFF_TOKEN")]
+    pub token: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct LoggerArgs {
+    /// CRI-format log file to append to.
+    #[arg(long)]
+    pub path: PathBuf,
+}

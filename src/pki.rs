@@ -1,0 +1,1 @@
+//! Cluster PKI: CAs, serving and client certificates, join tokens.
