@@ -1,18 +1,6 @@
 //! skiff: subcommand dispatch and logging set-up, nothing else.
 
-// The skeleton grows module by module; silence dead-code noise until the pieces are wired.
-#![allow(dead_code)]
-
-mod agent;
-mod api;
-mod cli;
-mod config;
-mod controllers;
-mod pki;
-mod registry;
-mod scheduler;
-mod server;
-mod store;
+use skiff::{agent, cli, config, server};
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;

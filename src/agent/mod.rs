@@ -6,9 +6,20 @@ pub mod runtime;
 use crate::config::{AgentConfig, NodeConfig};
 use tokio_util::sync::CancellationToken;
 
+/// What the agent needs from the control plane to run a node.
+#[derive(Clone)]
+pub struct AgentCredentials {
+    /// API client configuration: server URL, cluster CA, and the node's client certificate
+    /// (CN `system:node:<name>`, O `system:nodes`).
+    pub kube: kube::Config,
+    /// PEM of the CA whose client certificates the kubelet API accepts (the API server's
+    /// kubelet-client certificate is signed by it).
+    pub kubelet_client_ca_pem: String,
+}
+
 /// Runs the agent of a server's own node, with API credentials the server issued in-process.
-pub async fn run(node: NodeConfig, api: kube::Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _ = (node, api);
+pub async fn run(node: NodeConfig, creds: AgentCredentials, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let _ = (node, creds);
     shutdown.cancelled().await;
     Ok(())
 }
