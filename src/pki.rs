@@ -40,7 +40,8 @@ pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io)?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io)?;
     f.write_all(data).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
@@ -60,9 +61,11 @@ impl Ca {
         let crt = dir.join(format!("{name}.crt"));
         let key = dir.join(format!("{name}.key"));
         if let (Some(c), Some(k)) = (read(&crt)?, read(&key)?) {
-            let kp = KeyPair::from_pem(&k).map_err(|e| PkiError::BadPem { path: key.clone(), reason: e.to_string() })?;
+            let kp =
+                KeyPair::from_pem(&k).map_err(|e| PkiError::BadPem { path: key.clone(), reason: e.to_string() })?;
             // Check the certificate parses too, so a damaged file fails here with its name.
-            Issuer::from_ca_cert_pem(&c, &kp).map_err(|e| PkiError::BadPem { path: crt.clone(), reason: e.to_string() })?;
+            Issuer::from_ca_cert_pem(&c, &kp)
+                .map_err(|e| PkiError::BadPem { path: crt.clone(), reason: e.to_string() })?;
             return Ok(Ca { cert_pem: c, key: kp });
         }
         let kp = KeyPair::generate()?;
@@ -84,7 +87,7 @@ impl Ca {
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;
         let kp = KeyPair::generate()?;
         let (mut p, eku) = match leaf {
-            Leaf::Server { cn, sans } => (CertificateParams::new(sans.clone())?, ExtendedKeyUsagePurpose::ServerAuth),
+            Leaf::Server { sans, .. } => (CertificateParams::new(sans.clone())?, ExtendedKeyUsagePurpose::ServerAuth),
             Leaf::Client { .. } => (CertificateParams::new(Vec::<String>::new())?, ExtendedKeyUsagePurpose::ClientAuth),
         };
         let mut dn = DistinguishedName::new();
@@ -210,7 +213,9 @@ mod tests {
     fn client_certificates_carry_user_and_groups() {
         let d = tempfile::tempdir().unwrap();
         let p = ClusterPki::load_or_create(d.path()).unwrap();
-        let (c, _) = p.leaf("admin", &Leaf::Client { cn: "system:admin".into(), groups: vec!["system:masters".into()] }).unwrap();
+        let (c, _) = p
+            .leaf("admin", &Leaf::Client { cn: "system:admin".into(), groups: vec!["system:masters".into()] })
+            .unwrap();
         let der = rustls_pemfile::certs(&mut c.as_bytes()).next().unwrap().unwrap();
         let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
         assert_eq!(x.subject().iter_common_name().next().unwrap().as_str().unwrap(), "system:admin");
