@@ -27,49 +27,62 @@ fn roundtrip<T: DeserializeOwned + Serialize>(v: Value) -> Result<Value, String>
     serde_json::to_value(t).map_err(|e| e.to_string())
 }
 
-macro_rules! typed {
-    ($r:expr, $v:expr, { $( ($g:literal, $k:literal) => $t:ty ),* $(,)? }) => {
-        match ($r.group, $r.kind) {
-            $( ($g, $k) => roundtrip::<$t>($v), )*
-            _ => Ok($v),
-        }
+/// Something done with the typed struct of a kind (decode it, describe its schema, …).
+pub trait KindVisitor {
+    type Out;
+    fn visit<T: DeserializeOwned + Serialize + schemars::JsonSchema>(self) -> Self::Out;
+}
+
+/// Calls `v.visit::<T>()` with the k8s-openapi type of resource `r`; None for kinds without one.
+pub fn with_type<V: KindVisitor>(r: &Resource, v: V) -> Option<V::Out> {
+    use k8s_openapi::api::{
+        apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
     };
+    Some(match (r.group, r.kind) {
+        ("", "Namespace") => v.visit::<core::Namespace>(),
+        ("", "Node") => v.visit::<core::Node>(),
+        ("", "Pod") => v.visit::<core::Pod>(),
+        ("", "Service") => v.visit::<core::Service>(),
+        ("", "Endpoints") => v.visit::<core::Endpoints>(),
+        ("", "ConfigMap") => v.visit::<core::ConfigMap>(),
+        ("", "Secret") => v.visit::<core::Secret>(),
+        ("", "ServiceAccount") => v.visit::<core::ServiceAccount>(),
+        ("", "Event") => v.visit::<core::Event>(),
+        ("", "PersistentVolume") => v.visit::<core::PersistentVolume>(),
+        ("", "PersistentVolumeClaim") => v.visit::<core::PersistentVolumeClaim>(),
+        ("", "ReplicationController") => v.visit::<core::ReplicationController>(),
+        ("", "ResourceQuota") => v.visit::<core::ResourceQuota>(),
+        ("", "LimitRange") => v.visit::<core::LimitRange>(),
+        ("", "PodTemplate") => v.visit::<core::PodTemplate>(),
+        ("apps", "Deployment") => v.visit::<apps::Deployment>(),
+        ("apps", "ReplicaSet") => v.visit::<apps::ReplicaSet>(),
+        ("apps", "StatefulSet") => v.visit::<apps::StatefulSet>(),
+        ("apps", "DaemonSet") => v.visit::<apps::DaemonSet>(),
+        ("apps", "ControllerRevision") => v.visit::<apps::ControllerRevision>(),
+        ("batch", "Job") => v.visit::<batch::Job>(),
+        ("batch", "CronJob") => v.visit::<batch::CronJob>(),
+        ("coordination.k8s.io", "Lease") => v.visit::<coord::Lease>(),
+        ("discovery.k8s.io", "EndpointSlice") => v.visit::<disc::EndpointSlice>(),
+        _ => return None,
+    })
+}
+
+struct Roundtrip(Value);
+
+impl KindVisitor for Roundtrip {
+    type Out = Result<Value, String>;
+    fn visit<T: DeserializeOwned + Serialize + schemars::JsonSchema>(self) -> Self::Out {
+        roundtrip::<T>(self.0)
+    }
 }
 
 /// Decodes and re-encodes an object of resource `r`. Errors carry upstream's wording:
 /// `Pod in version "v1" cannot be handled as a Pod: …`.
 pub fn normalize(r: &Resource, v: Value) -> Result<Normalized, String> {
-    use k8s_openapi::api::{
-        apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
-    };
     let orig = v.clone();
-    let out = typed!(r, v, {
-        ("", "Namespace") => core::Namespace,
-        ("", "Node") => core::Node,
-        ("", "Pod") => core::Pod,
-        ("", "Service") => core::Service,
-        ("", "Endpoints") => core::Endpoints,
-        ("", "ConfigMap") => core::ConfigMap,
-        ("", "Secret") => core::Secret,
-        ("", "ServiceAccount") => core::ServiceAccount,
-        ("", "Event") => core::Event,
-        ("", "PersistentVolume") => core::PersistentVolume,
-        ("", "PersistentVolumeClaim") => core::PersistentVolumeClaim,
-        ("", "ReplicationController") => core::ReplicationController,
-        ("", "ResourceQuota") => core::ResourceQuota,
-        ("", "LimitRange") => core::LimitRange,
-        ("", "PodTemplate") => core::PodTemplate,
-        ("apps", "Deployment") => apps::Deployment,
-        ("apps", "ReplicaSet") => apps::ReplicaSet,
-        ("apps", "StatefulSet") => apps::StatefulSet,
-        ("apps", "DaemonSet") => apps::DaemonSet,
-        ("apps", "ControllerRevision") => apps::ControllerRevision,
-        ("batch", "Job") => batch::Job,
-        ("batch", "CronJob") => batch::CronJob,
-        ("coordination.k8s.io", "Lease") => coord::Lease,
-        ("discovery.k8s.io", "EndpointSlice") => disc::EndpointSlice,
-    })
-    .map_err(|e| format!("{} in version {:?} cannot be handled as a {}: {e}", r.kind, r.version, r.kind))?;
+    let out = with_type(r, Roundtrip(v))
+        .unwrap_or_else(|| Ok(orig.clone()))
+        .map_err(|e| format!("{} in version {:?} cannot be handled as a {}: {e}", r.kind, r.version, r.kind))?;
     let mut unknown = Vec::new();
     diff_unknown(&orig, &out, "", &mut unknown);
     Ok(Normalized { value: out, unknown_fields: unknown })
