@@ -133,3 +133,37 @@ fn watch_sees_changes() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.lines().any(|l| l == "2") && text.lines().any(|l| l == "7"), "watch output: {text}");
 }
+
+#[test]
+fn typed_create_commands_send_protobuf_and_work() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    s.ok(&["create", "namespace", "foo"]);
+    s.ok(&["create", "configmap", "c1", "--from-literal=a=b", "-n", "foo"]);
+    s.ok(&["create", "deployment", "d1", "--image=busybox:1.36", "--replicas=0", "-n", "foo"]);
+    s.ok(&["create", "service", "nodeport", "np", "--tcp=80:8080", "-n", "foo"]);
+    s.ok(&["create", "secret", "generic", "s2", "--from-literal=x=y", "-n", "foo"]);
+    assert_eq!(s.ok(&["get", "cm", "c1", "-n", "foo", "-o", "jsonpath={.data.a}"]), "b");
+    assert_eq!(s.ok(&["get", "deploy", "d1", "-n", "foo", "-o", "jsonpath={.spec.replicas}"]), "0");
+    assert_eq!(s.ok(&["get", "secret", "s2", "-n", "foo", "-o", "jsonpath={.data.x}"]), "eQ==");
+    let np = s.ok(&[
+        "get",
+        "svc",
+        "np",
+        "-n",
+        "foo",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort} {.spec.ports[0].targetPort} {.spec.clusterIP}",
+    ]);
+    let parts: Vec<&str> = np.split(' ').collect();
+    let port: u16 = parts[0].parse().unwrap();
+    assert!((30000..=32767).contains(&port), "{np}");
+    assert_eq!(parts[1], "8080");
+    assert!(parts[2].starts_with("10.43."), "{np}");
+    // Deleting the namespace removes its content, then the namespace.
+    s.ok(&["delete", "namespace", "foo", "--wait=true", "--timeout=30s"]);
+    let (ok, _, err) = s.kubectl(&["get", "namespace", "foo"]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, _, err) = s.kubectl(&["create", "configmap", "late", "-n", "foo"]);
+    assert!(!ok && err.contains("namespaces \"foo\" not found"), "{err}");
+}

@@ -11,6 +11,7 @@ pub mod namespaces;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod query;
 pub mod request;
 pub mod selector;
