@@ -273,7 +273,7 @@ async fn resource_request(req: Req, body: Body) -> errors::ApiResult<Response> {
                 handlers::list(&req).await
             }
         }
-        (Method::GET, true, None | Some("status")) => handlers::get(&req).await,
+        (Method::GET, true, None | Some("status") | Some("approval")) => handlers::get(&req).await,
         (Method::GET, true, Some("scale")) => handlers::get_scale(&req).await,
         (Method::GET, true, Some("log")) => logs::pod_log(&req).await,
         (Method::POST, false, None) => {
