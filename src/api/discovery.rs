@@ -60,7 +60,10 @@ fn sub_info(r: &Resource, sub: &str) -> (Vec<&'static str>, &'static str, &'stat
     }
 }
 
-fn verbs_of(_r: &Resource) -> Vec<&'static str> {
+fn verbs_of(r: &Resource) -> Vec<&'static str> {
+    if r.is_virtual() {
+        return vec!["create"];
+    }
     VERBS.to_vec()
 }
 

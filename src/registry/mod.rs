@@ -71,6 +71,11 @@ impl Resource {
         }
     }
 
+    /// Create-only resources that are computed, never stored (access and token reviews).
+    pub fn is_virtual(&self) -> bool {
+        matches!(self.group, "authorization.k8s.io" | "authentication.k8s.io")
+    }
+
     pub fn has_subresource(&self, s: &str) -> bool {
         self.subresources.contains(&s)
     }
@@ -228,6 +233,62 @@ pub static BUILTIN: &[Resource] = &[
         &["status", "approval"]
     ),
     res!("node.k8s.io", "v1", "RuntimeClass", "runtimeclasses", "runtimeclass", false, NONE, NONE, NONE),
+    res!(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        false,
+        NONE,
+        NONE,
+        NONE
+    ),
+    res!(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview",
+        false,
+        NONE,
+        NONE,
+        NONE
+    ),
+    res!(
+        "authorization.k8s.io",
+        "v1",
+        "SubjectAccessReview",
+        "subjectaccessreviews",
+        "subjectaccessreview",
+        false,
+        NONE,
+        NONE,
+        NONE
+    ),
+    res!(
+        "authorization.k8s.io",
+        "v1",
+        "LocalSubjectAccessReview",
+        "localsubjectaccessreviews",
+        "localsubjectaccessreview",
+        true,
+        NONE,
+        NONE,
+        NONE
+    ),
+    res!(
+        "authentication.k8s.io",
+        "v1",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        false,
+        NONE,
+        NONE,
+        NONE
+    ),
+    res!("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", "tokenreview", false, NONE, NONE, NONE),
     res!(
         "apiextensions.k8s.io",
         "v1",

@@ -36,9 +36,10 @@ pub trait KindVisitor {
 /// Calls `v.visit::<T>()` with the k8s-openapi type of resource `r`; None for kinds without one.
 pub fn with_type<V: KindVisitor>(r: &Resource, v: V) -> Option<V::Out> {
     use k8s_openapi::api::{
-        apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, certificates::v1 as certs,
-        coordination::v1 as coord, core::v1 as core, discovery::v1 as disc, networking::v1 as net, node::v1 as node,
-        policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as sched, storage::v1 as storage,
+        apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz, autoscaling::v2 as autoscaling,
+        batch::v1 as batch, certificates::v1 as certs, coordination::v1 as coord, core::v1 as core,
+        discovery::v1 as disc, networking::v1 as net, node::v1 as node, policy::v1 as policy, rbac::v1 as rbac,
+        scheduling::v1 as sched, storage::v1 as storage,
     };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
     Some(match (r.group, r.kind) {
@@ -83,6 +84,12 @@ pub fn with_type<V: KindVisitor>(r: &Resource, v: V) -> Option<V::Out> {
         ("scheduling.k8s.io", "PriorityClass") => v.visit::<sched::PriorityClass>(),
         ("certificates.k8s.io", "CertificateSigningRequest") => v.visit::<certs::CertificateSigningRequest>(),
         ("node.k8s.io", "RuntimeClass") => v.visit::<node::RuntimeClass>(),
+        ("authorization.k8s.io", "SelfSubjectAccessReview") => v.visit::<authz::SelfSubjectAccessReview>(),
+        ("authorization.k8s.io", "SelfSubjectRulesReview") => v.visit::<authz::SelfSubjectRulesReview>(),
+        ("authorization.k8s.io", "SubjectAccessReview") => v.visit::<authz::SubjectAccessReview>(),
+        ("authorization.k8s.io", "LocalSubjectAccessReview") => v.visit::<authz::LocalSubjectAccessReview>(),
+        ("authentication.k8s.io", "SelfSubjectReview") => v.visit::<authn::SelfSubjectReview>(),
+        ("authentication.k8s.io", "TokenReview") => v.visit::<authn::TokenReview>(),
         ("apiextensions.k8s.io", "CustomResourceDefinition") => v.visit::<apiext::CustomResourceDefinition>(),
         _ => return None,
     })
