@@ -1,0 +1,177 @@
+//! The harness checked on its own, without skiff: node namespaces on a switch, processes run in
+//! them and cleaned up by pid, and the busybox test image imported into and run by a private
+//! containerd, with nothing left behind afterwards.
+
+use crate::harness::cleanup::{self, Footprint};
+use crate::harness::containerd::Containerd;
+use crate::harness::{self, net, run, run_ok, Netns, Switch, BUSYBOX_IMAGE, MARKER_ENV};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+/// The host's own interfaces and routes, to check the harness never changes them.
+fn host_network() -> String {
+    let links = run_ok(Command::new("ip").args(["-o", "link", "show"]), T).unwrap();
+    // Counters and link state of busy interfaces change on their own; keep names only.
+    let names: Vec<String> =
+        links.lines().filter_map(|l| l.split(": ").nth(1).map(|s| s.split('@').next().unwrap().to_string())).collect();
+    let routes = run_ok(Command::new("ip").args(["route", "show", "table", "all"]), T).unwrap();
+    let addrs = run_ok(Command::new("ip").args(["-o", "addr", "show"]), T).unwrap();
+    let addrs: Vec<&str> = addrs.lines().map(|l| l.split(" valid_lft").next().unwrap()).collect();
+    format!("{names:?}\n{routes}\n{addrs:?}")
+}
+
+#[test]
+fn a_node_namespace_on_the_switch_runs_processes_and_is_removed_without_trace() {
+    if !harness::require(&["ip", "nsenter", "busybox"]) {
+        return;
+    }
+    let host_before = host_network();
+    let switch = Switch::new();
+    let node = Netns::create();
+    let addr = switch.attach(&node);
+    let (node_name, switch_name) = (node.name.clone(), switch.ns.name.clone());
+    let (node_ino, switch_ino) = (node.inode, switch.ns.inode);
+    assert!(node_name.starts_with(&format!("skiff-e2e-{}-", std::process::id())), "{node_name}");
+
+    // The node sees its own eth0 with its address and reaches the switch.
+    let ip_out = run_ok(node.command("ip").args(["-o", "-4", "addr", "show", "dev", "eth0"]), T).unwrap();
+    assert!(ip_out.contains(&format!("{addr}/{}", net::PREFIX)), "node eth0: {ip_out}");
+    let routes = run_ok(node.command("ip").args(["route"]), T).unwrap();
+    assert!(routes.contains(&format!("default via {}", net::GATEWAY)), "node routes: {routes}");
+    let ping = run(node.command("busybox").args(["ping", "-c", "1", "-W", "2", &net::GATEWAY.to_string()]), T).unwrap();
+    assert!(ping.ok(), "node cannot reach its switch: {ping}");
+
+    // A process group in the node (as skiff would be), plus a daemon that escaped it with
+    // setsid (as containerd's shims do): both found and killed by pid.
+    let dir = tempfile::Builder::new().prefix(&format!("{node_name}-")).tempdir().unwrap();
+    let mut cmd = node.command("busybox");
+    cmd.args(["sh", "-c", "setsid busybox sleep 3600 </dev/null >/dev/null 2>&1 & exec busybox sleep 3600"])
+        .env(MARKER_ENV, &node_name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut leader = cmd.spawn().unwrap();
+    let fp = Footprint {
+        marker: node_name.clone(),
+        netns_inode: Some(node_ino),
+        cgroup_root: node_name.clone(),
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    harness::wait_for("two processes in the node", T, || match fp.pids().len() {
+        2 => Ok(()),
+        n => Err(format!("{n} processes")),
+    }, String::new);
+    let pids = fp.pids();
+    assert!(pids.contains(&(leader.id() as i32)), "leader {} not found by netns/marker: {pids:?}", leader.id());
+    assert_eq!(cleanup::pids_in_netns(node_ino).len(), 2, "both processes are in the node namespace");
+    assert_eq!(cleanup::pids_with_marker(&node_name).len(), 2, "both processes carry the marker");
+
+    let problems = fp.teardown(Some(&mut leader), Duration::from_secs(5));
+    assert!(problems.is_empty(), "teardown problems: {problems:?}");
+    for p in &pids {
+        assert!(!Path::new(&format!("/proc/{p}")).exists() || is_zombie(*p), "pid {p} survived teardown");
+    }
+
+    drop(node);
+    drop(switch);
+    drop(dir);
+    for (name, ino) in [(&node_name, node_ino), (&switch_name, switch_ino)] {
+        assert!(!Path::new(&format!("/var/run/netns/{name}")).exists(), "netns {name} still present");
+        assert!(cleanup::pids_in_netns(ino).is_empty(), "processes left in {name}");
+    }
+    assert!(cleanup::mounts().iter().all(|m| !m.mount_point.contains(&node_name)), "mounts left");
+    assert_eq!(host_network(), host_before, "the host's interfaces, addresses or routes changed");
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')).unwrap_or(false))
+        .unwrap_or(true)
+}
+
+#[test]
+fn the_busybox_image_imports_into_a_private_containerd_and_runs() {
+    if !harness::require(&["ip", "nsenter", "containerd", "containerd-shim-runc-v2", "runc", "ctr", "python3", "busybox"]) {
+        return;
+    }
+    let host_before = host_network();
+    let node = Netns::create();
+    let mut ctrd = Containerd::start(&node);
+    let tar = harness::busybox_tar();
+
+    // `ctr images import` of the OCI-layout tar names the image from its annotation.
+    ctrd.ctr_ok(&["images", "import", tar.to_str().unwrap()]);
+    let images = ctrd.ctr_ok(&["images", "ls", "-q"]);
+    assert!(images.lines().any(|l| l.trim() == BUSYBOX_IMAGE), "imported images: {images}");
+
+    // A container runs to completion and its output comes back.
+    let hello_cg = format!("/{}/hello", ctrd.cgroup_root);
+    let out = ctrd.ctr_ok(&["run", "--rm", "--cgroup", &hello_cg, BUSYBOX_IMAGE, "hello", "sh", "-c", "echo hello from $(cat /var/www/index.html)"]);
+    assert!(out.contains("hello from hello from skiff"), "container output: {out:?}");
+
+    // A long-running container: left running on purpose, for the cleanup to find.
+    let sleeper_cg = format!("/{}/sleeper", ctrd.cgroup_root);
+    ctrd.ctr_ok(&["run", "-d", "--cgroup", &sleeper_cg, BUSYBOX_IMAGE, "sleeper", "sleep", "3600"]);
+    let tasks = ctrd.ctr_ok(&["tasks", "ls"]);
+    let row = tasks.lines().find(|l| l.starts_with("sleeper")).unwrap_or_else(|| panic!("no sleeper task: {tasks}"));
+    assert!(row.contains("RUNNING"), "sleeper task: {row}");
+    let task_pid: i32 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let fp = ctrd.footprint().clone();
+    let cgroups = cleanup::cgroup_dirs(&ctrd.cgroup_root);
+    assert!(!cgroups.is_empty(), "no cgroup named {} was created", ctrd.cgroup_root);
+    assert!(cleanup::pids_in_cgroups(&cgroups).contains(&task_pid), "sleeper pid {task_pid} not in {cgroups:?}");
+    let all = fp.pids();
+    assert!(all.contains(&task_pid), "the container process is found: {all:?}");
+    assert!(all.contains(&(ctrd.pid().unwrap() as i32)), "containerd is found: {all:?}");
+    assert!(all.len() >= 3, "containerd, a shim and the container at least: {all:?}");
+    let rootfs_mounts: Vec<_> =
+        cleanup::mounts().into_iter().filter(|m| m.mount_point.starts_with(ctrd.dir().to_str().unwrap())).collect();
+    assert!(!rootfs_mounts.is_empty(), "the sleeper's rootfs is mounted under the state dir");
+    let dir = ctrd.dir().to_path_buf();
+    let runc_state = Path::new("/run/containerd/runc").join(&ctrd.namespace);
+    assert!(runc_state.exists(), "runc keeps its state in {}", runc_state.display());
+
+    // Everything goes: processes (containerd, shim, container), mounts, cgroups, runc state,
+    // shim sockets, the temp dir, the namespace.
+    let problems = ctrd.shutdown();
+    assert!(problems.is_empty(), "teardown problems: {problems:?}");
+    assert!(fp.leftovers().is_empty(), "left behind: {:?}", fp.leftovers());
+    for p in &all {
+        assert!(!Path::new(&format!("/proc/{p}")).exists() || is_zombie(*p), "pid {p} survived");
+    }
+    assert!(!runc_state.exists(), "{} left", runc_state.display());
+    assert!(!dir.exists() || harness::keep_files(), "{} left", dir.display());
+    let name = node.name.clone();
+    drop(node);
+    assert!(!Path::new(&format!("/var/run/netns/{name}")).exists());
+    assert_eq!(host_network(), host_before, "the host's interfaces, addresses or routes changed");
+}
+
+#[test]
+fn under_ci_a_missing_prerequisite_fails_instead_of_skipping() {
+    // Run in a child process so the environment change is its own.
+    if std::env::var("SKIFF_E2E_CHILD").is_ok() {
+        harness::require(&["skiff-e2e-no-such-program"]);
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let name = "selftest::under_ci_a_missing_prerequisite_fails_instead_of_skipping";
+    let go = |ci: &str| {
+        run(
+            Command::new(&exe).args([name, "--exact", "--nocapture", "--test-threads=1"]).env("SKIFF_E2E_CHILD", "1").env("CI", ci),
+            T,
+        )
+        .unwrap()
+    };
+    let skipped = go("false");
+    assert!(skipped.ok(), "without CI the test skips: {skipped}");
+    assert!(skipped.stderr.contains("SKIPPED") && skipped.stderr.contains("skiff-e2e-no-such-program"), "{skipped}");
+    let failed = go("true");
+    assert!(!failed.ok(), "with CI=true it fails: {failed}");
+    assert!(failed.stdout.contains("prerequisites missing") || failed.stderr.contains("prerequisites missing"), "{failed}");
+}
