@@ -412,3 +412,104 @@ fn is_zombie(pid: i32) -> bool {
 pub fn inode(path: &Path) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| m.ino())
 }
+
+/// `P` of a name `skiff-e2e-P-N…` when process `P` is gone (a test run that died uncleanly,
+/// e.g. killed by a timeout, so its `Drop`s never ran). Our own pid is never stale.
+fn stale_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("skiff-e2e-")?;
+    let pid: u32 = rest.split('-').next()?.parse().ok()?;
+    let n = rest.split('-').nth(1)?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+        return None;
+    }
+    Some(pid)
+}
+
+/// `skiff-e2e-P-N` from a temp dir name `skiff-e2e-P-N-XXXXXX`.
+fn base_name(name: &str) -> String {
+    name.splitn(5, '-').take(4).collect::<Vec<_>>().join("-")
+}
+
+/// Cleans up after earlier test processes that died without cleaning up: their namespaces, the
+/// processes inside them, their data dirs, mounts, cgroups and runc state. Names carry the owner's
+/// pid, so only leftovers of dead test processes are touched. Runs once per test process.
+pub fn reap_stale() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut netns = Vec::new();
+        if let Ok(rd) = std::fs::read_dir("/var/run/netns") {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if stale_owner(&name).is_some() {
+                    netns.push((name, inode(&e.path())));
+                }
+            }
+        }
+        let mut dirs = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if stale_owner(&name).is_some() && e.path().is_dir() {
+                    dirs.push((base_name(&name), e.path()));
+                }
+            }
+        }
+        for (name, ino) in &netns {
+            eprintln!("[e2e] removing leftovers of a dead test run: netns {name}");
+            let fp = Footprint {
+                marker: name.clone(),
+                netns_inode: *ino,
+                cgroup_root: name.clone(),
+                containerd_namespace: name.clone(),
+                ..Default::default()
+            };
+            for p in fp.teardown(None, Duration::ZERO) {
+                eprintln!("[e2e] warning: {p}");
+            }
+        }
+        for (name, dir) in &dirs {
+            eprintln!("[e2e] removing leftovers of a dead test run: {}", dir.display());
+            let fp = Footprint {
+                marker: name.clone(),
+                cgroup_root: name.clone(),
+                containerd_namespace: name.clone(),
+                data_dir: dir.clone(),
+                ..Default::default()
+            };
+            for p in fp.teardown(None, Duration::ZERO) {
+                eprintln!("[e2e] warning: {p}");
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        for (name, _) in &netns {
+            let _ = std::process::Command::new("ip").args(["netns", "delete", name]).status();
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_of_live_processes_are_never_stale() {
+        assert_eq!(stale_owner(&format!("skiff-e2e-{}-3", std::process::id())), None);
+        assert_eq!(stale_owner("skiff-e2e-1-0"), None, "pid 1 is alive");
+        assert_eq!(stale_owner("skiff-e2e-image-abc"), None);
+        assert_eq!(stale_owner("other-1-2"), None);
+    }
+
+    #[test]
+    fn temp_dir_names_map_to_their_node_name() {
+        assert_eq!(base_name("skiff-e2e-123-4-AbCdEf"), "skiff-e2e-123-4");
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape(r"/tmp/a\040b"), "/tmp/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
+}

@@ -85,7 +85,10 @@ pub const NODE_TOOLS: &[&str] = &["ip", "nsenter", "containerd", "containerd-shi
 /// CI a missing prerequisite is a failure, never a skip.
 pub fn require(programs: &[&str]) -> bool {
     match missing(programs) {
-        None => true,
+        None => {
+            cleanup::reap_stale();
+            true
+        }
         Some(reason) if in_ci() => panic!("e2e prerequisites missing under CI=true: {reason}"),
         Some(reason) => {
             eprintln!("SKIPPED (set CI=true to make this a failure): {reason}");

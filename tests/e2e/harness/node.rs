@@ -272,6 +272,9 @@ impl Node {
             return vec![];
         }
         self.torn_down = true;
+        if std::thread::panicking() {
+            eprintln!("[e2e] test failed; {}", self.context());
+        }
         if self.exited().is_none() {
             self.collect_pod_uids();
         }
@@ -296,9 +299,6 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("[e2e] test failed; {}", self.context());
-        }
         for p in self.teardown() {
             eprintln!("[e2e] cleanup problem on {}: {p}", self.name);
         }
