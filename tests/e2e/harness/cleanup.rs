@@ -188,6 +188,7 @@ impl Footprint {
         }
         s.extend(pids_in_cgroups(&cgroup_dirs(&self.cgroup_root)));
         s.remove(&me);
+        s.retain(|p| *p > 1);
         // Zombies cannot be killed and hold nothing; they go when their parent reaps them.
         s.retain(|p| !is_zombie(*p));
         s
