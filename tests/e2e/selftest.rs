@@ -192,3 +192,74 @@ fn under_ci_a_missing_prerequisite_fails_instead_of_skipping() {
     assert!(!failed.ok(), "with CI=true it fails: {failed}");
     assert!(failed.stdout.contains("prerequisites missing") || failed.stderr.contains("prerequisites missing"), "{failed}");
 }
+
+/// The Deployment and Service documents of `examples/web.yaml`.
+fn web_example() -> (serde_json::Value, serde_json::Value) {
+    use serde::Deserialize;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/web.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let docs: Vec<serde_json::Value> =
+        serde_yaml::Deserializer::from_str(&text).map(|d| serde_json::Value::deserialize(d).unwrap()).collect();
+    let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}")).clone();
+    (find("Deployment"), find("Service"))
+}
+
+#[test]
+fn the_web_example_is_a_deployment_and_a_service_that_match() {
+    let (deploy, svc) = web_example();
+    assert_eq!(deploy["apiVersion"], "apps/v1");
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in deploy["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&labels[k], v, "the selector matches the pod template");
+    }
+    for (k, v) in svc["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&labels[k], v, "the Service selects the pods");
+    }
+    let c = &deploy["spec"]["template"]["spec"]["containers"][0];
+    // A non-latest tag: imagePullPolicy defaults to IfNotPresent, so the preloaded image is used.
+    assert_eq!(c["image"], BUSYBOX_IMAGE);
+    assert!(c.get("imagePullPolicy").is_none());
+    let port = &c["ports"][0];
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], port["name"], "the Service targets the named port");
+}
+
+#[test]
+fn the_web_example_container_runs_and_serves_with_the_test_image() {
+    if !harness::require(&["ip", "nsenter", "containerd", "containerd-shim-runc-v2", "runc", "ctr", "python3", "busybox"]) {
+        return;
+    }
+    let (deploy, _) = web_example();
+    let c = &deploy["spec"]["template"]["spec"]["containers"][0];
+    let command: Vec<String> = c["command"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    let port = c["ports"][0]["containerPort"].as_u64().unwrap();
+
+    let node = Netns::create();
+    let ctrd = Containerd::start(&node);
+    ctrd.ctr_ok(&["images", "import", harness::busybox_tar().to_str().unwrap()]);
+    let log = ctrd.dir().join("web.log");
+    let log_uri = format!("file://{}", log.display());
+    let cgroup = format!("/{}/web", ctrd.cgroup_root);
+    let mut args = vec!["run", "-d", "--log-uri", &log_uri, "--cgroup", &cgroup, BUSYBOX_IMAGE, "web"];
+    args.extend(command.iter().map(String::as_str));
+    ctrd.ctr_ok(&args);
+
+    let url = format!("http://127.0.0.1:{port}/");
+    let page = harness::wait_for(
+        "the example's httpd to answer inside its container",
+        T,
+        || {
+            let r = ctrd.ctr(&["tasks", "exec", "--exec-id", "probe", "web", "wget", "-qO-", &url])?;
+            if r.ok() {
+                Ok(r.stdout)
+            } else {
+                Err(r.to_string())
+            }
+        },
+        || harness::tail(&log, 20),
+    );
+    assert!(page.starts_with("hello from "), "page: {page:?}");
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(out.contains("web: serving /www on :8080"), "container output: {out:?}");
+    assert_eq!(port, 8080);
+}
