@@ -86,7 +86,11 @@ pub fn mounts() -> Vec<MountInfo> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
             let sep = f.iter().position(|x| *x == "-")?;
-            Some(MountInfo { root: unescape(f.get(3)?), mount_point: unescape(f.get(4)?), fstype: f.get(sep + 1)?.to_string() })
+            Some(MountInfo {
+                root: unescape(f.get(3)?),
+                mount_point: unescape(f.get(4)?),
+                fstype: f.get(sep + 1)?.to_string(),
+            })
         })
         .collect()
 }

@@ -79,7 +79,8 @@ pub fn missing(programs: &[&str]) -> Option<String> {
 }
 
 /// Programs a test that starts skiff nodes needs.
-pub const NODE_TOOLS: &[&str] = &["ip", "nsenter", "containerd", "containerd-shim-runc-v2", "runc", "kubectl", "python3", "busybox"];
+pub const NODE_TOOLS: &[&str] =
+    &["ip", "nsenter", "containerd", "containerd-shim-runc-v2", "runc", "kubectl", "python3", "busybox"];
 
 /// Checks prerequisites. Returns `false` (and prints why) when the test should be skipped; under
 /// CI a missing prerequisite is a failure, never a skip.
@@ -186,10 +187,7 @@ pub fn wait_for<T>(
             Err(e) => e,
         };
         if start.elapsed() >= timeout {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\nlast attempt: {last}\n{}",
-                context()
-            );
+            panic!("timed out after {timeout:?} waiting for {what}\nlast attempt: {last}\n{}", context());
         }
         std::thread::sleep(Duration::from_millis(500));
     }

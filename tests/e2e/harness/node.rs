@@ -193,7 +193,12 @@ impl Node {
     }
 
     /// Waits until `probe` succeeds; fails fast if skiff exits, and the failure carries the log.
-    pub fn wait_for<T>(&mut self, what: &str, timeout: Duration, mut probe: impl FnMut(&Node) -> Result<T, String>) -> T {
+    pub fn wait_for<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut(&Node) -> Result<T, String>,
+    ) -> T {
         let log = self.log.clone();
         let name = self.name.clone();
         let child = Mutex::new(self.child.take());
