@@ -1,7 +1,7 @@
 //! The walking skeleton end to end (issue #2): one `skiff server` node becomes Ready, runs the
 //! `examples/web.yaml` Deployment, serves its pods' logs, and `get`/`describe`/`delete` behave.
 
-use crate::harness::{self, Cluster, Node};
+use crate::harness::{self, cleanup, Cluster, Node};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -70,6 +70,11 @@ fn single_node_runs_the_web_example_and_serves_its_logs() {
         let ip: Ipv4Addr = ip.parse().unwrap_or_else(|_| panic!("pod {name} has podIP {ip:?}"));
         assert_eq!(ip.octets()[..2], [10, 42], "pod {name} IP {ip} is outside the default cluster CIDR 10.42.0.0/16");
     }
+
+    // The containers run under the node's --cgroup-root (which is how teardown finds them).
+    let cgroups = cleanup::cgroup_dirs(&n.cgroup_root);
+    assert!(!cgroups.is_empty(), "no cgroup named {} (--cgroup-root) exists while pods run", n.cgroup_root);
+    assert!(!cleanup::pids_in_cgroups(&cgroups).is_empty(), "no process runs under {cgroups:?}");
 
     // `kubectl logs` of a pod shows what its container printed.
     let (pod, _, pod_ip, _) = pods[0].clone();
@@ -141,4 +146,8 @@ fn single_node_runs_the_web_example_and_serves_its_logs() {
     assert!(!r.ok() && r.stderr.contains("NotFound"), "deployment web still found: {r}");
     let rs = n.kubectl_ok(&["get", "replicasets", "-l", "app=web", "-o", "name"]);
     assert!(rs.trim().is_empty(), "ReplicaSets left after delete: {rs}");
+
+    // Stopping the node leaves nothing behind: processes, mounts, cgroups, namespaces, files.
+    let problems = cluster.shutdown();
+    assert!(problems.is_empty(), "left behind after teardown: {problems:?}");
 }

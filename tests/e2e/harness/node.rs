@@ -342,6 +342,16 @@ impl Cluster {
         c
     }
 
+    /// Tears every node down (agents first) and returns what could not be removed, so a test can
+    /// assert that the cluster left nothing behind.
+    pub fn shutdown(mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        while let Some(mut n) = self.nodes.pop() {
+            problems.extend(n.teardown().into_iter().map(|p| format!("{}: {p}", n.name)));
+        }
+        problems
+    }
+
     pub fn server(&mut self) -> &mut Node {
         &mut self.nodes[0]
     }
