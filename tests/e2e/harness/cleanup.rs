@@ -200,12 +200,17 @@ impl Footprint {
 
     /// Namespace inodes (net, uts, ipc, mnt) of the given processes: pod namespaces pinned by
     /// bind mounts are recognised by them after the processes are gone.
-    fn ns_inodes(pids: &BTreeSet<i32>) -> BTreeSet<String> {
+    /// Never the test process's own namespaces (the host's, which skiff and containerd share),
+    /// nor the node's network namespace, which its `Netns` deletes.
+    fn ns_inodes(&self, pids: &BTreeSet<i32>) -> BTreeSet<String> {
+        let me = std::process::id() as i32;
         let mut s = BTreeSet::new();
         for p in pids {
             for kind in ["net", "uts", "ipc"] {
                 if let Some(i) = ns_inode(*p, kind) {
-                    s.insert(format!("{kind}:[{i}]"));
+                    if ns_inode(me, kind) != Some(i) && !(kind == "net" && self.netns_inode == Some(i)) {
+                        s.insert(format!("{kind}:[{i}]"));
+                    }
                 }
             }
         }
@@ -219,7 +224,7 @@ impl Footprint {
     pub fn teardown(&self, leader: Option<&mut std::process::Child>, grace: Duration) -> Vec<String> {
         let mut problems = Vec::new();
         let before = self.pids();
-        let pinned = Self::ns_inodes(&before);
+        let pinned = self.ns_inodes(&before);
         let shim_sockets = self.shim_sockets();
 
         // The process group id is the leader's pid, which cannot be reused while the leader is
@@ -299,6 +304,11 @@ impl Footprint {
         let dir = self.data_dir.to_string_lossy().into_owned();
         let mut targets: Vec<String> = mounts()
             .into_iter()
+            // The harness's own namespace pins are left to `Netns::delete` (`ip netns delete`).
+            .filter(|m| {
+                !m.mount_point.starts_with("/run/netns/skiff-e2e-")
+                    && !m.mount_point.starts_with("/var/run/netns/skiff-e2e-")
+            })
             .filter(|m| {
                 (!dir.is_empty() && (m.mount_point == dir || m.mount_point.starts_with(&format!("{dir}/"))))
                     || (!self.marker.is_empty() && m.mount_point.contains(&self.marker))
