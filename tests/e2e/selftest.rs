@@ -303,3 +303,40 @@ fn the_web_example_container_runs_and_serves_with_the_test_image() {
     assert!(out.contains("web: serving /www on :8080"), "container output: {out:?}");
     assert_eq!(port, 8080);
 }
+
+#[test]
+fn a_skiff_node_runs_inside_its_namespace_and_is_torn_down_without_trace() {
+    // Needs no API: only that `skiff server` starts and keeps running in the node.
+    if !harness::require(&["ip", "nsenter", "python3", "busybox"]) {
+        return;
+    }
+    let mut cluster = crate::harness::Cluster::new();
+    let i = cluster.add(crate::harness::NodeOptions::default());
+    let n = &mut cluster.nodes[i];
+    let pid = n.pid().unwrap() as i32;
+    // nsenter enters the namespace, then execs skiff in place (same pid).
+    let skiff = Path::new(crate::harness::node::skiff_bin());
+    harness::wait_for(
+        "nsenter to exec skiff",
+        T,
+        || match std::fs::read_link(format!("/proc/{pid}/exe")) {
+            Ok(exe) if exe == skiff => Ok(()),
+            other => Err(format!("/proc/{pid}/exe: {other:?}")),
+        },
+        || n.context(),
+    );
+    let fp = n.footprint();
+    assert!(cleanup::pids_in_netns(n.netns.inode).contains(&pid), "skiff runs in the node's netns");
+    assert!(cleanup::pids_with_marker(&fp.marker).contains(&pid), "skiff carries the marker");
+    assert!(n.data_dir.join("agent/images/busybox.tar").is_file(), "the image is preloaded");
+    std::thread::sleep(Duration::from_secs(2));
+    n.assert_running();
+    let (netns, data_dir) = (n.netns.name.clone(), n.data_dir.clone());
+
+    let problems = cluster.shutdown();
+    assert!(problems.is_empty(), "left behind: {problems:?}");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid), "skiff {pid} survived");
+    assert!(fp.leftovers().is_empty(), "left behind: {:?}", fp.leftovers());
+    assert!(!Path::new(&format!("/var/run/netns/{netns}")).exists(), "netns {netns} left");
+    assert!(!data_dir.exists() || harness::keep_files(), "{} left", data_dir.display());
+}

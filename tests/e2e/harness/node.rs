@@ -129,6 +129,16 @@ impl Node {
         }
     }
 
+    /// Pid of the skiff process (while the harness still owns it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// What identifies this node's processes, mounts and cgroups on the host.
+    pub fn footprint(&self) -> Footprint {
+        self.footprint.lock().unwrap().clone()
+    }
+
     /// `https://<node-ip>:6443`, for agents joining this server.
     pub fn server_url(&self) -> String {
         format!("https://{}:6443", self.ip)
