@@ -665,7 +665,14 @@ impl Runtime for ContainerdRuntime {
         let tasks =
             c.tasks().list(c.req(api::ListTasksRequest { filter: String::new() })).await.map_err(call("list tasks"))?;
         let tasks: HashMap<String, containerd_client::types::v1::Process> =
-            tasks.into_inner().tasks.into_iter().map(|t| (t.container_id.clone(), t)).collect();
+            // containerd 1.6 leaves `container_id` empty here and puts the container id in `id`
+            // (the init process's id).
+            tasks
+                .into_inner()
+                .tasks
+                .into_iter()
+                .map(|t| (if t.container_id.is_empty() { t.id.clone() } else { t.container_id.clone() }, t))
+                .collect();
         Ok(records.iter().map(|r| self.status_of(r, tasks.get(&r.id))).collect())
     }
 
