@@ -423,3 +423,102 @@ async fn host_network_pods_share_the_node_namespace_and_docker_archives_import()
         m.stop().await;
     }
 }
+
+/// A Debian `docker-registry` on a free loopback port, killed by PID on drop.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::Builder::new().prefix("skreg").tempdir_in("/tmp").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry { child, port, _dir: dir }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_missing_locally_is_pulled_over_http_from_a_loopback_registry() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    if !have("docker-registry") || !have("skopeo") {
+        eprintln!("skipping: needs docker-registry and skopeo");
+        return;
+    }
+    let registry = Registry::start();
+    let node = Node::start("pull").await;
+    let oci = node.data().join("img/busybox.tar");
+    build_image(&oci, IMAGE);
+    let remote = format!("127.0.0.1:{}/test/busybox:pull", registry.port);
+    run(
+        "skopeo",
+        &["copy", "--dest-tls-verify=false", &format!("oci-archive:{}", oci.display()), &format!("docker://{remote}")],
+    );
+    let rt = ContainerdRuntime::new(node.options()).await.expect("runtime connects");
+    let mut events = rt.events();
+
+    let image = rt.ensure_image(&remote, PullPolicy::IfNotPresent).await.expect("pull");
+    assert_eq!(image.name, remote);
+    assert!(image.id.starts_with("sha256:"));
+    // Always re-resolves against the registry; the blobs are already there.
+    assert_eq!(rt.ensure_image(&remote, PullPolicy::Always).await.expect("re-pull").id, image.id);
+    match rt.ensure_image(&format!("127.0.0.1:{}/test/absent:1", registry.port), PullPolicy::IfNotPresent).await {
+        Err(RuntimeError::ImageNotAvailable { .. }) => {}
+        other => panic!("expected ImageNotAvailable, got {other:?}"),
+    }
+
+    // The pulled image runs.
+    rt.set_pod_cidr(Cidr::parse("10.244.9.0/24").unwrap()).await.expect("cidr");
+    let pp = pod("uid-p", "pulled");
+    let sb = rt
+        .run_sandbox(&SandboxSpec {
+            pod: pp.clone(),
+            hostname: "pulled".into(),
+            host_network: false,
+            dns: DnsConfig::default(),
+            host_aliases: vec![],
+        })
+        .await
+        .expect("sandbox");
+    let log = node.data().join("logs/p.log");
+    let id = rt.start_container(&sb, &container(&pp, "c", &image, "echo $GREETING", log.clone())).await.expect("start");
+    wait_exit(&mut events, &id, 30).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("stdout F hello-from-skiff"), "{text}");
+    rt.remove_container(&id).await.expect("remove");
+    rt.remove_sandbox("uid-p").await.expect("remove sandbox");
+}

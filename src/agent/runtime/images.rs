@@ -146,9 +146,37 @@ pub async fn has_blob(c: &Client, digest: &str) -> Result<bool, ClientError> {
     }
 }
 
-/// Writes one blob through the lock-step Content.Write stream: STAT, WRITE…, COMMIT. A blob that
-/// exists already is only added to the lease, so GC cannot take it before the image refers to it.
-pub async fn write_blob(c: &Client, lease: &Lease, desc: &Desc, mut data: impl Read + Send) -> Result<(), ImageError> {
+/// Writes one blob from a blocking reader (a tarball entry); see [`write_blob_stream`].
+pub async fn write_blob(c: &Client, lease: &Lease, desc: &Desc, data: impl Read + Send) -> Result<(), ImageError> {
+    let digest = desc.digest.clone();
+    let chunks = futures::stream::unfold(Some(data), move |state| {
+        let digest = digest.clone();
+        async move {
+            let mut r = state?;
+            let mut buf = vec![0u8; CHUNK];
+            match read_full(&mut r, &mut buf) {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(buf), Some(r)))
+                }
+                Err(e) => Some((Err(format!("read {digest}: {e}")), None)),
+            }
+        }
+    });
+    write_blob_stream(c, lease, desc, Box::pin(chunks)).await
+}
+
+/// Writes one blob through the lock-step Content.Write stream: STAT, WRITE…, COMMIT (guide §1.3).
+/// A blob that exists already is only added to the lease, so GC cannot take it before the image
+/// refers to it. A partial ingest left by a crash is restarted from offset 0 (which truncates).
+pub async fn write_blob_stream(
+    c: &Client,
+    lease: &Lease,
+    desc: &Desc,
+    mut data: std::pin::Pin<Box<dyn futures::Stream<Item = Result<Vec<u8>, String>> + Send + '_>>,
+) -> Result<(), ImageError> {
+    use futures::StreamExt;
     if has_blob(c, &desc.digest).await? {
         let r = api::AddResourceRequest {
             id: lease.id.clone(),
@@ -160,20 +188,20 @@ pub async fn write_blob(c: &Client, lease: &Lease, desc: &Desc, mut data: impl R
     let r#ref = format!("skiff-{}", desc.digest.replace(':', "-"));
     let (tx, rx) = tokio::sync::mpsc::channel::<api::WriteContentRequest>(2);
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-    let base = api::WriteContentRequest {
-        action: api::WriteAction::Stat as i32,
-        r#ref: r#ref.clone(),
-        total: desc.size,
-        expected: desc.digest.clone(),
-        ..Default::default()
-    };
     let send = |m: api::WriteContentRequest| {
         let tx = tx.clone();
         async move {
             tx.send(m).await.map_err(|_| ClientError::Call { op: "content write", status: "stream closed".into() })
         }
     };
-    send(base.clone()).await?;
+    send(api::WriteContentRequest {
+        action: api::WriteAction::Stat as i32,
+        r#ref: r#ref.clone(),
+        total: desc.size,
+        expected: desc.digest.clone(),
+        ..Default::default()
+    })
+    .await?;
     let mut resp = match c.content().write(c.leased(stream, lease)).await {
         Ok(r) => r.into_inner(),
         // Someone committed it between the check and now.
@@ -185,35 +213,30 @@ pub async fn write_blob(c: &Client, lease: &Lease, desc: &Desc, mut data: impl R
         Ok(None) => Err(ClientError::Call { op: "content write", status: "stream ended early".into() }),
         Err(s) => Err(call("content write")(s)),
     };
-    let stat = next(resp.message().await)?;
-    // Resume a partial ingest only if we can skip ahead in our reader; else restart at 0.
+    next(resp.message().await)?;
     let mut offset: i64 = 0;
-    if stat.offset > 0 && stat.offset < desc.size {
-        let mut skip = (&mut data).take(stat.offset as u64);
-        let skipped =
-            std::io::copy(&mut skip, &mut std::io::sink()).map_err(|e| fmt_err(&desc.digest, e.to_string()))?;
-        offset = skipped as i64;
-    }
-    if stat.offset != desc.size {
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = read_full(&mut data, &mut buf).map_err(|e| fmt_err(&desc.digest, format!("read blob: {e}")))?;
-            if n == 0 {
-                break;
+    let abort = |r#ref: String| async move {
+        let _ = c.content().abort(c.req(api::AbortRequest { r#ref })).await;
+    };
+    while let Some(chunk) = data.next().await {
+        let chunk = match chunk {
+            Ok(b) => b,
+            Err(e) => {
+                abort(r#ref.clone()).await;
+                return Err(fmt_err(&desc.digest, e));
             }
+        };
+        for piece in chunk.chunks(CHUNK) {
             send(api::WriteContentRequest {
                 action: api::WriteAction::Write as i32,
                 r#ref: r#ref.clone(),
                 offset,
-                data: buf[..n].to_vec(),
+                data: piece.to_vec(),
                 ..Default::default()
             })
             .await?;
-            let r = next(resp.message().await)?;
-            offset = r.offset;
+            offset = next(resp.message().await)?.offset;
         }
-    } else {
-        offset = stat.offset;
     }
     send(api::WriteContentRequest {
         action: api::WriteAction::Commit as i32,
@@ -228,7 +251,7 @@ pub async fn write_blob(c: &Client, lease: &Lease, desc: &Desc, mut data: impl R
         Ok(_) => Ok(()),
         Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
         Err(s) => {
-            let _ = c.content().abort(c.req(api::AbortRequest { r#ref })).await;
+            abort(r#ref).await;
             Err(call("content commit")(s).into())
         }
     }
