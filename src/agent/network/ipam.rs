@@ -63,8 +63,8 @@ impl IpamState {
         for i in 0..span {
             let n = first + (start + i) % span;
             let Some(ip) = cidr.nth(n) else { continue };
-            if !self.allocations.contains_key(&ip) {
-                self.allocations.insert(ip, uid.to_string());
+            if let std::collections::btree_map::Entry::Vacant(e) = self.allocations.entry(ip) {
+                e.insert(uid.to_string());
                 self.last = Some(ip);
                 return Ok(ip);
             }

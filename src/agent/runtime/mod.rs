@@ -9,6 +9,7 @@ pub mod images;
 pub mod logger;
 pub mod managed;
 pub mod names;
+pub mod node;
 pub mod pull;
 pub mod sandbox;
 pub mod spec;
