@@ -100,7 +100,34 @@ fn open_log(path: &Path) -> Result<File, LoggerError> {
     OpenOptions::new().create(true).append(true).open(path).map_err(err)
 }
 
-fn pump(mut input: File, stream: Stream, out: Arc<Mutex<File>>) {
+/// The log file, reopened when the kubelet rotates it away (renames or deletes the path): the
+/// inode behind the path is compared with ours at most once a second, so rotation needs no call
+/// into the runtime (CRI's ReopenContainerLog).
+struct LogFile {
+    path: std::path::PathBuf,
+    file: File,
+    checked: std::time::Instant,
+}
+
+impl LogFile {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        if self.checked.elapsed() >= std::time::Duration::from_secs(1) {
+            self.checked = std::time::Instant::now();
+            let ours = self.file.metadata().map(|m| (m.dev(), m.ino())).ok();
+            let theirs = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino())).ok();
+            if ours != theirs {
+                match open_log(&self.path) {
+                    Ok(f) => self.file = f,
+                    Err(e) => eprintln!("skiff logger: {e}"),
+                }
+            }
+        }
+        self.file.write_all(bytes)
+    }
+}
+
+fn pump(mut input: File, stream: Stream, out: Arc<Mutex<LogFile>>) {
     let mut splitter = LineSplitter::default();
     let mut buf = vec![0u8; 32 * 1024];
     let write = |records: Vec<(bool, Vec<u8>)>| {
@@ -114,7 +141,7 @@ fn pump(mut input: File, stream: Stream, out: Arc<Mutex<File>>) {
         }
         // One write per batch under the lock keeps stdout and stderr records whole.
         if let Ok(mut f) = out.lock() {
-            if let Err(e) = f.write_all(&bytes) {
+            if let Err(e) = f.write(&bytes) {
                 eprintln!("skiff logger: write failed: {e}");
             }
         }
@@ -147,7 +174,8 @@ pub fn run(args: &LoggerArgs) -> anyhow::Result<()> {
         // SAFETY: fd 5 is the shim's ready pipe, owned by this process and used nowhere else.
         unsafe { libc::close(5) };
     }
-    let out = Arc::new(Mutex::new(file?));
+    let out =
+        Arc::new(Mutex::new(LogFile { path: args.path.clone(), file: file?, checked: std::time::Instant::now() }));
     let mut threads = Vec::new();
     for (fd, stream) in [(3, Stream::Stdout), (4, Stream::Stderr)] {
         if !fd_open(fd) {
@@ -203,6 +231,19 @@ mod tests {
         let mut s = LineSplitter::default();
         assert!(s.feed(b"no newline").is_empty());
         assert_eq!(s.finish(), Some((false, b"no newline".to_vec())));
+    }
+
+    #[test]
+    fn a_rotated_log_file_is_reopened_at_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("0.log");
+        let mut lf = LogFile { path: p.clone(), file: open_log(&p).unwrap(), checked: std::time::Instant::now() };
+        lf.write(b"one\n").unwrap();
+        std::fs::rename(&p, dir.path().join("0.log.1")).unwrap();
+        lf.checked -= std::time::Duration::from_secs(2);
+        lf.write(b"two\n").unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("0.log.1")).unwrap(), "one\n");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two\n");
     }
 
     #[test]
