@@ -182,6 +182,20 @@ impl PodNetwork {
         self.with_ipam(|i| Ok(i.state().lookup(uid))).ok().flatten()
     }
 
+    /// Frees the addresses of pods `keep` says are gone (their sandbox directory vanished), so a
+    /// lost pod cannot hold an address forever. Returns the uids released.
+    pub fn release_stale(&self, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, NetworkError> {
+        self.with_ipam(|i| {
+            i.update(|s| {
+                let gone: Vec<String> = s.allocations.values().filter(|u| !keep(u)).cloned().collect();
+                for u in &gone {
+                    s.release(u);
+                }
+                Ok(gone)
+            })
+        })
+    }
+
     /// Records the node's pod CIDR and creates the bridge with its gateway address.
     pub async fn set_pod_cidr(&self, cidr: Cidr) -> Result<(), NetworkError> {
         self.with_ipam(|i| {
@@ -300,6 +314,24 @@ impl PodNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_of_vanished_pods_are_released_and_the_rest_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let n = PodNetwork::new(d.path(), None).unwrap();
+        n.with_ipam(|i| {
+            i.update(|s| {
+                s.set_cidr(Cidr::parse("10.42.0.0/24").unwrap());
+                s.allocate("alive")?;
+                s.allocate("gone").map(|_| ())
+            })
+        })
+        .unwrap();
+        assert_eq!(n.release_stale(|u| u == "alive").unwrap(), vec!["gone".to_string()]);
+        let again = PodNetwork::new(d.path(), None).unwrap();
+        assert!(again.ip_of("alive").is_some());
+        assert!(again.ip_of("gone").is_none());
+    }
 
     #[test]
     fn veth_names_fit_the_kernel_limit_and_differ_per_pod() {

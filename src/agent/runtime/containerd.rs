@@ -234,6 +234,13 @@ impl ContainerdRuntime {
                 }
             }
         }
+        // An address whose pod directory is gone belongs to no sandbox any more.
+        let pods = rt.inner.run_dir.join("pods");
+        match rt.inner.network.release_stale(|uid| pods.join(uid).is_dir()) {
+            Ok(gone) if !gone.is_empty() => tracing::info!(pods = ?gone, "released pod IPs of vanished sandboxes"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "releasing stale pod IPs failed"),
+        }
         let weak = Arc::downgrade(&rt.inner);
         let stop = rt.inner.stop.clone();
         tokio::spawn(event_loop(weak, stop));
