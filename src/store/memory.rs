@@ -6,7 +6,7 @@ use super::mvcc::Mvcc;
 use super::watch::{self, Published};
 use super::*;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::broadcast;
 
 pub use super::watch::PROGRESS_INTERVAL;
@@ -98,6 +98,7 @@ impl Store for MemStore {
 mod tests {
     use super::*;
     use futures::StreamExt;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn conforms_to_the_store_contract() {

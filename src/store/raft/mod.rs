@@ -1,1 +1,398 @@
-//! placeholder
+//! The embedded, Raft-replicated store that replaces etcd: openraft 0.9 (storage v2) for
+//! consensus, sled for the log ([`log`]) and the state machine ([`state_machine`]), the shared
+//! MVCC core ([`crate::store::mvcc`]) for etcd's data model, and a pluggable peer transport
+//! ([`network`]).
+//!
+//! [`RaftStore`] implements [`Store`]: writes are proposed to Raft and answered once applied
+//! (their entry fsynced first); reads confirm leadership with `ensure_linearizable` (etcd's
+//! ReadIndex) and are served from the local state machine; watches are served from local
+//! applied state. The leader also runs the TTL expiry loop (deadlines travel in the log, so
+//! replicas agree) and periodic compaction, as kube-apiserver's compactor does for etcd.
+//!
+//! A fresh data dir initializes a one-voter cluster automatically.
+
+pub mod codec;
+pub mod log;
+pub mod network;
+pub mod state_machine;
+
+use crate::store::watch;
+use crate::store::*;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Raft};
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use network::{InProcessTransport, NoTransport, RaftTransport, TransportError};
+
+/// Raft node identifier.
+pub type NodeId = u64;
+
+/// A command in the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Request {
+    /// A transaction; `now_ms` is the proposer's wall clock (unix ms), used only to turn TTLs
+    /// into deadlines so that every replica computes the same ones.
+    Txn { txn: Txn, now_ms: u64 },
+    /// Discard history older than `revision` on every replica.
+    Compact { revision: i64 },
+}
+
+/// The state machine's answer to one log entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Response {
+    Txn(TxnResponse),
+    /// Entries without a payload answer (blank, membership, compaction).
+    Done,
+}
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for skiff.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// Errors of the Raft store's storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// On-disk data failed a check (checksum, truncation, gap); nothing is served from it.
+    #[error("{0}")]
+    Corrupt(String),
+    /// sled failed.
+    #[error("storage engine error while {context}: {source}")]
+    Engine { context: String, source: sled::Error },
+    /// A file operation outside sled failed (snapshot files, the data dir).
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    /// A bug or an impossible state.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    fn engine(context: &str, source: sled::Error) -> Error {
+        if let sled::Error::Corruption { .. } = source {
+            return Error::Corrupt(format!("the storage engine reports corruption while {context}: {source}"));
+        }
+        Error::Engine { context: context.to_string(), source }
+    }
+}
+
+/// What to tell a user whose data dir is damaged.
+const CORRUPT_ADVICE: &str = "restore the data dir from a snapshot (`skiff snapshot restore`), or on an HA member \
+                              remove it and rejoin the cluster";
+
+impl From<Error> for StoreError {
+    fn from(e: Error) -> StoreError {
+        match e {
+            Error::Corrupt(m) => StoreError::Corrupt(format!("{m}; {CORRUPT_ADVICE}")),
+            other => StoreError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// How to open a [`RaftStore`].
+#[derive(Clone)]
+pub struct RaftStoreConfig {
+    /// The store's directory (`<data-dir>/server/db`); created if missing.
+    pub dir: PathBuf,
+    /// This server's Raft node id (1 for the first server).
+    pub node_id: NodeId,
+    /// Address peers reach this server's `/raft/...` routes at (`https://host:6443`).
+    pub advertise_addr: String,
+    /// Carries Raft RPCs to other servers ([`NoTransport`] for one server).
+    pub transport: Arc<dyn RaftTransport>,
+    /// How often the leader compacts history (kube-apiserver's `--etcd-compaction-interval`,
+    /// 5 minutes by default): each run compacts to the revision seen at the previous run, so
+    /// watchers can resume from anything at most one or two intervals old.
+    pub compaction_interval: Duration,
+    /// Cap on retained history, in revisions, whatever the interval (bounds disk and memory
+    /// under write bursts).
+    pub max_history_revisions: i64,
+    /// How often the leader looks for expired TTL keys.
+    pub expiry_interval: Duration,
+    /// Take a Raft snapshot (and purge the log before it) every this many entries.
+    pub snapshot_every_entries: u64,
+    /// sled's page cache size in bytes.
+    pub cache_bytes: u64,
+}
+
+impl RaftStoreConfig {
+    /// Defaults for a one-server cluster in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> RaftStoreConfig {
+        RaftStoreConfig {
+            dir: dir.into(),
+            node_id: 1,
+            advertise_addr: "https://127.0.0.1:6443".into(),
+            transport: Arc::new(NoTransport),
+            compaction_interval: Duration::from_secs(300),
+            max_history_revisions: 100_000,
+            expiry_interval: Duration::from_secs(1),
+            snapshot_every_entries: 20_000,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The durable, replicated store.
+pub struct RaftStore {
+    raft: Raft<TypeConfig>,
+    shared: Arc<state_machine::Shared>,
+    db: sled::Db,
+    node_id: NodeId,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn unavailable<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> StoreError + '_ {
+    move |e| {
+        tracing::warn!(error = %e, "{what} failed");
+        StoreError::Unavailable(format!("{what}: {e}"))
+    }
+}
+
+/// Opens (or creates) the store in `cfg.dir`, verifies it, starts Raft and, on a fresh dir,
+/// initializes a one-voter cluster; returns once this node leads (or follows) a leader.
+pub async fn open(cfg: RaftStoreConfig) -> Result<Arc<RaftStore>, StoreError> {
+    RaftStore::open(cfg).await
+}
+
+impl RaftStore {
+    pub async fn open(cfg: RaftStoreConfig) -> Result<Arc<RaftStore>, StoreError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| {
+            StoreError::Internal(format!("cannot create the store directory {}: {e}", cfg.dir.display()))
+        })?;
+        let sled_dir = cfg.dir.join("sled");
+        let db = sled::Config::new()
+            .path(&sled_dir)
+            .cache_capacity(cfg.cache_bytes)
+            // Durability comes from explicit flushes; a background flush only adds I/O.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| {
+                let e = Error::engine(&format!("opening {}", sled_dir.display()), e);
+                tracing::error!(error = %e, "cannot open the store");
+                StoreError::from(e)
+            })?;
+        let log = log::LogStore::open(&db).map_err(|e| {
+            tracing::error!(error = %e, dir = %cfg.dir.display(), "the raft log failed verification");
+            StoreError::from(e)
+        })?;
+        let sm = state_machine::StateMachine::open(&db, cfg.dir.clone()).map_err(|e| {
+            tracing::error!(error = %e, dir = %cfg.dir.display(), "the state machine failed verification");
+            StoreError::from(e)
+        })?;
+        let shared = sm.shared();
+        let config = openraft::Config {
+            cluster_name: "skiff".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StoreError::Internal(format!("invalid raft configuration: {e}")))?;
+        let network = network::NetworkFactory::new(cfg.transport.clone());
+        let raft = Raft::new(cfg.node_id, Arc::new(config), network, log, sm)
+            .await
+            .map_err(|e| StoreError::Internal(format!("starting raft: {e}")))?;
+        if !raft.is_initialized().await.map_err(unavailable("checking raft state"))? {
+            let members = BTreeMap::from([(cfg.node_id, BasicNode { addr: cfg.advertise_addr.clone() })]);
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(node_id = cfg.node_id, "initialized a new one-server cluster"),
+                Err(RaftError::APIError(e)) => tracing::debug!(error = %e, "raft already initialized"),
+                Err(e) => return Err(unavailable("initializing the cluster")(e)),
+            }
+        }
+        raft.wait(Some(Duration::from_secs(30)))
+            .metrics(|m| m.current_leader.is_some(), "a raft leader is known")
+            .await
+            .map_err(unavailable("waiting for a raft leader"))?;
+        let store = Arc::new(RaftStore {
+            raft,
+            shared,
+            db,
+            node_id: cfg.node_id,
+            cancel: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let tasks = vec![
+            tokio::spawn(expiry_loop(Arc::downgrade(&store), cfg.expiry_interval, store.cancel.clone())),
+            tokio::spawn(compaction_loop(
+                Arc::downgrade(&store),
+                cfg.compaction_interval,
+                cfg.max_history_revisions,
+                store.cancel.clone(),
+            )),
+        ];
+        store.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend(tasks);
+        Ok(store)
+    }
+
+    /// The `/raft/...` routes for the API server to mount (peer traffic on the HTTPS port).
+    pub fn raft_router(&self) -> axum::Router {
+        network::router(self.raft.clone())
+    }
+
+    /// The underlying Raft handle (membership changes, metrics).
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// Stops the background loops and Raft, and flushes sled. The store answers `Unavailable`
+    /// afterwards; drop it to release the data dir.
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        self.cancel.cancel();
+        let tasks: Vec<_> = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+        self.db.flush_async().await.map_err(|e| StoreError::from(Error::engine("flushing at shutdown", e)))?;
+        Ok(())
+    }
+
+    async fn propose(&self, req: Request) -> Result<Response, StoreError> {
+        match self.raft.client_write(req).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(StoreError::Unavailable(format!(
+                "this server is not the raft leader (leader: {:?}); retry against the leader",
+                f.leader_id
+            ))),
+            Err(e) => Err(unavailable("proposing a write")(e)),
+        }
+    }
+
+    async fn linearize(&self) -> Result<(), StoreError> {
+        self.raft.ensure_linearizable().await.map(|_| ()).map_err(unavailable("confirming raft leadership for a read"))
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+    }
+
+    /// Deletes keys whose TTL has passed (the leader's expiry loop calls this every interval).
+    pub async fn expire_now(&self) -> Result<usize, StoreError> {
+        let due = self.shared.lock().due_expiries(now_ms());
+        let mut n = 0;
+        for (key, rev) in due {
+            // Compare on the mod revision: a key re-put since keeps living (etcd lease semantics).
+            if let Response::Txn(r) =
+                self.propose(Request::Txn { txn: txn::delete(&key, rev), now_ms: now_ms() }).await?
+            {
+                n += usize::from(r.succeeded);
+            }
+        }
+        Ok(n)
+    }
+}
+
+async fn expiry_loop(store: std::sync::Weak<RaftStore>, every: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(store) = store.upgrade() else { return };
+        if store.is_leader() {
+            if let Err(e) = store.expire_now().await {
+                tracing::warn!(error = %e, "expiring TTL keys failed; will retry");
+            }
+        }
+    }
+}
+
+async fn compaction_loop(
+    store: std::sync::Weak<RaftStore>,
+    every: Duration,
+    max_history: i64,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    // kube-apiserver's compactor: compact to the revision observed one interval ago, so history
+    // always reaches back at least one interval.
+    let mut previous: i64 = 0;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(store) = store.upgrade() else { return };
+        if !store.is_leader() {
+            continue;
+        }
+        let (current, compacted) = {
+            let m = store.shared.lock();
+            (m.revision(), m.compact_revision())
+        };
+        let target = previous.max(current - max_history);
+        previous = current;
+        if target > compacted {
+            match store.propose(Request::Compact { revision: target }).await {
+                Ok(_) => tracing::debug!(revision = target, "compacted store history"),
+                Err(e) => tracing::warn!(error = %e, "compaction failed; will retry"),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RaftStore {
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        self.linearize().await?;
+        self.shared.lock().range(&req)
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        match self.propose(Request::Txn { txn, now_ms: now_ms() }).await? {
+            Response::Txn(r) => Ok(r),
+            Response::Done => Err(StoreError::Internal("the state machine answered a txn with no result".into())),
+        }
+    }
+
+    async fn watch(&self, prefix: Vec<u8>, after_revision: i64) -> Result<WatchStream> {
+        let (history, live, start_rev) = {
+            let m = self.shared.lock();
+            let (history, start_rev) = m.history(&prefix, after_revision)?;
+            (history, self.shared.tx.subscribe(), start_rev)
+        };
+        Ok(watch::stream(history, live, start_rev, prefix))
+    }
+
+    async fn current_revision(&self) -> Result<i64> {
+        self.linearize().await?;
+        Ok(self.shared.lock().revision())
+    }
+
+    async fn compact_revision(&self) -> Result<i64> {
+        Ok(self.shared.lock().compact_revision())
+    }
+
+    async fn compact(&self, revision: i64) -> Result<()> {
+        self.propose(Request::Compact { revision }).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,244 @@
+//! The Raft log on sled: entries keyed by big-endian index in the `log` tree, the vote and the
+//! last purged log id in the `raft_meta` tree, every value CRC-framed (see [`super::codec`]).
+//!
+//! Durability and group commit: `append` writes the entries to sled and hands openraft's
+//! completion callback to one flusher task, which fsyncs once (sled `flush_async`) for every
+//! callback that queued up meanwhile and only then reports the entries as persisted. So a write
+//! is acknowledged only once its entry is on disk (Raft's rule that a node must persist entries
+//! before answering AppendEntries or counting itself in a quorum), and concurrent writes share
+//! one fsync, as etcd's WAL batches entries per `fsync`.
+
+use super::codec;
+use super::{Error, TypeConfig};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogId, RaftLogReader, StorageError, StorageIOError, Vote};
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use tokio::sync::mpsc;
+
+type NodeId = u64;
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+const VOTE_KEY: &[u8] = b"vote";
+const PURGED_KEY: &[u8] = b"last_purged";
+const COMMITTED_KEY: &[u8] = b"committed";
+
+/// The log store. Clones share the same trees and flusher.
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_logs(&e).into()
+}
+
+impl LogStore {
+    /// Opens the log trees and verifies every entry (checksum, index, contiguity), so a damaged
+    /// log fails start-up rather than being replayed. Must run inside a tokio runtime (it starts
+    /// the flusher task).
+    pub fn open(db: &sled::Db) -> Result<LogStore, Error> {
+        let log = db.open_tree("log").map_err(|e| Error::engine("opening the log tree", e))?;
+        let meta = db.open_tree("raft_meta").map_err(|e| Error::engine("opening the raft_meta tree", e))?;
+        let (flusher, rx) = mpsc::unbounded_channel();
+        tokio::spawn(flush_loop(db.clone(), rx));
+        let store = LogStore { db: db.clone(), log, meta, flusher };
+        store.verify()?;
+        Ok(store)
+    }
+
+    fn verify(&self) -> Result<(), Error> {
+        let purged: Option<LogId<NodeId>> = self.get_meta(PURGED_KEY)?;
+        let _: Option<Vote<NodeId>> = self.get_meta(VOTE_KEY)?;
+        let mut expected: Option<u64> = None;
+        for item in self.log.iter() {
+            let (k, v) = item.map_err(|e| Error::engine("reading the raft log", e))?;
+            let entry = decode_entry(&k, &v)?;
+            let index = entry.get_log_id().index;
+            if let Some(want) = expected {
+                if index != want {
+                    return Err(Error::Corrupt(format!(
+                        "the raft log has a gap: entry {want} is missing before entry {index}"
+                    )));
+                }
+            } else if let Some(p) = purged {
+                if index > p.index + 1 {
+                    return Err(Error::Corrupt(format!(
+                        "the raft log starts at entry {index} but only entries up to {} were purged",
+                        p.index
+                    )));
+                }
+            }
+            expected = Some(index + 1);
+        }
+        Ok(())
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, Error> {
+        let Some(v) = self.meta.get(key).map_err(|e| Error::engine("reading raft metadata", e))? else {
+            return Ok(None);
+        };
+        let payload = codec::unframe(key, &v, "raft metadata")?;
+        serde_json::from_slice(payload).map(Some).map_err(|e| {
+            Error::Corrupt(format!("raft metadata {:?} does not decode: {e}", String::from_utf8_lossy(key)))
+        })
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), Error> {
+        let payload = serde_json::to_vec(value).map_err(|e| Error::Internal(format!("encoding raft metadata: {e}")))?;
+        self.meta.insert(key, codec::frame(key, &payload)).map_err(|e| Error::engine("writing raft metadata", e))?;
+        Ok(())
+    }
+
+    fn last_entry_id(&self) -> StorageResult<Option<LogId<NodeId>>> {
+        match self.log.last().map_err(read_err)? {
+            None => Ok(None),
+            Some((k, v)) => Ok(Some(*decode_entry(&k, &v).map_err(read_err)?.get_log_id())),
+        }
+    }
+}
+
+fn encode_entry(entry: &Entry<TypeConfig>) -> Result<(sled::IVec, Vec<u8>), Error> {
+    let key = entry.get_log_id().index.to_be_bytes();
+    let payload = serde_json::to_vec(entry).map_err(|e| Error::Internal(format!("encoding a raft log entry: {e}")))?;
+    Ok((sled::IVec::from(&key[..]), codec::frame(&key, &payload)))
+}
+
+fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry<TypeConfig>, Error> {
+    let payload = codec::unframe(key, value, "a raft log entry")?;
+    let entry: Entry<TypeConfig> = serde_json::from_slice(payload)
+        .map_err(|e| Error::Corrupt(format!("a raft log entry does not decode: {e}")))?;
+    if key != entry.get_log_id().index.to_be_bytes() {
+        return Err(Error::Corrupt(format!(
+            "raft log entry {} is stored under the wrong index",
+            entry.get_log_id().index
+        )));
+    }
+    Ok(entry)
+}
+
+/// Fsyncs once per batch of queued appends, then completes each of them (group commit).
+async fn flush_loop(db: sled::Db, mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let result = db.flush_async().await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, entries = batch.len(), "flushing the raft log to disk failed");
+        }
+        for cb in batch {
+            cb.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(i.to_be_bytes()),
+            Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in self.log.range((Bound::Included(start.to_be_bytes()), end)) {
+            let (k, v) = item.map_err(read_err)?;
+            out.push(decode_entry(&k, &v).map_err(|e| {
+                tracing::error!(error = %e, "reading the raft log");
+                read_err(e)
+            })?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta(PURGED_KEY).map_err(read_err)?;
+        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        self.put_meta(VOTE_KEY, vote).map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))?;
+        // Raft: a vote must be durable before it is answered, or a node could vote twice in a term.
+        self.db.flush_async().await.map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        self.get_meta(VOTE_KEY).map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        // Not flushed: losing it only means re-learning the commit index from the leader.
+        self.put_meta(COMMITTED_KEY, &committed).map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(self.get_meta::<Option<LogId<NodeId>>>(COMMITTED_KEY).map_err(read_err)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let (k, v) = encode_entry(&entry).map_err(write_err)?;
+            batch.insert(k, v);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        if let Err(mpsc::error::SendError(cb)) = self.flusher.send(callback) {
+            // The flusher only stops with the runtime; flush inline rather than lose the ack.
+            let r = self.db.flush_async().await;
+            cb.log_io_completed(r.map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(log_id.index.to_be_bytes()..) {
+            let (k, _) = item.map_err(write_err)?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        // Record the purge point first: a crash in between leaves extra entries, never a gap.
+        self.put_meta(PURGED_KEY, &log_id).map_err(write_err)?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=log_id.index.to_be_bytes()) {
+            let (k, _) = item.map_err(write_err)?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,211 @@
+//! Raft traffic between servers, behind the [`RaftTransport`] trait so the consensus code never
+//! sees sockets: the real transport will POST to peers over the API server's HTTPS port (one
+//! port for API, joins and Raft, as DESIGN.md decides), tests plug in an in-process transport or
+//! a fault-injecting one.
+//!
+//! Wire format: each RPC is a `POST /raft/{append,vote,snapshot}` with a JSON body; the answer
+//! is the JSON of `Result<Response, RaftError>`, so a peer's Raft-level refusal travels back as
+//! a value while transport failures surface as [`TransportError`]. [`router`] serves these
+//! paths for the API server to mount.
+
+use super::TypeConfig;
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::{BasicNode, Raft};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+
+type NodeId = u64;
+
+pub const APPEND_PATH: &str = "/raft/append";
+pub const VOTE_PATH: &str = "/raft/vote";
+pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
+
+/// Why an RPC did not reach its peer or got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The peer could not be reached (connection refused, timeout, TLS failure); Raft retries.
+    #[error("raft peer {target} at {addr} is unreachable: {reason}")]
+    Unreachable { target: NodeId, addr: String, reason: String },
+    /// The peer answered something that is not a Raft response (wrong service on that port?).
+    #[error("raft peer {target} answered with an unexpected body: {reason}")]
+    BadResponse { target: NodeId, reason: String },
+    /// This server has no transport for other servers yet (single-server mode).
+    #[error("no transport to other servers is configured; a one-server cluster never needs one (peer {target})")]
+    NotConfigured { target: NodeId },
+}
+
+/// Carries one serialized RPC to a peer and returns the serialized answer.
+#[async_trait]
+pub trait RaftTransport: Send + Sync + 'static {
+    /// POSTs `body` to `path` on node `target` reachable at `addr` (its advertised
+    /// `https://host:port`); returns the response body.
+    async fn call(&self, target: NodeId, addr: &str, path: &str, body: Vec<u8>) -> Result<Vec<u8>, TransportError>;
+}
+
+/// The transport of a one-server cluster: every call fails with a clear error.
+pub struct NoTransport;
+
+#[async_trait]
+impl RaftTransport for NoTransport {
+    async fn call(&self, target: NodeId, _addr: &str, _path: &str, _body: Vec<u8>) -> Result<Vec<u8>, TransportError> {
+        Err(TransportError::NotConfigured { target })
+    }
+}
+
+/// A transport that calls peers' [`router`]s in-process (tests, and a seam for fault injection).
+#[derive(Default, Clone)]
+pub struct InProcessTransport {
+    routers: Arc<std::sync::RwLock<std::collections::HashMap<NodeId, Router>>>,
+}
+
+impl InProcessTransport {
+    pub fn register(&self, node: NodeId, router: Router) {
+        self.routers.write().unwrap_or_else(|e| e.into_inner()).insert(node, router);
+    }
+    pub fn unregister(&self, node: NodeId) {
+        self.routers.write().unwrap_or_else(|e| e.into_inner()).remove(&node);
+    }
+}
+
+#[async_trait]
+impl RaftTransport for InProcessTransport {
+    async fn call(&self, target: NodeId, addr: &str, path: &str, body: Vec<u8>) -> Result<Vec<u8>, TransportError> {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let router = self.routers.read().unwrap_or_else(|e| e.into_inner()).get(&target).cloned();
+        let unreachable = |reason: String| TransportError::Unreachable { target, addr: addr.to_string(), reason };
+        let Some(router) = router else {
+            return Err(unreachable("not registered".into()));
+        };
+        let req = axum::http::Request::post(path)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let resp = router.oneshot(req).await.map_err(|e| unreachable(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(TransportError::BadResponse { target, reason: format!("HTTP {}", resp.status()) });
+        }
+        let bytes = resp.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+        Ok(bytes.to_vec())
+    }
+}
+
+/// openraft's network factory over a [`RaftTransport`].
+#[derive(Clone)]
+pub struct NetworkFactory {
+    transport: Arc<dyn RaftTransport>,
+}
+
+impl NetworkFactory {
+    pub fn new(transport: Arc<dyn RaftTransport>) -> NetworkFactory {
+        NetworkFactory { transport }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Network {
+        Network { target, addr: node.addr.clone(), transport: self.transport.clone() }
+    }
+}
+
+/// A connection to one peer.
+pub struct Network {
+    target: NodeId,
+    addr: String,
+    transport: Arc<dyn RaftTransport>,
+}
+
+impl Network {
+    async fn rpc<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let answer = self.transport.call(self.target, &self.addr, path, body).await.map_err(|e| {
+            tracing::debug!(target = self.target, addr = %self.addr, path, error = %e, "raft rpc failed");
+            RPCError::Unreachable(Unreachable::new(&e))
+        })?;
+        let decoded: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&answer).map_err(|e| {
+            let e = TransportError::BadResponse { target: self.target, reason: e.to_string() };
+            tracing::warn!(target = self.target, addr = %self.addr, path, error = %e, "raft rpc answer undecodable");
+            RPCError::Network(NetworkError::new(&e))
+        })?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Network {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.rpc(APPEND_PATH, &rpc).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.rpc(SNAPSHOT_PATH, &rpc).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.rpc(VOTE_PATH, &rpc).await
+    }
+}
+
+/// The `/raft/...` routes a server answers its peers on. The API server mounts this behind its
+/// peer authentication (server certificates from the cluster CA).
+pub fn router(raft: Raft<TypeConfig>) -> Router {
+    Router::new()
+        .route(APPEND_PATH, post(append))
+        .route(VOTE_PATH, post(vote))
+        .route(SNAPSHOT_PATH, post(snapshot))
+        .with_state(raft)
+}
+
+async fn append(
+    State(raft): State<Raft<TypeConfig>>,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+    Json(raft.append_entries(req).await)
+}
+
+async fn vote(
+    State(raft): State<Raft<TypeConfig>>,
+    Json(req): Json<VoteRequest<NodeId>>,
+) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+    Json(raft.vote(req).await)
+}
+
+async fn snapshot(
+    State(raft): State<Raft<TypeConfig>>,
+    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
+    Json(raft.install_snapshot(req).await)
+}

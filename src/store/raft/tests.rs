@@ -1,0 +1,252 @@
+//! Tests of the Raft store: openraft's storage suite against the sled log and state machine, the
+//! shared store contract, durability across restarts, corruption detection, TTL expiry,
+//! compaction and watch resumption.
+
+use super::*;
+use futures::StreamExt;
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::StorageError;
+use tempfile::TempDir;
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, log::LogStore, state_machine::StateMachine, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, log::LogStore, state_machine::StateMachine), StorageError<NodeId>> {
+        let dir = TempDir::new().map_err(|e| openraft::StorageIOError::write(&e))?;
+        let db = sled::Config::new()
+            .path(dir.path().join("sled"))
+            .open()
+            .map_err(|e| openraft::StorageIOError::write(&e))?;
+        let log = log::LogStore::open(&db).map_err(|e| openraft::StorageIOError::write(&e))?;
+        let sm = state_machine::StateMachine::open(&db, dir.path().to_path_buf())
+            .map_err(|e| openraft::StorageIOError::write(&e))?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn the_sled_log_and_state_machine_pass_openraft_storage_suite() {
+    Suite::test_all(Builder).unwrap();
+}
+
+/// A store with its temp dir, deleted when dropped.
+struct TestStore {
+    store: Arc<RaftStore>,
+    _dir: TempDir,
+}
+
+fn fast_config(dir: &std::path::Path) -> RaftStoreConfig {
+    let mut cfg = RaftStoreConfig::new(dir.join("db"));
+    cfg.expiry_interval = Duration::from_millis(100);
+    cfg.cache_bytes = 8 << 20;
+    cfg
+}
+
+async fn fresh() -> TestStore {
+    let dir = TempDir::new().unwrap();
+    let store = open(fast_config(dir.path())).await.unwrap();
+    TestStore { store, _dir: dir }
+}
+
+#[async_trait]
+impl Store for TestStore {
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        self.store.range(req).await
+    }
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        self.store.txn(txn).await
+    }
+    async fn watch(&self, prefix: Vec<u8>, after_revision: i64) -> Result<WatchStream> {
+        self.store.watch(prefix, after_revision).await
+    }
+    async fn current_revision(&self) -> Result<i64> {
+        self.store.current_revision().await
+    }
+    async fn compact_revision(&self) -> Result<i64> {
+        self.store.compact_revision().await
+    }
+    async fn compact(&self, revision: i64) -> Result<()> {
+        self.store.compact(revision).await
+    }
+}
+
+fn put(k: &str, v: &str) -> Txn {
+    Txn { success: vec![Op::Put { key: k.into(), value: v.into(), ttl_seconds: None }], ..Default::default() }
+}
+
+async fn reopen(dir: &std::path::Path, store: Arc<RaftStore>) -> Arc<RaftStore> {
+    store.shutdown().await.unwrap();
+    drop(store);
+    open(fast_config(dir)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raft_store_conforms_to_the_store_contract() {
+    crate::store::conformance::run_all(fresh).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_survives_a_restart_with_its_revisions() {
+    let dir = TempDir::new().unwrap();
+    let store = open(fast_config(dir.path())).await.unwrap();
+    // Concurrent writers share flushes; all of them must be acknowledged and durable.
+    let mut handles = Vec::new();
+    for i in 0..20 {
+        let s = store.clone();
+        handles.push(tokio::spawn(async move { s.txn(put(&format!("/k/{i:02}"), &i.to_string())).await }));
+    }
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+    store.txn(put("/k/00", "again")).await.unwrap();
+    store.txn(Txn { success: vec![Op::Delete { key: b"/k/01".to_vec() }], ..Default::default() }).await.unwrap();
+    let before = store.range(RangeRequest { prefix: b"/k/".to_vec(), ..Default::default() }).await.unwrap();
+    assert_eq!(before.revision, 22);
+
+    let store = reopen(dir.path(), store).await;
+    let after = store.range(RangeRequest { prefix: b"/k/".to_vec(), ..Default::default() }).await.unwrap();
+    assert_eq!(after, before);
+    let kv = store.get(b"/k/00").await.unwrap().0.unwrap();
+    assert_eq!((kv.version, kv.mod_revision, kv.value.as_slice()), (2, 21, &b"again"[..]));
+    // The revision counter continues where it stopped.
+    assert_eq!(store.txn(put("/k/new", "x")).await.unwrap().revision, 23);
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_from_a_revision_after_restart_and_compacted_history_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let store = open(fast_config(dir.path())).await.unwrap();
+    for i in 0..6 {
+        store.txn(put("/w/a", &i.to_string())).await.unwrap();
+    }
+    store.compact(3).await.unwrap();
+    let store = reopen(dir.path(), store).await;
+    assert_eq!(store.compact_revision().await.unwrap(), 3);
+    assert!(matches!(store.watch(b"/w/".to_vec(), 2).await, Err(StoreError::Compacted { .. })));
+    let mut w = store.watch(b"/w/".to_vec(), 4).await.unwrap();
+    store.txn(put("/w/a", "live")).await.unwrap();
+    let mut revs = Vec::new();
+    while revs.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), w.next()).await.unwrap() {
+            Some(Ok(WatchMessage::Events(e))) => {
+                assert_eq!(e[0].prev_kv.as_ref().unwrap().mod_revision, e[0].kv.mod_revision - 1);
+                revs.push(e[0].kv.mod_revision)
+            }
+            Some(Ok(WatchMessage::Progress(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(revs, vec![5, 6, 7]);
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_keys_are_deleted_by_the_leader_after_their_deadline() {
+    let s = fresh().await;
+    s.txn(Txn {
+        success: vec![Op::Put { key: b"/e".to_vec(), value: b"x".to_vec(), ttl_seconds: Some(1) }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    s.txn(put("/keep", "x")).await.unwrap();
+    let mut w = s.watch(b"/e".to_vec(), 0).await.unwrap();
+    assert!(s.get(b"/e").await.unwrap().0.is_some());
+    let deleted = loop {
+        match tokio::time::timeout(Duration::from_secs(5), w.next()).await.unwrap() {
+            Some(Ok(WatchMessage::Events(e))) => break e,
+            Some(Ok(WatchMessage::Progress(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(deleted[0].kind, EventKind::Delete);
+    assert!(s.get(b"/e").await.unwrap().0.is_none());
+    assert!(s.get(b"/keep").await.unwrap().0.is_some());
+    s.store.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_compaction_bounds_the_history() {
+    let dir = TempDir::new().unwrap();
+    let mut cfg = fast_config(dir.path());
+    cfg.compaction_interval = Duration::from_millis(100);
+    cfg.max_history_revisions = 5;
+    let store = open(cfg).await.unwrap();
+    for i in 0..20 {
+        store.txn(put("/c", &i.to_string())).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.compact_revision().await.unwrap() < 15 {
+        assert!(tokio::time::Instant::now() < deadline, "history was not compacted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_built_and_the_store_reopens_from_them() {
+    let dir = TempDir::new().unwrap();
+    let mut cfg = fast_config(dir.path());
+    cfg.snapshot_every_entries = 10;
+    let store = open(cfg.clone()).await.unwrap();
+    for i in 0..40 {
+        store.txn(put(&format!("/s/{}", i % 7), &i.to_string())).await.unwrap();
+    }
+    store.raft().trigger_snapshot().await.unwrap();
+    store
+        .raft()
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= 40), "snapshot taken")
+        .await
+        .unwrap();
+    let before = store.range(RangeRequest { prefix: b"/s/".to_vec(), ..Default::default() }).await.unwrap();
+    store.shutdown().await.unwrap();
+    drop(store);
+    let store = open(cfg).await.unwrap();
+    let after = store.range(RangeRequest { prefix: b"/s/".to_vec(), ..Default::default() }).await.unwrap();
+    assert_eq!(after, before);
+    store.shutdown().await.unwrap();
+}
+
+/// Writes some data, closes the store and returns its sled data file.
+async fn closed_store_with_data(dir: &std::path::Path) -> std::path::PathBuf {
+    let store = open(fast_config(dir)).await.unwrap();
+    for i in 0..50 {
+        store.txn(put(&format!("/x/{i}"), &"v".repeat(100))).await.unwrap();
+    }
+    store.shutdown().await.unwrap();
+    drop(store);
+    dir.join("db/sled/db")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_altered_data_file_is_refused_at_start_up() {
+    let dir = TempDir::new().unwrap();
+    let file = closed_store_with_data(dir.path()).await;
+    let mut bytes = std::fs::read(&file).unwrap();
+    // Flip bits in the middle of the data, where log entries and records live.
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&file, bytes).unwrap();
+    match open(fast_config(dir.path())).await {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("snapshot restore"), "{msg}"),
+        Err(other) => panic!("expected Corrupt, got {other:?}"),
+        Ok(_) => panic!("a damaged store was opened"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_data_file_is_refused_at_start_up() {
+    let dir = TempDir::new().unwrap();
+    let file = closed_store_with_data(dir.path()).await;
+    let len = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(len / 2).unwrap();
+    match open(fast_config(dir.path())).await {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("snapshot restore"), "{msg}"),
+        Err(other) => panic!("expected Corrupt, got {other:?}"),
+        Ok(_) => panic!("a damaged store was opened"),
+    }
+}
