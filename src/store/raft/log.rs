@@ -14,6 +14,8 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogId, RaftLogReader, StorageError, StorageIOError, Vote};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 type NodeId = u64;
@@ -30,6 +32,10 @@ pub struct LogStore {
     log: sled::Tree,
     meta: sled::Tree,
     flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    /// One past the highest index appended so far (0 = none).
+    appended: Arc<AtomicU64>,
+    /// One past the highest index known to be on disk (0 = none).
+    flushed: Arc<AtomicU64>,
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -48,10 +54,27 @@ impl LogStore {
         let log = db.open_tree("log").map_err(|e| Error::engine("opening the log tree", e))?;
         let meta = db.open_tree("raft_meta").map_err(|e| Error::engine("opening the raft_meta tree", e))?;
         let (flusher, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flush_loop(db.clone(), rx));
-        let store = LogStore { db: db.clone(), log, meta, flusher };
+        let appended = Arc::new(AtomicU64::new(0));
+        let flushed = Arc::new(AtomicU64::new(0));
+        tokio::spawn(flush_loop(db.clone(), rx, appended.clone(), flushed.clone()));
+        let store = LogStore { db: db.clone(), log, meta, flusher, appended, flushed };
         store.verify()?;
         Ok(store)
+    }
+
+    /// A handle reporting how far the log is known to be on disk.
+    pub fn durable_progress(&self) -> DurableProgress {
+        DurableProgress(self.flushed.clone())
+    }
+
+    /// The highest log index present on disk or purged (None for an empty log).
+    pub fn last_index(&self) -> Result<Option<u64>, Error> {
+        let purged: Option<LogId<NodeId>> = self.get_meta(PURGED_KEY)?;
+        let last = match self.log.last().map_err(|e| Error::engine("reading the raft log", e))? {
+            Some((k, v)) => Some(decode_entry(&k, &v)?.get_log_id().index),
+            None => None,
+        };
+        Ok(last.max(purged.map(|p| p.index)))
     }
 
     fn verify(&self) -> Result<(), Error> {
@@ -124,14 +147,35 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry<TypeConfig>, Error> {
     Ok(entry)
 }
 
+/// How far the log is known to be on disk; see [`LogStore::durable_progress`].
+#[derive(Clone)]
+pub struct DurableProgress(Arc<AtomicU64>);
+
+impl DurableProgress {
+    /// The highest log index known to be flushed, if any.
+    pub fn flushed_index(&self) -> Option<u64> {
+        self.0.load(Ordering::Acquire).checked_sub(1)
+    }
+}
+
 /// Fsyncs once per batch of queued appends, then completes each of them (group commit).
-async fn flush_loop(db: sled::Db, mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+async fn flush_loop(
+    db: sled::Db,
+    mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
+    appended: Arc<AtomicU64>,
+    flushed: Arc<AtomicU64>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
+        // Everything appended before the flush starts is covered by it.
+        let upto = appended.load(Ordering::Acquire);
         let result = db.flush_async().await;
+        if result.is_ok() {
+            flushed.fetch_max(upto, Ordering::AcqRel);
+        }
         if let Err(e) = &result {
             tracing::error!(error = %e, entries = batch.len(), "flushing the raft log to disk failed");
         }
@@ -207,11 +251,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut last = None;
         for entry in entries {
             let (k, v) = encode_entry(&entry).map_err(write_err)?;
+            last = Some(entry.get_log_id().index);
             batch.insert(k, v);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
+        if let Some(last) = last {
+            self.appended.store(last + 1, Ordering::Release);
+        }
         if let Err(mpsc::error::SendError(cb)) = self.flusher.send(callback) {
             // The flusher only stops with the runtime; flush inline rather than lose the ack.
             let r = self.db.flush_async().await;
@@ -227,6 +276,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.remove(k);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
+        self.appended.store(log_id.index, Ordering::Release);
         Ok(())
     }
 

@@ -13,6 +13,7 @@
 
 pub mod codec;
 pub mod log;
+pub mod marker;
 pub mod network;
 pub mod state_machine;
 
@@ -151,6 +152,10 @@ pub struct RaftStore {
     shared: Arc<state_machine::Shared>,
     db: sled::Db,
     node_id: NodeId,
+    dir: PathBuf,
+    durable: log::DurableProgress,
+    /// The index last written to the durability marker.
+    marked: Mutex<Option<u64>>,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -197,6 +202,12 @@ impl RaftStore {
             tracing::error!(error = %e, dir = %cfg.dir.display(), "the state machine failed verification");
             StoreError::from(e)
         })?;
+        let on_disk = log.last_index().map_err(StoreError::from)?.max(sm.applied_index());
+        marker::check(&cfg.dir, on_disk).map_err(|e| {
+            tracing::error!(error = %e, dir = %cfg.dir.display(), "the store lost data it had acknowledged");
+            StoreError::from(e)
+        })?;
+        let durable = log.durable_progress();
         let shared = sm.shared();
         let config = openraft::Config {
             cluster_name: "skiff".into(),
@@ -230,10 +241,14 @@ impl RaftStore {
             shared,
             db,
             node_id: cfg.node_id,
+            dir: cfg.dir.clone(),
+            durable,
+            marked: Mutex::new(on_disk),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
         });
         let tasks = vec![
+            tokio::spawn(marker_loop(Arc::downgrade(&store), store.cancel.clone())),
             tokio::spawn(expiry_loop(Arc::downgrade(&store), cfg.expiry_interval, store.cancel.clone())),
             tokio::spawn(compaction_loop(
                 Arc::downgrade(&store),
@@ -268,6 +283,21 @@ impl RaftStore {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
         self.db.flush_async().await.map_err(|e| StoreError::from(Error::engine("flushing at shutdown", e)))?;
+        self.update_marker(true).map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// Records in the durability marker how far the store is known to be on disk: applied
+    /// entries (committed, so never truncated) whose log entry was flushed.
+    /// `all_flushed`: sled was just flushed, so everything applied is on disk.
+    fn update_marker(&self, all_flushed: bool) -> Result<(), Error> {
+        let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index);
+        let durable = if all_flushed { applied } else { applied.min(self.durable.flushed_index()) };
+        let mut marked = self.marked.lock().unwrap_or_else(|e| e.into_inner());
+        if durable > *marked {
+            marker::write(&self.dir, durable.unwrap_or(0))?;
+            *marked = durable;
+        }
         Ok(())
     }
 
@@ -303,6 +333,20 @@ impl RaftStore {
             }
         }
         Ok(n)
+    }
+}
+
+async fn marker_loop(store: std::sync::Weak<RaftStore>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(store) = store.upgrade() else { return };
+        if let Err(e) = store.update_marker(false) {
+            tracing::warn!(error = %e, "updating the durability marker failed; will retry");
+        }
     }
 }
 

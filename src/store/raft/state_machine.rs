@@ -95,6 +95,11 @@ impl StateMachine {
         Ok(StateMachine { shared: Arc::new(Shared { mvcc: Mutex::new(mvcc), tx }), tree, dir, applied, membership })
     }
 
+    /// Index of the last applied log entry, if any.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.applied.map(|l| l.index)
+    }
+
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
     }
