@@ -114,6 +114,10 @@ pub struct RaftStoreConfig {
     pub advertise_addr: String,
     /// Carries Raft RPCs to other servers ([`NoTransport`] for one server).
     pub transport: Arc<dyn RaftTransport>,
+    /// Initialize a one-voter cluster when the data dir is fresh, and wait for a leader before
+    /// returning. False for a server joining an existing cluster: it stays uninitialized until
+    /// the leader adds it ([`RaftStore::add_voter`]).
+    pub bootstrap: bool,
     /// How often the leader compacts history (kube-apiserver's `--etcd-compaction-interval`,
     /// 5 minutes by default): each run compacts to the revision seen at the previous run, so
     /// watchers can resume from anything at most one or two intervals old.
@@ -137,6 +141,7 @@ impl RaftStoreConfig {
             node_id: 1,
             advertise_addr: "https://127.0.0.1:6443".into(),
             transport: Arc::new(NoTransport),
+            bootstrap: true,
             compaction_interval: Duration::from_secs(300),
             max_history_revisions: 100_000,
             expiry_interval: Duration::from_secs(1),
@@ -224,7 +229,7 @@ impl RaftStore {
         let raft = Raft::new(cfg.node_id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| StoreError::Internal(format!("starting raft: {e}")))?;
-        if !raft.is_initialized().await.map_err(unavailable("checking raft state"))? {
+        if cfg.bootstrap && !raft.is_initialized().await.map_err(unavailable("checking raft state"))? {
             let members = BTreeMap::from([(cfg.node_id, BasicNode { addr: cfg.advertise_addr.clone() })]);
             match raft.initialize(members).await {
                 Ok(()) => tracing::info!(node_id = cfg.node_id, "initialized a new one-server cluster"),
@@ -232,10 +237,12 @@ impl RaftStore {
                 Err(e) => return Err(unavailable("initializing the cluster")(e)),
             }
         }
-        raft.wait(Some(Duration::from_secs(30)))
-            .metrics(|m| m.current_leader.is_some(), "a raft leader is known")
-            .await
-            .map_err(unavailable("waiting for a raft leader"))?;
+        if cfg.bootstrap {
+            raft.wait(Some(Duration::from_secs(30)))
+                .metrics(|m| m.current_leader.is_some(), "a raft leader is known")
+                .await
+                .map_err(unavailable("waiting for a raft leader"))?;
+        }
         let store = Arc::new(RaftStore {
             raft,
             shared,
@@ -299,6 +306,40 @@ impl RaftStore {
             *marked = durable;
         }
         Ok(())
+    }
+
+    /// Adds a server as a voter: first as a learner that catches up (log or snapshot), then
+    /// promoted, so a slow joiner never stalls the quorum (Raft §4.2.1). Call on the leader.
+    pub async fn add_voter(&self, node_id: NodeId, addr: String) -> Result<(), StoreError> {
+        self.raft
+            .add_learner(node_id, BasicNode { addr }, true)
+            .await
+            .map_err(unavailable("adding the server as a learner"))?;
+        let mut voters: std::collections::BTreeSet<NodeId> =
+            self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        voters.insert(node_id);
+        self.raft.change_membership(voters, false).await.map_err(unavailable("promoting the server to voter"))?;
+        Ok(())
+    }
+
+    /// Removes a server from the membership (`kubectl delete node` of a server). Call on the leader.
+    pub async fn remove_member(&self, node_id: NodeId) -> Result<(), StoreError> {
+        let voters: std::collections::BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id != node_id)
+            .collect();
+        self.raft.change_membership(voters, false).await.map_err(unavailable("removing the server"))?;
+        Ok(())
+    }
+
+    /// The current leader's id, if one is known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
     }
 
     async fn propose(&self, req: Request) -> Result<Response, StoreError> {
@@ -409,6 +450,13 @@ impl Store for RaftStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        let read_only = txn.success.iter().chain(&txn.failure).all(|op| matches!(op, Op::Get { .. }));
+        if read_only {
+            // Like etcd, serve a read-only txn through ReadIndex instead of the log: it changes
+            // nothing, so it needs no entry and no fsync.
+            self.linearize().await?;
+            return Ok(self.shared.lock().apply(&txn, 0).response);
+        }
         match self.propose(Request::Txn { txn, now_ms: now_ms() }).await? {
             Response::Txn(r) => Ok(r),
             Response::Done => Err(StoreError::Internal("the state machine answered a txn with no result".into())),

@@ -303,3 +303,52 @@ async fn throughput() {
     eprintln!("sequential puts/s: {seq:.0}; 64 concurrent clients puts/s: {par:.0}");
     s.store.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_replicate_and_survive_the_loss_of_the_leader() {
+    let transport = InProcessTransport::default();
+    let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+    let mut stores = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let mut cfg = fast_config(dir.path());
+        cfg.node_id = id;
+        cfg.advertise_addr = format!("node-{id}");
+        cfg.transport = Arc::new(transport.clone());
+        cfg.bootstrap = id == 1;
+        let s = open(cfg).await.unwrap();
+        transport.register(id, s.raft_router());
+        stores.push(s);
+    }
+    stores[0].add_voter(2, "node-2".into()).await.unwrap();
+    stores[0].add_voter(3, "node-3".into()).await.unwrap();
+    let mut w = stores[2].watch(b"/r/".to_vec(), 0).await.unwrap();
+    let r = stores[0].txn(put("/r/a", "1")).await.unwrap();
+    let e = loop {
+        match tokio::time::timeout(Duration::from_secs(10), w.next()).await.unwrap() {
+            Some(Ok(WatchMessage::Events(e))) => break e,
+            Some(Ok(WatchMessage::Progress(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(e[0].kv.mod_revision, r.revision, "a follower serves watches from its own applied state");
+
+    // Stop the leader; the other two elect a new one and keep accepting writes.
+    transport.unregister(1);
+    let old = stores.remove(0);
+    old.shutdown().await.unwrap();
+    let t = std::time::Instant::now();
+    let new_leader = loop {
+        if let Some(l) = stores.iter().find(|s| s.leader() == Some(s.node_id)) {
+            break l.clone();
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "no new leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let r2 = new_leader.txn(put("/r/b", "2")).await.unwrap();
+    assert_eq!(r2.revision, r.revision + 1);
+    assert_eq!(new_leader.get(b"/r/a").await.unwrap().0.unwrap().value, b"1");
+    for s in stores {
+        s.shutdown().await.unwrap();
+    }
+}
