@@ -54,7 +54,11 @@ pub fn stream(
                         let _ = out.send(Err(StoreError::WatchLagged)).await;
                         return;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        // The store replaced its state (snapshot install) or shut down.
+                        let _ = out.send(Err(StoreError::WatchLagged)).await;
+                        return;
+                    }
                 },
                 _ = tick.tick() => {
                     if out.send(Ok(WatchMessage::Progress(seen))).await.is_err() { return; }

@@ -129,6 +129,9 @@ pub struct RaftStoreConfig {
     pub expiry_interval: Duration,
     /// Take a Raft snapshot (and purge the log before it) every this many entries.
     pub snapshot_every_entries: u64,
+    /// Log entries kept before the last snapshot, so briefly lagging followers catch up from the
+    /// log rather than a full snapshot.
+    pub keep_logs_after_snapshot: u64,
     /// sled's page cache size in bytes.
     pub cache_bytes: u64,
 }
@@ -146,6 +149,7 @@ impl RaftStoreConfig {
             max_history_revisions: 100_000,
             expiry_interval: Duration::from_secs(1),
             snapshot_every_entries: 20_000,
+            keep_logs_after_snapshot: 1000,
             cache_bytes: 64 << 20,
         }
     }
@@ -220,7 +224,7 @@ impl RaftStore {
             election_timeout_min: 300,
             election_timeout_max: 600,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: cfg.keep_logs_after_snapshot,
             ..Default::default()
         }
         .validate()
@@ -467,7 +471,7 @@ impl Store for RaftStore {
         let (history, live, start_rev) = {
             let m = self.shared.lock();
             let (history, start_rev) = m.history(&prefix, after_revision)?;
-            (history, self.shared.tx.subscribe(), start_rev)
+            (history, m.tx.subscribe(), start_rev)
         };
         Ok(watch::stream(history, live, start_rev, prefix))
     }

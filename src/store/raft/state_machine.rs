@@ -33,14 +33,33 @@ const SNAPSHOT_FILE: &str = "snapshot.bin";
 
 /// What readers and watchers share with the state machine.
 pub struct Shared {
-    mvcc: Mutex<Mvcc>,
+    inner: Mutex<Inner>,
+}
+
+/// The MVCC state and the channel its live events go out on, under one lock so a watch's
+/// history read and its subscription see the same revision.
+pub struct Inner {
+    pub mvcc: Mvcc,
     pub tx: broadcast::Sender<Published>,
 }
 
+impl std::ops::Deref for Inner {
+    type Target = Mvcc;
+    fn deref(&self) -> &Mvcc {
+        &self.mvcc
+    }
+}
+
+impl std::ops::DerefMut for Inner {
+    fn deref_mut(&mut self) -> &mut Mvcc {
+        &mut self.mvcc
+    }
+}
+
 impl Shared {
-    pub fn lock(&self) -> MutexGuard<'_, Mvcc> {
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
         // A poisoned lock means a panic mid-apply; openraft then stops the node anyway.
-        self.mvcc.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -92,7 +111,13 @@ impl StateMachine {
         let (rev, compact_rev): (i64, i64) = get_json(&tree, COUNTERS_KEY)?.unwrap_or((0, 0));
         let mvcc = Mvcc::restore(rev, compact_rev, load_records(&tree)?);
         let (tx, _) = broadcast::channel(LIVE_CAPACITY);
-        Ok(StateMachine { shared: Arc::new(Shared { mvcc: Mutex::new(mvcc), tx }), tree, dir, applied, membership })
+        Ok(StateMachine {
+            shared: Arc::new(Shared { inner: Mutex::new(Inner { mvcc, tx }) }),
+            tree,
+            dir,
+            applied,
+            membership,
+        })
     }
 
     /// Index of the last applied log entry, if any.
@@ -209,7 +234,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         if !applied.events.is_empty() {
                             // Published under the lock, so watchers see revisions in order and
                             // a new watch's history read never misses or repeats one.
-                            let _ = self.shared.tx.send(Arc::new((applied.response.revision, applied.events)));
+                            let _ = mvcc.tx.send(Arc::new((applied.response.revision, applied.events)));
                         }
                         responses.push(Response::Txn(applied.response));
                     }
@@ -283,8 +308,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.tree.apply_batch(batch).map_err(sm_write_err)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        *self.shared.lock() = Mvcc::restore(rev, compact_rev, records);
-        // Watchers cannot follow a jump over unknown revisions; they will resume or re-list.
+        {
+            let mut inner = self.shared.lock();
+            inner.mvcc = Mvcc::restore(rev, compact_rev, records);
+            // Live watchers cannot follow a jump over revisions they never saw: replacing the
+            // channel ends their streams with `WatchLagged`, and they re-watch from their last
+            // revision (history) or re-list (`Compacted`), as after an etcd watch cancel.
+            inner.tx = broadcast::channel(LIVE_CAPACITY).0;
+        }
         tracing::info!(revision = rev, "installed a raft snapshot");
         Ok(())
     }

@@ -352,3 +352,46 @@ async fn three_servers_replicate_and_survive_the_loss_of_the_leader() {
         s.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_server_behind_the_purged_log_catches_up_from_a_snapshot() {
+    let transport = InProcessTransport::default();
+    let (d1, d2) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let mut c1 = fast_config(d1.path());
+    c1.transport = Arc::new(transport.clone());
+    c1.snapshot_every_entries = 10;
+    c1.keep_logs_after_snapshot = 0;
+    let s1 = open(c1).await.unwrap();
+    transport.register(1, s1.raft_router());
+    for i in 0..30 {
+        s1.txn(put(&format!("/j/{}", i % 4), &i.to_string())).await.unwrap();
+    }
+    s1.raft().trigger().snapshot().await.unwrap();
+    s1.raft()
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.purged.is_some_and(|p| p.index >= 20), "log purged")
+        .await
+        .unwrap();
+    let mut c2 = fast_config(d2.path());
+    c2.node_id = 2;
+    c2.transport = Arc::new(transport.clone());
+    c2.bootstrap = false;
+    let s2 = open(c2).await.unwrap();
+    transport.register(2, s2.raft_router());
+    s1.add_voter(2, "node-2".into()).await.unwrap();
+    let want = s1.range(RangeRequest { prefix: b"/j/".to_vec(), ..Default::default() }).await.unwrap();
+    let applied = s1.raft().metrics().borrow().last_applied;
+    s2.raft()
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.last_applied >= applied, "follower caught up")
+        .await
+        .unwrap();
+    assert!(s2.raft().metrics().borrow().snapshot.is_some(), "the follower installed a snapshot");
+    let (rev, got) = {
+        let m = s2.shared.lock();
+        (m.revision(), m.range(&RangeRequest { prefix: b"/j/".to_vec(), ..Default::default() }).unwrap())
+    };
+    assert_eq!((rev, got), (want.revision, want));
+    s1.shutdown().await.unwrap();
+    s2.shutdown().await.unwrap();
+}
