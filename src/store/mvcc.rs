@@ -9,8 +9,9 @@
 //! the durable store writes to disk and feeds back through [`Mvcc::restore`] at start-up.
 
 use super::*;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
+use std::sync::Arc;
 
 /// One generation entry of a key: its value at `rev` (None = deleted at `rev`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,10 +53,13 @@ pub struct Mvcc {
     /// at or below the compaction revision (so reads at that revision still work) and all later
     /// ones; keys whose only remaining entry is an old tombstone are dropped (as etcd does).
     keys: BTreeMap<Vec<u8>, Vec<Gen>>,
-    /// Every event after `compact_rev`, in revision order: the watch history window.
-    log: VecDeque<(i64, Event)>,
+    /// Every change after `compact_rev` as (rev, sub, key), in order: the watch history window.
+    /// Events are rebuilt from `keys` when replayed, so values are held once, not per event.
+    log: VecDeque<(i64, u32, Arc<[u8]>)>,
     /// key -> (deadline in unix ms, mod_revision of the put that set it)
     expiries: HashMap<Vec<u8>, (u64, i64)>,
+    /// The same expiries ordered by deadline, so finding due keys does not scan them all.
+    by_deadline: BTreeSet<(u64, Vec<u8>)>,
 }
 
 impl Mvcc {
@@ -160,26 +164,25 @@ impl Mvcc {
     /// event history; returns the event.
     fn push_record(&mut self, r: &Record, prev: Option<KeyValue>) -> Option<Event> {
         self.keys.entry(r.key.clone()).or_default().push(Gen { rev: r.rev, sub: r.sub, kv: r.kv.clone() });
-        match (&r.kv, r.deadline_ms) {
-            (Some(_), Some(d)) => {
-                self.expiries.insert(r.key.clone(), (d, r.rev));
-            }
-            _ => {
-                self.expiries.remove(&r.key);
-            }
+        if let Some((d, _)) = self.expiries.remove(&r.key) {
+            self.by_deadline.remove(&(d, r.key.clone()));
         }
-        let event = match &r.kv {
-            Some(kv) => Event { kind: EventKind::Put, kv: kv.clone(), prev_kv: prev },
-            None => Event {
-                kind: EventKind::Delete,
-                kv: KeyValue { key: r.key.clone(), value: vec![], create_revision: 0, mod_revision: r.rev, version: 0 },
-                prev_kv: prev,
-            },
-        };
+        if let (Some(_), Some(d)) = (&r.kv, r.deadline_ms) {
+            self.expiries.insert(r.key.clone(), (d, r.rev));
+            self.by_deadline.insert((d, r.key.clone()));
+        }
         if r.rev > self.compact_rev {
-            self.log.push_back((r.rev, event.clone()));
+            self.log.push_back((r.rev, r.sub, Arc::from(r.key.as_slice())));
         }
-        Some(event)
+        Some(event_of(&r.key, r.rev, r.kv.clone(), prev))
+    }
+
+    /// Rebuilds the event of the change at (rev, sub) to `key` from its generations.
+    fn event_at(&self, key: &[u8], rev: i64, sub: u32) -> Option<Event> {
+        let h = self.keys.get(key)?;
+        let i = h.binary_search_by(|g| (g.rev, g.sub).cmp(&(rev, sub))).ok()?;
+        let prev = i.checked_sub(1).and_then(|p| h[p].kv.clone());
+        Some(event_of(key, rev, h[i].kv.clone(), prev))
     }
 
     /// Rebuilds the state from persisted records, which must come in (rev, sub) order.
@@ -233,7 +236,7 @@ impl Mvcc {
             }
             true
         });
-        while self.log.front().is_some_and(|(r, _)| *r <= revision) {
+        while self.log.front().is_some_and(|(r, _, _)| *r <= revision) {
             self.log.pop_front();
         }
         removed
@@ -287,14 +290,19 @@ impl Mvcc {
         let mut history: Vec<Vec<Event>> = Vec::new();
         let mut last_rev = -1;
         // The log is in revision order: skip to the first revision after `after`.
-        let start = self.log.partition_point(|(r, _)| *r <= after);
-        for (r, e) in self.log.range(start..).filter(|(_, e)| e.kv.key.starts_with(prefix)) {
+        let start = self.log.partition_point(|(r, _, _)| *r <= after);
+        for (r, sub, key) in self.log.range(start..).filter(|(_, _, k)| k.starts_with(prefix)) {
+            let Some(e) = self.event_at(key, *r, *sub) else {
+                // Cannot happen: compaction keeps every generation an event refers to.
+                tracing::error!(revision = r, key = %String::from_utf8_lossy(key), "watch history refers to a missing generation");
+                continue;
+            };
             if *r != last_rev {
                 history.push(Vec::new());
                 last_rev = *r;
             }
             if let Some(h) = history.last_mut() {
-                h.push(e.clone());
+                h.push(e);
             }
         }
         Ok((history, self.rev))
@@ -303,15 +311,27 @@ impl Mvcc {
     /// Keys whose TTL has passed at `now_ms`, with the mod revision of the put that set the TTL
     /// (delete them with [`txn::delete`] so a newer put is never removed).
     pub fn due_expiries(&self, now_ms: u64) -> Vec<(Vec<u8>, i64)> {
-        let mut due: Vec<(Vec<u8>, i64)> =
-            self.expiries.iter().filter(|(_, (d, _))| *d <= now_ms).map(|(k, (_, r))| (k.clone(), *r)).collect();
-        due.sort();
-        due
+        self.by_deadline
+            .iter()
+            .take_while(|(d, _)| *d <= now_ms)
+            .filter_map(|(_, k)| self.expiries.get(k).map(|(_, r)| (k.clone(), *r)))
+            .collect()
     }
 
     /// Oldest revision whose events are still in the history window (0 = none).
     pub fn oldest_event_revision(&self) -> i64 {
-        self.log.front().map(|(r, _)| *r).unwrap_or(0)
+        self.log.front().map(|(r, _, _)| *r).unwrap_or(0)
+    }
+}
+
+fn event_of(key: &[u8], rev: i64, kv: Option<KeyValue>, prev_kv: Option<KeyValue>) -> Event {
+    match kv {
+        Some(kv) => Event { kind: EventKind::Put, kv, prev_kv },
+        None => Event {
+            kind: EventKind::Delete,
+            kv: KeyValue { key: key.to_vec(), value: vec![], create_revision: 0, mod_revision: rev, version: 0 },
+            prev_kv,
+        },
     }
 }
 
