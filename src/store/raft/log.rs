@@ -130,14 +130,13 @@ impl LogStore {
 
 fn encode_entry(entry: &Entry<TypeConfig>) -> Result<(sled::IVec, Vec<u8>), Error> {
     let key = entry.get_log_id().index.to_be_bytes();
-    let payload = serde_json::to_vec(entry).map_err(|e| Error::Internal(format!("encoding a raft log entry: {e}")))?;
+    let payload = codec::encode_entry(entry)?;
     Ok((sled::IVec::from(&key[..]), codec::frame(&key, &payload)))
 }
 
 fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry<TypeConfig>, Error> {
     let payload = codec::unframe(key, value, "a raft log entry")?;
-    let entry: Entry<TypeConfig> = serde_json::from_slice(payload)
-        .map_err(|e| Error::Corrupt(format!("a raft log entry does not decode: {e}")))?;
+    let entry = codec::decode_entry(payload)?;
     if key != entry.get_log_id().index.to_be_bytes() {
         return Err(Error::Corrupt(format!(
             "raft log entry {} is stored under the wrong index",

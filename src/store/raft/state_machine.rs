@@ -215,6 +215,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut batch = sled::Batch::default();
         let mut responses = Vec::new();
         let mut touched = false;
+        let mut membership_changed = false;
         let (rev, compact_rev) = {
             let mut mvcc = self.shared.lock();
             for entry in entries {
@@ -224,6 +225,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Blank => responses.push(Response::Done),
                     EntryPayload::Membership(m) => {
                         self.membership = StoredMembership::new(Some(entry.log_id), m);
+                        membership_changed = true;
                         responses.push(Response::Done);
                     }
                     EntryPayload::Normal(Request::Txn { txn, now_ms }) => {
@@ -249,14 +251,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             (mvcc.revision(), mvcc.compact_revision())
         };
         if touched {
-            let enc = |k: &[u8], r: Result<Vec<u8>, Error>| r.map(|v| (k.to_vec(), v));
-            for kv in [
-                enc(APPLIED_KEY, json_frame(APPLIED_KEY, &self.applied)),
-                enc(MEMBERSHIP_KEY, json_frame(MEMBERSHIP_KEY, &self.membership)),
-                enc(COUNTERS_KEY, json_frame(COUNTERS_KEY, &(rev, compact_rev))),
-            ] {
-                let (k, v) = kv.map_err(sm_write_err)?;
-                batch.insert(k, v);
+            batch.insert(APPLIED_KEY, json_frame(APPLIED_KEY, &self.applied).map_err(sm_write_err)?);
+            batch.insert(COUNTERS_KEY, json_frame(COUNTERS_KEY, &(rev, compact_rev)).map_err(sm_write_err)?);
+            if membership_changed {
+                batch.insert(MEMBERSHIP_KEY, json_frame(MEMBERSHIP_KEY, &self.membership).map_err(sm_write_err)?);
             }
             self.tree.apply_batch(batch).map_err(|e| {
                 tracing::error!(error = %e, "writing applied raft entries to the state machine failed");
