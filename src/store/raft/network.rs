@@ -100,6 +100,57 @@ impl RaftTransport for InProcessTransport {
     }
 }
 
+/// The real transport: POSTs over HTTPS (or plain HTTP for `http://` addresses, used by tests)
+/// with a pooled hyper client. TLS identity and trust come from the caller's rustls config: the
+/// server's certificate as client certificate, the cluster CA as the only root.
+#[derive(Clone)]
+pub struct HttpTransport {
+    client: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    timeout: std::time::Duration,
+}
+
+impl HttpTransport {
+    /// `timeout` bounds each RPC (a snapshot chunk included); Raft retries after it.
+    pub fn new(tls: rustls::ClientConfig, timeout: std::time::Duration) -> HttpTransport {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        HttpTransport { client, timeout }
+    }
+}
+
+#[async_trait]
+impl RaftTransport for HttpTransport {
+    async fn call(&self, target: NodeId, addr: &str, path: &str, body: Vec<u8>) -> Result<Vec<u8>, TransportError> {
+        use http_body_util::BodyExt;
+        let unreachable = |reason: String| TransportError::Unreachable { target, addr: addr.to_string(), reason };
+        let uri = format!("{}{path}", addr.trim_end_matches('/'));
+        let req = hyper::Request::post(&uri)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .map_err(|e| unreachable(format!("bad request for {uri}: {e}")))?;
+        let call = async {
+            let resp = self.client.request(req).await.map_err(|e| unreachable(e.to_string()))?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+            if !status.is_success() {
+                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+                return Err(TransportError::BadResponse { target, reason: format!("HTTP {status}: {text}") });
+            }
+            Ok(bytes.to_vec())
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| unreachable(format!("no answer within {:?}", self.timeout)))?
+    }
+}
+
 /// openraft's network factory over a [`RaftTransport`].
 #[derive(Clone)]
 pub struct NetworkFactory {

@@ -395,3 +395,43 @@ async fn a_joining_server_behind_the_purged_log_catches_up_from_a_snapshot() {
     s1.shutdown().await.unwrap();
     s2.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_traffic_flows_over_http_between_two_servers() {
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let transport = Arc::new(network::HttpTransport::new(tls, Duration::from_secs(5)));
+    let (d1, d2) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let mut stores = Vec::new();
+    let mut addrs = Vec::new();
+    for (i, dir) in [&d1, &d2].into_iter().enumerate() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let mut cfg = fast_config(dir.path());
+        cfg.node_id = i as u64 + 1;
+        cfg.advertise_addr = addr.clone();
+        cfg.transport = transport.clone();
+        cfg.bootstrap = i == 0;
+        let s = open(cfg).await.unwrap();
+        let router = s.raft_router();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        stores.push(s);
+        addrs.push(addr);
+    }
+    stores[0].add_voter(2, addrs[1].clone()).await.unwrap();
+    let r = stores[0].txn(put("/h/a", "1")).await.unwrap();
+    let want = stores[0].raft().metrics().borrow().last_applied;
+    stores[1]
+        .raft()
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.last_applied >= want, "follower applied the write")
+        .await
+        .unwrap();
+    assert_eq!(stores[1].shared.lock().revision(), r.revision);
+    for s in stores {
+        s.shutdown().await.unwrap();
+    }
+}
