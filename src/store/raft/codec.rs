@@ -247,6 +247,16 @@ fn decode_request(r: &mut Reader<'_>) -> Result<Request, Error> {
     }
 }
 
+/// Decodes a request encoded by [`encode_request`] (a forwarded write).
+pub fn decode_request_bytes(buf: &[u8]) -> Result<Request, Error> {
+    let mut r = Reader { buf, what: "a forwarded request" };
+    let req = decode_request(&mut r)?;
+    if !r.buf.is_empty() {
+        return Err(Error::Corrupt("a forwarded request has trailing bytes".into()));
+    }
+    Ok(req)
+}
+
 /// Encodes a log entry (without its frame).
 pub fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>, Error> {
     let json =

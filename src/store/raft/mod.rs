@@ -19,7 +19,7 @@ pub mod state_machine;
 
 use crate::store::watch;
 use crate::store::*;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -161,6 +161,7 @@ pub struct RaftStore {
     shared: Arc<state_machine::Shared>,
     db: sled::Db,
     node_id: NodeId,
+    transport: Arc<dyn RaftTransport>,
     dir: PathBuf,
     durable: log::DurableProgress,
     /// The index last written to the durability marker.
@@ -252,6 +253,7 @@ impl RaftStore {
             shared,
             db,
             node_id: cfg.node_id,
+            transport: cfg.transport.clone(),
             dir: cfg.dir.clone(),
             durable,
             marked: Mutex::new(on_disk),
@@ -347,18 +349,49 @@ impl RaftStore {
     }
 
     async fn propose(&self, req: Request) -> Result<Response, StoreError> {
+        // Keep a copy only when a follower may have to forward it.
+        let copy = (!self.is_leader()).then(|| req.clone());
         match self.raft.client_write(req).await {
             Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(StoreError::Unavailable(format!(
-                "this server is not the raft leader (leader: {:?}); retry against the leader",
-                f.leader_id
-            ))),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let req = copy.ok_or_else(|| StoreError::Unavailable("raft leadership changed; retry".into()))?;
+                let (leader, addr) = leader_of(f.leader_id, f.leader_node)?;
+                let body = codec::encode_request(&req);
+                let answer = self.forward(leader, &addr, network::FORWARD_WRITE_PATH, body).await?;
+                let answer: network::ForwardResult<Response> = decode_answer(leader, &answer)?;
+                answer
+                    .map_err(|e| StoreError::Unavailable(format!("the leader (node {leader}) refused the write: {e}")))
+            }
             Err(e) => Err(unavailable("proposing a write")(e)),
         }
     }
 
+    async fn forward(&self, leader: NodeId, addr: &str, path: &str, body: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        self.transport.call(leader, addr, path, body).await.map_err(|e| {
+            tracing::warn!(leader, addr, path, error = %e, "forwarding to the raft leader failed");
+            StoreError::Unavailable(format!("cannot reach the raft leader: {e}"))
+        })
+    }
+
+    /// Makes the next local read linearizable: on the leader, openraft's ReadIndex; on a
+    /// follower, the leader's read index, then wait until this server has applied that far.
     async fn linearize(&self) -> Result<(), StoreError> {
-        self.raft.ensure_linearizable().await.map(|_| ()).map_err(unavailable("confirming raft leadership for a read"))
+        let f = match self.raft.ensure_linearizable().await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => f,
+            Err(e) => return Err(unavailable("confirming raft leadership for a read")(e)),
+        };
+        let (leader, addr) = leader_of(f.leader_id, f.leader_node)?;
+        let answer = self.forward(leader, &addr, network::READ_INDEX_PATH, Vec::new()).await?;
+        let index: network::ForwardResult<Option<u64>> = decode_answer(leader, &answer)?;
+        let index = index
+            .map_err(|e| StoreError::Unavailable(format!("the leader (node {leader}) refused a read index: {e}")))?;
+        self.raft
+            .wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(index, "applied up to the leader's read index")
+            .await
+            .map_err(unavailable("catching up with the leader for a read"))?;
+        Ok(())
     }
 
     fn is_leader(&self) -> bool {
@@ -379,6 +412,21 @@ impl RaftStore {
         }
         Ok(n)
     }
+}
+
+/// The leader to forward to, or `Unavailable` while none is known (an election is running).
+fn leader_of(id: Option<NodeId>, node: Option<BasicNode>) -> Result<(NodeId, String), StoreError> {
+    match (id, node) {
+        (Some(id), Some(node)) => Ok((id, node.addr)),
+        _ => Err(StoreError::Unavailable("no raft leader is known right now (election in progress?); retry".into())),
+    }
+}
+
+fn decode_answer<T: serde::de::DeserializeOwned>(leader: NodeId, body: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(body).map_err(|e| {
+        tracing::warn!(leader, error = %e, "undecodable answer from the raft leader");
+        StoreError::Unavailable(format!("the raft leader (node {leader}) sent an undecodable answer: {e}"))
+    })
 }
 
 async fn marker_loop(store: std::sync::Weak<RaftStore>, cancel: CancellationToken) {

@@ -29,6 +29,13 @@ type NodeId = u64;
 pub const APPEND_PATH: &str = "/raft/append";
 pub const VOTE_PATH: &str = "/raft/vote";
 pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
+/// A follower forwards a client write here on the leader (body: binary [`super::Request`]).
+pub const FORWARD_WRITE_PATH: &str = "/raft/forward/write";
+/// A follower asks the leader for a read index here before a linearizable read.
+pub const READ_INDEX_PATH: &str = "/raft/forward/read-index";
+
+/// The leader's answer to a forwarded write or read-index request.
+pub type ForwardResult<T> = Result<T, String>;
 
 /// Why an RPC did not reach its peer or got no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -115,11 +122,8 @@ pub struct HttpTransport {
 impl HttpTransport {
     /// `timeout` bounds each RPC (a snapshot chunk included); Raft retries after it.
     pub fn new(tls: rustls::ClientConfig, timeout: std::time::Duration) -> HttpTransport {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let connector =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
         HttpTransport { client, timeout }
     }
@@ -237,7 +241,28 @@ pub fn router(raft: Raft<TypeConfig>) -> Router {
         .route(APPEND_PATH, post(append))
         .route(VOTE_PATH, post(vote))
         .route(SNAPSHOT_PATH, post(snapshot))
+        .route(FORWARD_WRITE_PATH, post(forward_write))
+        .route(READ_INDEX_PATH, post(read_index))
         .with_state(raft)
+}
+
+async fn forward_write(
+    State(raft): State<Raft<TypeConfig>>,
+    body: bytes::Bytes,
+) -> Json<ForwardResult<super::Response>> {
+    let req = match super::codec::decode_request_bytes(&body) {
+        Ok(r) => r,
+        Err(e) => return Json(Err(format!("undecodable forwarded write: {e}"))),
+    };
+    // Executed here only, never forwarded again: a stale leader answers with an error and the
+    // follower retries once it learns the new leader.
+    Json(raft.client_write(req).await.map(|r| r.data).map_err(|e| e.to_string()))
+}
+
+async fn read_index(State(raft): State<Raft<TypeConfig>>) -> Json<ForwardResult<Option<u64>>> {
+    // ReadIndex (Raft §6.4): the leader confirms it still leads and names the index a read must
+    // wait for; the follower then serves the read from its own state machine.
+    Json(raft.ensure_linearizable().await.map(|l| l.map(|l| l.index)).map_err(|e| e.to_string()))
 }
 
 async fn append(

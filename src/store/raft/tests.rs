@@ -348,6 +348,12 @@ async fn three_servers_replicate_and_survive_the_loss_of_the_leader() {
     let r2 = new_leader.txn(put("/r/b", "2")).await.unwrap();
     assert_eq!(r2.revision, r.revision + 1);
     assert_eq!(new_leader.get(b"/r/a").await.unwrap().0.unwrap().value, b"1");
+    // The follower forwards writes to the leader and reads linearizably through its read index.
+    let follower = stores.iter().find(|s| s.node_id != new_leader.node_id).unwrap().clone();
+    let r3 = follower.txn(put("/r/c", "3")).await.unwrap();
+    assert_eq!(r3.revision, r2.revision + 1);
+    assert_eq!(follower.get(b"/r/c").await.unwrap().0.unwrap().mod_revision, r3.revision);
+    assert_eq!(follower.current_revision().await.unwrap(), r3.revision);
     for s in stores {
         s.shutdown().await.unwrap();
     }
