@@ -11,6 +11,7 @@
 //!
 //! A fresh data dir initializes a one-voter cluster automatically.
 
+pub mod backup;
 pub mod codec;
 pub mod log;
 pub mod marker;
@@ -192,18 +193,7 @@ impl RaftStore {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| {
             StoreError::Internal(format!("cannot create the store directory {}: {e}", cfg.dir.display()))
         })?;
-        let sled_dir = cfg.dir.join("sled");
-        let db = sled::Config::new()
-            .path(&sled_dir)
-            .cache_capacity(cfg.cache_bytes)
-            // Durability comes from explicit flushes; a background flush only adds I/O.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| {
-                let e = Error::engine(&format!("opening {}", sled_dir.display()), e);
-                tracing::error!(error = %e, "cannot open the store");
-                StoreError::from(e)
-            })?;
+        let db = open_sled(&cfg.dir, cfg.cache_bytes)?;
         let log = log::LogStore::open(&db).map_err(|e| {
             tracing::error!(error = %e, dir = %cfg.dir.display(), "the raft log failed verification");
             StoreError::from(e)
@@ -412,6 +402,22 @@ impl RaftStore {
         }
         Ok(n)
     }
+}
+
+/// Opens the sled database under a store directory.
+fn open_sled(dir: &std::path::Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    let sled_dir = dir.join("sled");
+    sled::Config::new()
+        .path(&sled_dir)
+        .cache_capacity(cache_bytes)
+        // Durability comes from explicit flushes; a background flush only adds I/O.
+        .flush_every_ms(None)
+        .open()
+        .map_err(|e| {
+            let e = Error::engine(&format!("opening {}", sled_dir.display()), e);
+            tracing::error!(error = %e, "cannot open the store");
+            StoreError::from(e)
+        })
 }
 
 /// The leader to forward to, or `Unavailable` while none is known (an election is running).

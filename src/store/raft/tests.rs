@@ -441,3 +441,37 @@ async fn raft_traffic_flows_over_http_between_two_servers() {
         s.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_snapshot_restores_into_a_new_data_dir_with_identical_contents_and_revisions() {
+    let (d1, d2) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let s1 = open(fast_config(d1.path())).await.unwrap();
+    for i in 0..12 {
+        s1.txn(put(&format!("/b/{}", i % 5), &i.to_string())).await.unwrap();
+    }
+    s1.txn(Txn { success: vec![Op::Delete { key: b"/b/0".to_vec() }], ..Default::default() }).await.unwrap();
+    s1.compact(8).await.unwrap();
+    let file = d1.path().join("save.snap");
+    let info = s1.save_snapshot(&file).await.unwrap();
+    assert_eq!((info.revision, info.compact_revision), (13, 8));
+    let want = s1.range(RangeRequest { prefix: b"/b/".to_vec(), ..Default::default() }).await.unwrap();
+    let want_past =
+        s1.range(RangeRequest { prefix: b"/b/".to_vec(), revision: 9, ..Default::default() }).await.unwrap();
+    s1.shutdown().await.unwrap();
+
+    assert_eq!(backup::restore_snapshot(&file, &d2.path().join("db")).unwrap(), info);
+    assert!(backup::restore_snapshot(&file, &d2.path().join("db")).is_err(), "restore refuses a non-empty dir");
+    let s2 = open(fast_config(d2.path())).await.unwrap();
+    assert_eq!(s2.range(RangeRequest { prefix: b"/b/".to_vec(), ..Default::default() }).await.unwrap(), want);
+    let past = s2.range(RangeRequest { prefix: b"/b/".to_vec(), revision: 9, ..Default::default() }).await.unwrap();
+    assert_eq!(past, want_past);
+    assert_eq!(s2.compact_revision().await.unwrap(), 8);
+    assert_eq!(s2.txn(put("/b/new", "x")).await.unwrap().revision, 14);
+    s2.shutdown().await.unwrap();
+
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes.truncate(bytes.len() - 3);
+    std::fs::write(&file, bytes).unwrap();
+    let d3 = TempDir::new().unwrap();
+    assert!(matches!(backup::restore_snapshot(&file, d3.path()), Err(StoreError::Corrupt(_))));
+}
