@@ -209,6 +209,15 @@ async fn snapshots_are_built_and_the_store_reopens_from_them() {
     store.shutdown().await.unwrap();
 }
 
+/// Waits until a (follower) store has applied `revision`.
+async fn wait_for_revision(s: &RaftStore, revision: i64) {
+    let t = std::time::Instant::now();
+    while s.shared.lock().revision() < revision {
+        assert!(t.elapsed() < Duration::from_secs(10), "store {} never reached revision {revision}", s.node_id);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Writes some data, closes the store and returns its sled data file.
 async fn closed_store_with_data(dir: &std::path::Path) -> std::path::PathBuf {
     let store = open(fast_config(dir)).await.unwrap();
@@ -386,13 +395,12 @@ async fn a_joining_server_behind_the_purged_log_catches_up_from_a_snapshot() {
     transport.register(2, s2.raft_router());
     s1.add_voter(2, "node-2".into()).await.unwrap();
     let want = s1.range(RangeRequest { prefix: b"/j/".to_vec(), ..Default::default() }).await.unwrap();
-    let applied = s1.raft().metrics().borrow().last_applied;
+    wait_for_revision(&s2, want.revision).await;
     s2.raft()
         .wait(Some(Duration::from_secs(10)))
-        .metrics(|m| m.last_applied >= applied, "follower caught up")
+        .metrics(|m| m.snapshot.is_some(), "the follower installed a snapshot")
         .await
         .unwrap();
-    assert!(s2.raft().metrics().borrow().snapshot.is_some(), "the follower installed a snapshot");
     let (rev, got) = {
         let m = s2.shared.lock();
         (m.revision(), m.range(&RangeRequest { prefix: b"/j/".to_vec(), ..Default::default() }).unwrap())
@@ -429,14 +437,7 @@ async fn raft_traffic_flows_over_http_between_two_servers() {
     }
     stores[0].add_voter(2, addrs[1].clone()).await.unwrap();
     let r = stores[0].txn(put("/h/a", "1")).await.unwrap();
-    let want = stores[0].raft().metrics().borrow().last_applied;
-    stores[1]
-        .raft()
-        .wait(Some(Duration::from_secs(10)))
-        .metrics(|m| m.last_applied >= want, "follower applied the write")
-        .await
-        .unwrap();
-    assert_eq!(stores[1].shared.lock().revision(), r.revision);
+    wait_for_revision(&stores[1], r.revision).await;
     for s in stores {
         s.shutdown().await.unwrap();
     }
