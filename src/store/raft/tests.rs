@@ -476,3 +476,77 @@ async fn a_saved_snapshot_restores_into_a_new_data_dir_with_identical_contents_a
     let d3 = TempDir::new().unwrap();
     assert!(matches!(backup::restore_snapshot(&file, d3.path()), Err(StoreError::Corrupt(_))));
 }
+
+/// The child half of the kill -9 test: writes keys under concurrent load and prints each
+/// acknowledged one. Runs only when the parent test starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn crash_child() {
+    let Ok(dir) = std::env::var("SKIFF_CRASH_DIR") else { return };
+    let store = open(fast_config(std::path::Path::new(&dir))).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for c in 0..8 {
+        let (s, tx) = (store.clone(), tx.clone());
+        tokio::spawn(async move {
+            for i in 0.. {
+                let key = format!("/crash/{c}/{i}");
+                s.txn(put(&key, "v")).await.unwrap();
+                if tx.send(key).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    while let Some(key) = rx.recv().await {
+        writeln!(out, "ACK {key}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_survives_kill_dash_nine() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = TempDir::new().unwrap();
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "store::raft::tests::crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("SKIFF_CRASH_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut acked = Vec::new();
+    // Long enough for the durability marker to be rewritten under load.
+    while acked.len() < 1500 {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap();
+        match line {
+            Some(l) if l.starts_with("ACK ") => acked.push(l[4..].to_string()),
+            Some(_) => {}
+            None => panic!("the child exited early after {} acks", acked.len()),
+        }
+    }
+    // SIGKILL mid-load: no shutdown, no final flush.
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    while let Ok(Some(l)) = lines.next_line().await {
+        if let Some(k) = l.strip_prefix("ACK ") {
+            acked.push(k.to_string());
+        }
+    }
+    let store = open(fast_config(dir.path())).await.unwrap();
+    let have = store.range(RangeRequest { prefix: b"/crash/".to_vec(), ..Default::default() }).await.unwrap();
+    let have: std::collections::HashSet<Vec<u8>> = have.kvs.into_iter().map(|kv| kv.key).collect();
+    let missing: Vec<&String> = acked.iter().filter(|k| !have.contains(k.as_bytes())).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(have.len() >= acked.len());
+    store.shutdown().await.unwrap();
+}
