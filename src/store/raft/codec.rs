@@ -210,6 +210,14 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
             out.push(1);
             out.extend_from_slice(&revision.to_be_bytes());
         }
+        Request::Batch(reqs) => {
+            out.push(2);
+            out.extend_from_slice(&(reqs.len() as u32).to_be_bytes());
+            for r in reqs {
+                let b = encode_request(r);
+                put_bytes(&mut out, &b);
+            }
+        }
     }
     out
 }
@@ -243,6 +251,15 @@ fn decode_request(r: &mut Reader<'_>) -> Result<Request, Error> {
             Ok(Request::Txn { txn: Txn { compare, success, failure }, now_ms })
         }
         1 => Ok(Request::Compact { revision: r.i64()? }),
+        2 => {
+            let n = r.u32()?;
+            let mut reqs = Vec::new();
+            for _ in 0..n {
+                let b = r.bytes()?;
+                reqs.push(decode_request_bytes(&b)?);
+            }
+            Ok(Request::Batch(reqs))
+        }
         _ => Err(r.bad("request kind")),
     }
 }
@@ -417,7 +434,9 @@ mod tests {
                 Op::Put { key: b"/c".to_vec(), value: vec![], ttl_seconds: None },
             ],
         };
-        for req in [Request::Txn { txn, now_ms: 1234 }, Request::Compact { revision: 9 }] {
+        let one = Request::Txn { txn, now_ms: 1234 };
+        let batch = Request::Batch(vec![one.clone(), Request::Compact { revision: 2 }]);
+        for req in [one, Request::Compact { revision: 9 }, batch] {
             let entry = Entry::<TypeConfig> {
                 log_id: LogId::new(openraft::CommittedLeaderId::new(3, 1), 17),
                 payload: EntryPayload::Normal(req),

@@ -43,6 +43,9 @@ pub enum Request {
     Txn { txn: Txn, now_ms: u64 },
     /// Discard history older than `revision` on every replica.
     Compact { revision: i64 },
+    /// Several requests proposed together (group commit: one entry, one fsync), applied in
+    /// order as if they were separate entries.
+    Batch(Vec<Request>),
 }
 
 /// The state machine's answer to one log entry.
@@ -51,6 +54,8 @@ pub enum Response {
     Txn(TxnResponse),
     /// Entries without a payload answer (blank, membership, compaction).
     Done,
+    /// One response per request of a [`Request::Batch`].
+    Batch(Vec<Response>),
 }
 
 openraft::declare_raft_types!(
@@ -156,8 +161,17 @@ impl RaftStoreConfig {
     }
 }
 
+/// Most requests one log entry carries.
+pub const MAX_BATCH: usize = 512;
+
+/// A write waiting for the proposer, with where to send its answer.
+type Pending = (Request, tokio::sync::oneshot::Sender<Result<Response, StoreError>>);
+
 /// The durable, replicated store.
 pub struct RaftStore {
+    /// Writes go through one proposer task that batches whatever queued up while the previous
+    /// entry was being committed (openraft 0.9 appends and fsyncs one client write at a time).
+    proposals: tokio::sync::mpsc::Sender<Pending>,
     raft: Raft<TypeConfig>,
     shared: Arc<state_machine::Shared>,
     db: sled::Db,
@@ -238,7 +252,9 @@ impl RaftStore {
                 .await
                 .map_err(unavailable("waiting for a raft leader"))?;
         }
+        let (proposals, proposals_rx) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
         let store = Arc::new(RaftStore {
+            proposals,
             raft,
             shared,
             db,
@@ -251,6 +267,7 @@ impl RaftStore {
             tasks: Mutex::new(Vec::new()),
         });
         let tasks = vec![
+            tokio::spawn(proposer_loop(Arc::downgrade(&store), proposals_rx, store.cancel.clone())),
             tokio::spawn(marker_loop(Arc::downgrade(&store), store.cancel.clone())),
             tokio::spawn(expiry_loop(Arc::downgrade(&store), cfg.expiry_interval, store.cancel.clone())),
             tokio::spawn(compaction_loop(
@@ -338,7 +355,19 @@ impl RaftStore {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// Proposes a write through the batching proposer and waits for its result.
     async fn propose(&self, req: Request) -> Result<Response, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.proposals
+            .send((req, tx))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the store stopped before the write was answered; retry".into()))?
+    }
+
+    /// Proposes one log entry now (forwarding it to the leader from a follower).
+    async fn propose_now(&self, req: Request) -> Result<Response, StoreError> {
         // Keep a copy only when a follower may have to forward it.
         let copy = (!self.is_leader()).then(|| req.clone());
         match self.raft.client_write(req).await {
@@ -435,6 +464,55 @@ fn decode_answer<T: serde::de::DeserializeOwned>(leader: NodeId, body: &[u8]) ->
     })
 }
 
+/// Group commit: takes every write queued while the previous entry was in flight and proposes
+/// them as one [`Request::Batch`] entry, so concurrent writers share one append and one fsync
+/// (etcd batches its raft proposals the same way).
+async fn proposer_loop(
+    store: std::sync::Weak<RaftStore>,
+    mut rx: tokio::sync::mpsc::Receiver<Pending>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return,
+            p = rx.recv() => match p { Some(p) => p, None => return },
+        };
+        let mut pending = vec![first];
+        while pending.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => pending.push(p),
+                Err(_) => break,
+            }
+        }
+        let Some(store) = store.upgrade() else { return };
+        if pending.len() == 1 {
+            if let Some((req, tx)) = pending.pop() {
+                let _ = tx.send(store.propose_now(req).await);
+            }
+            continue;
+        }
+        let (reqs, txs): (Vec<Request>, Vec<_>) = pending.into_iter().unzip();
+        match store.propose_now(Request::Batch(reqs)).await {
+            Ok(Response::Batch(rs)) if rs.len() == txs.len() => {
+                for (tx, r) in txs.into_iter().zip(rs) {
+                    let _ = tx.send(Ok(r));
+                }
+            }
+            Ok(other) => {
+                tracing::error!(answer = ?other, "the state machine answered a batch with the wrong shape");
+                for tx in txs {
+                    let _ = tx.send(Err(StoreError::Internal("the state machine answered a batch wrongly".into())));
+                }
+            }
+            Err(e) => {
+                for tx in txs {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
 async fn marker_loop(store: std::sync::Weak<RaftStore>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -517,7 +595,7 @@ impl Store for RaftStore {
         }
         match self.propose(Request::Txn { txn, now_ms: now_ms() }).await? {
             Response::Txn(r) => Ok(r),
-            Response::Done => Err(StoreError::Internal("the state machine answered a txn with no result".into())),
+            other => Err(StoreError::Internal(format!("the state machine answered a txn with {other:?}"))),
         }
     }
 

@@ -180,6 +180,33 @@ fn write_snapshot_file(
     Ok(())
 }
 
+/// Applies one request to the MVCC state, adding its changes to `batch` and publishing its
+/// events. A batch applies its requests in order, each txn getting its own revision, exactly as
+/// if they had been separate entries.
+fn apply_request(inner: &mut Inner, batch: &mut sled::Batch, req: Request) -> Response {
+    match req {
+        Request::Txn { txn, now_ms } => {
+            let applied = inner.mvcc.apply(&txn, now_ms);
+            for r in &applied.records {
+                put_record(batch, r);
+            }
+            if !applied.events.is_empty() {
+                // Published under the lock, so watchers see revisions in order and a new
+                // watch's history read never misses or repeats one.
+                let _ = inner.tx.send(Arc::new((applied.response.revision, applied.events)));
+            }
+            Response::Txn(applied.response)
+        }
+        Request::Compact { revision } => {
+            for (rev, sub) in inner.mvcc.compact(revision) {
+                batch.remove(&codec::record_key(rev, sub)[..]);
+            }
+            Response::Done
+        }
+        Request::Batch(reqs) => Response::Batch(reqs.into_iter().map(|r| apply_request(inner, batch, r)).collect()),
+    }
+}
+
 /// Seeds a fresh state-machine tree with MVCC data (snapshot restore): the records and the
 /// revision counters, no applied log id, so a new cluster's log starts on top of it.
 pub fn seed(db: &sled::Db, rev: i64, compact_rev: i64, records: &[Record]) -> Result<(), Error> {
@@ -245,24 +272,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         membership_changed = true;
                         responses.push(Response::Done);
                     }
-                    EntryPayload::Normal(Request::Txn { txn, now_ms }) => {
-                        let applied = mvcc.apply(&txn, now_ms);
-                        for r in &applied.records {
-                            put_record(&mut batch, r);
-                        }
-                        if !applied.events.is_empty() {
-                            // Published under the lock, so watchers see revisions in order and
-                            // a new watch's history read never misses or repeats one.
-                            let _ = mvcc.tx.send(Arc::new((applied.response.revision, applied.events)));
-                        }
-                        responses.push(Response::Txn(applied.response));
-                    }
-                    EntryPayload::Normal(Request::Compact { revision }) => {
-                        for (rev, sub) in mvcc.compact(revision) {
-                            batch.remove(&codec::record_key(rev, sub)[..]);
-                        }
-                        responses.push(Response::Done);
-                    }
+                    EntryPayload::Normal(req) => responses.push(apply_request(&mut mvcc, &mut batch, req)),
                 }
             }
             (mvcc.revision(), mvcc.compact_revision())

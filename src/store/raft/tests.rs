@@ -550,3 +550,31 @@ async fn every_acknowledged_write_survives_kill_dash_nine() {
     assert!(have.len() >= acked.len());
     store.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_log_entries_and_each_gets_its_own_revision() {
+    let s = fresh().await;
+    s.txn(put("/g/warm", "x")).await.unwrap();
+    let before = s.store.raft().metrics().borrow().last_log_index.unwrap_or(0);
+    let mut hs = Vec::new();
+    for i in 0..64 {
+        let st = s.store.clone();
+        hs.push(tokio::spawn(async move { st.txn(put(&format!("/g/{i}"), "v")).await.unwrap().revision }));
+    }
+    let mut revs = Vec::new();
+    for h in hs {
+        revs.push(h.await.unwrap());
+    }
+    revs.sort();
+    assert_eq!(revs, (2..66).collect::<Vec<i64>>(), "one revision per txn, none shared or skipped");
+    let t = std::time::Instant::now();
+    let after = loop {
+        let m = s.store.raft().metrics().borrow().clone();
+        if m.last_applied.map(|l| l.index) == m.last_log_index || t.elapsed() > Duration::from_secs(5) {
+            break m.last_log_index.unwrap_or(0);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(after - before < 64, "64 writes took {} log entries", after - before);
+    s.store.shutdown().await.unwrap();
+}
