@@ -578,3 +578,54 @@ async fn concurrent_writes_share_log_entries_and_each_gets_its_own_revision() {
     assert!(after - before < 64, "64 writes took {} log entries", after - before);
     s.store.shutdown().await.unwrap();
 }
+
+/// Disk use after compaction relative to live data (run with `-- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn space_amplification() {
+    fn du(p: &std::path::Path) -> u64 {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| match e.metadata() {
+                        Ok(m) if m.is_dir() => du(&e.path()),
+                        Ok(m) => m.len(),
+                        Err(_) => 0,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    let s = fresh().await;
+    let value = "v".repeat(1024);
+    let keys = 5000;
+    for round in 0..4 {
+        let mut hs = Vec::new();
+        for c in 0..50 {
+            let (st, value) = (s.store.clone(), value.clone());
+            hs.push(tokio::spawn(async move {
+                for i in (c..keys).step_by(50) {
+                    st.txn(put(&format!("/sp/{i:06}"), &format!("{round}{value}"))).await.unwrap();
+                }
+            }));
+        }
+        for h in hs {
+            h.await.unwrap();
+        }
+    }
+    let rev = s.store.current_revision().await.unwrap();
+    s.store.compact(rev).await.unwrap();
+    s.store.raft().trigger().snapshot().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let live = keys as u64 * (1024 + 12);
+    let dir = s._dir.path();
+    eprintln!(
+        "live {} KiB; data dir {} KiB (sled {} KiB); ratio {:.2}",
+        live / 1024,
+        du(dir) / 1024,
+        du(&dir.join("db/sled")) / 1024,
+        du(dir) as f64 / live as f64
+    );
+    s.store.shutdown().await.unwrap();
+    eprintln!("after shutdown: data dir {} KiB", du(dir) / 1024);
+}
