@@ -120,10 +120,10 @@ impl LogStore {
         Ok(())
     }
 
-    fn last_entry_id(&self) -> StorageResult<Option<LogId<NodeId>>> {
-        match self.log.last().map_err(read_err)? {
+    fn last_entry_id(&self) -> Result<Option<LogId<NodeId>>, Error> {
+        match self.log.last().map_err(|e| Error::engine("reading the raft log", e))? {
             None => Ok(None),
-            Some((k, v)) => Ok(Some(*decode_entry(&k, &v).map_err(read_err)?.get_log_id())),
+            Some((k, v)) => Ok(Some(*decode_entry(&k, &v)?.get_log_id())),
         }
     }
 }
@@ -216,7 +216,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
         let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta(PURGED_KEY).map_err(read_err)?;
-        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        let last_log_id = self.last_entry_id().map_err(read_err)?.or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 

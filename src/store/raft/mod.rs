@@ -3,13 +3,16 @@
 //! MVCC core ([`crate::store::mvcc`]) for etcd's data model, and a pluggable peer transport
 //! ([`network`]).
 //!
-//! [`RaftStore`] implements [`Store`]: writes are proposed to Raft and answered once applied
-//! (their entry fsynced first); reads confirm leadership with `ensure_linearizable` (etcd's
-//! ReadIndex) and are served from the local state machine; watches are served from local
-//! applied state. The leader also runs the TTL expiry loop (deadlines travel in the log, so
-//! replicas agree) and periodic compaction, as kube-apiserver's compactor does for etcd.
+//! [`RaftStore`] implements [`Store`]: writes go through a batching proposer (group commit:
+//! concurrent writes share one entry and one fsync) and are answered once applied, their entry
+//! on disk first; a follower forwards them to the leader. Reads confirm leadership with
+//! `ensure_linearizable` (etcd's ReadIndex; a follower asks the leader for the index) and are
+//! served from the local state machine; watches are served from local applied state. The leader
+//! also runs the TTL expiry loop (deadlines travel in the log, so replicas agree) and periodic
+//! compaction, as kube-apiserver's compactor does for etcd.
 //!
-//! A fresh data dir initializes a one-voter cluster automatically.
+//! A fresh data dir initializes a one-voter cluster automatically. Start-up verifies every
+//! checksum and the durability [`marker`]; [`backup`] saves and restores snapshots.
 
 pub mod backup;
 pub mod codec;
@@ -30,7 +33,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use network::{InProcessTransport, NoTransport, RaftTransport, TransportError};
+pub use backup::{restore_snapshot, SnapshotInfo};
+pub use network::{HttpTransport, InProcessTransport, NoTransport, RaftTransport, TransportError};
 
 /// Raft node identifier.
 pub type NodeId = u64;
@@ -185,7 +189,9 @@ pub struct RaftStore {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-fn now_ms() -> u64 {
+/// Unix milliseconds now: stamped into txns by the proposer (restamped by the leader when
+/// forwarded) to turn TTLs into deadlines.
+pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

@@ -250,13 +250,23 @@ async fn forward_write(
     State(raft): State<Raft<TypeConfig>>,
     body: bytes::Bytes,
 ) -> Json<ForwardResult<super::Response>> {
-    let req = match super::codec::decode_request_bytes(&body) {
+    let mut req = match super::codec::decode_request_bytes(&body) {
         Ok(r) => r,
         Err(e) => return Json(Err(format!("undecodable forwarded write: {e}"))),
     };
+    // TTL deadlines follow the leader's clock, whichever server took the write.
+    restamp(&mut req, super::now_ms());
     // Executed here only, never forwarded again: a stale leader answers with an error and the
     // follower retries once it learns the new leader.
     Json(raft.client_write(req).await.map(|r| r.data).map_err(|e| e.to_string()))
+}
+
+fn restamp(req: &mut super::Request, now: u64) {
+    match req {
+        super::Request::Txn { now_ms, .. } => *now_ms = now,
+        super::Request::Compact { .. } => {}
+        super::Request::Batch(reqs) => reqs.iter_mut().for_each(|r| restamp(r, now)),
+    }
 }
 
 async fn read_index(State(raft): State<Raft<TypeConfig>>) -> Json<ForwardResult<Option<u64>>> {

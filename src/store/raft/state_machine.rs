@@ -25,6 +25,7 @@ use tokio::sync::broadcast;
 
 type NodeId = u64;
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
+type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
 
 const APPLIED_KEY: &[u8] = b"m/applied";
 const MEMBERSHIP_KEY: &[u8] = b"m/membership";
@@ -133,7 +134,7 @@ impl StateMachine {
         self.dir.join(SNAPSHOT_FILE)
     }
 
-    fn read_snapshot_file(&self) -> Result<Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>, Error> {
+    fn read_snapshot_file(&self) -> Result<Option<(Meta, Vec<u8>)>, Error> {
         let buf = match std::fs::read(self.snapshot_path()) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
