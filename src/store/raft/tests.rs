@@ -596,7 +596,10 @@ async fn space_amplification() {
             })
             .unwrap_or(0)
     }
-    let s = fresh().await;
+    let dir = TempDir::new().unwrap();
+    let mut cfg = fast_config(dir.path());
+    cfg.keep_logs_after_snapshot = 10;
+    let s = TestStore { store: open(cfg.clone()).await.unwrap(), _dir: dir };
     let value = "v".repeat(1024);
     let keys = 5000;
     for round in 0..4 {
@@ -628,4 +631,10 @@ async fn space_amplification() {
     );
     s.store.shutdown().await.unwrap();
     eprintln!("after shutdown: data dir {} KiB", du(dir) / 1024);
+    let TestStore { store, _dir } = s;
+    drop(store);
+    let store = open(cfg).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    store.shutdown().await.unwrap();
+    eprintln!("after reopen: data dir {} KiB", du(_dir.path()) / 1024);
 }
