@@ -1,14 +1,16 @@
-//! The Raft log on sled: entries keyed by big-endian index in the `log` tree, the vote and the
+//! The Raft log on the storage engine ([`super::engine`], sled by default): entries keyed by
+//! big-endian index in the `log` tree, the vote and the
 //! last purged log id in the `raft_meta` tree, every value CRC-framed (see [`super::codec`]).
 //!
-//! Durability and group commit: `append` writes the entries to sled and hands openraft's
-//! completion callback to one flusher task, which fsyncs once (sled `flush_async`) for every
+//! Durability and group commit: `append` writes the entries to the engine and hands openraft's
+//! completion callback to one flusher task, which fsyncs once (the engine's flush) for every
 //! callback that queued up meanwhile and only then reports the entries as persisted. So a write
 //! is acknowledged only once its entry is on disk (Raft's rule that a node must persist entries
 //! before answering AppendEntries or counting itself in a quorum), and concurrent writes share
 //! one fsync, as etcd's WAL batches entries per `fsync`.
 
 use super::codec;
+use super::engine::{Engine, Tree, WriteBatch};
 use super::{Error, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogId, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -28,9 +30,9 @@ const COMMITTED_KEY: &[u8] = b"committed";
 /// The log store. Clones share the same trees and flusher.
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
-    log: sled::Tree,
-    meta: sled::Tree,
+    engine: Arc<dyn Engine>,
+    log: Arc<dyn Tree>,
+    meta: Arc<dyn Tree>,
     flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
     /// One past the highest index appended so far (0 = none).
     appended: Arc<AtomicU64>,
@@ -50,14 +52,14 @@ impl LogStore {
     /// Opens the log trees and verifies every entry (checksum, index, contiguity), so a damaged
     /// log fails start-up rather than being replayed. Must run inside a tokio runtime (it starts
     /// the flusher task).
-    pub fn open(db: &sled::Db) -> Result<LogStore, Error> {
-        let log = db.open_tree("log").map_err(|e| Error::engine("opening the log tree", e))?;
-        let meta = db.open_tree("raft_meta").map_err(|e| Error::engine("opening the raft_meta tree", e))?;
+    pub fn open(engine: &Arc<dyn Engine>) -> Result<LogStore, Error> {
+        let log = engine.tree("log")?;
+        let meta = engine.tree("raft_meta")?;
         let (flusher, rx) = mpsc::unbounded_channel();
         let appended = Arc::new(AtomicU64::new(0));
         let flushed = Arc::new(AtomicU64::new(0));
-        tokio::spawn(flush_loop(db.clone(), rx, appended.clone(), flushed.clone()));
-        let store = LogStore { db: db.clone(), log, meta, flusher, appended, flushed };
+        tokio::spawn(flush_loop(engine.clone(), rx, appended.clone(), flushed.clone()));
+        let store = LogStore { engine: engine.clone(), log, meta, flusher, appended, flushed };
         store.verify()?;
         Ok(store)
     }
@@ -70,7 +72,7 @@ impl LogStore {
     /// The highest log index present on disk or purged (None for an empty log).
     pub fn last_index(&self) -> Result<Option<u64>, Error> {
         let purged: Option<LogId<NodeId>> = self.get_meta(PURGED_KEY)?;
-        let last = match self.log.last().map_err(|e| Error::engine("reading the raft log", e))? {
+        let last = match self.log.last()? {
             Some((k, v)) => Some(decode_entry(&k, &v)?.get_log_id().index),
             None => None,
         };
@@ -81,8 +83,7 @@ impl LogStore {
         let purged: Option<LogId<NodeId>> = self.get_meta(PURGED_KEY)?;
         let _: Option<Vote<NodeId>> = self.get_meta(VOTE_KEY)?;
         let mut expected: Option<u64> = None;
-        for item in self.log.iter() {
-            let (k, v) = item.map_err(|e| Error::engine("reading the raft log", e))?;
+        for (k, v) in self.log.range(Bound::Unbounded, Bound::Unbounded)? {
             let entry = decode_entry(&k, &v)?;
             let index = entry.get_log_id().index;
             if let Some(want) = expected {
@@ -105,7 +106,7 @@ impl LogStore {
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, Error> {
-        let Some(v) = self.meta.get(key).map_err(|e| Error::engine("reading raft metadata", e))? else {
+        let Some(v) = self.meta.get(key)? else {
             return Ok(None);
         };
         let payload = codec::unframe(key, &v, "raft metadata")?;
@@ -116,22 +117,23 @@ impl LogStore {
 
     fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), Error> {
         let payload = serde_json::to_vec(value).map_err(|e| Error::Internal(format!("encoding raft metadata: {e}")))?;
-        self.meta.insert(key, codec::frame(key, &payload)).map_err(|e| Error::engine("writing raft metadata", e))?;
-        Ok(())
+        let mut batch = WriteBatch::default();
+        batch.insert(key, codec::frame(key, &payload));
+        self.meta.apply(batch)
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId<NodeId>>, Error> {
-        match self.log.last().map_err(|e| Error::engine("reading the raft log", e))? {
+        match self.log.last()? {
             None => Ok(None),
             Some((k, v)) => Ok(Some(*decode_entry(&k, &v)?.get_log_id())),
         }
     }
 }
 
-fn encode_entry(entry: &Entry<TypeConfig>) -> Result<(sled::IVec, Vec<u8>), Error> {
+fn encode_entry(entry: &Entry<TypeConfig>) -> Result<([u8; 8], Vec<u8>), Error> {
     let key = entry.get_log_id().index.to_be_bytes();
     let payload = codec::encode_entry(entry)?;
-    Ok((sled::IVec::from(&key[..]), codec::frame(&key, &payload)))
+    Ok((key, codec::frame(&key, &payload)))
 }
 
 fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry<TypeConfig>, Error> {
@@ -159,7 +161,7 @@ impl DurableProgress {
 
 /// Fsyncs once per batch of queued appends, then completes each of them (group commit).
 async fn flush_loop(
-    db: sled::Db,
+    engine: Arc<dyn Engine>,
     mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
     appended: Arc<AtomicU64>,
     flushed: Arc<AtomicU64>,
@@ -171,7 +173,7 @@ async fn flush_loop(
         }
         // Everything appended before the flush starts is covered by it.
         let upto = appended.load(Ordering::Acquire);
-        let result = db.flush_async().await;
+        let result = engine.flush().await;
         if result.is_ok() {
             flushed.fetch_max(upto, Ordering::AcqRel);
         }
@@ -199,9 +201,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
             Bound::Unbounded => Bound::Unbounded,
         };
+        let end = match &end {
+            Bound::Included(k) => Bound::Included(&k[..]),
+            Bound::Excluded(k) => Bound::Excluded(&k[..]),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let start = start.to_be_bytes();
         let mut out = Vec::new();
-        for item in self.log.range((Bound::Included(start.to_be_bytes()), end)) {
-            let (k, v) = item.map_err(read_err)?;
+        for (k, v) in self.log.range(Bound::Included(&start[..]), end).map_err(read_err)? {
             out.push(decode_entry(&k, &v).map_err(|e| {
                 tracing::error!(error = %e, "reading the raft log");
                 read_err(e)
@@ -227,7 +234,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         self.put_meta(VOTE_KEY, vote).map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))?;
         // Raft: a vote must be durable before it is answered, or a node could vote twice in a term.
-        self.db.flush_async().await.map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))?;
+        self.engine.flush().await.map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))?;
         Ok(())
     }
 
@@ -249,32 +256,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         let mut last = None;
         for entry in entries {
             let (k, v) = encode_entry(&entry).map_err(write_err)?;
             last = Some(entry.get_log_id().index);
             batch.insert(k, v);
         }
-        self.log.apply_batch(batch).map_err(write_err)?;
+        self.log.apply(batch).map_err(write_err)?;
         if let Some(last) = last {
             self.appended.store(last + 1, Ordering::Release);
         }
         if let Err(mpsc::error::SendError(cb)) = self.flusher.send(callback) {
             // The flusher only stops with the runtime; flush inline rather than lose the ack.
-            let r = self.db.flush_async().await;
-            cb.log_io_completed(r.map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+            let r = self.engine.flush().await;
+            cb.log_io_completed(r.map_err(|e| std::io::Error::other(e.to_string())));
         }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(log_id.index.to_be_bytes()..) {
-            let (k, _) = item.map_err(write_err)?;
+        let mut batch = WriteBatch::default();
+        let from = log_id.index.to_be_bytes();
+        for k in self.log.keys(Bound::Included(&from[..]), Bound::Unbounded).map_err(write_err)? {
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(write_err)?;
+        self.log.apply(batch).map_err(write_err)?;
         self.appended.store(log_id.index, Ordering::Release);
         Ok(())
     }
@@ -282,12 +289,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         // Record the purge point first: a crash in between leaves extra entries, never a gap.
         self.put_meta(PURGED_KEY, &log_id).map_err(write_err)?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=log_id.index.to_be_bytes()) {
-            let (k, _) = item.map_err(write_err)?;
+        let mut batch = WriteBatch::default();
+        let upto = log_id.index.to_be_bytes();
+        for k in self.log.keys(Bound::Unbounded, Bound::Included(&upto[..])).map_err(write_err)? {
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(write_err)?;
+        self.log.apply(batch).map_err(write_err)?;
         Ok(())
     }
 }

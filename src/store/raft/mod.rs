@@ -16,6 +16,7 @@
 
 pub mod backup;
 pub mod codec;
+pub mod engine;
 pub mod log;
 pub mod marker;
 pub mod network;
@@ -80,24 +81,15 @@ pub enum Error {
     /// On-disk data failed a check (checksum, truncation, gap); nothing is served from it.
     #[error("{0}")]
     Corrupt(String),
-    /// sled failed.
-    #[error("storage engine error while {context}: {source}")]
-    Engine { context: String, source: sled::Error },
+    /// The storage engine failed.
+    #[error("storage engine error while {context}: {message}")]
+    Engine { context: String, message: String },
     /// A file operation outside sled failed (snapshot files, the data dir).
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     /// A bug or an impossible state.
     #[error("{0}")]
     Internal(String),
-}
-
-impl Error {
-    fn engine(context: &str, source: sled::Error) -> Error {
-        if let sled::Error::Corruption { .. } = source {
-            return Error::Corrupt(format!("the storage engine reports corruption while {context}: {source}"));
-        }
-        Error::Engine { context: context.to_string(), source }
-    }
 }
 
 /// What to tell a user whose data dir is damaged.
@@ -178,7 +170,7 @@ pub struct RaftStore {
     proposals: tokio::sync::mpsc::Sender<Pending>,
     raft: Raft<TypeConfig>,
     shared: Arc<state_machine::Shared>,
-    db: sled::Db,
+    db: Arc<dyn engine::Engine>,
     node_id: NodeId,
     transport: Arc<dyn RaftTransport>,
     dir: PathBuf,
@@ -308,7 +300,7 @@ impl RaftStore {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
-        self.db.flush_async().await.map_err(|e| StoreError::from(Error::engine("flushing at shutdown", e)))?;
+        self.db.flush().await.map_err(StoreError::from)?;
         self.update_marker(true).map_err(StoreError::from)?;
         Ok(())
     }
@@ -439,20 +431,12 @@ impl RaftStore {
     }
 }
 
-/// Opens the sled database under a store directory.
-fn open_sled(dir: &std::path::Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
-    let sled_dir = dir.join("sled");
-    sled::Config::new()
-        .path(&sled_dir)
-        .cache_capacity(cache_bytes)
-        // Durability comes from explicit flushes; a background flush only adds I/O.
-        .flush_every_ms(None)
-        .open()
-        .map_err(|e| {
-            let e = Error::engine(&format!("opening {}", sled_dir.display()), e);
-            tracing::error!(error = %e, "cannot open the store");
-            StoreError::from(e)
-        })
+/// Opens the storage engine (sled, in `<dir>/sled`) under a store directory.
+fn open_sled(dir: &std::path::Path, cache_bytes: u64) -> Result<Arc<dyn engine::Engine>, StoreError> {
+    engine::SledEngine::open(&dir.join("sled"), cache_bytes).map_err(|e| {
+        tracing::error!(error = %e, "cannot open the store");
+        StoreError::from(e)
+    })
 }
 
 /// The leader to forward to, or `Unavailable` while none is known (an election is running).

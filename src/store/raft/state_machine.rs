@@ -1,6 +1,6 @@
 //! The Raft state machine: applies committed entries to the [`Mvcc`] core, persists every change
-//! as a CRC-framed record in the `sm` sled tree (together with the last applied log id and the
-//! membership, in one atomic sled batch per `apply` call), publishes the events to live watchers,
+//! as a CRC-framed record in the `sm` tree of the storage engine (together with the last applied log id and the
+//! membership, in one atomic write batch per `apply` call), publishes the events to live watchers,
 //! and builds/installs snapshots.
 //!
 //! `apply` is deterministic (Raft requires every replica to reach the same state from the same
@@ -11,6 +11,7 @@
 //! crash, since openraft re-applies entries after the persisted last-applied id.
 
 use super::codec;
+use super::engine::{Engine, Tree, WriteBatch};
 use super::{Error, Request, Response, TypeConfig};
 use crate::store::mvcc::{Mvcc, Record};
 use crate::store::watch::{Published, LIVE_CAPACITY};
@@ -19,6 +20,7 @@ use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError, StoredMembership,
 };
 use std::io::Cursor;
+use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
@@ -66,7 +68,7 @@ impl Shared {
 
 pub struct StateMachine {
     shared: Arc<Shared>,
-    tree: sled::Tree,
+    tree: Arc<dyn Tree>,
     /// Where the current snapshot file lives.
     dir: PathBuf,
     applied: Option<LogId<NodeId>>,
@@ -81,8 +83,8 @@ fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(&e).into()
 }
 
-fn get_json<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, Error> {
-    let Some(v) = tree.get(key).map_err(|e| Error::engine("reading state machine metadata", e))? else {
+fn get_json<T: serde::de::DeserializeOwned>(tree: &dyn Tree, key: &[u8]) -> Result<Option<T>, Error> {
+    let Some(v) = tree.get(key)? else {
         return Ok(None);
     };
     let payload = codec::unframe(key, &v, "state machine metadata")?;
@@ -105,12 +107,12 @@ struct SnapshotHeader {
 impl StateMachine {
     /// Opens the state machine and rebuilds the in-memory MVCC index from its records, checking
     /// every checksum on the way.
-    pub fn open(db: &sled::Db, dir: PathBuf) -> Result<StateMachine, Error> {
-        let tree = db.open_tree("sm").map_err(|e| Error::engine("opening the state machine tree", e))?;
-        let applied: Option<LogId<NodeId>> = get_json::<Option<LogId<NodeId>>>(&tree, APPLIED_KEY)?.flatten();
-        let membership = get_json(&tree, MEMBERSHIP_KEY)?.unwrap_or_default();
-        let (rev, compact_rev): (i64, i64) = get_json(&tree, COUNTERS_KEY)?.unwrap_or((0, 0));
-        let mvcc = Mvcc::restore(rev, compact_rev, load_records(&tree)?);
+    pub fn open(engine: &Arc<dyn Engine>, dir: PathBuf) -> Result<StateMachine, Error> {
+        let tree = engine.tree("sm")?;
+        let applied: Option<LogId<NodeId>> = get_json::<Option<LogId<NodeId>>>(&*tree, APPLIED_KEY)?.flatten();
+        let membership = get_json(&*tree, MEMBERSHIP_KEY)?.unwrap_or_default();
+        let (rev, compact_rev): (i64, i64) = get_json(&*tree, COUNTERS_KEY)?.unwrap_or((0, 0));
+        let mvcc = Mvcc::restore(rev, compact_rev, load_records(&*tree)?);
         let (tx, _) = broadcast::channel(LIVE_CAPACITY);
         Ok(StateMachine {
             shared: Arc::new(Shared { inner: Mutex::new(Inner { mvcc, tx }) }),
@@ -184,7 +186,7 @@ fn write_snapshot_file(
 /// Applies one request to the MVCC state, adding its changes to `batch` and publishing its
 /// events. A batch applies its requests in order, each txn getting its own revision, exactly as
 /// if they had been separate entries.
-fn apply_request(inner: &mut Inner, batch: &mut sled::Batch, req: Request) -> Response {
+fn apply_request(inner: &mut Inner, batch: &mut WriteBatch, req: Request) -> Response {
     match req {
         Request::Txn { txn, now_ms } => {
             let applied = inner.mvcc.apply(&txn, now_ms);
@@ -210,25 +212,25 @@ fn apply_request(inner: &mut Inner, batch: &mut sled::Batch, req: Request) -> Re
 
 /// Seeds a fresh state-machine tree with MVCC data (snapshot restore): the records and the
 /// revision counters, no applied log id, so a new cluster's log starts on top of it.
-pub fn seed(db: &sled::Db, rev: i64, compact_rev: i64, records: &[Record]) -> Result<(), Error> {
-    let tree = db.open_tree("sm").map_err(|e| Error::engine("opening the state machine tree", e))?;
-    if !tree.is_empty() {
+pub fn seed(engine: &Arc<dyn Engine>, rev: i64, compact_rev: i64, records: &[Record]) -> Result<(), Error> {
+    let tree = engine.tree("sm")?;
+    if !tree.is_empty()? {
         return Err(Error::Internal("the target store already holds data; restore into an empty data dir".into()));
     }
-    let mut batch = sled::Batch::default();
+    let mut batch = WriteBatch::default();
     for r in records {
         put_record(&mut batch, r);
     }
     batch.insert(COUNTERS_KEY, json_frame(COUNTERS_KEY, &(rev, compact_rev))?);
-    tree.apply_batch(batch).map_err(|e| Error::engine("writing restored records", e))?;
-    db.flush().map_err(|e| Error::engine("flushing restored records", e))?;
+    tree.apply(batch)?;
+    engine.flush_blocking()?;
     Ok(())
 }
 
-fn load_records(tree: &sled::Tree) -> Result<Vec<Record>, Error> {
+fn load_records(tree: &dyn Tree) -> Result<Vec<Record>, Error> {
     let mut out = Vec::new();
-    for item in tree.scan_prefix([codec::RECORD_PREFIX]) {
-        let (k, v) = item.map_err(|e| Error::engine("reading MVCC records", e))?;
+    let (start, end) = ([codec::RECORD_PREFIX], [codec::RECORD_PREFIX + 1]);
+    for (k, v) in tree.range(Bound::Included(&start[..]), Bound::Excluded(&end[..]))? {
         let r = codec::decode_record(codec::unframe(&k, &v, "an MVCC record")?)?;
         if codec::record_key(r.rev, r.sub)[..] != k[..] {
             return Err(Error::Corrupt(format!("MVCC record ({}, {}) is stored under the wrong key", r.rev, r.sub)));
@@ -238,7 +240,7 @@ fn load_records(tree: &sled::Tree) -> Result<Vec<Record>, Error> {
     Ok(out)
 }
 
-fn put_record(batch: &mut sled::Batch, r: &Record) {
+fn put_record(batch: &mut WriteBatch, r: &Record) {
     let k = codec::record_key(r.rev, r.sub);
     batch.insert(&k[..], codec::frame(&k, &codec::encode_record(r)));
 }
@@ -257,7 +259,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         let mut responses = Vec::new();
         let mut touched = false;
         let mut membership_changed = false;
@@ -284,7 +286,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if membership_changed {
                 batch.insert(MEMBERSHIP_KEY, json_frame(MEMBERSHIP_KEY, &self.membership).map_err(sm_write_err)?);
             }
-            self.tree.apply_batch(batch).map_err(|e| {
+            self.tree.apply(batch).map_err(|e| {
                 tracing::error!(error = %e, "writing applied raft entries to the state machine failed");
                 sm_write_err(e)
             })?;
@@ -318,9 +320,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let read_err = |e: Error| StorageError::from(StorageIOError::read_snapshot(signature.clone(), &e));
         let (rev, compact_rev, records) = codec::decode_snapshot(&data).map_err(read_err)?;
         // Replace the whole state machine in one batch: old records out, snapshot records in.
-        let mut batch = sled::Batch::default();
-        for item in self.tree.iter() {
-            let (k, _) = item.map_err(sm_read_err)?;
+        let mut batch = WriteBatch::default();
+        for k in self.tree.keys(Bound::Unbounded, Bound::Unbounded).map_err(sm_read_err)? {
             batch.remove(k);
         }
         for r in &records {
@@ -331,7 +332,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         batch.insert(MEMBERSHIP_KEY, json_frame(MEMBERSHIP_KEY, &meta.last_membership).map_err(write_err)?);
         batch.insert(COUNTERS_KEY, json_frame(COUNTERS_KEY, &(rev, compact_rev)).map_err(write_err)?);
         write_snapshot_file(&self.dir, meta, &data).map_err(write_err)?;
-        self.tree.apply_batch(batch).map_err(sm_write_err)?;
+        self.tree.apply(batch).map_err(sm_write_err)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         {

@@ -13,9 +13,7 @@ struct Builder;
 impl StoreBuilder<TypeConfig, log::LogStore, state_machine::StateMachine, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, log::LogStore, state_machine::StateMachine), StorageError<NodeId>> {
         let dir = TempDir::new().map_err(|e| openraft::StorageIOError::write(&e))?;
-        let db = sled::Config::new()
-            .path(dir.path().join("sled"))
-            .open()
+        let db = engine::SledEngine::open(&dir.path().join("sled"), 1 << 20)
             .map_err(|e| openraft::StorageIOError::write(&e))?;
         let log = log::LogStore::open(&db).map_err(|e| openraft::StorageIOError::write(&e))?;
         let sm = state_machine::StateMachine::open(&db, dir.path().to_path_buf())
