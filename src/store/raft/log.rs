@@ -1,13 +1,15 @@
 //! The Raft log on the storage engine ([`super::engine`], sled by default): entries keyed by
-//! big-endian index in the `log` tree, the vote and the
-//! last purged log id in the `raft_meta` tree, every value CRC-framed (see [`super::codec`]).
+//! big-endian index in the `log` tree, the vote and the last purged log id in the `raft_meta`
+//! tree, every value CRC-framed (see [`super::codec`]).
 //!
-//! Durability and group commit: `append` writes the entries to the engine and hands openraft's
-//! completion callback to one flusher task, which fsyncs once (the engine's flush) for every
-//! callback that queued up meanwhile and only then reports the entries as persisted. So a write
-//! is acknowledged only once its entry is on disk (Raft's rule that a node must persist entries
-//! before answering AppendEntries or counting itself in a quorum), and concurrent writes share
-//! one fsync, as etcd's WAL batches entries per `fsync`.
+//! Durability: `append` writes the entries to the engine and hands openraft's completion
+//! callback to one flusher task, which fsyncs once (the engine's flush) for every callback that
+//! queued up meanwhile and only then reports the entries as persisted. So a write is
+//! acknowledged only once its entry is on disk (Raft's rule that a node must persist entries
+//! before answering AppendEntries or counting itself in a quorum). openraft 0.9 waits for each
+//! append's flush before issuing the next, so concurrent client writes share an fsync through
+//! the proposer's batched entries ([`super::Request::Batch`]); the flusher merges callbacks too
+//! should appends ever be pipelined.
 
 use super::codec;
 use super::engine::{Engine, Tree, WriteBatch};
