@@ -124,10 +124,13 @@ async fn watch_replays_history_then_streams_live_in_order(s: &impl Store) {
     let c = next_events(&mut w).await;
     assert_eq!(c.len(), 2, "all events of one revision arrive in one message");
     assert!(c.iter().all(|e| e.kv.mod_revision == 5));
-    // A watch from "now" sees only later writes.
+    // A watch from "now" sees only later writes; one from a future revision only those after it.
     let mut now = s.watch(b"/w/".to_vec(), 0).await.unwrap();
-    s.txn(put("/w/d", "1")).await.unwrap();
+    let mut future = s.watch(b"/w/".to_vec(), 6).await.unwrap();
+    s.txn(put("/w/d", "1")).await.unwrap(); // 6
+    s.txn(put("/w/e", "1")).await.unwrap(); // 7
     assert_eq!(next_events(&mut now).await[0].kv.key, b"/w/d");
+    assert_eq!(next_events(&mut future).await[0].kv.key, b"/w/e");
 }
 
 async fn watch_below_the_compaction_point_is_refused(s: &impl Store) {

@@ -305,7 +305,8 @@ impl Mvcc {
                 h.push(e);
             }
         }
-        Ok((history, self.rev))
+        // A watch from a future revision (etcd allows it) starts streaming after that revision.
+        Ok((history, self.rev.max(after)))
     }
 
     /// Keys whose TTL has passed at `now_ms`, with the mod revision of the put that set the TTL

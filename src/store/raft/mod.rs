@@ -417,14 +417,17 @@ impl RaftStore {
 
     /// Deletes keys whose TTL has passed (the leader's expiry loop calls this every interval).
     pub async fn expire_now(&self) -> Result<usize, StoreError> {
-        let due = self.shared.lock().due_expiries(now_ms());
+        let now = now_ms();
+        let due = self.shared.lock().due_expiries(now);
         let mut n = 0;
-        for (key, rev) in due {
+        // One entry per chunk rather than one fsync per key: a burst of expiring Events (one
+        // hour after a busy spell) must not stall other writes.
+        for chunk in due.chunks(MAX_BATCH) {
             // Compare on the mod revision: a key re-put since keeps living (etcd lease semantics).
-            if let Response::Txn(r) =
-                self.propose(Request::Txn { txn: txn::delete(&key, rev), now_ms: now_ms() }).await?
-            {
-                n += usize::from(r.succeeded);
+            let reqs =
+                chunk.iter().map(|(key, rev)| Request::Txn { txn: txn::delete(key, *rev), now_ms: now }).collect();
+            if let Response::Batch(rs) = self.propose(Request::Batch(reqs)).await? {
+                n += rs.iter().filter(|r| matches!(r, Response::Txn(t) if t.succeeded)).count();
             }
         }
         Ok(n)
