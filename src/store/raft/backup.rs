@@ -2,7 +2,7 @@
 //! revision counters) in one checksummed file, restorable into an empty data dir as a new
 //! one-server cluster with identical keys and revisions, like `etcdctl snapshot save/restore`.
 
-use super::{codec, open_sled, state_machine, Error, RaftStore};
+use super::{codec, open_engine, state_machine, Error, RaftStore, RaftStoreConfig};
 use crate::store::StoreError;
 use std::path::Path;
 
@@ -45,10 +45,12 @@ impl RaftStore {
     }
 }
 
-/// Restores a file written by [`RaftStore::save_snapshot`] into `dir` (the store directory,
-/// `<data-dir>/server/db`), which must be empty or missing. Opening `dir` afterwards starts a new
-/// one-server cluster holding the snapshot's keys at their original revisions.
-pub fn restore_snapshot(file: &Path, dir: &Path) -> Result<SnapshotInfo, StoreError> {
+/// Restores a file written by [`RaftStore::save_snapshot`] into `cfg.dir` (the store directory,
+/// `<data-dir>/server/db`, with `cfg.engine`), which must be empty or missing. Opening it
+/// afterwards starts a new one-server cluster holding the snapshot's keys at their original
+/// revisions.
+pub fn restore_snapshot(file: &Path, cfg: &RaftStoreConfig) -> Result<SnapshotInfo, StoreError> {
+    let dir = cfg.dir.as_path();
     let data = std::fs::read(file).map_err(io(format!("reading snapshot {}", file.display())))?;
     let (rev, compact_rev, records) = codec::decode_snapshot(&data)
         .map_err(|e| StoreError::from(Error::Corrupt(format!("snapshot {}: {e}", file.display()))))?;
@@ -59,7 +61,7 @@ pub fn restore_snapshot(file: &Path, dir: &Path) -> Result<SnapshotInfo, StoreEr
         )));
     }
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-    let db = open_sled(dir, 8 << 20)?;
+    let db = open_engine(cfg)?;
     state_machine::seed(&db, rev, compact_rev, &records)?;
     Ok(SnapshotInfo { revision: rev, compact_revision: compact_rev, records: records.len() })
 }

@@ -105,6 +105,16 @@ impl From<Error> for StoreError {
     }
 }
 
+/// Which storage engine holds the log and the state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineKind {
+    /// sled 0.34 in `<dir>/sled/`.
+    #[default]
+    Sled,
+    /// redb 2 in `<dir>/store.redb`.
+    Redb,
+}
+
 /// How to open a [`RaftStore`].
 #[derive(Clone)]
 pub struct RaftStoreConfig {
@@ -134,6 +144,8 @@ pub struct RaftStoreConfig {
     /// Log entries kept before the last snapshot, so briefly lagging followers catch up from the
     /// log rather than a full snapshot.
     pub keep_logs_after_snapshot: u64,
+    /// The storage engine (fixed for the life of a data dir).
+    pub engine: EngineKind,
     /// sled's page cache size in bytes.
     pub cache_bytes: u64,
 }
@@ -152,6 +164,7 @@ impl RaftStoreConfig {
             expiry_interval: Duration::from_secs(1),
             snapshot_every_entries: 20_000,
             keep_logs_after_snapshot: 1000,
+            engine: EngineKind::Sled,
             cache_bytes: 64 << 20,
         }
     }
@@ -205,7 +218,7 @@ impl RaftStore {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| {
             StoreError::Internal(format!("cannot create the store directory {}: {e}", cfg.dir.display()))
         })?;
-        let db = open_sled(&cfg.dir, cfg.cache_bytes)?;
+        let db = open_engine(&cfg)?;
         let log = log::LogStore::open(&db).map_err(|e| {
             tracing::error!(error = %e, dir = %cfg.dir.display(), "the raft log failed verification");
             StoreError::from(e)
@@ -434,10 +447,25 @@ impl RaftStore {
     }
 }
 
-/// Opens the storage engine (sled, in `<dir>/sled`) under a store directory.
-fn open_sled(dir: &std::path::Path, cache_bytes: u64) -> Result<Arc<dyn engine::Engine>, StoreError> {
-    engine::SledEngine::open(&dir.join("sled"), cache_bytes).map_err(|e| {
-        tracing::error!(error = %e, "cannot open the store");
+/// Opens the configured storage engine under the store directory.
+fn open_engine(cfg: &RaftStoreConfig) -> Result<Arc<dyn engine::Engine>, StoreError> {
+    let other = match cfg.engine {
+        EngineKind::Sled => cfg.dir.join("store.redb"),
+        EngineKind::Redb => cfg.dir.join("sled"),
+    };
+    if other.exists() {
+        return Err(StoreError::Internal(format!(
+            "{} belongs to the other storage engine than the configured {:?}; configure the engine this data dir was created with",
+            other.display(),
+            cfg.engine
+        )));
+    }
+    let opened = match cfg.engine {
+        EngineKind::Sled => engine::SledEngine::open(&cfg.dir.join("sled"), cfg.cache_bytes),
+        EngineKind::Redb => engine::RedbEngine::open(&cfg.dir.join("store.redb")),
+    };
+    opened.map_err(|e| {
+        tracing::error!(error = %e, dir = %cfg.dir.display(), "cannot open the store");
         StoreError::from(e)
     })
 }

@@ -84,6 +84,30 @@ async fn the_raft_store_conforms_to_the_store_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raft_store_on_redb_conforms_and_keeps_writes_across_restarts() {
+    crate::store::conformance::run_all(|| async {
+        let dir = TempDir::new().unwrap();
+        let mut cfg = fast_config(dir.path());
+        cfg.engine = EngineKind::Redb;
+        TestStore { store: open(cfg).await.unwrap(), _dir: dir }
+    })
+    .await;
+    let dir = TempDir::new().unwrap();
+    let mut cfg = fast_config(dir.path());
+    cfg.engine = EngineKind::Redb;
+    let s = open(cfg.clone()).await.unwrap();
+    s.txn(put("/r", "1")).await.unwrap();
+    s.shutdown().await.unwrap();
+    drop(s);
+    let mut sled_cfg = cfg.clone();
+    sled_cfg.engine = EngineKind::Sled;
+    assert!(open(sled_cfg).await.is_err(), "a redb data dir is not opened as sled");
+    let s = open(cfg).await.unwrap();
+    assert_eq!(s.get(b"/r").await.unwrap().0.unwrap().mod_revision, 1);
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_write_survives_a_restart_with_its_revisions() {
     let dir = TempDir::new().unwrap();
     let store = open(fast_config(dir.path())).await.unwrap();
@@ -458,8 +482,8 @@ async fn a_saved_snapshot_restores_into_a_new_data_dir_with_identical_contents_a
         s1.range(RangeRequest { prefix: b"/b/".to_vec(), revision: 9, ..Default::default() }).await.unwrap();
     s1.shutdown().await.unwrap();
 
-    assert_eq!(backup::restore_snapshot(&file, &d2.path().join("db")).unwrap(), info);
-    assert!(backup::restore_snapshot(&file, &d2.path().join("db")).is_err(), "restore refuses a non-empty dir");
+    assert_eq!(backup::restore_snapshot(&file, &fast_config(d2.path())).unwrap(), info);
+    assert!(backup::restore_snapshot(&file, &fast_config(d2.path())).is_err(), "restore refuses a non-empty dir");
     let s2 = open(fast_config(d2.path())).await.unwrap();
     assert_eq!(s2.range(RangeRequest { prefix: b"/b/".to_vec(), ..Default::default() }).await.unwrap(), want);
     let past = s2.range(RangeRequest { prefix: b"/b/".to_vec(), revision: 9, ..Default::default() }).await.unwrap();
@@ -472,7 +496,7 @@ async fn a_saved_snapshot_restores_into_a_new_data_dir_with_identical_contents_a
     bytes.truncate(bytes.len() - 3);
     std::fs::write(&file, bytes).unwrap();
     let d3 = TempDir::new().unwrap();
-    assert!(matches!(backup::restore_snapshot(&file, d3.path()), Err(StoreError::Corrupt(_))));
+    assert!(matches!(backup::restore_snapshot(&file, &fast_config(d3.path())), Err(StoreError::Corrupt(_))));
 }
 
 /// The child half of the kill -9 test: writes keys under concurrent load and prints each
@@ -597,6 +621,9 @@ async fn space_amplification() {
     let dir = TempDir::new().unwrap();
     let mut cfg = fast_config(dir.path());
     cfg.keep_logs_after_snapshot = 10;
+    if std::env::var("SKIFF_ENGINE").as_deref() == Ok("redb") {
+        cfg.engine = EngineKind::Redb;
+    }
     let s = TestStore { store: open(cfg.clone()).await.unwrap(), _dir: dir };
     let value = "v".repeat(1024);
     let keys = 5000;
@@ -620,13 +647,7 @@ async fn space_amplification() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let live = keys as u64 * (1024 + 12);
     let dir = s._dir.path();
-    eprintln!(
-        "live {} KiB; data dir {} KiB (sled {} KiB); ratio {:.2}",
-        live / 1024,
-        du(dir) / 1024,
-        du(&dir.join("db/sled")) / 1024,
-        du(dir) as f64 / live as f64
-    );
+    eprintln!("live {} KiB; data dir {} KiB; ratio {:.2}", live / 1024, du(dir) / 1024, du(dir) as f64 / live as f64);
     s.store.shutdown().await.unwrap();
     eprintln!("after shutdown: data dir {} KiB", du(dir) / 1024);
     let TestStore { store, _dir } = s;
