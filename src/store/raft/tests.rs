@@ -621,13 +621,14 @@ async fn space_amplification() {
     let dir = TempDir::new().unwrap();
     let mut cfg = fast_config(dir.path());
     cfg.keep_logs_after_snapshot = 10;
+    cfg.snapshot_every_entries = 200;
     if std::env::var("SKIFF_ENGINE").as_deref() == Ok("redb") {
         cfg.engine = EngineKind::Redb;
     }
     let s = TestStore { store: open(cfg.clone()).await.unwrap(), _dir: dir };
     let value = "v".repeat(1024);
     let keys = 5000;
-    for round in 0..4 {
+    for round in 0..8 {
         let mut hs = Vec::new();
         for c in 0..50 {
             let (st, value) = (s.store.clone(), value.clone());
@@ -640,6 +641,9 @@ async fn space_amplification() {
         for h in hs {
             h.await.unwrap();
         }
+        // Compact every round, as the periodic compactor would.
+        let rev = s.store.current_revision().await.unwrap();
+        s.store.compact(rev).await.unwrap();
     }
     let rev = s.store.current_revision().await.unwrap();
     s.store.compact(rev).await.unwrap();
@@ -647,6 +651,10 @@ async fn space_amplification() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let live = keys as u64 * (1024 + 12);
     let dir = s._dir.path();
+    {
+        let m = s.store.raft().metrics().borrow().clone();
+        eprintln!("log: last {:?}, purged {:?}, snapshot {:?}", m.last_log_index, m.purged, m.snapshot);
+    }
     eprintln!("live {} KiB; data dir {} KiB; ratio {:.2}", live / 1024, du(dir) / 1024, du(dir) as f64 / live as f64);
     s.store.shutdown().await.unwrap();
     eprintln!("after shutdown: data dir {} KiB", du(dir) / 1024);
