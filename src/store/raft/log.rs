@@ -40,6 +40,8 @@ pub struct LogStore {
     appended: Arc<AtomicU64>,
     /// One past the highest index known to be on disk (0 = none).
     flushed: Arc<AtomicU64>,
+    /// Bytes appended since the store opened (drives size-based snapshots).
+    appended_bytes: Arc<AtomicU64>,
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -61,9 +63,15 @@ impl LogStore {
         let appended = Arc::new(AtomicU64::new(0));
         let flushed = Arc::new(AtomicU64::new(0));
         tokio::spawn(flush_loop(engine.clone(), rx, appended.clone(), flushed.clone()));
-        let store = LogStore { engine: engine.clone(), log, meta, flusher, appended, flushed };
+        let appended_bytes = Arc::new(AtomicU64::new(0));
+        let store = LogStore { engine: engine.clone(), log, meta, flusher, appended, flushed, appended_bytes };
         store.verify()?;
         Ok(store)
+    }
+
+    /// A counter of the bytes appended to the log since it was opened.
+    pub fn appended_bytes(&self) -> Arc<AtomicU64> {
+        self.appended_bytes.clone()
     }
 
     /// A handle reporting how far the log is known to be on disk.
@@ -260,11 +268,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let mut last = None;
+        let mut bytes = 0;
         for entry in entries {
             let (k, v) = encode_entry(&entry).map_err(write_err)?;
             last = Some(entry.get_log_id().index);
+            bytes += v.len() as u64;
             batch.insert(k, v);
         }
+        self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.log.apply(batch).map_err(write_err)?;
         if let Some(last) = last {
             self.appended.store(last + 1, Ordering::Release);

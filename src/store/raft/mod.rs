@@ -139,8 +139,13 @@ pub struct RaftStoreConfig {
     pub max_history_revisions: i64,
     /// How often the leader looks for expired TTL keys.
     pub expiry_interval: Duration,
-    /// Take a Raft snapshot (and purge the log before it) every this many entries.
+    /// Take a Raft snapshot (and purge the log before it) every this many entries at most.
     pub snapshot_every_entries: u64,
+    /// Also take one once the log has grown by more than the last snapshot's size, and at least
+    /// this many bytes: the log then never holds much more than the state itself, and
+    /// snapshotting costs at most about one extra write of each logged byte (the rule
+    /// log-structured stores use to bound space and write amplification together).
+    pub snapshot_min_log_bytes: u64,
     /// Log entries kept before the last snapshot, so briefly lagging followers catch up from the
     /// log rather than a full snapshot.
     pub keep_logs_after_snapshot: u64,
@@ -163,6 +168,7 @@ impl RaftStoreConfig {
             max_history_revisions: 100_000,
             expiry_interval: Duration::from_secs(1),
             snapshot_every_entries: 20_000,
+            snapshot_min_log_bytes: 8 << 20,
             keep_logs_after_snapshot: 1000,
             engine: EngineKind::Sled,
             cache_bytes: 64 << 20,
@@ -233,6 +239,7 @@ impl RaftStore {
             StoreError::from(e)
         })?;
         let durable = log.durable_progress();
+        let appended_bytes = log.appended_bytes();
         let shared = sm.shared();
         let config = openraft::Config {
             cluster_name: "skiff".into(),
@@ -280,6 +287,12 @@ impl RaftStore {
         let tasks = vec![
             tokio::spawn(proposer_loop(Arc::downgrade(&store), proposals_rx, store.cancel.clone())),
             tokio::spawn(marker_loop(Arc::downgrade(&store), store.cancel.clone())),
+            tokio::spawn(snapshot_loop(
+                Arc::downgrade(&store),
+                appended_bytes,
+                cfg.snapshot_min_log_bytes,
+                store.cancel.clone(),
+            )),
             tokio::spawn(expiry_loop(Arc::downgrade(&store), cfg.expiry_interval, store.cancel.clone())),
             tokio::spawn(compaction_loop(
                 Arc::downgrade(&store),
@@ -529,6 +542,34 @@ async fn proposer_loop(
                 for tx in txs {
                     let _ = tx.send(Err(e.clone()));
                 }
+            }
+        }
+    }
+}
+
+/// Triggers a snapshot (after which openraft purges the log) once the log has grown by more than
+/// the state's size, measured by the last snapshot file.
+async fn snapshot_loop(
+    store: std::sync::Weak<RaftStore>,
+    appended: Arc<std::sync::atomic::AtomicU64>,
+    min_bytes: u64,
+    cancel: CancellationToken,
+) {
+    use std::sync::atomic::Ordering;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut at_last = 0u64;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(store) = store.upgrade() else { return };
+        let now = appended.load(Ordering::Relaxed);
+        let state = std::fs::metadata(store.dir.join(state_machine::SNAPSHOT_FILE)).map(|m| m.len()).unwrap_or(0);
+        if now.saturating_sub(at_last) > state.max(min_bytes) {
+            at_last = now;
+            if let Err(e) = store.raft.trigger().snapshot().await {
+                tracing::warn!(error = %e, "triggering a raft snapshot failed");
             }
         }
     }

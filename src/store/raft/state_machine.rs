@@ -32,7 +32,7 @@ type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
 const APPLIED_KEY: &[u8] = b"m/applied";
 const MEMBERSHIP_KEY: &[u8] = b"m/membership";
 const COUNTERS_KEY: &[u8] = b"m/counters";
-const SNAPSHOT_FILE: &str = "snapshot.bin";
+pub const SNAPSHOT_FILE: &str = "snapshot.bin";
 
 /// What readers and watchers share with the state machine.
 pub struct Shared {

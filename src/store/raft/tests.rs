@@ -621,7 +621,6 @@ async fn space_amplification() {
     let dir = TempDir::new().unwrap();
     let mut cfg = fast_config(dir.path());
     cfg.keep_logs_after_snapshot = 10;
-    cfg.snapshot_every_entries = 200;
     if std::env::var("SKIFF_ENGINE").as_deref() == Ok("redb") {
         cfg.engine = EngineKind::Redb;
     }
@@ -664,4 +663,22 @@ async fn space_amplification() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     store.shutdown().await.unwrap();
     eprintln!("after reopen: data dir {} KiB", du(_dir.path()) / 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_grown_past_the_state_size_is_snapshotted_and_purged() {
+    let dir = TempDir::new().unwrap();
+    let mut cfg = fast_config(dir.path());
+    cfg.snapshot_min_log_bytes = 20_000;
+    cfg.keep_logs_after_snapshot = 0;
+    let s = open(cfg).await.unwrap();
+    for i in 0..40 {
+        s.txn(put("/big", &format!("{i}{}", "x".repeat(1000)))).await.unwrap();
+    }
+    s.raft()
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.purged.is_some(), "log purged after a size-triggered snapshot")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
 }
