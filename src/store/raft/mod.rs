@@ -13,6 +13,10 @@
 //!
 //! A fresh data dir initializes a one-voter cluster automatically. Start-up verifies every
 //! checksum and the durability [`marker`]; [`backup`] saves and restores snapshots.
+//!
+//! Store directory layout (`<data-dir>/server/db`): `sled/` (or `store.redb`) holding the trees
+//! `log`, `raft_meta` and `sm`; `snapshot.bin`, the last Raft snapshot; `durable`, the
+//! durability marker.
 
 pub mod backup;
 pub mod codec;
