@@ -141,6 +141,9 @@ pub struct RaftStoreConfig {
     /// Cap on retained history, in revisions, whatever the interval (bounds disk and memory
     /// under write bursts).
     pub max_history_revisions: i64,
+    /// How long a write or a linearizable read waits for a quorum before answering
+    /// `Unavailable` (etcd's request timeout; kube-apiserver retries).
+    pub request_timeout: Duration,
     /// How often the leader looks for expired TTL keys.
     pub expiry_interval: Duration,
     /// Take a Raft snapshot (and purge the log before it) every this many entries at most.
@@ -170,6 +173,7 @@ impl RaftStoreConfig {
             bootstrap: true,
             compaction_interval: Duration::from_secs(300),
             max_history_revisions: 100_000,
+            request_timeout: Duration::from_secs(10),
             expiry_interval: Duration::from_secs(1),
             snapshot_every_entries: 20_000,
             snapshot_min_log_bytes: 8 << 20,
@@ -195,6 +199,7 @@ pub struct RaftStore {
     shared: Arc<state_machine::Shared>,
     db: Arc<dyn engine::Engine>,
     node_id: NodeId,
+    request_timeout: Duration,
     transport: Arc<dyn RaftTransport>,
     dir: PathBuf,
     durable: log::DurableProgress,
@@ -281,6 +286,7 @@ impl RaftStore {
             shared,
             db,
             node_id: cfg.node_id,
+            request_timeout: cfg.request_timeout,
             transport: cfg.transport.clone(),
             dir: cfg.dir.clone(),
             durable,
@@ -398,7 +404,14 @@ impl RaftStore {
     async fn propose_now(&self, req: Request) -> Result<Response, StoreError> {
         // Keep a copy only when a follower may have to forward it.
         let copy = (!self.is_leader()).then(|| req.clone());
-        match self.raft.client_write(req).await {
+        let written = tokio::time::timeout(self.request_timeout, self.raft.client_write(req)).await.map_err(|_| {
+            tracing::warn!(timeout = ?self.request_timeout, "a write was not committed in time");
+            StoreError::Unavailable(format!(
+                "the write was not committed within {:?} (no quorum?); it may still be applied, re-read before retrying",
+                self.request_timeout
+            ))
+        })?;
+        match written {
             Ok(r) => Ok(r.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let req = copy.ok_or_else(|| StoreError::Unavailable("raft leadership changed; retry".into()))?;
@@ -423,7 +436,11 @@ impl RaftStore {
     /// Makes the next local read linearizable: on the leader, openraft's ReadIndex; on a
     /// follower, the leader's read index, then wait until this server has applied that far.
     async fn linearize(&self) -> Result<(), StoreError> {
-        let f = match self.raft.ensure_linearizable().await {
+        let confirmed =
+            tokio::time::timeout(self.request_timeout, self.raft.ensure_linearizable()).await.map_err(|_| {
+                StoreError::Unavailable("leadership could not be confirmed for a read (no quorum?); retry".into())
+            })?;
+        let f = match confirmed {
             Ok(_) => return Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => f,
             Err(e) => return Err(unavailable("confirming raft leadership for a read")(e)),
@@ -434,7 +451,7 @@ impl RaftStore {
         let index = index
             .map_err(|e| StoreError::Unavailable(format!("the leader (node {leader}) refused a read index: {e}")))?;
         self.raft
-            .wait(Some(Duration::from_secs(10)))
+            .wait(Some(self.request_timeout))
             .applied_index_at_least(index, "applied up to the leader's read index")
             .await
             .map_err(unavailable("catching up with the leader for a read"))?;

@@ -682,3 +682,93 @@ async fn a_log_grown_past_the_state_size_is_snapshotted_and_purged() {
         .unwrap();
     s.shutdown().await.unwrap();
 }
+
+/// A per-node view of an [`InProcessTransport`] that can cut links, for partition tests.
+#[derive(Clone)]
+struct Partitionable {
+    me: NodeId,
+    inner: InProcessTransport,
+    /// Nodes cut off from everyone else.
+    isolated: Arc<std::sync::RwLock<std::collections::HashSet<NodeId>>>,
+}
+
+#[async_trait]
+impl RaftTransport for Partitionable {
+    async fn call(&self, target: NodeId, addr: &str, path: &str, body: Vec<u8>) -> Result<Vec<u8>, TransportError> {
+        let cut = {
+            let iso = self.isolated.read().unwrap();
+            iso.contains(&self.me) != iso.contains(&target)
+        };
+        if cut {
+            return Err(TransportError::Unreachable { target, addr: addr.into(), reason: "partitioned".into() });
+        }
+        self.inner.call(target, addr, path, body).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_minority_refuses_writes_while_the_majority_continues_and_then_converges() {
+    let inner = InProcessTransport::default();
+    let isolated = Arc::new(std::sync::RwLock::new(std::collections::HashSet::new()));
+    let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+    let mut stores = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let mut cfg = fast_config(dir.path());
+        cfg.node_id = id;
+        cfg.advertise_addr = format!("node-{id}");
+        cfg.transport = Arc::new(Partitionable { me: id, inner: inner.clone(), isolated: isolated.clone() });
+        cfg.bootstrap = id == 1;
+        cfg.request_timeout = Duration::from_secs(2);
+        let s = open(cfg).await.unwrap();
+        inner.register(id, s.raft_router());
+        stores.push(s);
+    }
+    stores[0].add_voter(2, "node-2".into()).await.unwrap();
+    stores[0].add_voter(3, "node-3".into()).await.unwrap();
+    stores[0].txn(put("/p/a", "1")).await.unwrap();
+
+    // Cut the leader (node 1) off: it cannot commit, the other two elect a leader and go on.
+    isolated.write().unwrap().insert(1);
+    let e = stores[0].txn(put("/p/minority", "x")).await;
+    assert!(matches!(e, Err(StoreError::Unavailable(_))), "{e:?}");
+    assert!(matches!(
+        stores[0].range(RangeRequest { prefix: b"/p/".to_vec(), ..Default::default() }).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    let t = std::time::Instant::now();
+    let r = loop {
+        match stores[1].txn(put("/p/b", "2")).await {
+            Ok(r) => break r,
+            Err(_) if t.elapsed() < Duration::from_secs(10) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("the majority never accepted writes: {e:?}"),
+        }
+    };
+
+    // Heal: the old leader rejoins, drops its uncommitted entry and catches up.
+    isolated.write().unwrap().clear();
+    wait_for_revision(&stores[0], r.revision).await;
+    let t = std::time::Instant::now();
+    loop {
+        match stores[0].range(RangeRequest { prefix: b"/p/".to_vec(), ..Default::default() }).await {
+            Ok(got) => {
+                let keys: Vec<Vec<u8>> = got.kvs.into_iter().map(|kv| kv.key).collect();
+                assert!(keys.contains(&b"/p/b".to_vec()));
+                break;
+            }
+            Err(_) if t.elapsed() < Duration::from_secs(10) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("the healed node never served reads: {e:?}"),
+        }
+    }
+    // All three converge on the same contents; the uncommitted write of the cut-off leader is gone.
+    let all = RangeRequest { prefix: b"/p/".to_vec(), ..Default::default() };
+    let want = stores[1].range(all.clone()).await.unwrap();
+    for s in &stores {
+        wait_for_revision(s, want.revision).await;
+        assert_eq!(s.shared.lock().range(&all).unwrap().kvs, want.kvs);
+    }
+    assert!(want.kvs.iter().all(|kv| kv.key != b"/p/minority"));
+    for s in stores {
+        s.shutdown().await.unwrap();
+    }
+}
