@@ -772,3 +772,178 @@ async fn a_partitioned_minority_refuses_writes_while_the_majority_continues_and_
         s.shutdown().await.unwrap();
     }
 }
+
+/// One completed operation of the linearizability test, with its real-time interval.
+#[derive(Debug, Clone)]
+enum Observed {
+    /// A read: the key's mod revision (0 = absent) at store revision `rev`.
+    Read { mod_rev: i64, rev: i64 },
+    /// A successful compare-and-swap from `expected` (mod revision) that wrote at `rev`.
+    Cas { expected: i64, rev: i64 },
+    /// A compare-and-swap that failed because the key's mod revision was `actual` at `rev`.
+    CasFailed { expected: i64, actual: i64, rev: i64 },
+}
+
+#[derive(Debug, Clone)]
+struct HistOp {
+    start: std::time::Instant,
+    end: std::time::Instant,
+    what: Observed,
+}
+
+/// Checks a single-key history against the revision order the store claims, the way etcd's
+/// robustness tests validate with revisions: (1) successful writes have distinct revisions;
+/// (2) real time: an operation that finished before another started has a revision no larger
+/// (strictly smaller for two writes); (3) a successful CAS from `expected` means no write landed
+/// strictly between `expected` and its own revision; (4) a
+/// read or failed CAS saw the last write at or below its revision. Writes whose outcome was
+/// unknown (timeouts) are not in the history; rules 3 and 4 only use writes known to exist, so
+/// they never blame the store for those.
+fn check_history(ops: &[HistOp]) -> Result<(), String> {
+    let writes: std::collections::BTreeSet<i64> = ops
+        .iter()
+        .filter_map(|o| match o.what {
+            Observed::Cas { rev, .. } => Some(rev),
+            _ => None,
+        })
+        .collect();
+    let n_writes = ops.iter().filter(|o| matches!(o.what, Observed::Cas { .. })).count();
+    if writes.len() != n_writes {
+        return Err("two successful writes share a revision".into());
+    }
+    // Is there a known write with lo < rev <= hi?
+    let any_between = |lo: i64, hi: i64| lo < hi && writes.range(lo + 1..=hi).next().is_some();
+    let rev_of = |o: &HistOp| match o.what {
+        Observed::Read { rev, .. } | Observed::Cas { rev, .. } | Observed::CasFailed { rev, .. } => rev,
+    };
+    for a in ops {
+        for b in ops {
+            if a.end < b.start {
+                let (ra, rb) = (rev_of(a), rev_of(b));
+                let both_writes = matches!(a.what, Observed::Cas { .. }) && matches!(b.what, Observed::Cas { .. });
+                if ra > rb || (both_writes && ra == rb) {
+                    return Err(format!("real-time order violated: {a:?} finished before {b:?} started"));
+                }
+            }
+        }
+    }
+    for o in ops {
+        match o.what {
+            Observed::Cas { expected, rev } => {
+                if any_between(expected, rev - 1) {
+                    return Err(format!("{o:?} succeeded although another write landed after {expected}"));
+                }
+            }
+            Observed::Read { mod_rev: seen, rev } | Observed::CasFailed { actual: seen, rev, .. } => {
+                if any_between(seen, rev) {
+                    return Err(format!("{o:?} missed a write at or below its revision"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_history_checker_rejects_stale_reads_and_lost_updates() {
+    let t0 = std::time::Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let op = |s, e, what| HistOp { start: at(s), end: at(e), what };
+    let good = vec![
+        op(0, 1, Observed::Cas { expected: 0, rev: 1 }),
+        op(2, 3, Observed::Read { mod_rev: 1, rev: 1 }),
+        op(4, 5, Observed::Cas { expected: 1, rev: 2 }),
+        op(4, 6, Observed::CasFailed { expected: 1, actual: 2, rev: 2 }),
+    ];
+    assert!(check_history(&good).is_ok());
+    let mut stale = good.clone();
+    stale.push(op(7, 8, Observed::Read { mod_rev: 1, rev: 1 }));
+    assert!(check_history(&stale).is_err(), "a read after a completed write must see it");
+    let mut lost = good.clone();
+    lost.push(op(9, 10, Observed::Cas { expected: 1, rev: 3 }));
+    assert!(check_history(&lost).is_err(), "a CAS from an overwritten revision must fail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_swap_histories_stay_linearizable_across_a_leader_kill() {
+    let transport = InProcessTransport::default();
+    let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+    let mut stores = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let mut cfg = fast_config(dir.path());
+        cfg.node_id = id;
+        cfg.advertise_addr = format!("node-{id}");
+        cfg.transport = Arc::new(transport.clone());
+        cfg.bootstrap = id == 1;
+        cfg.request_timeout = Duration::from_secs(2);
+        let s = open(cfg).await.unwrap();
+        transport.register(id, s.raft_router());
+        stores.push(s);
+    }
+    stores[0].add_voter(2, "node-2".into()).await.unwrap();
+    stores[0].add_voter(3, "node-3".into()).await.unwrap();
+    let live = Arc::new(std::sync::RwLock::new(stores.clone()));
+    let history = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut clients = Vec::new();
+    for c in 0..4usize {
+        let (live, history) = (live.clone(), history.clone());
+        clients.push(tokio::spawn(async move {
+            let mut n = c;
+            while std::time::Instant::now() < deadline {
+                n += 1;
+                let s = {
+                    let l = live.read().unwrap();
+                    l[n % l.len()].clone()
+                };
+                let start = std::time::Instant::now();
+                let Ok((kv, rev)) = s.get(b"/lin").await else { continue };
+                let mod_rev = kv.map(|kv| kv.mod_revision).unwrap_or(0);
+                history.lock().unwrap().push(HistOp {
+                    start,
+                    end: std::time::Instant::now(),
+                    what: Observed::Read { mod_rev, rev },
+                });
+                let start = std::time::Instant::now();
+                let t = txn::update(b"/lin", format!("{c}-{n}").into_bytes(), mod_rev, None);
+                let what = match s.txn(t).await {
+                    Ok(r) if r.succeeded => Observed::Cas { expected: mod_rev, rev: r.revision },
+                    Ok(r) => match &r.responses[0] {
+                        OpResponse::Get { kv } => Observed::CasFailed {
+                            expected: mod_rev,
+                            actual: kv.as_ref().map(|kv| kv.mod_revision).unwrap_or(0),
+                            rev: r.revision,
+                        },
+                        other => panic!("unexpected {other:?}"),
+                    },
+                    // Outcome unknown (leader died mid-write): leave it out of the history.
+                    Err(_) => continue,
+                };
+                history.lock().unwrap().push(HistOp { start, end: std::time::Instant::now(), what });
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Kill the leader mid-load.
+    let leader = stores[0].leader().unwrap();
+    let victim = stores.iter().find(|s| s.node_id == leader).unwrap().clone();
+    live.write().unwrap().retain(|s| s.node_id != leader);
+    transport.unregister(leader);
+    let killed_at = std::time::Instant::now();
+    victim.shutdown().await.unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let history = history.lock().unwrap().clone();
+    let writes = history.iter().filter(|o| matches!(o.what, Observed::Cas { .. })).count();
+    assert!(writes > 10, "too few successful writes ({writes}) to mean anything");
+    assert!(
+        history.iter().any(|o| matches!(o.what, Observed::Cas { .. }) && o.start > killed_at),
+        "no write succeeded after the leader was killed"
+    );
+    check_history(&history).unwrap();
+    for s in live.read().unwrap().iter() {
+        s.shutdown().await.unwrap();
+    }
+}
