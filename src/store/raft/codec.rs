@@ -310,6 +310,35 @@ pub fn decode_entry(buf: &[u8]) -> Result<Entry<TypeConfig>, Error> {
     Ok(Entry { log_id, payload })
 }
 
+type AppendHeader = (openraft::Vote<u64>, Option<LogId<u64>>, Option<LogId<u64>>);
+
+/// AppendEntries on the wire: a JSON header (vote, prev_log_id, leader_commit), then each entry
+/// in the binary log encoding, so replicated values travel as raw bytes.
+pub fn encode_append(req: &openraft::raft::AppendEntriesRequest<TypeConfig>) -> Result<Vec<u8>, Error> {
+    let header: AppendHeader = (req.vote, req.prev_log_id, req.leader_commit);
+    let header = serde_json::to_vec(&header).map_err(|e| Error::Internal(format!("encoding AppendEntries: {e}")))?;
+    let mut out = Vec::new();
+    put_bytes(&mut out, &header);
+    out.extend_from_slice(&(req.entries.len() as u32).to_be_bytes());
+    for e in &req.entries {
+        put_bytes(&mut out, &encode_entry(e)?);
+    }
+    Ok(out)
+}
+
+pub fn decode_append(buf: &[u8]) -> Result<openraft::raft::AppendEntriesRequest<TypeConfig>, Error> {
+    let mut r = Reader { buf, what: "an AppendEntries request" };
+    let header = r.bytes()?;
+    let (vote, prev_log_id, leader_commit): AppendHeader = serde_json::from_slice(&header)
+        .map_err(|e| Error::Corrupt(format!("an AppendEntries header does not decode: {e}")))?;
+    let n = r.u32()?;
+    let mut entries = Vec::new();
+    for _ in 0..n {
+        entries.push(decode_entry(&r.bytes()?)?);
+    }
+    Ok(openraft::raft::AppendEntriesRequest { vote, prev_log_id, entries, leader_commit })
+}
+
 /// serde_json behind a trait object, so one closure encodes differently typed parts.
 mod erased {
     pub trait Json {
@@ -445,6 +474,25 @@ mod tests {
             assert_eq!(decode_entry(&bytes).unwrap(), entry);
             assert!(decode_entry(&bytes[..bytes.len() - 1]).is_err());
         }
+    }
+
+    #[test]
+    fn append_entries_requests_round_trip_on_the_wire() {
+        let lid = |i| LogId::new(openraft::CommittedLeaderId::new(2, 1), i);
+        let req = openraft::raft::AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(2, 1),
+            prev_log_id: Some(lid(4)),
+            entries: vec![
+                Entry { log_id: lid(5), payload: EntryPayload::Blank },
+                Entry { log_id: lid(6), payload: EntryPayload::Normal(Request::Compact { revision: 3 }) },
+            ],
+            leader_commit: Some(lid(5)),
+        };
+        let back = decode_append(&encode_append(&req).unwrap()).unwrap();
+        assert_eq!(
+            (back.vote, back.prev_log_id, back.entries, back.leader_commit),
+            (req.vote, req.prev_log_id, req.entries, req.leader_commit)
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! port for API, joins and Raft, as DESIGN.md decides), tests plug in an in-process transport or
 //! a fault-injecting one.
 //!
-//! Wire format: each RPC is a `POST /raft/{append,vote,snapshot}` with a JSON body; the answer
+//! Wire format: each RPC is a `POST /raft/{append,vote,snapshot}` with a JSON body (append:
+//! the binary encoding of [`super::codec::encode_append`], values as raw bytes); the answer
 //! is the JSON of `Result<Response, RaftError>`, so a peer's Raft-level refusal travels back as
 //! a value while transport failures surface as [`TransportError`]. [`router`] serves these
 //! paths for the API server to mount.
@@ -194,6 +195,18 @@ impl Network {
         E: std::error::Error + DeserializeOwned,
     {
         let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.rpc_raw(path, body).await
+    }
+
+    async fn rpc_raw<Resp, E>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let answer = self.transport.call(self.target, &self.addr, path, body).await.map_err(|e| {
             tracing::debug!(target = self.target, addr = %self.addr, path, error = %e, "raft rpc failed");
             RPCError::Unreachable(Unreachable::new(&e))
@@ -213,7 +226,8 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.rpc(APPEND_PATH, &rpc).await
+        let body = super::codec::encode_append(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.rpc_raw(APPEND_PATH, body).await
     }
 
     async fn install_snapshot(
@@ -277,9 +291,13 @@ async fn read_index(State(raft): State<Raft<TypeConfig>>) -> Json<ForwardResult<
 
 async fn append(
     State(raft): State<Raft<TypeConfig>>,
-    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
-    Json(raft.append_entries(req).await)
+    body: bytes::Bytes,
+) -> Result<Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>, (axum::http::StatusCode, String)> {
+    let req = super::codec::decode_append(&body).map_err(|e| {
+        tracing::warn!(error = %e, "undecodable AppendEntries request");
+        (axum::http::StatusCode::BAD_REQUEST, e.to_string())
+    })?;
+    Ok(Json(raft.append_entries(req).await))
 }
 
 async fn vote(
