@@ -37,17 +37,11 @@ async fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(ep) = &cfg.datastore_endpoint {
         anyhow::bail!("--datastore-endpoint {ep}: external etcd is not supported yet");
     }
-    let store = crate::store::memory::MemStore::new();
-    let s2 = store.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            s2.expire(std::time::Instant::now());
-        }
-    });
-    tracing::warn!("using the in-memory store: state is lost when the server stops");
-    Ok(Arc::new(store))
+    let dir = cfg.node.data_dir.join("server/db");
+    let store = crate::store::raft::open(crate::store::raft::RaftStoreConfig::new(dir.clone()))
+        .await
+        .with_context(|| format!("opening the cluster store in {}", dir.display()))?;
+    Ok(store)
 }
 
 /// Starts every server component on an already-bound listener.
