@@ -12,4 +12,7 @@ pub mod node;
 pub mod node_status;
 pub mod pod_status;
 pub mod pod_sync;
+pub mod pod_workers;
 pub mod resources;
+pub mod server;
+pub mod serving_cert;
