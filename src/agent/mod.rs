@@ -20,9 +20,27 @@ pub struct AgentCredentials {
 
 /// Runs the agent of a server's own node, with API credentials the server issued in-process.
 pub async fn run(node: NodeConfig, creds: AgentCredentials, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _ = (node, creds);
-    shutdown.cancelled().await;
+    let client = kube::Client::try_from(creds.kube.clone())?;
+    // TEMPORARY (see `containerd_shim`): becomes `runtime::containerd::connect_for_node` at merge.
+    let runtime = containerd_shim::connect_for_node(&node).await?;
+    kubelet::Kubelet::new(node, client, runtime).with_client_ca(creds.kubelet_client_ca_pem).run(shutdown).await?;
     Ok(())
+}
+
+/// TEMPORARY SHIM, to be deleted at merge: the containerd runtime (another branch) provides
+/// `runtime::containerd::connect_for_node(&NodeConfig) -> Result<Arc<dyn Runtime>>`. Until it
+/// is wired, this stand-in keeps the kubelet branch compiling and fails loudly at start-up.
+mod containerd_shim {
+    use crate::agent::runtime::{Runtime, RuntimeError};
+    use crate::config::NodeConfig;
+    use std::sync::Arc;
+
+    pub async fn connect_for_node(node: &NodeConfig) -> Result<Arc<dyn Runtime>, RuntimeError> {
+        Err(RuntimeError::Other(format!(
+            "node {}: the containerd runtime is not wired into this build yet",
+            node.node_name
+        )))
+    }
 }
 
 /// `skiff agent`: joins a remote server with a token (the distribution issue builds this).
