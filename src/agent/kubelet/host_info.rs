@@ -57,6 +57,8 @@ fn read_trimmed(path: &str) -> Option<String> {
 }
 
 /// Total and available bytes of the file system holding `dir` (or its nearest existing parent).
+// fsblkcnt_t and c_ulong are 32-bit on armv7, so the widening is not useless there.
+#[allow(clippy::useless_conversion)]
 fn disk(dir: &Path) -> Option<(u64, u64)> {
     let mut d = dir;
     loop {
@@ -67,8 +69,8 @@ fn disk(dir: &Path) -> Option<(u64, u64)> {
     }
     match nix::sys::statvfs::statvfs(d) {
         Ok(s) => {
-            let frag = s.fragment_size() as u64;
-            Some((s.blocks() as u64 * frag, s.blocks_available() as u64 * frag))
+            let frag = u64::from(s.fragment_size());
+            Some((u64::from(s.blocks()) * frag, u64::from(s.blocks_available()) * frag))
         }
         Err(e) => {
             tracing::warn!(dir = %d.display(), error = %e, "statvfs failed; reporting no ephemeral storage");

@@ -42,7 +42,7 @@ pub fn time(t: SystemTime) -> Option<Time> {
 /// The newest instance of a container (highest restart count) and the one before it.
 pub fn instances<'a>(containers: &'a [RtStatus], name: &str) -> (Option<&'a RtStatus>, Option<&'a RtStatus>) {
     let mut mine: Vec<&RtStatus> = containers.iter().filter(|c| c.name == name).collect();
-    mine.sort_by(|a, b| b.restart_count.cmp(&a.restart_count));
+    mine.sort_by_key(|c| std::cmp::Reverse(c.restart_count));
     (mine.first().copied(), mine.get(1).copied())
 }
 

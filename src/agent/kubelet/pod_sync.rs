@@ -339,7 +339,7 @@ pub async fn sync_pod(
         by_name.entry(c.name.as_str()).or_default().push(c);
     }
     for list in by_name.values_mut() {
-        list.sort_by(|a, b| b.restart_count.cmp(&a.restart_count));
+        list.sort_by_key(|c| std::cmp::Reverse(c.restart_count));
         for old in list.iter().skip(2).filter(|c| matches!(c.state, ContainerState::Exited { .. })) {
             if let Err(e) = rt.remove_container(&old.id).await {
                 tracing::warn!(container = %old.id, error = %e, "removing dead container failed");
