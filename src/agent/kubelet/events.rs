@@ -6,7 +6,8 @@
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -113,14 +114,36 @@ impl Recorder {
     pub fn spawn(client: kube::Client, node: String, shutdown: CancellationToken) -> Recorder {
         let (tx, mut rx) = mpsc::channel::<PodEvent>(256);
         tokio::spawn(async move {
+            // Repeats of the same event (same pod, container, reason and message) bump `count`
+            // and `lastTimestamp` of the Event already posted, as upstream's EventCorrelator
+            // does, instead of piling up new objects (a crash loop repeats BackOff for hours).
+            let mut seen: HashMap<(String, Option<String>, &'static str, String), (String, i32)> = HashMap::new();
             loop {
                 let ev = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     ev = rx.recv() => match ev { Some(e) => e, None => break },
                 };
                 let api: Api<Event> = Api::namespaced(client.clone(), &ev.namespace);
-                if let Err(e) = api.create(&PostParams::default(), &to_event(&ev, &node, Timestamp::now())).await {
-                    tracing::debug!(error = %e, reason = ev.reason, pod = %ev.pod_name, "dropping event");
+                let key = (ev.pod_uid.clone(), ev.field_path.clone(), ev.reason, ev.message.clone());
+                let now = Timestamp::now();
+                if let Some((name, count)) = seen.get_mut(&key) {
+                    *count += 1;
+                    let patch = serde_json::json!({ "count": *count, "lastTimestamp": Time(now) });
+                    match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                        Ok(_) => continue,
+                        Err(e) => tracing::debug!(error = %e, "updating repeated event failed; posting a new one"),
+                    }
+                }
+                let event = to_event(&ev, &node, now);
+                let name = event.metadata.name.clone().unwrap_or_default();
+                match api.create(&PostParams::default(), &event).await {
+                    Ok(_) => {
+                        if seen.len() >= 4096 {
+                            seen.clear();
+                        }
+                        seen.insert(key, (name, 1));
+                    }
+                    Err(e) => tracing::debug!(error = %e, reason = ev.reason, pod = %ev.pod_name, "dropping event"),
                 }
             }
         });
@@ -158,5 +181,34 @@ mod tests {
         assert_eq!(e.reporting_component.as_deref(), Some("kubelet"));
         assert_eq!(e.involved_object.field_path.as_deref(), Some("spec.containers{app}"));
         assert_eq!(e.involved_object.kind.as_deref(), Some("Pod"));
+    }
+
+    #[tokio::test]
+    async fn a_repeated_event_bumps_the_count_of_the_one_already_posted() {
+        let api = crate::agent::kubelet::fake_api::FakeApi::start().await;
+        let shutdown = CancellationToken::new();
+        let rec = Recorder::spawn(api.client(), "n1".into(), shutdown.clone());
+        let ev = PodEvent {
+            namespace: "default".into(),
+            pod_name: "p".into(),
+            pod_uid: "u".into(),
+            field_path: None,
+            type_: "Warning",
+            reason: "BackOff",
+            message: "Back-off restarting failed container app in pod p_default(u)".into(),
+        };
+        rec.emit(ev.clone());
+        rec.emit(ev);
+        for _ in 0..100 {
+            if api.list("events").first().is_some_and(|e| e["count"] == 2) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let events = api.list("events");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["count"], 2);
+        assert_eq!(events[0]["source"]["component"], "kubelet");
+        shutdown.cancel();
     }
 }
