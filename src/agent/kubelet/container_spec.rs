@@ -181,19 +181,21 @@ fn field_ref(pod: &Pod, path: &str, pod_ip: Option<IpAddr>, host_ip: IpAddr) -> 
 }
 
 /// The container's environment in declaration order, each value expanded against the ones
-/// before it (kubelet `makeEnvironmentVariables`). ConfigMap, Secret and resource references
-/// need API reads this kubelet does not do yet: they fail with a message saying so.
+/// before it and the service variables, then the service variables it did not override
+/// (kubelet `makeEnvironmentVariables`). ConfigMap, Secret and resource references need API
+/// reads this kubelet does not do yet: they fail with a message saying so.
 pub fn resolve_env(
     pod: &Pod,
     c: &Container,
     pod_ip: Option<IpAddr>,
     host_ip: IpAddr,
+    service_env: &[(String, String)],
 ) -> Result<Vec<(String, String)>, SpecError> {
     if c.env_from.as_ref().is_some_and(|v| !v.is_empty()) {
         return Err(SpecError::Config("envFrom is not supported by this kubelet yet".into()));
     }
     let mut out: Vec<(String, String)> = Vec::new();
-    let mut known: HashMap<String, String> = HashMap::new();
+    let mut known: HashMap<String, String> = service_env.iter().cloned().collect();
     for EnvVar { name, value, value_from } in c.env.iter().flatten() {
         let v = match (value, value_from) {
             (Some(v), _) => expand(v, &|n| known.get(n).cloned()),
@@ -214,6 +216,11 @@ pub fn resolve_env(
             None => out.push((name.clone(), v)),
         }
     }
+    for (k, v) in service_env {
+        if !out.iter().any(|(n, _)| n == k) {
+            out.push((k.clone(), v.clone()));
+        }
+    }
     Ok(out)
 }
 
@@ -227,10 +234,11 @@ pub fn container_spec(
     host_ip: IpAddr,
     restart_count: u32,
     log_root: &Path,
+    service_env: &[(String, String)],
 ) -> Result<ContainerSpec, SpecError> {
     let r = pod_ref(pod)?;
     let spec = pod.spec.as_ref().ok_or(SpecError::Incomplete("spec"))?;
-    let env = resolve_env(pod, c, pod_ip, host_ip)?;
+    let env = resolve_env(pod, c, pod_ip, host_ip, service_env)?;
     let lookup = |n: &str| env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let command = c.command.iter().flatten().map(|s| expand(s, &lookup)).collect();
     let args = c.args.iter().flatten().map(|s| expand(s, &lookup)).collect();
@@ -310,6 +318,7 @@ mod tests {
             "192.0.2.1".parse().unwrap(),
             3,
             Path::new("/logs"),
+            &[("KUBERNETES_SERVICE_HOST".into(), "10.43.0.1".into()), ("NAME".into(), "svc".into())],
         )
         .unwrap();
         assert_eq!(s.command, vec!["sh", "-c"]);
@@ -320,7 +329,12 @@ mod tests {
         assert_eq!(env["IP"], "10.42.0.5");
         assert_eq!(env["NODE"], "n1");
         assert_eq!(env["APP"], "web");
-        assert_eq!(s.env[0].0, "NAME", "declaration order is kept");
+        assert_eq!(
+            s.env[0],
+            ("NAME".to_string(), "world".to_string()),
+            "declaration order; the container's value wins"
+        );
+        assert_eq!(s.env.last().unwrap().0, "KUBERNETES_SERVICE_HOST", "service variables come after");
         assert_eq!(s.resources.cpu_limit_millis, Some(250));
         assert_eq!(s.resources.memory_limit_bytes, Some(32 << 20));
         assert_eq!(s.log_path, PathBuf::from("/logs/shop_web_u-1/main/3.log"));
@@ -338,7 +352,7 @@ mod tests {
         )
         .unwrap()]);
         let c = c.clone();
-        assert!(matches!(resolve_env(&p, &c, None, "192.0.2.1".parse().unwrap()), Err(SpecError::Config(_))));
+        assert!(matches!(resolve_env(&p, &c, None, "192.0.2.1".parse().unwrap(), &[]), Err(SpecError::Config(_))));
     }
 
     #[test]

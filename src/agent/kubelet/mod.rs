@@ -21,6 +21,7 @@ pub mod pod_sync;
 pub mod pod_workers;
 pub mod resources;
 pub mod server;
+pub mod service_env;
 pub mod serving_cert;
 
 use std::net::SocketAddr;

@@ -98,6 +98,7 @@ struct Ctx<'a> {
     cfg: &'a SyncConfig,
     pod: &'a Pod,
     events: &'a dyn EventSink,
+    service_env: &'a [(String, String)],
     now: SystemTime,
 }
 
@@ -196,6 +197,7 @@ impl Ctx<'_> {
             self.cfg.node_ip,
             restart_count,
             &self.cfg.log_root,
+            self.service_env,
         ) {
             Ok(s) => s,
             Err(e) => {
@@ -236,19 +238,22 @@ async fn list_pod(rt: &dyn Runtime, uid: &str) -> Result<Vec<ContainerStatus>, R
     Ok(rt.list_containers().await?.into_iter().filter(|c| c.pod.uid == uid).collect())
 }
 
-/// Brings the runtime in line with a live (not deleted) pod.
+/// Brings the runtime in line with a live (not deleted) pod. `service_env` holds the service
+/// variables for the pod (see `service_env`).
+#[allow(clippy::too_many_arguments)]
 pub async fn sync_pod(
     rt: &dyn Runtime,
     cfg: &SyncConfig,
     pod: &Pod,
     state: &mut PodState,
     events: &dyn EventSink,
+    service_env: &[(String, String)],
     now: SystemTime,
 ) -> Result<SyncOutcome, SyncError> {
     let r = pod_ref(pod)?;
     let spec = pod.spec.as_ref().ok_or(SpecError::Incomplete("spec"))?;
     let mine = list_pod(rt, &r.uid).await?;
-    let ctx = Ctx { rt, cfg, pod, events, now };
+    let ctx = Ctx { rt, cfg, pod, events, service_env, now };
 
     // A pod in a terminal phase never runs again; stop whatever still runs (upstream
     // `SyncTerminatingPod` for a pod that reached Succeeded or Failed).
@@ -436,7 +441,7 @@ mod tests {
         }
 
         async fn sync(&mut self, pod: &Pod, now: SystemTime) -> SyncOutcome {
-            sync_pod(&self.rt, &self.cfg, pod, &mut self.state, &self.events, now).await.unwrap()
+            sync_pod(&self.rt, &self.cfg, pod, &mut self.state, &self.events, &[], now).await.unwrap()
         }
 
         fn status(&self, pod: &Pod, out: &SyncOutcome) -> k8s_openapi::api::core::v1::PodStatus {

@@ -6,7 +6,7 @@
 //! (grace period 0, UID precondition); it cleans up pods that vanished from the API.
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -22,6 +22,7 @@ use super::container_spec::pod_log_dir;
 use super::events::EventSink;
 use super::pod_status::{compute, unchanged, StatusInput};
 use super::pod_sync::{grace_period, kill_pod, sync_pod, PodState, SyncConfig};
+use super::service_env::service_env;
 use crate::agent::runtime::{PodRef, Runtime, RuntimeEvent};
 
 /// How often every pod is synced even without a trigger (upstream `syncFrequency` is 1 min;
@@ -45,6 +46,8 @@ struct Inner {
     cfg: SyncConfig,
     events: Arc<dyn EventSink>,
     store: Store<Pod>,
+    /// Every Service, for the service environment variables of new containers.
+    services: Store<Service>,
     workers: Mutex<HashMap<String, Arc<Notify>>>,
     shutdown: CancellationToken,
 }
@@ -65,7 +68,17 @@ pub async fn run(
             .default_backoff();
     futures::pin_mut!(stream);
     let mut rt_events = runtime.events();
-    let inner = Arc::new(Inner { client, runtime, cfg, events, store, workers: Mutex::new(HashMap::new()), shutdown });
+    let services = watch_services(client.clone(), shutdown.clone());
+    let inner = Arc::new(Inner {
+        client,
+        runtime,
+        cfg,
+        events,
+        store,
+        services,
+        workers: Mutex::new(HashMap::new()),
+        shutdown,
+    });
     let mut tick = tokio::time::interval(RESYNC);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Until the first list is complete the store is empty: acting on it then would kill every
@@ -98,6 +111,29 @@ pub async fn run(
             _ = tick.tick(), if ready => housekeeping(&inner).await,
         }
     }
+}
+
+/// Keeps a store of all Services filled in the background. Containers started before its
+/// first list completes miss the service variables (upstream waits; here pod start-up must not
+/// depend on Services being served).
+fn watch_services(client: Client, shutdown: CancellationToken) -> Store<Service> {
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(Api::<Service>::all(client), watcher::Config::default()))
+        .default_backoff();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                ev = stream.next() => match ev {
+                    None => return,
+                    Some(Err(e)) => tracing::debug!(error = %e, "service watch failed; retrying"),
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    });
+    store
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -211,7 +247,8 @@ async fn worker(inner: Arc<Inner>, pod_ref: PodRef, notify: Arc<Notify>) {
                 last_pod = Some(pod);
             }
             Some(pod) => {
-                match sync_pod(rt, &inner.cfg, &pod, &mut state, events, SystemTime::now()).await {
+                let env = service_env(&pod, &inner.services.state());
+                match sync_pod(rt, &inner.cfg, &pod, &mut state, events, &env, SystemTime::now()).await {
                     Ok(out) => {
                         let status = compute(&StatusInput {
                             pod: &pod,
