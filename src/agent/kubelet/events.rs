@@ -105,6 +105,9 @@ pub fn to_event(ev: &PodEvent, node: &str, now: Timestamp) -> Event {
     }
 }
 
+/// What makes two events the same for aggregation: pod uid, field path, reason, message.
+type EventKey = (String, Option<String>, &'static str, String);
+
 /// Sends events to the API server in the background.
 pub struct Recorder {
     tx: mpsc::Sender<PodEvent>,
@@ -117,7 +120,7 @@ impl Recorder {
             // Repeats of the same event (same pod, container, reason and message) bump `count`
             // and `lastTimestamp` of the Event already posted, as upstream's EventCorrelator
             // does, instead of piling up new objects (a crash loop repeats BackOff for hours).
-            let mut seen: HashMap<(String, Option<String>, &'static str, String), (String, i32)> = HashMap::new();
+            let mut seen: HashMap<EventKey, (String, i32)> = HashMap::new();
             loop {
                 let ev = tokio::select! {
                     _ = shutdown.cancelled() => break,
