@@ -285,6 +285,19 @@ mod tests {
         })
         .await;
 
+        // A container exit reported by the runtime triggers a prompt re-sync (well before the
+        // periodic one): under restartPolicy Always the first crash restarts at once.
+        let first = rt.container("pod-uid-1", "app").unwrap().id;
+        rt.exit(&first, 1);
+        let t0 = std::time::Instant::now();
+        eventually("restart reported", || async {
+            api.get("pods", "default", "web").is_some_and(|p| p["status"]["containerStatuses"][0]["restartCount"] == 1)
+        })
+        .await;
+        assert!(t0.elapsed() < Duration::from_secs(5), "restarted on the runtime event, not the resync");
+        let p = api.get("pods", "default", "web").unwrap();
+        assert_eq!(p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 1);
+
         // Graceful deletion: containers stopped with the pod's grace period, then the pod object
         // deleted with gracePeriodSeconds=0 and a UID precondition.
         let mut deleting = api.get("pods", "default", "web").unwrap();

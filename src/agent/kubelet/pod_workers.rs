@@ -84,6 +84,7 @@ pub async fn run(
     // Until the first list is complete the store is empty: acting on it then would kill every
     // pod that survived an agent restart. Workers start only once the store is ready.
     let mut ready = false;
+    let mut rt_events_open = true;
     loop {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return Ok(()),
@@ -97,7 +98,7 @@ pub async fn run(
                 Some(Ok(watcher::Event::Apply(p) | watcher::Event::Delete(p))) if ready => dispatch(&inner, &p),
                 Some(Ok(_)) => {}
             },
-            ev = rt_events.recv() => match ev {
+            ev = rt_events.recv(), if rt_events_open => match ev {
                 Ok(RuntimeEvent::ContainerExited { pod_uid, .. } | RuntimeEvent::ContainerStarted { pod_uid, .. }) => {
                     if let Some(n) = lock(&inner.workers).get(&pod_uid) {
                         n.notify_one();
@@ -106,7 +107,10 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Lagged(_)) if ready => housekeeping(&inner).await,
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 // The runtime dropped its sender: keep going on resyncs alone.
-                Err(broadcast::error::RecvError::Closed) => rt_events = broadcast::channel(1).1,
+                Err(broadcast::error::RecvError::Closed) => {
+                    tracing::warn!("the runtime's event stream closed; relying on periodic resyncs");
+                    rt_events_open = false;
+                }
             },
             _ = tick.tick(), if ready => housekeeping(&inner).await,
         }
