@@ -141,11 +141,15 @@ impl Kubelet {
 
         let Some(registered) = node::register_until_done(&self.client, cfg, &tasks).await else { return Ok(()) };
         let uid = registered.metadata.uid.clone().ok_or_else(|| node::NodeError::NoUid(cfg.node_name.clone()))?;
-        let (health_tx, health_rx) =
-            watch::channel(Health { runtime_version: self.runtime_version.clone(), network_ready: false });
+        let (health_tx, health_rx) = watch::channel(Health {
+            runtime_version: self.runtime_version.clone(),
+            network_ready: false,
+            runtime_ready: true,
+        });
         tokio::spawn(node::lease_loop(self.client.clone(), cfg.node_name.clone(), uid, tasks.clone()));
         tokio::spawn(node::status_loop(
             self.client.clone(),
+            self.runtime.clone(),
             cfg.clone(),
             registered.status.clone(),
             health_rx,

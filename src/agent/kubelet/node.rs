@@ -13,12 +13,14 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use serde_json::json;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::host_info::{gather, HostInfo};
 use super::node_status::{meaningfully_changed, missing_taints, new_node, node_labels, node_status, Health};
+use crate::agent::runtime::Runtime;
 use crate::config::{Cidr, NodeConfig};
 
 /// Where node leases live (upstream `kube-node-lease`).
@@ -185,6 +187,7 @@ pub async fn lease_loop(client: Client, node_name: String, node_uid: String, shu
 /// (the pod network becoming ready) post at once.
 pub async fn status_loop(
     client: Client,
+    runtime: Arc<dyn Runtime>,
     cfg: NodeConfig,
     initial: Option<NodeStatus>,
     mut health: watch::Receiver<Health>,
@@ -195,7 +198,19 @@ pub async fn status_loop(
     let mut posted: Option<NodeStatus> = None;
     let mut last_post: Option<Instant> = None;
     loop {
-        let h = health.borrow_and_update().clone();
+        let mut h = health.borrow_and_update().clone();
+        // A cheap call tells whether the runtime answers (upstream: the CRI `Status` check).
+        h.runtime_ready = match tokio::time::timeout(Duration::from_secs(5), runtime.list_sandboxes()).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "container runtime check failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("container runtime did not answer within 5 s");
+                false
+            }
+        };
         let host = host_info(cfg.data_dir.clone()).await;
         let status = node_status(&cfg, &host, &h, posted.as_ref().or(base.as_ref()), Timestamp::now());
         let due = last_post.is_none_or(|t| t.elapsed() >= STATUS_REPORT_INTERVAL);

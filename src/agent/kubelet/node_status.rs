@@ -28,6 +28,8 @@ pub struct Health {
     pub runtime_version: String,
     /// False until the pod network is configured (the node has a pod CIDR).
     pub network_ready: bool,
+    /// False while the container runtime does not answer.
+    pub runtime_ready: bool,
 }
 
 /// Well-known labels (kubelet `getNodeLabels` / `updateDefaultLabels`) plus the configured ones.
@@ -139,14 +141,20 @@ pub fn node_status(
     let disk_pressure = host
         .disk_available_bytes
         .is_some_and(|a| host.disk_bytes > 0 && a * 100 < host.disk_bytes * EVICTION_NODEFS_PERCENT);
-    let ready_msg = if health.network_ready {
-        "kubelet is posting ready status".to_string()
-    } else {
+    // Upstream joins the runtime errors of `nodestatus.ReadyCondition` with ", ".
+    let mut not_ready = Vec::new();
+    if !health.runtime_ready {
+        not_ready.push("container runtime is down");
+    }
+    if !health.network_ready {
         // The message upstream shows while the CRI reports NetworkReady=false.
-        "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady \
-         message:Network plugin returns error: the node has no pod CIDR yet"
-            .to_string()
-    };
+        not_ready.push(
+            "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady \
+             message:Network plugin returns error: the node has no pod CIDR yet",
+        );
+    }
+    let ready = not_ready.is_empty();
+    let ready_msg = if ready { "kubelet is posting ready status".to_string() } else { not_ready.join(", ") };
     st.conditions = Some(vec![
         if memory_pressure {
             condition(
@@ -187,7 +195,7 @@ pub fn node_status(
             "kubelet has sufficient PID available",
             &now,
         ),
-        if health.network_ready {
+        if ready {
             condition(&old_conds, "Ready", true, "KubeletReady", &ready_msg, &now)
         } else {
             condition(&old_conds, "Ready", false, "KubeletNotReady", &ready_msg, &now)
@@ -274,7 +282,7 @@ mod tests {
     }
 
     fn ready() -> Health {
-        Health { runtime_version: "containerd://1.6.20".into(), network_ready: true }
+        Health { runtime_version: "containerd://1.6.20".into(), network_ready: true, runtime_ready: true }
     }
 
     fn cond<'a>(s: &'a NodeStatus, t: &str) -> &'a NodeCondition {
@@ -323,6 +331,8 @@ mod tests {
         let s = node_status(&cfg(), &host(), &Health { network_ready: false, ..ready() }, None, Timestamp::UNIX_EPOCH);
         let r = cond(&s, "Ready");
         assert_eq!((r.status.as_str(), r.reason.as_deref()), ("False", Some("KubeletNotReady")));
+        let s = node_status(&cfg(), &host(), &Health { runtime_ready: false, ..ready() }, None, Timestamp::UNIX_EPOCH);
+        assert_eq!(cond(&s, "Ready").message.as_deref(), Some("container runtime is down"));
     }
 
     #[test]

@@ -221,10 +221,7 @@ pub fn phase(restart_policy: &str, init: &[ContainerStatus], app: &[ContainerSta
     if failed_init > 0 && restart_policy == "Never" {
         return "Failed";
     }
-    if pending_init > 0 || failed_init > 0 && waiting + running + stopped == 0 {
-        return "Pending";
-    }
-    if waiting > 0 {
+    if pending_init > 0 || waiting > 0 {
         return "Pending";
     }
     if running > 0 && unknown == 0 {
