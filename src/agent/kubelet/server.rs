@@ -277,24 +277,49 @@ async fn stream_log(
             return;
         }
     };
-    let mut data = Vec::new();
-    if let Err(e) = file.read_to_end(&mut data).await {
-        let _ = tx.send(Err(e)).await;
-        return;
-    }
-    // Keep an unfinished last line (the logger is mid-write) for the follow loop.
-    let complete = data.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
-    let start = tail.map(|n| tail_start(&data[..complete], n)).unwrap_or(0);
-    let out = renderer.render_all(&data[start..complete]);
-    let mut pending: Vec<u8> = data[complete..].to_vec();
-    if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
-        return;
+    let mut chunk = vec![0u8; 64 * 1024];
+    // What has been read but not rendered: an unfinished last line (the logger is mid-write).
+    let mut pending: Vec<u8> = Vec::new();
+    if let Some(n) = tail {
+        // tailLines needs the end of the file; rotation keeps files small, so read it whole.
+        let mut data = Vec::new();
+        if let Err(e) = file.read_to_end(&mut data).await {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
+        let complete = data.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
+        let out = renderer.render_all(&data[tail_start(&data[..complete], n)..complete]);
+        pending = data[complete..].to_vec();
+        if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
+            return;
+        }
+    } else {
+        // Otherwise stream the file in chunks, never holding all of it.
+        loop {
+            match file.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    pending.extend_from_slice(&chunk[..n]);
+                    let out = take_lines(&mut pending, &mut renderer);
+                    if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
+                        return;
+                    }
+                    if renderer.exhausted() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "reading log file failed");
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
     }
     if !follow {
         return;
     }
     let mut last_check = Instant::now();
-    let mut chunk = vec![0u8; 64 * 1024];
     loop {
         if renderer.exhausted() || tx.is_closed() {
             return;
@@ -391,6 +416,35 @@ mod tests {
         assert_eq!(find_log_file(dir.path(), "ns", "web", "app", true).unwrap(), c.join("1.log"));
         assert_eq!(find_log_file(dir.path(), "ns", "web2", "app", false), Err(FindError::ContainerNotFound));
         assert_eq!(find_log_file(dir.path(), "ns", "nope", "app", false), Err(FindError::PodNotFound));
+    }
+
+    async fn collect(path: PathBuf, opts: LogOptions) -> String {
+        let (tx, mut rx) = mpsc::channel(16);
+        tokio::spawn(stream_log(path, opts, Arc::new(Flag(AtomicBool::new(false))), tx));
+        let mut out = Vec::new();
+        while let Some(Ok(b)) = rx.recv().await {
+            out.extend_from_slice(&b);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_file_larger_than_one_read_streams_whole_lines_and_stops_at_limit_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let mut data = String::new();
+        for i in 0..10_000 {
+            data.push_str(&format!("2024-01-01T00:00:00Z stdout F line number {i:05}\n"));
+        }
+        data.push_str("2024-01-01T00:00:00Z stdout F unfinished");
+        std::fs::write(&path, &data).unwrap();
+        let out = collect(path.clone(), LogOptions::default()).await;
+        assert_eq!(out.lines().count(), 10_000, "an unfinished last line is not shown");
+        assert!(out.lines().enumerate().all(|(i, l)| l == format!("line number {i:05}")));
+        let out = collect(path.clone(), LogOptions { limit_bytes: Some(100_000), ..Default::default() }).await;
+        assert_eq!(out.len(), 100_000);
+        let out = collect(path, LogOptions { tail_lines: Some(2), ..Default::default() }).await;
+        assert_eq!(out, "line number 09998\nline number 09999\n");
     }
 
     // --- over real TLS, with a client certificate ---
