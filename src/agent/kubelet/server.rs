@@ -1,5 +1,6 @@
 //! The kubelet API on `kubelet_port` (10250 by default): HTTPS with client certificates from
-//! the kubelet client CA. Serves `GET /containerLogs/{namespace}/{pod}/{container}` — the
+//! the kubelet client CA, authorised for group `system:masters` only (the API server's
+//! kubelet-client identity) until SubjectAccessReview delegation exists. Serves `GET /containerLogs/{namespace}/{pod}/{container}` — the
 //! endpoint the API server proxies `pods/{name}/log` to — and `GET /healthz`.
 //!
 //! Logs are read from the CRI files under the log root (`<ns>_<pod>_<uid>/<container>/<n>.log`);
@@ -106,6 +107,21 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
+            // Authorization: upstream asks the API server (SubjectAccessReview on nodes/proxy);
+            // until skiff serves that, only superusers (group system:masters, which RBAC always
+            // allows; the API server's kubelet-client identity) get in. Other holders of a
+            // cluster client certificate, such as other nodes, are refused.
+            let identity =
+                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| identity(c.as_ref()));
+            let app = match identity {
+                Some(id) if id.groups.iter().any(|g| g == "system:masters") => app,
+                other => {
+                    let user = other.map(|i| i.user).unwrap_or_default();
+                    tracing::info!(%peer, %user, "kubelet API request refused: not authorized");
+                    let msg = format!("Forbidden (user={user}, verb=get, resource=nodes, subresource(s)=[proxy])");
+                    Router::new().fallback(move || async move { (StatusCode::FORBIDDEN, msg) })
+                }
+            };
             let svc = TowerToHyperService::new(app);
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(tls), svc);
@@ -115,6 +131,21 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// Who a client certificate names: user = CN, groups = O (as the API server reads it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+pub fn identity(der: &[u8]) -> Option<Identity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let user = subject.iter_common_name().next().and_then(|a| a.as_str().ok()).unwrap_or_default().to_string();
+    let groups = subject.iter_organization().filter_map(|a| a.as_str().ok()).map(str::to_string).collect();
+    Some(Identity { user, groups })
 }
 
 /// Go's `strconv.ParseBool`, which the kubelet's query decoding uses.
@@ -472,18 +503,27 @@ mod tests {
     }
 
     /// A kubelet client CA and one client certificate from it (what the API server holds).
-    fn client_pki() -> (String, (String, String)) {
-        use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+    /// A kubelet client CA and two client certificates from it: the API server's (group
+    /// system:masters) and a node's (group system:nodes).
+    fn client_pki() -> (String, (String, String), (String, String)) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
         let issuer = Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = p.signed_by(&key, &issuer).unwrap();
-        (ca_pem, (cert.pem(), key.serialize_pem()))
+        let leaf = |cn: &str, o: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.distinguished_name.push(DnType::OrganizationName, o);
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let apiserver = leaf("kube-apiserver-kubelet-client", "system:masters");
+        let node = leaf("system:node:n2", "system:nodes");
+        (ca_pem, apiserver, node)
     }
 
     async fn get(
@@ -506,7 +546,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn logs_are_served_over_tls_only_to_clients_with_a_certificate_from_the_kubelet_client_ca() {
+    async fn logs_are_served_over_tls_only_to_superusers_with_a_certificate_from_the_kubelet_client_ca() {
         let dir = tempfile::tempdir().unwrap();
         let logs = dir.path().join("pods");
         let cdir = logs.join("default_web_u1/app");
@@ -514,7 +554,7 @@ mod tests {
         let log = cdir.join("0.log");
         std::fs::write(&log, "2024-01-01T00:00:00.000000001Z stdout F one\n2024-01-01T00:00:01Z stdout P tw\n2024-01-01T00:00:01Z stdout F o\n").unwrap();
 
-        let (client_ca, client_cert) = client_pki();
+        let (client_ca, client_cert, node_cert) = client_pki();
         let (crt, key) =
             super::super::serving_cert::load_or_create(dir.path(), "127.0.0.1".parse().unwrap(), "n1").unwrap();
         let tls = super::super::serving_cert::server_config(&crt, &key, &client_ca).unwrap();
@@ -555,6 +595,12 @@ mod tests {
         running.0.store(false, Ordering::SeqCst);
         let (code, body) = tokio::time::timeout(Duration::from_secs(10), follow).await.unwrap().unwrap().unwrap();
         assert_eq!((code, body.as_str()), (200, "three\n"));
+
+        // A client certificate from the CA without superuser rights is authenticated but refused.
+        let other_node = client_config(Some(node_cert), &server_ca);
+        let (code, body) = get(addr, other_node, "/containerLogs/default/web/app").await.unwrap();
+        assert_eq!(code, 403);
+        assert!(body.contains("user=system:node:n2"), "{body}");
 
         // Without a client certificate the handshake (or the first request) fails.
         let anonymous = client_config(None, &server_ca);
