@@ -205,7 +205,14 @@ async fn worker(inner: Arc<Inner>, pod_ref: PodRef, notify: Arc<Notify>) {
         let mut wait = RESYNC;
         match find(&inner.store, &pod_ref) {
             None => {
-                let grace = last_pod.as_deref().map(grace_period).unwrap_or(ORPHAN_GRACE);
+                // A pod that vanished without graceful deletion (force-deleted, or never seen
+                // terminating) is killed with the minimum grace period, as upstream does for a
+                // deletion grace period of 0.
+                let grace = last_pod
+                    .as_deref()
+                    .filter(|p| p.metadata.deletion_grace_period_seconds.is_some())
+                    .map(grace_period)
+                    .unwrap_or(ORPHAN_GRACE);
                 match kill_pod(rt, &pod_ref.uid, grace, last_pod.as_deref(), events).await {
                     Ok(()) => {
                         let dir = pod_log_dir(&inner.cfg.log_root, &pod_ref);
