@@ -1,8 +1,10 @@
 //! The node agent: kubelet (node registration, lease, pod workers, log server), the containerd
 //! runtime layer, the pod network, and later the service proxy and cluster DNS.
 
-pub mod kubelet;
 pub mod runtime;
+
+/// Declared apart from the other modules so branches adding siblings merge without conflict.
+pub mod kubelet;
 
 use crate::config::{AgentConfig, NodeConfig};
 use tokio_util::sync::CancellationToken;
