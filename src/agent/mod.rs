@@ -32,6 +32,19 @@ pub async fn run(node: NodeConfig, creds: AgentCredentials, shutdown: Cancellati
 /// TEMPORARY SHIM, to be deleted at merge: the containerd runtime (another branch) provides
 /// `runtime::containerd::connect_for_node(&NodeConfig) -> Result<Arc<dyn Runtime>>`. Until it
 /// is wired, this stand-in keeps the kubelet branch compiling and fails loudly at start-up.
+///
+/// A body that worked in a local trial merge with the `runtime` and `main` branches (real
+/// containerd, `kubectl logs` through the API server):
+/// ```text
+/// let socket = match &node.container_runtime_endpoint {
+///     Some(s) => s.clone(),
+///     None => ManagedContainerd::start(&node.data_dir, None, shutdown.clone()).await?.socket().to_path_buf(),
+///         // (keep the ManagedContainerd value alive for the agent's lifetime)
+/// };
+/// let rt = ContainerdRuntime::connect(&socket, &node.containerd_namespace, &node.data_dir, &node.cgroup_root).await?;
+/// rt.import_images().await;
+/// ```
+/// and pass `containerd://<version>` to `Kubelet::with_runtime_version`.
 mod containerd_shim {
     use crate::agent::runtime::{Runtime, RuntimeError};
     use crate::config::NodeConfig;
