@@ -1,0 +1,239 @@
+//! A recording, in-memory [`Runtime`] for tests (convention 5): it keeps sandboxes and
+//! containers in a table, records every call, and lets a test make containers exit or pulls
+//! fail. Public so integration tests in `tests/` can drive a kubelet without containerd.
+
+use async_trait::async_trait;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+use tokio::sync::broadcast;
+
+use crate::agent::runtime::{
+    ContainerSpec, ContainerState, ContainerStatus, ImageRef, PullPolicy, Result, Runtime, RuntimeError, RuntimeEvent,
+    Sandbox, SandboxSpec,
+};
+use crate::config::Cidr;
+
+/// One call the kubelet made, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Call {
+    SetPodCidr(String),
+    EnsureImage(String, PullPolicy),
+    RunSandbox(String),
+    RemoveSandbox(String),
+    StartContainer { pod_uid: String, name: String, restart_count: u32 },
+    StopContainer(String, Duration),
+    RemoveContainer(String),
+}
+
+#[derive(Default)]
+struct State {
+    cidr: Option<Cidr>,
+    sandboxes: HashMap<String, Sandbox>,
+    containers: Vec<ContainerStatus>,
+    specs: HashMap<String, ContainerSpec>,
+    missing_images: HashSet<String>,
+    failing_starts: HashSet<String>,
+    calls: Vec<Call>,
+    next: u32,
+}
+
+pub struct FakeRuntime {
+    state: Mutex<State>,
+    events: broadcast::Sender<RuntimeEvent>,
+}
+
+impl Default for FakeRuntime {
+    fn default() -> Self {
+        FakeRuntime { state: Mutex::new(State::default()), events: broadcast::channel(256).0 }
+    }
+}
+
+impl FakeRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A test that panicked while holding the lock already failed; keep going for the rest.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    pub fn clear_calls(&self) {
+        self.lock().calls.clear();
+    }
+
+    /// Pulls of `image` fail from now on (as an unreachable registry would).
+    pub fn fail_pulls(&self, image: &str) {
+        self.lock().missing_images.insert(image.to_string());
+    }
+
+    pub fn allow_pulls(&self, image: &str) {
+        self.lock().missing_images.remove(image);
+    }
+
+    /// start_container of container `name` fails from now on.
+    pub fn fail_starts(&self, name: &str) {
+        self.lock().failing_starts.insert(name.to_string());
+    }
+
+    /// Makes a running container exit with `code`, as if its process ended.
+    pub fn exit(&self, id: &str, code: i32) {
+        let mut st = self.lock();
+        let mut uid = None;
+        if let Some(c) = st.containers.iter_mut().find(|c| c.id == id) {
+            let started_at = match c.state {
+                ContainerState::Running { started_at } => Some(started_at),
+                _ => None,
+            };
+            let reason = if code == 0 { "Completed" } else { "Error" };
+            c.state = ContainerState::Exited {
+                exit_code: code,
+                reason: reason.into(),
+                started_at,
+                finished_at: SystemTime::now(),
+            };
+            uid = Some(c.pod.uid.clone());
+        }
+        drop(st);
+        if let Some(pod_uid) = uid {
+            let _ = self.events.send(RuntimeEvent::ContainerExited { pod_uid, container_id: id.to_string() });
+        }
+    }
+
+    /// The newest container named `name` in pod `uid`.
+    pub fn container(&self, uid: &str, name: &str) -> Option<ContainerStatus> {
+        self.lock()
+            .containers
+            .iter()
+            .filter(|c| c.pod.uid == uid && c.name == name)
+            .max_by_key(|c| c.restart_count)
+            .cloned()
+    }
+
+    /// The spec a container was started with.
+    pub fn spec(&self, id: &str) -> Option<ContainerSpec> {
+        self.lock().specs.get(id).cloned()
+    }
+
+    pub fn sandbox_count(&self) -> usize {
+        self.lock().sandboxes.len()
+    }
+
+    pub fn container_count(&self) -> usize {
+        self.lock().containers.len()
+    }
+
+    pub fn pod_cidr(&self) -> Option<Cidr> {
+        self.lock().cidr
+    }
+
+    /// Seeds a container as if it survived an agent restart.
+    pub fn insert(&self, sandbox: Sandbox, c: ContainerStatus) {
+        let mut st = self.lock();
+        st.sandboxes.insert(sandbox.pod.uid.clone(), sandbox);
+        st.containers.push(c);
+    }
+}
+
+#[async_trait]
+impl Runtime for FakeRuntime {
+    async fn set_pod_cidr(&self, cidr: Cidr) -> Result<()> {
+        let mut st = self.lock();
+        st.calls.push(Call::SetPodCidr(cidr.to_string()));
+        st.cidr = Some(cidr);
+        Ok(())
+    }
+
+    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<ImageRef> {
+        let mut st = self.lock();
+        st.calls.push(Call::EnsureImage(image.to_string(), policy));
+        if st.missing_images.contains(image) {
+            return Err(RuntimeError::ImageNotAvailable { image: image.into(), reason: "registry unreachable".into() });
+        }
+        Ok(ImageRef { name: image.to_string(), id: "sha256:0123456789abcdef".into() })
+    }
+
+    async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox> {
+        let mut st = self.lock();
+        st.calls.push(Call::RunSandbox(spec.pod.uid.clone()));
+        if let Some(s) = st.sandboxes.get(&spec.pod.uid) {
+            return Ok(s.clone());
+        }
+        let n = st.sandboxes.len() as u8 + 2;
+        let ip = (!spec.host_network).then_some(IpAddr::V4(Ipv4Addr::new(10, 42, 0, n)));
+        let s = Sandbox { pod: spec.pod.clone(), ip };
+        st.sandboxes.insert(spec.pod.uid.clone(), s.clone());
+        Ok(s)
+    }
+
+    async fn remove_sandbox(&self, pod_uid: &str) -> Result<()> {
+        let mut st = self.lock();
+        st.calls.push(Call::RemoveSandbox(pod_uid.to_string()));
+        if st.containers.iter().any(|c| c.pod.uid == pod_uid) {
+            return Err(RuntimeError::Other("sandbox still has containers".into()));
+        }
+        st.sandboxes.remove(pod_uid);
+        Ok(())
+    }
+
+    async fn list_sandboxes(&self) -> Result<Vec<Sandbox>> {
+        Ok(self.lock().sandboxes.values().cloned().collect())
+    }
+
+    async fn start_container(&self, sandbox: &Sandbox, spec: &ContainerSpec) -> Result<String> {
+        let mut st = self.lock();
+        st.calls.push(Call::StartContainer {
+            pod_uid: sandbox.pod.uid.clone(),
+            name: spec.name.clone(),
+            restart_count: spec.restart_count,
+        });
+        if st.failing_starts.contains(&spec.name) {
+            return Err(RuntimeError::Containerd("exec: no such file".into()));
+        }
+        st.next += 1;
+        let id = format!("c{}", st.next);
+        st.containers.push(ContainerStatus {
+            id: id.clone(),
+            pod: spec.pod.clone(),
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            state: ContainerState::Running { started_at: SystemTime::now() },
+            restart_count: spec.restart_count,
+            log_path: spec.log_path.clone(),
+        });
+        st.specs.insert(id.clone(), spec.clone());
+        Ok(id)
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<()> {
+        self.lock().calls.push(Call::StopContainer(id.to_string(), grace));
+        let running =
+            self.lock().containers.iter().any(|c| c.id == id && matches!(c.state, ContainerState::Running { .. }));
+        if running {
+            // SIGTERM honoured: 128 + 15, as a shell's exit status reports it.
+            self.exit(id, 143);
+        }
+        Ok(())
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<()> {
+        let mut st = self.lock();
+        st.calls.push(Call::RemoveContainer(id.to_string()));
+        st.containers.retain(|c| c.id != id);
+        Ok(())
+    }
+
+    async fn list_containers(&self) -> Result<Vec<ContainerStatus>> {
+        Ok(self.lock().containers.clone())
+    }
+
+    fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
+        self.events.subscribe()
+    }
+}
