@@ -24,39 +24,25 @@ pub struct AgentCredentials {
 /// Runs the agent of a server's own node, with API credentials the server issued in-process.
 pub async fn run(node: NodeConfig, creds: AgentCredentials, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = kube::Client::try_from(creds.kube.clone())?;
-    // TEMPORARY (see `containerd_shim`): becomes `runtime::containerd::connect_for_node` at merge.
-    let runtime = containerd_shim::connect_for_node(&node).await?;
-    kubelet::Kubelet::new(node, client, runtime).with_client_ca(creds.kubelet_client_ca_pem).run(shutdown).await?;
-    Ok(())
-}
-
-/// TEMPORARY SHIM, to be deleted at merge: the containerd runtime (another branch) provides
-/// `runtime::containerd::connect_for_node(&NodeConfig) -> Result<Arc<dyn Runtime>>`. Until it
-/// is wired, this stand-in keeps the kubelet branch compiling and fails loudly at start-up.
-///
-/// A body that worked in a local trial merge with the `runtime` and `main` branches (real
-/// containerd, `kubectl logs` through the API server):
-/// ```text
-/// let socket = match &node.container_runtime_endpoint {
-///     Some(s) => s.clone(),
-///     None => ManagedContainerd::start(&node.data_dir, None, shutdown.clone()).await?.socket().to_path_buf(),
-///         // (keep the ManagedContainerd value alive for the agent's lifetime)
-/// };
-/// let rt = ContainerdRuntime::connect(&socket, &node.containerd_namespace, &node.data_dir, &node.cgroup_root).await?;
-/// rt.import_images().await;
-/// ```
-/// and pass `containerd://<version>` to `Kubelet::with_runtime_version`.
-mod containerd_shim {
-    use crate::agent::runtime::{Runtime, RuntimeError};
-    use crate::config::NodeConfig;
-    use std::sync::Arc;
-
-    pub async fn connect_for_node(node: &NodeConfig) -> Result<Arc<dyn Runtime>, RuntimeError> {
-        Err(RuntimeError::Other(format!(
-            "node {}: the containerd runtime is not wired into this build yet",
-            node.node_name
-        )))
+    // Starts (or connects to) containerd and imports `<data-dir>/agent/images/*.tar`.
+    let rt = runtime::node::start(&node, shutdown.clone()).await?;
+    let version = match rt.runtime.client().version().version(()).await {
+        Ok(v) => format!("containerd://{}", v.into_inner().version),
+        Err(_) => "containerd://unknown".to_string(),
+    };
+    tracing::info!(node = %node.node_name, runtime = %version, images = ?rt.imported, "container runtime ready");
+    let runtime: std::sync::Arc<dyn runtime::Runtime> = std::sync::Arc::new(rt.runtime.clone());
+    let result = kubelet::Kubelet::new(node, client, runtime)
+        .with_client_ca(creds.kubelet_client_ca_pem)
+        .with_runtime_version(version)
+        .run(shutdown)
+        .await;
+    // Containers keep running in their shims; only the managed containerd stops.
+    if let Some(m) = rt.managed {
+        m.stop().await;
     }
+    result?;
+    Ok(())
 }
 
 /// `skiff agent`: joins a remote server with a token (the distribution issue builds this).
