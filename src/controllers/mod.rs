@@ -1,6 +1,8 @@
 //! The controllers (kube-controller-manager's duties), one reconciler per file, each an API
 //! client built on kube-rs' runtime.
 
+pub mod events;
+
 use crate::config::Cidr;
 use tokio_util::sync::CancellationToken;
 
