@@ -807,7 +807,9 @@ mod tests {
         assert_ne!(a, pod_template_hash(&template("busybox:1"), Some(1)), "collisionCount changes the hash");
         assert!(a.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)), "{a}");
         let mut labelled = template("busybox:1");
-        labelled.metadata.as_mut().and_then(|m| m.labels.as_mut()).map(|l| l.insert(HASH_LABEL.into(), a.clone()));
+        if let Some(l) = labelled.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+            l.insert(HASH_LABEL.into(), a.clone());
+        }
         assert_eq!(pod_template_hash(&labelled, None), a, "the hash label itself is ignored");
         assert!(equal_ignore_hash(&labelled, &template("busybox:1")));
     }

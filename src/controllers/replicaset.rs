@@ -483,10 +483,9 @@ mod tests {
         ];
         assert!(names(&victims(&pods, 1))[0].starts_with("crowded"), "pods sharing a node go first");
         let mut restarting = (*pod("restarting", Some("n1"), "Running", 10)).clone();
-        restarting
-            .status
-            .as_mut()
-            .map(|s| s.container_statuses = Some(vec![ContainerStatus { restart_count: 5, ..Default::default() }]));
+        if let Some(s) = restarting.status.as_mut() {
+            s.container_statuses = Some(vec![ContainerStatus { restart_count: 5, ..Default::default() }]);
+        }
         let pods = vec![pod("steady", Some("n2"), "Running", 10), Arc::new(restarting)];
         assert_eq!(names(&victims(&pods, 1)), ["restarting"]);
     }
@@ -494,7 +493,9 @@ mod tests {
     #[test]
     fn status_counts_ready_available_and_fully_labelled_pods() {
         let mut set = rs(3);
-        set.spec.as_mut().map(|s| s.min_ready_seconds = Some(10));
+        if let Some(s) = set.spec.as_mut() {
+            s.min_ready_seconds = Some(10);
+        }
         let mut a = (*pod("a", Some("n"), "Running", 0)).clone();
         ready(&mut a, 100);
         let mut b = (*pod("b", Some("n"), "Running", 0)).clone();
@@ -515,7 +516,10 @@ mod tests {
         let mut e = Expectations::default();
         e.expect("default/web", vec!["web-1".into()], vec!["web-0".into()], t0);
         let old = pod("web-0", None, "Running", 0);
-        assert!(!e.satisfied("default/web", &[old.clone()], t0), "neither the creation nor the deletion seen");
+        assert!(
+            !e.satisfied("default/web", std::slice::from_ref(&old), t0),
+            "neither the creation nor the deletion seen"
+        );
         let created = pod("web-1", None, "Pending", 0);
         assert!(!e.satisfied("default/web", &[old, created.clone()], t0), "deletion not seen");
         assert!(e.satisfied("default/web", &[created], t0));

@@ -326,7 +326,9 @@ mod tests {
     #[test]
     fn node_name_rejects_every_node_but_the_named_one() {
         let mut p = pod("", "");
-        p.spec.as_mut().map(|s| s.node_name = Some("a".into()));
+        if let Some(s) = p.spec.as_mut() {
+            s.node_name = Some("a".into());
+        }
         let pi = PodInfo::new(&p);
         assert!(node_name(&pi, &node("a", "1", "1Gi")).is_ok());
         assert_eq!(node_name(&pi, &node("b", "1", "1Gi")), fail(ERR_NODE_NAME));
@@ -339,14 +341,14 @@ mod tests {
         let p = pod("", "");
         assert_eq!(node_unschedulable(&PodInfo::new(&p), &n), fail(ERR_UNSCHEDULABLE));
         let mut tolerant = pod("", "");
-        tolerant.spec.as_mut().map(|s| {
+        if let Some(s) = tolerant.spec.as_mut() {
             s.tolerations = Some(vec![Toleration {
                 key: Some("node.kubernetes.io/unschedulable".into()),
                 operator: Some("Exists".into()),
                 effect: Some("NoSchedule".into()),
                 ..Default::default()
             }])
-        });
+        }
         assert!(node_unschedulable(&PodInfo::new(&tolerant), &n).is_ok());
     }
 
@@ -366,13 +368,13 @@ mod tests {
             fail("node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }")
         );
         let mut tolerant = pod("", "");
-        tolerant.spec.as_mut().map(|s| {
+        if let Some(s) = tolerant.spec.as_mut() {
             s.tolerations = Some(vec![Toleration {
                 key: Some("node-role.kubernetes.io/control-plane".into()),
                 operator: Some("Exists".into()),
                 ..Default::default()
             }])
-        });
+        }
         assert!(taint_toleration(&PodInfo::new(&tolerant), &n).is_ok());
     }
 
@@ -399,9 +401,13 @@ mod tests {
         n.metadata.labels =
             Some([("disk".to_string(), "ssd".to_string()), ("gen".to_string(), "5".to_string())].into());
         let mut p = pod("", "");
-        p.spec.as_mut().map(|s| s.node_selector = Some([("disk".to_string(), "ssd".to_string())].into()));
+        if let Some(s) = p.spec.as_mut() {
+            s.node_selector = Some([("disk".to_string(), "ssd".to_string())].into());
+        }
         assert!(node_affinity(&PodInfo::new(&p), &n).is_ok());
-        p.spec.as_mut().map(|s| s.node_selector = Some([("disk".to_string(), "hdd".to_string())].into()));
+        if let Some(s) = p.spec.as_mut() {
+            s.node_selector = Some([("disk".to_string(), "hdd".to_string())].into());
+        }
         assert_eq!(node_affinity(&PodInfo::new(&p), &n), fail(ERR_AFFINITY));
 
         let term = |key: &str, op: &str, values: &[&str]| NodeSelectorTerm {
@@ -414,7 +420,7 @@ mod tests {
         };
         let with_terms = |terms: Vec<NodeSelectorTerm>| {
             let mut p = pod("", "");
-            p.spec.as_mut().map(|s| {
+            if let Some(s) = p.spec.as_mut() {
                 s.affinity = Some(Affinity {
                     node_affinity: Some(NodeAffinity {
                         required_during_scheduling_ignored_during_execution: Some(NodeSelector {
@@ -424,7 +430,7 @@ mod tests {
                     }),
                     ..Default::default()
                 })
-            });
+            }
             p
         };
         let ok = |p: &Pod| node_affinity(&PodInfo::new(p), &n).is_ok();
@@ -452,10 +458,10 @@ mod tests {
         let with_port = |name: &str| {
             let mut p = pod("", "");
             p.metadata.name = Some(name.into());
-            p.spec.as_mut().map(|s| {
+            if let Some(s) = p.spec.as_mut() {
                 s.containers[0].ports =
                     Some(vec![ContainerPort { container_port: 80, host_port: Some(8080), ..Default::default() }])
-            });
+            }
             p
         };
         let first = with_port("first");
@@ -472,7 +478,9 @@ mod tests {
         c.set_node(node("a", "1", "1Gi"));
         let mut existing = pod("700m", "512Mi");
         existing.metadata.name = Some("existing".into());
-        existing.spec.as_mut().map(|s| s.node_name = Some("a".into()));
+        if let Some(s) = existing.spec.as_mut() {
+            s.node_name = Some("a".into());
+        }
         c.update_pod(&existing);
         let ni = c.node("a").cloned().unwrap_or_default();
         assert!(node_resources_fit(&PodInfo::new(&pod("300m", "512Mi")), &ni).is_ok());
@@ -486,16 +494,18 @@ mod tests {
     #[test]
     fn resources_fit_rejects_extended_resources_the_node_lacks_and_full_pod_counts() {
         let mut p = pod("", "");
-        p.spec.as_mut().map(|s| {
+        if let Some(s) = p.spec.as_mut() {
             s.containers[0].resources = Some(ResourceRequirements {
                 requests: Some([("example.com/gpu".to_string(), q("1"))].into()),
                 ..Default::default()
             })
-        });
+        }
         let ni = info(node("a", "1", "1Gi"));
         assert_eq!(node_resources_fit(&PodInfo::new(&p), &ni), fail("Insufficient example.com/gpu"));
         let mut full = node("b", "1", "1Gi");
-        full.status.as_mut().and_then(|s| s.allocatable.as_mut()).map(|a| a.insert("pods".into(), q("0")));
+        if let Some(a) = full.status.as_mut().and_then(|s| s.allocatable.as_mut()) {
+            a.insert("pods".into(), q("0"));
+        }
         assert_eq!(node_resources_fit(&PodInfo::new(&pod("", "")), &info(full)), fail(ERR_TOO_MANY_PODS));
     }
 
@@ -503,7 +513,9 @@ mod tests {
     fn nodes_that_are_not_ready_are_rejected() {
         let mut n = node("a", "1", "1Gi");
         assert!(node_ready(&n).is_ok());
-        n.status.as_mut().and_then(|s| s.conditions.as_mut()).map(|c| c[0].status = "Unknown".into());
+        if let Some(c) = n.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+            c[0].status = "Unknown".into();
+        }
         assert_eq!(node_ready(&n), fail(ERR_NOT_READY));
         n.status = None;
         assert_eq!(node_ready(&n), fail(ERR_NOT_READY));

@@ -434,10 +434,14 @@ mod tests {
         let p = pod("a", "1");
         assert!(needs_scheduling(&p));
         let mut other = p.clone();
-        other.spec.as_mut().map(|s| s.scheduler_name = Some("custom".into()));
+        if let Some(s) = other.spec.as_mut() {
+            s.scheduler_name = Some("custom".into());
+        }
         assert!(!needs_scheduling(&other));
         let mut bound = p.clone();
-        bound.spec.as_mut().map(|s| s.node_name = Some("n".into()));
+        if let Some(s) = bound.spec.as_mut() {
+            s.node_name = Some("n".into());
+        }
         assert!(!needs_scheduling(&bound));
         let mut done = p.clone();
         done.status = Some(PodStatus { phase: Some("Failed".into()), ..Default::default() });
