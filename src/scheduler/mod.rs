@@ -245,8 +245,13 @@ async fn watch_pods(client: kube::Client, shared: Arc<Shared>, shutdown: Cancell
                 let was_holding = cache::is_terminal(&p);
                 st.cache.update_pod(&p);
                 if needs_scheduling(&p) {
+                    // An assumed pod is being bound: a stale unbound copy must not queue it again,
+                    // but keep it at hand in case the binding fails and it is retried.
+                    let assumed = st.cache.is_assumed(&p);
                     st.pending.insert(key.clone(), Arc::new(p));
-                    st.queue.add(&key, now);
+                    if !assumed {
+                        st.queue.add(&key, now);
+                    }
                 } else {
                     st.pending.remove(&key);
                     st.queue.remove(&key);
@@ -291,6 +296,10 @@ async fn schedule_loop(client: kube::Client, shared: Arc<Shared>, recorder: Reco
             let mut st = shared.lock();
             match st.pending.get(&attempt.key).cloned() {
                 None => {
+                    st.queue.forget(&attempt);
+                    continue;
+                }
+                Some(pod) if st.cache.is_assumed(&pod) => {
                     st.queue.forget(&attempt);
                     continue;
                 }
