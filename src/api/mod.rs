@@ -1,1 +1,306 @@
-//! The Kubernetes API server: axum over rustls.
+//! The Kubernetes API server: axum over rustls on one HTTPS port. Authentication by client
+//! certificate (CN = user, O = groups) happens at the TLS layer; everything else is routed by
+//! parsing the path the way kube-apiserver's RequestInfoFactory does.
+
+pub mod admission;
+pub mod discovery;
+pub mod errors;
+pub mod handlers;
+pub mod logs;
+pub mod namespaces;
+pub mod objects;
+pub mod openapi;
+pub mod patch;
+pub mod query;
+pub mod request;
+pub mod selector;
+pub mod watch;
+
+use axum::body::Body;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Cidr;
+use crate::store::Store;
+use errors::ApiError;
+use handlers::{json_response, Req};
+
+/// Shared state of the API server.
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub service_cidr: Cidr,
+    /// IPs the allocator never hands out (the `kubernetes` service's and the DNS service's).
+    pub reserved_ips: Vec<Ipv4Addr>,
+    pub node_port_range: (u16, u16),
+    /// Client for kubelet APIs (logs, exec, port-forward).
+    pub kubelet: logs::KubeletHttp,
+    /// Largest accepted request body.
+    pub max_body: usize,
+    /// `host:port` clients use to reach this server.
+    pub advertise: String,
+}
+
+/// Who made a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+impl User {
+    pub fn anonymous() -> User {
+        User { name: "system:anonymous".into(), groups: vec!["system:unauthenticated".into()] }
+    }
+    pub fn is_anonymous(&self) -> bool {
+        self.name == "system:anonymous"
+    }
+}
+
+/// Reads CN and O from a client certificate (already verified against the client CA by rustls).
+pub fn user_from_cert(der: &[u8]) -> Option<User> {
+    let (_, x) = x509_parser::parse_x509_certificate(der).ok()?;
+    let name = x.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let mut groups: Vec<String> =
+        x.subject().iter_organization().filter_map(|o| o.as_str().ok().map(String::from)).collect();
+    groups.push("system:authenticated".into());
+    Some(User { name, groups })
+}
+
+/// The rustls server configuration: our serving certificate, and client certificates checked
+/// against the client CA but optional (anonymous requests reach only the health endpoints).
+pub fn tls_config(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())?
+        .ok_or_else(|| anyhow::anyhow!("serving key has no private key"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut client_ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/version", get(|| async { json_response(StatusCode::OK, &discovery::version()) }))
+        .route("/healthz", get(health))
+        .route("/livez", get(health))
+        .route("/readyz", get(health))
+        .route("/openapi/v2", get(openapi::v2))
+        .route("/openapi/v3", get(openapi::v3_index))
+        .route("/openapi/v3/{*path}", get(openapi::v3_group))
+        .fallback(dispatch)
+        .with_state(state)
+}
+
+async fn health(State(st): State<Arc<ApiState>>) -> Response {
+    match st.store.current_revision().await {
+        Ok(_) => (StatusCode::OK, "ok").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("[-]etcd failed: {e}")).into_response(),
+    }
+}
+
+/// Serves HTTPS on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    state: Arc<ApiState>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let app = router(state);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| user_from_cert(c.as_ref()))
+                .unwrap_or_else(User::anonymous);
+            let svc = hyper_util::service::TowerToHyperService::new(app.layer(Extension(user)));
+            let io = hyper_util::rt::TokioIo::new(tls);
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(io, svc);
+            tokio::select! {
+                r = conn => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended with error") },
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+const ANONYMOUS_PATHS: &[&str] = &["/version", "/healthz", "/livez", "/readyz"];
+
+async fn dispatch(
+    State(st): State<Arc<ApiState>>,
+    Extension(user): Extension<User>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let path = uri.path().to_string();
+    if user.is_anonymous() && !ANONYMOUS_PATHS.contains(&path.as_str()) {
+        return ApiError::forbidden(format!(
+            "forbidden: User \"system:anonymous\" cannot {} path \"{path}\"",
+            method.as_str().to_lowercase()
+        ))
+        .into_response();
+    }
+    let accept = headers.get("accept").and_then(|a| a.to_str().ok()).unwrap_or("").to_string();
+    if accept.contains("application/vnd.kubernetes.protobuf") && !accept.contains("json") && !accept.contains("*/*") {
+        return ApiError::not_acceptable(
+            "only the following media types are accepted: application/json, application/yaml",
+        )
+        .into_response();
+    }
+    match path.as_str() {
+        "/api" | "/api/" => {
+            return if discovery::wants_aggregated(&accept) {
+                discovery::aggregated_response(true)
+            } else {
+                json_response(StatusCode::OK, &discovery::api_versions(&st.advertise))
+            }
+        }
+        "/apis" | "/apis/" => {
+            return if discovery::wants_aggregated(&accept) {
+                discovery::aggregated_response(false)
+            } else {
+                json_response(StatusCode::OK, &discovery::api_group_list())
+            }
+        }
+        _ => {}
+    }
+    let parsed = match request::parse(&path) {
+        Some(p) => p,
+        None => return (StatusCode::NOT_FOUND, "404 page not found\n").into_response(),
+    };
+    let t = match parsed {
+        request::Parsed::Group(g) => {
+            return match discovery::group(&g) {
+                Some(v) => json_response(StatusCode::OK, &v),
+                None => {
+                    ApiError::new(404, "NotFound", "the server could not find the requested resource").into_response()
+                }
+            }
+        }
+        request::Parsed::GroupVersion { group, version } => {
+            return match discovery::resource_list(&group, &version) {
+                Some(v) => json_response(StatusCode::OK, &v),
+                None => {
+                    ApiError::new(404, "NotFound", "the server could not find the requested resource").into_response()
+                }
+            }
+        }
+        request::Parsed::NotFound => {
+            return ApiError::new(404, "NotFound", "the server could not find the requested resource").into_response()
+        }
+        request::Parsed::Resource(t) => t,
+    };
+    let req = Req {
+        st: st.clone(),
+        r: t.resource,
+        ns: t.namespace,
+        name: t.name,
+        sub: t.subresource,
+        q: query::Query::parse(uri.query()),
+        headers,
+        method: method.clone(),
+    };
+    let span = tracing::debug_span!("request", verb = %method, resource = req.r.plural, ns = ?req.ns, name = ?req.name, user = %user.name);
+    let _e = span.enter();
+    match resource_request(req, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn resource_request(req: Req, body: Body) -> errors::ApiResult<Response> {
+    if let Some(sub) = req.sub.as_deref() {
+        if !req.r.has_subresource(sub) {
+            return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        }
+    }
+    if req.r.namespaced && req.ns.is_none() && req.name.is_some() {
+        return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+    }
+    let m = req.method.clone();
+    let has_name = req.name.is_some();
+    match (m, has_name, req.sub.as_deref()) {
+        (Method::GET, false, _) => {
+            if req.q.flag("watch") {
+                watch::serve(req).await
+            } else {
+                handlers::list(&req).await
+            }
+        }
+        (Method::GET, true, None | Some("status")) => handlers::get(&req).await,
+        (Method::GET, true, Some("scale")) => handlers::get_scale(&req).await,
+        (Method::GET, true, Some("log")) => logs::pod_log(&req).await,
+        (Method::POST, false, None) => {
+            let b = handlers::read_body(&req.st, body).await?;
+            handlers::create(&req, &b).await
+        }
+        (Method::POST, true, Some("binding")) => {
+            let b = handlers::read_body(&req.st, body).await?;
+            handlers::bind(&req, &b).await
+        }
+        (Method::PUT, true, _) => {
+            let b = handlers::read_body(&req.st, body).await?;
+            handlers::update(&req, &b).await
+        }
+        (Method::PATCH, true, _) => {
+            let b = handlers::read_body(&req.st, body).await?;
+            handlers::patch(&req, &b).await
+        }
+        (Method::DELETE, true, None) => {
+            let b = handlers::read_body(&req.st, body).await?;
+            handlers::delete(&req, &b).await
+        }
+        (Method::DELETE, false, None) => {
+            let b = handlers::read_body(&req.st, body).await?;
+            handlers::delete_collection(&req, &b).await
+        }
+        (m, _, _) => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({m})"
+        ))),
+    }
+}

@@ -1,2 +1,211 @@
-//! Per-kind strategy: the resources skiff serves, their defaulting, validation, table columns and
-//! status rules. Pure functions over JSON.
+//! Per-kind strategy: the resources skiff serves (the table discovery, routing and storage
+//! keys are derived from), and for each kind its normalisation, defaulting, validation and
+//! table columns. Pure functions over JSON.
+
+pub mod defaults;
+pub mod tables;
+pub mod typed;
+pub mod validation;
+
+/// One served resource (a kind at one group/version).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Resource {
+    /// API group; "" for core.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    /// Subresources served under `{name}/…`.
+    pub subresources: &'static [&'static str],
+}
+
+impl Resource {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `/api/v1` or `/apis/<group>/<version>`.
+    pub fn group_version_path(&self) -> String {
+        if self.group.is_empty() {
+            format!("/api/{}", self.version)
+        } else {
+            format!("/apis/{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `pods` or `deployments.apps`, as upstream names resources in messages.
+    pub fn qualified_plural(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// Storage key prefix: `/registry/<group>/<plural>/` (group `core` for the core group).
+    pub fn key_prefix(&self) -> String {
+        let g = if self.group.is_empty() { "core" } else { self.group };
+        format!("/registry/{g}/{}/", self.plural)
+    }
+
+    /// Prefix of one namespace's objects (or of all objects when `ns` is None).
+    pub fn key_prefix_in(&self, ns: Option<&str>) -> String {
+        match (self.namespaced, ns) {
+            (true, Some(ns)) => format!("{}{ns}/", self.key_prefix()),
+            _ => self.key_prefix(),
+        }
+    }
+
+    pub fn key(&self, ns: Option<&str>, name: &str) -> String {
+        match (self.namespaced, ns) {
+            (true, Some(ns)) => format!("{}{ns}/{name}", self.key_prefix()),
+            _ => format!("{}{name}", self.key_prefix()),
+        }
+    }
+
+    pub fn has_subresource(&self, s: &str) -> bool {
+        self.subresources.contains(&s)
+    }
+}
+
+const ALL: &[&str] = &["all"];
+const NONE: &[&str] = &[];
+
+macro_rules! res {
+    ($g:expr, $v:expr, $kind:expr, $plural:expr, $singular:expr, $ns:expr, $short:expr, $cat:expr, $sub:expr) => {
+        Resource {
+            group: $g,
+            version: $v,
+            kind: $kind,
+            plural: $plural,
+            singular: $singular,
+            namespaced: $ns,
+            short_names: $short,
+            categories: $cat,
+            subresources: $sub,
+        }
+    };
+}
+
+/// Every built-in resource skiff serves. Discovery, routing and storage follow this table.
+pub static BUILTIN: &[Resource] = &[
+    res!("", "v1", "Namespace", "namespaces", "namespace", false, &["ns"], NONE, &["status", "finalize"]),
+    res!("", "v1", "Node", "nodes", "node", false, &["no"], NONE, &["status", "proxy"]),
+    res!(
+        "",
+        "v1",
+        "Pod",
+        "pods",
+        "pod",
+        true,
+        &["po"],
+        ALL,
+        &["status", "binding", "eviction", "log", "exec", "attach", "portforward"]
+    ),
+    res!("", "v1", "Service", "services", "service", true, &["svc"], ALL, &["status", "proxy"]),
+    res!("", "v1", "Endpoints", "endpoints", "endpoints", true, &["ep"], NONE, NONE),
+    res!("", "v1", "ConfigMap", "configmaps", "configmap", true, &["cm"], NONE, NONE),
+    res!("", "v1", "Secret", "secrets", "secret", true, NONE, NONE, NONE),
+    res!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, &["sa"], NONE, &["token"]),
+    res!("", "v1", "Event", "events", "event", true, &["ev"], NONE, NONE),
+    res!("", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", false, &["pv"], NONE, &["status"]),
+    res!(
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        true,
+        &["pvc"],
+        NONE,
+        &["status"]
+    ),
+    res!(
+        "",
+        "v1",
+        "ReplicationController",
+        "replicationcontrollers",
+        "replicationcontroller",
+        true,
+        &["rc"],
+        ALL,
+        &["status", "scale"]
+    ),
+    res!("", "v1", "ResourceQuota", "resourcequotas", "resourcequota", true, &["quota"], NONE, &["status"]),
+    res!("", "v1", "LimitRange", "limitranges", "limitrange", true, &["limits"], NONE, NONE),
+    res!("", "v1", "PodTemplate", "podtemplates", "podtemplate", true, NONE, NONE, NONE),
+    res!("apps", "v1", "Deployment", "deployments", "deployment", true, &["deploy"], ALL, &["status", "scale"]),
+    res!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, &["rs"], ALL, &["status", "scale"]),
+    res!("apps", "v1", "StatefulSet", "statefulsets", "statefulset", true, &["sts"], ALL, &["status", "scale"]),
+    res!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, &["ds"], ALL, &["status"]),
+    res!("apps", "v1", "ControllerRevision", "controllerrevisions", "controllerrevision", true, NONE, NONE, NONE),
+    res!("batch", "v1", "Job", "jobs", "job", true, NONE, ALL, &["status"]),
+    res!("batch", "v1", "CronJob", "cronjobs", "cronjob", true, &["cj"], ALL, &["status"]),
+    res!("coordination.k8s.io", "v1", "Lease", "leases", "lease", true, NONE, NONE, NONE),
+    res!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", true, NONE, NONE, NONE),
+];
+
+/// Looks up a served resource by group, version and plural name.
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+    BUILTIN.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// Looks up a served resource by group and kind (any served version).
+pub fn find_kind(group: &str, kind: &str) -> Option<&'static Resource> {
+    BUILTIN.iter().find(|r| r.group == group && r.kind == kind)
+}
+
+/// The served group/versions, core first, in discovery order.
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for r in BUILTIN {
+        if !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_keys_follow_the_design_layout() {
+        let pods = find("", "v1", "pods").unwrap();
+        assert_eq!(pods.key(Some("default"), "web"), "/registry/core/pods/default/web");
+        let deploy = find("apps", "v1", "deployments").unwrap();
+        assert_eq!(deploy.key_prefix_in(Some("a")), "/registry/apps/deployments/a/");
+        let nodes = find("", "v1", "nodes").unwrap();
+        assert_eq!(nodes.key(None, "n1"), "/registry/core/nodes/n1");
+    }
+
+    #[test]
+    fn every_resource_has_a_unique_plural_per_group_and_a_typed_schema() {
+        for r in BUILTIN {
+            assert_eq!(
+                BUILTIN.iter().filter(|o| o.group == r.group && o.plural == r.plural).count(),
+                1,
+                "{}",
+                r.plural
+            );
+            assert!(
+                typed::normalize(
+                    r,
+                    serde_json::json!({"apiVersion": r.api_version(), "kind": r.kind, "metadata": {"name": "x"}})
+                )
+                .is_ok(),
+                "{}",
+                r.kind
+            );
+        }
+    }
+}

@@ -1,14 +1,197 @@
-//! `skiff server`: start order store → api → controllers/scheduler → agent, with bootstrap of
-//! the PKI, the join token and the admin kubeconfig.
+//! `skiff server`: start order store → PKI and kubeconfig → API server → bootstrap objects →
+//! controllers and scheduler → the node's own agent. Each step waits for the previous one's
+//! readiness explicitly; nothing sleeps to let another part start.
 
-use crate::config::ServerConfig;
-use std::net::IpAddr;
+pub mod bootstrap;
+
+use anyhow::Context;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ServerConfig;
+use crate::pki::{self, ClusterPki, Leaf};
+use crate::store::Store;
+
+/// Everything `run` started, for in-process tests.
+pub struct Running {
+    pub admin_kubeconfig: String,
+    pub port: u16,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
 pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _ = cfg;
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| {
+        format!("cannot listen on {}: is another server running? (--https-listen-port)", cfg.listen)
+    })?;
+    let running = start(cfg, listener, shutdown.clone()).await?;
     shutdown.cancelled().await;
+    for t in running.tasks {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+    }
     Ok(())
+}
+
+/// Opens the store the configuration asks for.
+async fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(ep) = &cfg.datastore_endpoint {
+        anyhow::bail!("--datastore-endpoint {ep}: external etcd is not supported yet");
+    }
+    let store = crate::store::memory::MemStore::new();
+    let s2 = store.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            s2.expire(std::time::Instant::now());
+        }
+    });
+    tracing::warn!("using the in-memory store: state is lost when the server stops");
+    Ok(Arc::new(store))
+}
+
+/// Starts every server component on an already-bound listener.
+pub async fn start(
+    cfg: ServerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let data = cfg.node.data_dir.clone();
+    let port = listener.local_addr()?.port();
+    let tls_dir = data.join("server/tls");
+    let pki = ClusterPki::load_or_create(&tls_dir).context("creating the cluster PKI")?;
+
+    // Serving certificate: every name clients may use to reach us.
+    let first_service_ip = cfg.service_cidr.nth(1).unwrap_or(Ipv4Addr::new(10, 43, 0, 1));
+    let mut sans: Vec<String> = vec![
+        "127.0.0.1".into(),
+        "localhost".into(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        "kubernetes.default.svc.cluster.local".into(),
+        first_service_ip.to_string(),
+        cfg.node.node_ip.to_string(),
+        cfg.advertise_address.to_string(),
+        cfg.node.node_name.clone(),
+        hostname(),
+    ];
+    sans.extend(cfg.tls_sans.iter().cloned());
+    if !cfg.listen.ip().is_unspecified() {
+        sans.push(cfg.listen.ip().to_string());
+    }
+    let mut seen = std::collections::HashSet::new();
+    sans.retain(|s| !s.is_empty() && seen.insert(s.clone()));
+    let (serving_cert, serving_key) =
+        pki.leaf("serving-kube-apiserver", &Leaf::Server { cn: "kube-apiserver".into(), sans })?;
+
+    // Admin kubeconfig.
+    let (admin_cert, admin_key) =
+        pki.leaf("client-admin", &Leaf::Client { cn: "system:admin".into(), groups: vec!["system:masters".into()] })?;
+    let local_url = format!("https://127.0.0.1:{port}");
+    let admin_kubeconfig = pki::kubeconfig(&local_url, &pki.server_ca.cert_pem, &admin_cert, &admin_key);
+    pki::write_file(&data.join("server/cred/admin.kubeconfig"), admin_kubeconfig.as_bytes(), 0o600)?;
+    pki::write_file(&cfg.write_kubeconfig, admin_kubeconfig.as_bytes(), cfg.write_kubeconfig_mode).with_context(
+        || format!("writing the kubeconfig to {} (--write-kubeconfig)", cfg.write_kubeconfig.display()),
+    )?;
+
+    // Join token (the distribution issue uses it for agents and servers joining).
+    let token_path = data.join("server/token");
+    if !token_path.exists() {
+        let secret = cfg.token.clone().unwrap_or_else(|| {
+            use rand::Rng;
+            let b: [u8; 16] = rand::thread_rng().gen();
+            hex::encode(b)
+        });
+        pki::write_file(&token_path, secret.as_bytes(), 0o600)?;
+    }
+
+    let store = open_store(&cfg).await?;
+    let (kc_cert, kc_key) = pki.leaf(
+        "client-kube-apiserver-kubelet",
+        &Leaf::Client { cn: "kube-apiserver-kubelet-client".into(), groups: vec!["system:masters".into()] },
+    )?;
+    let advertise = match cfg.advertise_address {
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+        a => format!("{a}:{port}"),
+    };
+    let dns_ip = match cfg.node.cluster_dns {
+        IpAddr::V4(a) => Some(a),
+        _ => None,
+    };
+    let state = Arc::new(crate::api::ApiState {
+        store,
+        service_cidr: cfg.service_cidr,
+        reserved_ips: [Some(first_service_ip), dns_ip].into_iter().flatten().collect(),
+        node_port_range: cfg.node_port_range,
+        kubelet: crate::api::logs::kubelet_client(&kc_cert, &kc_key)?,
+        max_body: 3 * 1024 * 1024,
+        advertise,
+    });
+    let tls = crate::api::tls_config(&serving_cert, &serving_key, &pki.client_ca.cert_pem)?;
+    let mut tasks = Vec::new();
+    let (st, sd) = (state.clone(), shutdown.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = crate::api::serve(listener, tls, st, sd).await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    }));
+    bootstrap::objects(&state, &cfg, first_service_ip, port)
+        .await
+        .context("creating the cluster's built-in objects")?;
+    crate::api::namespaces::resume(state.clone()).await;
+    tracing::info!(url = %local_url, kubeconfig = %cfg.write_kubeconfig.display(), "API server ready");
+
+    // In-process clients: each component with its own identity.
+    let client_for = |cn: &str, groups: Vec<String>, file: &str| -> anyhow::Result<String> {
+        let (c, k) = pki.leaf(file, &Leaf::Client { cn: cn.into(), groups })?;
+        Ok(pki::kubeconfig(&local_url, &pki.server_ca.cert_pem, &c, &k))
+    };
+    let cm_kc = client_for("system:kube-controller-manager", vec![], "client-controller")?;
+    let sched_kc = client_for("system:kube-scheduler", vec![], "client-scheduler")?;
+    let cm = kube::Client::try_from(kube_config(&cm_kc).await?)?;
+    let sched = kube::Client::try_from(kube_config(&sched_kc).await?)?;
+    let ccfg = crate::controllers::ControllerConfig { cluster_cidr: cfg.node.cluster_cidr };
+    let sd = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = crate::controllers::run(cm, ccfg, sd).await {
+            tracing::error!(error = %e, "controllers stopped");
+        }
+    }));
+    let sd = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = crate::scheduler::run(sched, sd).await {
+            tracing::error!(error = %e, "scheduler stopped");
+        }
+    }));
+
+    if !cfg.disable_agent {
+        let node_kc = client_for(
+            &format!("system:node:{}", cfg.node.node_name),
+            vec!["system:nodes".into()],
+            &format!("client-node-{}", cfg.node.node_name),
+        )?;
+        let mut node = cfg.node.clone();
+        node.labels.push(("node-role.kubernetes.io/control-plane".into(), "true".into()));
+        node.labels.push(("node-role.kubernetes.io/master".into(), "true".into()));
+        let creds = crate::agent::AgentCredentials {
+            kube: kube_config(&node_kc).await?,
+            kubelet_client_ca_pem: pki.client_ca.cert_pem.clone(),
+        };
+        let sd = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::agent::run(node, creds, sd.clone()).await {
+                tracing::error!(error = %format!("{e:#}"), "agent stopped");
+            }
+        }));
+    }
+    Ok(Running { admin_kubeconfig, port, tasks })
+}
+
+/// A kube-rs configuration from kubeconfig YAML.
+pub async fn kube_config(yaml: &str) -> anyhow::Result<kube::Config> {
+    let kc = kube::config::Kubeconfig::from_yaml(yaml)?;
+    Ok(kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?)
 }
 
 /// The machine's host name.

@@ -1,0 +1,232 @@
+//! Admission steps that need the store: ClusterIP and NodePort allocation for Services.
+//! Each allocated IP or port is a key under `/registry/ranges/…` created with a
+//! create-if-absent transaction, so concurrent creates can never get the same one.
+
+use rand::Rng;
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+
+use super::errors::{ApiError, ApiResult};
+use super::handlers::Req;
+use crate::store::{txn, Store};
+
+const IP_PREFIX: &str = "/registry/ranges/serviceips/";
+const PORT_PREFIX: &str = "/registry/ranges/servicenodeports/";
+
+async fn reserve(store: &dyn Store, key: String, owner: &str) -> ApiResult<bool> {
+    Ok(store.txn(txn::create(key.as_bytes(), owner.as_bytes().to_vec(), None)).await?.succeeded)
+}
+
+async fn release(store: &dyn Store, key: String) {
+    let _ = store
+        .txn(crate::store::Txn {
+            success: vec![crate::store::Op::Delete { key: key.into_bytes() }],
+            ..Default::default()
+        })
+        .await;
+}
+
+fn owner(o: &Value) -> String {
+    format!(
+        "{}/{}",
+        o.pointer("/metadata/namespace").and_then(|v| v.as_str()).unwrap_or(""),
+        o.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or("")
+    )
+}
+
+fn svc_invalid(o: &Value, field: &str, msg: String) -> ApiError {
+    let r = crate::registry::find("", "v1", "services");
+    match r {
+        Some(r) => ApiError::invalid(
+            r,
+            o.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or(""),
+            &[crate::registry::validation::Cause { reason: "FieldValueInvalid", field: field.into(), message: msg }],
+        ),
+        None => ApiError::bad_request(msg),
+    }
+}
+
+/// Allocates what a new object needs. Runs after validation, before the write.
+pub async fn on_create(req: &Req, o: &mut Value) -> ApiResult<()> {
+    if req.r.kind != "Service" || req.q.dry_run()? {
+        return Ok(());
+    }
+    let st = &req.st;
+    let store = st.store.as_ref();
+    let who = owner(o);
+    let ty = o.pointer("/spec/type").and_then(|t| t.as_str()).unwrap_or("ClusterIP").to_string();
+    if ty != "ExternalName" {
+        let requested = o.pointer("/spec/clusterIP").and_then(|c| c.as_str()).unwrap_or("").to_string();
+        if requested == "None" {
+            o["spec"]["clusterIPs"] = json!(["None"]);
+        } else if !requested.is_empty() {
+            let ip: Ipv4Addr = requested.parse().map_err(|_| {
+                svc_invalid(o, "spec.clusterIP", format!("Invalid value: {requested:?}: must be a valid IP address"))
+            })?;
+            if !st.service_cidr.contains(ip) {
+                return Err(svc_invalid(o, "spec.clusterIPs", format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}", st.service_cidr)));
+            }
+            if !reserve(store, format!("{IP_PREFIX}{ip}"), &who).await? {
+                return Err(svc_invalid(
+                    o,
+                    "spec.clusterIPs",
+                    format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: provided IP is already allocated"),
+                ));
+            }
+            o["spec"]["clusterIPs"] = json!([ip.to_string()]);
+        } else {
+            let size = st.service_cidr.size();
+            let mut got = None;
+            // Random probing, then a sweep, like upstream's bitmap allocator.
+            for attempt in 0..(size + 64) {
+                let n = if attempt < 64 {
+                    rand::thread_rng().gen_range(2..size.saturating_sub(1).max(3))
+                } else {
+                    2 + (attempt - 64)
+                };
+                if n >= size.saturating_sub(1) {
+                    break;
+                }
+                let Some(ip) = st.service_cidr.nth(n) else { continue };
+                if st.reserved_ips.contains(&ip) {
+                    continue;
+                }
+                if reserve(store, format!("{IP_PREFIX}{ip}"), &who).await? {
+                    got = Some(ip);
+                    break;
+                }
+            }
+            let ip = got.ok_or_else(|| {
+                ApiError::internal(format!("failed to allocate a serviceIP: range {} is full", st.service_cidr))
+            })?;
+            o["spec"]["clusterIP"] = json!(ip.to_string());
+            o["spec"]["clusterIPs"] = json!([ip.to_string()]);
+        }
+    }
+    if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
+        let (lo, hi) = st.node_port_range;
+        let n_ports = o.pointer("/spec/ports").and_then(|p| p.as_array()).map(|p| p.len()).unwrap_or(0);
+        for i in 0..n_ports {
+            let want = o["spec"]["ports"][i].get("nodePort").and_then(|p| p.as_i64());
+            let port = match want {
+                Some(p) => {
+                    if p < lo as i64 || p > hi as i64 {
+                        undo_create(req, o).await;
+                        return Err(svc_invalid(o, &format!("spec.ports[{i}].nodePort"), format!("Invalid value: {p}: provided port is not in the valid range. The range of valid ports is {lo}-{hi}")));
+                    }
+                    if !reserve(store, format!("{PORT_PREFIX}{p}"), &who).await? {
+                        undo_create(req, o).await;
+                        return Err(svc_invalid(
+                            o,
+                            &format!("spec.ports[{i}].nodePort"),
+                            format!("Invalid value: {p}: provided port is already allocated"),
+                        ));
+                    }
+                    p
+                }
+                None => {
+                    let mut got = None;
+                    let span = (hi - lo) as u32 + 1;
+                    for attempt in 0..(span + 64) {
+                        let p = if attempt < 64 {
+                            lo as u32 + rand::thread_rng().gen_range(0..span)
+                        } else {
+                            lo as u32 + (attempt - 64)
+                        };
+                        if p > hi as u32 {
+                            break;
+                        }
+                        if reserve(store, format!("{PORT_PREFIX}{p}"), &who).await? {
+                            got = Some(p as i64);
+                            break;
+                        }
+                    }
+                    match got {
+                        Some(p) => p,
+                        None => {
+                            undo_create(req, o).await;
+                            return Err(ApiError::internal(format!(
+                                "failed to allocate a nodePort: range {lo}-{hi} is full"
+                            )));
+                        }
+                    }
+                }
+            };
+            o["spec"]["ports"][i]["nodePort"] = json!(port);
+        }
+    }
+    Ok(())
+}
+
+/// Checks an update against what allocation decided (ClusterIP is immutable).
+pub fn on_update(req: &Req, old: &Value, new: &mut Value) -> ApiResult<()> {
+    if req.r.kind != "Service" {
+        return Ok(());
+    }
+    let old_ip = old.pointer("/spec/clusterIP").cloned().unwrap_or(Value::Null);
+    match new.pointer("/spec/clusterIP") {
+        None | Some(Value::Null) => {
+            new["spec"]["clusterIP"] = old_ip;
+            if let Some(ips) = old.pointer("/spec/clusterIPs") {
+                new["spec"]["clusterIPs"] = ips.clone();
+            }
+        }
+        Some(v) if *v == Value::String(String::new()) => {
+            new["spec"]["clusterIP"] = old_ip;
+            if let Some(ips) = old.pointer("/spec/clusterIPs") {
+                new["spec"]["clusterIPs"] = ips.clone();
+            }
+        }
+        Some(v) if *v != old_ip => {
+            return Err(svc_invalid(new, "spec.clusterIPs[0]", format!("Invalid value: {v}: may not change once set")));
+        }
+        _ => {
+            if new.pointer("/spec/clusterIPs").is_none() {
+                if let Some(ips) = old.pointer("/spec/clusterIPs") {
+                    new["spec"]["clusterIPs"] = ips.clone();
+                }
+            }
+        }
+    }
+    // Keep allocated node ports when an update (e.g. kubectl apply) leaves them out.
+    if let (Some(old_ports), Some(new_ports)) = (
+        old.pointer("/spec/ports").and_then(|p| p.as_array()).cloned(),
+        new.pointer_mut("/spec/ports").and_then(|p| p.as_array_mut()),
+    ) {
+        for np in new_ports.iter_mut() {
+            if np.get("nodePort").is_none() {
+                if let Some(op) =
+                    old_ports.iter().find(|op| op.get("port") == np.get("port") && op.get("nodePort").is_some())
+                {
+                    np["nodePort"] = op["nodePort"].clone();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Releases what `on_create` allocated when the write fails.
+pub async fn undo_create(req: &Req, o: &Value) {
+    if req.r.kind == "Service" && !req.q.dry_run().unwrap_or(true) {
+        release_service(req.st.store.as_ref(), o).await;
+    }
+}
+
+/// Releases what an object held once it is gone.
+pub async fn on_delete(req: &Req, o: &Value) {
+    if req.r.kind == "Service" {
+        release_service(req.st.store.as_ref(), o).await;
+    }
+}
+
+async fn release_service(store: &dyn Store, o: &Value) {
+    if let Some(ip) = o.pointer("/spec/clusterIP").and_then(|c| c.as_str()).filter(|c| !c.is_empty() && *c != "None") {
+        release(store, format!("{IP_PREFIX}{ip}")).await;
+    }
+    for p in o.pointer("/spec/ports").and_then(|p| p.as_array()).into_iter().flatten() {
+        if let Some(n) = p.get("nodePort").and_then(|n| n.as_i64()) {
+            release(store, format!("{PORT_PREFIX}{n}")).await;
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! OpenAPI v2 (`/openapi/v2`) and v3 (`/openapi/v3`, one document per group/version) for every
+//! served kind. Schemas come from k8s-openapi's schemars implementations (upstream names and
+//! descriptions, so `kubectl explain` reads them); each kind's schema gets
+//! `x-kubernetes-group-version-kind`, list fields get the `x-kubernetes-patch-merge-key` /
+//! `x-kubernetes-patch-strategy` extensions kubectl uses to compute strategic merge patches,
+//! and each path's operations list the `dryRun`/`fieldManager`/`fieldValidation` parameters
+//! kubectl checks for before it relies on server-side field validation.
+
+use axum::extract::{Path, RawQuery};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
+
+use crate::registry::typed::{with_type, KindVisitor};
+use crate::registry::{self, Resource, BUILTIN};
+
+struct Register<'a>(&'a mut schemars::SchemaGenerator);
+
+impl KindVisitor for Register<'_> {
+    type Out = String;
+    fn visit<T: serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema>(self) -> String {
+        self.0.subschema_for::<T>();
+        T::schema_name().into_owned()
+    }
+}
+
+pub struct Docs {
+    /// "api/v1" → (document, hash)
+    pub v3: BTreeMap<String, (String, String)>,
+    pub v3_index: String,
+    pub v2: String,
+}
+
+/// The merge key of a list property (from the upstream types' patchMergeKey tags).
+fn patch_meta(prop: &str, item_ref: &str) -> Option<(&'static str, &'static str)> {
+    let key = match prop {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "resourceClaims" => "name",
+        "volumeMounts" => "mountPath",
+        "volumeDevices" => "devicePath",
+        "hostAliases" => "ip",
+        "conditions" if item_ref.ends_with("Condition") => "type",
+        "addresses" if item_ref.ends_with("NodeAddress") => "type",
+        "ownerReferences" => "uid",
+        "taints" if item_ref.ends_with("Taint") => "key",
+        "topologySpreadConstraints" => "topologyKey",
+        "readinessGates" => "conditionType",
+        "ports" if item_ref.ends_with("ContainerPort") => "containerPort",
+        "ports" if item_ref.ends_with("ServicePort") => "port",
+        "finalizers" => return Some(("", "merge")),
+        _ => return None,
+    };
+    Some((key, "merge"))
+}
+
+fn item_ref(prop: &Value) -> String {
+    let items = prop.get("items").cloned().unwrap_or(Value::Null);
+    let r = items.get("$ref").or_else(|| items.pointer("/allOf/0/$ref")).and_then(|r| r.as_str()).unwrap_or("");
+    r.rsplit('/').next().unwrap_or("").to_string()
+}
+
+fn add_patch_extensions(defs: &mut Map<String, Value>) {
+    for (_, def) in defs.iter_mut() {
+        let Some(props) = def.get_mut("properties").and_then(|p| p.as_object_mut()) else { continue };
+        for (name, prop) in props.iter_mut() {
+            if prop.get("type").and_then(|t| t.as_str()) != Some("array") {
+                continue;
+            }
+            let r = item_ref(prop);
+            if let Some((key, strategy)) = patch_meta(name, &r) {
+                if let Some(o) = prop.as_object_mut() {
+                    if !key.is_empty() {
+                        o.insert("x-kubernetes-patch-merge-key".into(), json!(key));
+                    }
+                    o.insert("x-kubernetes-patch-strategy".into(), json!(strategy));
+                }
+            }
+        }
+    }
+}
+
+fn refs_in(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o {
+                if k == "$ref" {
+                    if let Some(s) = x.as_str() {
+                        out.push(s.rsplit('/').next().unwrap_or("").to_string());
+                    }
+                } else {
+                    refs_in(x, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| refs_in(x, out)),
+        _ => {}
+    }
+}
+
+fn reachable(defs: &Map<String, Value>, roots: &[String]) -> Map<String, Value> {
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<String> = roots.to_vec();
+    while let Some(n) = todo.pop() {
+        if !seen.insert(n.clone()) {
+            continue;
+        }
+        if let Some(d) = defs.get(&n) {
+            let mut found = Vec::new();
+            refs_in(d, &mut found);
+            todo.extend(found);
+        }
+    }
+    seen.into_iter().filter_map(|n| defs.get(&n).map(|d| (n, d.clone()))).collect()
+}
+
+fn op_id(verb: &str, r: &Resource, namespaced_path: bool, collection: bool) -> String {
+    let g = if r.group.is_empty() { "Core".to_string() } else { r.group.split('.').next().unwrap_or("").to_string() };
+    let g = g[..1].to_uppercase() + &g[1..];
+    let v = r.version[..1].to_uppercase() + &r.version[1..];
+    let ns = if namespaced_path { "Namespaced" } else { "" };
+    let suffix = if collection && verb == "list" { format!("{}", r.kind) } else { r.kind.to_string() };
+    format!("{verb}{g}{v}{ns}{suffix}")
+}
+
+/// Query parameter objects; `v3` selects OpenAPI 3 (`schema`) or Swagger 2 (`type`) form.
+fn param(name: &str, v3: bool) -> Value {
+    if v3 {
+        json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}})
+    } else {
+        json!({"name": name, "in": "query", "type": "string", "uniqueItems": true})
+    }
+}
+
+fn path_param(name: &str, v3: bool) -> Value {
+    if v3 {
+        json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "uniqueItems": true}})
+    } else {
+        json!({"name": name, "in": "path", "required": true, "type": "string", "uniqueItems": true})
+    }
+}
+
+fn paths_for(r: &Resource, schema: &str, v3: bool) -> Map<String, Value> {
+    let gvk = json!({"group": r.group, "kind": r.kind, "version": r.version});
+    let reference = if v3 { format!("#/components/schemas/{schema}") } else { format!("#/definitions/{schema}") };
+    let body = |_: &str| -> Value {
+        if v3 {
+            json!({"content": {"*/*": {"schema": {"$ref": reference}}}, "required": true})
+        } else {
+            json!({"name": "body", "in": "body", "required": true, "schema": {"$ref": reference}})
+        }
+    };
+    let resp = || -> Value {
+        if v3 {
+            json!({"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": reference}}}}})
+        } else {
+            json!({"200": {"description": "OK", "schema": {"$ref": reference}}})
+        }
+    };
+    let write_params = |extra: &[&str]| -> Vec<Value> {
+        let mut p: Vec<Value> = ["dryRun", "fieldManager", "fieldValidation"].iter().map(|n| param(n, v3)).collect();
+        p.extend(extra.iter().map(|n| param(n, v3)));
+        p
+    };
+    let mut out = Map::new();
+    let gvp = r.group_version_path();
+    let scopes: Vec<bool> = if r.namespaced { vec![true] } else { vec![false] };
+    for namespaced in scopes {
+        let base = if namespaced {
+            format!("{gvp}/namespaces/{{namespace}}/{}", r.plural)
+        } else {
+            format!("{gvp}/{}", r.plural)
+        };
+        let mut common = vec![];
+        if namespaced {
+            common.push(path_param("namespace", v3));
+        }
+        let mk = |verb: &str, action: &str, params: Vec<Value>, with_body: bool, collection: bool| -> Value {
+            let mut op = json!({
+                "operationId": op_id(verb, r, namespaced, collection),
+                "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": params,
+                "responses": resp(),
+            });
+            if with_body {
+                if v3 {
+                    op["requestBody"] = body(verb);
+                } else if let Some(p) = op["parameters"].as_array_mut() {
+                    p.push(body(verb));
+                }
+            }
+            op
+        };
+        let list_params: Vec<Value> = [
+            "labelSelector",
+            "fieldSelector",
+            "limit",
+            "continue",
+            "resourceVersion",
+            "resourceVersionMatch",
+            "watch",
+            "timeoutSeconds",
+            "allowWatchBookmarks",
+            "sendInitialEvents",
+        ]
+        .iter()
+        .map(|n| param(n, v3))
+        .collect();
+        out.insert(
+            base.clone(),
+            json!({
+                "parameters": common,
+                "get": mk("list", "list", list_params, false, true),
+                "post": mk("create", "post", write_params(&[]), true, true),
+                "delete": mk("deletecollection", "deletecollection", vec![param("labelSelector", v3), param("fieldSelector", v3)], false, true),
+            }),
+        );
+        let mut item_params = common.clone();
+        item_params.insert(0, path_param("name", v3));
+        out.insert(
+            format!("{base}/{{name}}"),
+            json!({
+                "parameters": item_params,
+                "get": mk("read", "get", vec![], false, false),
+                "put": mk("replace", "put", write_params(&[]), true, false),
+                "patch": mk("patch", "patch", write_params(&["force"]), true, false),
+                "delete": mk("delete", "delete", vec![param("dryRun", v3), param("gracePeriodSeconds", v3), param("propagationPolicy", v3)], false, false),
+            }),
+        );
+        if r.has_subresource("status") {
+            out.insert(
+                format!("{base}/{{name}}/status"),
+                json!({
+                    "parameters": item_params,
+                    "get": mk("read", "get", vec![], false, false),
+                    "put": mk("replace", "put", write_params(&[]), true, false),
+                    "patch": mk("patch", "patch", write_params(&["force"]), true, false),
+                }),
+            );
+        }
+    }
+    out
+}
+
+fn build() -> Docs {
+    let mut gen = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let mut names: Vec<(&'static Resource, String)> = Vec::new();
+    for r in BUILTIN {
+        if let Some(n) = with_type(r, Register(&mut gen)) {
+            names.push((r, n));
+        }
+    }
+    let mut defs = gen.take_definitions(true);
+    for (r, n) in &names {
+        if let Some(d) = defs.get_mut(n).and_then(|d| d.as_object_mut()) {
+            d.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": r.group, "kind": r.kind, "version": r.version}]),
+            );
+        }
+    }
+    add_patch_extensions(&mut defs);
+    let info = json!({"title": "Kubernetes", "version": crate::api::discovery::KUBE_VERSION});
+    let mut v3 = BTreeMap::new();
+    for (g, v) in registry::group_versions() {
+        let in_gv: Vec<&(&Resource, String)> = names.iter().filter(|(r, _)| r.group == g && r.version == v).collect();
+        let mut paths = Map::new();
+        for (r, n) in &in_gv {
+            paths.extend(paths_for(r, n, true));
+        }
+        let roots: Vec<String> = in_gv.iter().map(|(_, n)| n.clone()).collect();
+        let doc = json!({"openapi": "3.0.0", "info": info, "paths": paths, "components": {"schemas": reachable(&defs, &roots)}});
+        let text = doc.to_string();
+        let hash = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(text.as_bytes())).to_uppercase()
+        };
+        let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
+        v3.insert(key, (text, hash));
+    }
+    let index: Map<String, Value> = v3
+        .iter()
+        .map(|(k, (_, h))| (k.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{k}?hash={h}")})))
+        .collect();
+    let mut v2_paths = Map::new();
+    for (r, n) in &names {
+        v2_paths.extend(paths_for(r, n, false));
+    }
+    let v2_defs = Value::Object(defs).to_string().replace("#/components/schemas/", "#/definitions/");
+    let v2_defs: Value = serde_json::from_str(&v2_defs).unwrap_or(json!({}));
+    let v2 = json!({"swagger": "2.0", "info": info, "paths": v2_paths, "definitions": v2_defs});
+    Docs { v3, v3_index: json!({"paths": index}).to_string(), v2: v2.to_string() }
+}
+
+pub fn docs() -> &'static Docs {
+    static DOCS: OnceLock<Docs> = OnceLock::new();
+    DOCS.get_or_init(build)
+}
+
+fn json_text(body: String, immutable: bool) -> Response {
+    let cache = if immutable { "public, immutable" } else { "no-cache, private" };
+    (StatusCode::OK, [("content-type", "application/json"), ("cache-control", cache)], body).into_response()
+}
+
+pub async fn v2() -> Response {
+    json_text(docs().v2.clone(), false)
+}
+
+pub async fn v3_index() -> Response {
+    json_text(docs().v3_index.clone(), false)
+}
+
+pub async fn v3_group(Path(p): Path<String>, RawQuery(q): RawQuery) -> Response {
+    match docs().v3.get(p.trim_matches('/')) {
+        Some((doc, hash)) => json_text(doc.clone(), q.is_some_and(|q| q.contains(hash.as_str()))),
+        None => super::errors::ApiError::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource: no OpenAPI document for {p}"),
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v3_documents_carry_gvk_patch_params_and_merge_keys() {
+        let d = docs();
+        let (apps, _) = d.v3.get("apis/apps/v1").unwrap();
+        let v: Value = serde_json::from_str(apps).unwrap();
+        let dep = &v["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(dep["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
+        let patch = &v["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
+        assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
+        let podspec = &v["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"];
+        assert_eq!(podspec["properties"]["containers"]["x-kubernetes-patch-merge-key"], "name");
+        let idx: Value = serde_json::from_str(&d.v3_index).unwrap();
+        assert!(idx["paths"]["api/v1"]["serverRelativeURL"].as_str().unwrap().starts_with("/openapi/v3/api/v1?hash="));
+    }
+
+    #[test]
+    fn v2_refs_point_at_definitions() {
+        assert!(!docs().v2.contains("#/components/schemas/"));
+        assert!(docs().v2.contains("#/definitions/io.k8s.api.core.v1.PodSpec"));
+    }
+}

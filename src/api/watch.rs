@@ -1,0 +1,181 @@
+//! Watch: a chunked stream of `{"type": …, "object": …}` lines built from the store's ordered
+//! events, with label/field selector transitions (an object leaving the selector is DELETED,
+//! entering is ADDED), bookmarks from the store's progress notifications, `sendInitialEvents`,
+//! `timeoutSeconds`, and 410 Gone as an ERROR event for a compacted resourceVersion — as
+//! kube-apiserver's watch cache serves it.
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+use super::errors::{ApiError, ApiResult};
+use super::handlers::{Req, Selectors};
+use super::objects;
+use crate::store::{EventKind, RangeRequest, StoreError, WatchMessage};
+
+fn line(v: &Value) -> bytes::Bytes {
+    let mut s = v.to_string();
+    s.push('\n');
+    bytes::Bytes::from(s)
+}
+
+pub async fn serve(req: Req) -> ApiResult<Response> {
+    let sel = Selectors::from(&req)?;
+    let bookmarks = req.q.flag("allowWatchBookmarks");
+    let send_initial = req.q.get("sendInitialEvents").map(|_| req.q.flag("sendInitialEvents"));
+    let timeout = req.q.int("timeoutSeconds")?.filter(|t| *t > 0).map(|t| t as u64).unwrap_or(1800);
+    let rv = req.q.get("resourceVersion").unwrap_or("").to_string();
+    let prefix = match sel.fields.exact_name().filter(|_| req.ns.is_some() || !req.r.namespaced) {
+        Some(n) => req.r.key(req.ns.as_deref(), n),
+        None => req.r.key_prefix_in(req.ns.as_deref()),
+    };
+    let exact_key = sel.fields.exact_name().is_some() && (req.ns.is_some() || !req.r.namespaced);
+    let table = req.wants_table();
+    let store = req.st.store.clone();
+
+    // Initial state: unset/"0" resourceVersion (or sendInitialEvents=true) lists first.
+    let mut initial = Vec::new();
+    let list_first = send_initial.unwrap_or(rv.is_empty() || rv == "0");
+    let mut from: i64 = if rv.is_empty() || rv == "0" {
+        0
+    } else {
+        rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?
+    };
+    if list_first {
+        let resp = store.range(RangeRequest { prefix: prefix.as_bytes().to_vec(), ..Default::default() }).await?;
+        for kv in &resp.kvs {
+            if exact_key && kv.key != prefix.as_bytes() {
+                continue;
+            }
+            let o = objects::decode(kv)?;
+            if sel.matches(&o) {
+                initial.push(o);
+            }
+        }
+        from = resp.revision;
+    }
+    let stream = match store.watch(prefix.as_bytes().to_vec(), from).await {
+        Ok(s) => Some(s),
+        Err(StoreError::Compacted { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let r = req.r;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(64);
+    tokio::spawn(async move {
+        let mut first_table = true;
+        let wrap = |o: &Value, first: &mut bool| -> Value {
+            if !table {
+                return o.clone();
+            }
+            let mut t = json!({
+                "kind": "Table",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": {"resourceVersion": o.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))},
+                "rows": [{"cells": crate::registry::tables::row(r, o, chrono::Utc::now().timestamp()),
+                          "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))}}],
+            });
+            if *first {
+                t["columnDefinitions"] = json!(crate::registry::tables::column_definitions(r));
+                *first = false;
+            } else {
+                t["columnDefinitions"] = json!([]);
+            }
+            t
+        };
+        for o in &initial {
+            if tx.send(Ok(line(&json!({"type": "ADDED", "object": wrap(o, &mut first_table)})))).await.is_err() {
+                return;
+            }
+        }
+        if send_initial == Some(true) && bookmarks {
+            let b = json!({"type": "BOOKMARK", "object": {"kind": r.kind, "apiVersion": r.api_version(),
+                "metadata": {"resourceVersion": from.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}});
+            if tx.send(Ok(line(&b))).await.is_err() {
+                return;
+            }
+        }
+        let Some(mut stream) = stream else {
+            let e = ApiError::gone(format!("too old resource version: {from}"));
+            let _ = tx.send(Ok(line(&json!({"type": "ERROR", "object": e.status()})))).await;
+            return;
+        };
+        let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+        tokio::pin!(deadline);
+        loop {
+            let msg = tokio::select! {
+                m = stream.next() => m,
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+            };
+            let events = match msg {
+                None => return,
+                Some(Err(StoreError::Compacted { .. })) => {
+                    let e = ApiError::gone("too old resource version");
+                    let _ = tx.send(Ok(line(&json!({"type": "ERROR", "object": e.status()})))).await;
+                    return;
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "watch stream ended");
+                    return;
+                }
+                Some(Ok(WatchMessage::Progress(rev))) => {
+                    if bookmarks {
+                        let b = json!({"type": "BOOKMARK", "object": {"kind": r.kind, "apiVersion": r.api_version(), "metadata": {"resourceVersion": rev.to_string()}}});
+                        if tx.send(Ok(line(&b))).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                Some(Ok(WatchMessage::Events(evs))) => evs,
+            };
+            for ev in evs_filter(&events, exact_key, prefix.as_bytes()) {
+                let rev = ev.kv.mod_revision;
+                let old = match &ev.prev_kv {
+                    Some(p) => match objects::decode(p) {
+                        Ok(mut o) => {
+                            objects::set_rv(&mut o, rev);
+                            Some(o)
+                        }
+                        Err(_) => None,
+                    },
+                    None => None,
+                };
+                let (ty, obj) = match ev.kind {
+                    EventKind::Put => {
+                        let Ok(new) = objects::decode(&ev.kv) else { continue };
+                        let new_m = sel.matches(&new);
+                        let old_m = old.as_ref().is_some_and(|o| sel.matches(o));
+                        match (old.is_some(), old_m, new_m) {
+                            (_, true, true) => ("MODIFIED", new),
+                            (false, _, true) => ("ADDED", new),
+                            (true, false, true) => ("ADDED", new),
+                            (_, true, false) => ("DELETED", new),
+                            _ => continue,
+                        }
+                    }
+                    EventKind::Delete => match old {
+                        Some(o) if sel.matches(&o) => ("DELETED", o),
+                        _ => continue,
+                    },
+                };
+                if tx.send(Ok(line(&json!({"type": ty, "object": wrap(&obj, &mut first_table)})))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok((StatusCode::OK, [("content-type", "application/json")], body).into_response())
+}
+
+fn evs_filter<'a>(
+    evs: &'a [crate::store::Event],
+    exact: bool,
+    key: &'a [u8],
+) -> impl Iterator<Item = &'a crate::store::Event> + 'a {
+    evs.iter().filter(move |e| !exact || e.kv.key == key)
+}

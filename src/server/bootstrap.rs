@@ -1,0 +1,68 @@
+//! Objects every cluster has from its first start: the `default`, `kube-system`,
+//! `kube-public` and `kube-node-lease` namespaces, and the `kubernetes` Service in `default`
+//! with its Endpoints pointing at the API server.
+
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use crate::api::handlers::{self, Req};
+use crate::api::{objects, ApiState};
+use crate::config::ServerConfig;
+use crate::registry;
+
+fn req(st: &Arc<ApiState>, plural: &str, ns: Option<&str>) -> anyhow::Result<Req> {
+    Ok(Req {
+        st: st.clone(),
+        r: registry::find("", "v1", plural).ok_or_else(|| anyhow::anyhow!("{plural} not registered"))?,
+        ns: ns.map(String::from),
+        name: None,
+        sub: None,
+        q: Default::default(),
+        headers: Default::default(),
+        method: axum::http::Method::POST,
+    })
+}
+
+async fn ensure(st: &Arc<ApiState>, plural: &str, ns: Option<&str>, obj: Value) -> anyhow::Result<()> {
+    let r = req(st, plural, ns)?;
+    match handlers::create_object(&r, obj).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 409 => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
+}
+
+pub async fn objects(st: &Arc<ApiState>, cfg: &ServerConfig, service_ip: Ipv4Addr, port: u16) -> anyhow::Result<()> {
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        ensure(st, "namespaces", None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+            .await?;
+    }
+    ensure(
+        st,
+        "services",
+        Some("default"),
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": service_ip.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}}),
+    )
+    .await?;
+    // Endpoints always point at this server's advertised address (one server for now).
+    let ep = json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": cfg.advertise_address.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]});
+    let r = req(st, "endpoints", Some("default"))?;
+    match objects::get(st.store.as_ref(), r.r, Some("default"), "kubernetes").await {
+        Ok(cur) => {
+            if cur.obj.get("subsets") != ep.get("subsets") {
+                let mut new = cur.obj.clone();
+                new["subsets"] = ep["subsets"].clone();
+                objects::update(st.store.as_ref(), r.r, Some("default"), "kubernetes", new, cur.rev, None)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        }
+        Err(_) => ensure(st, "endpoints", Some("default"), ep).await?,
+    }
+    Ok(())
+}
