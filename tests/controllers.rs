@@ -1,0 +1,279 @@
+//! The scheduler and controllers end to end against an in-process `skiff server` with no agent:
+//! fake Node objects stand in for kubelets, and the test plays the kubelet's part by marking
+//! bound pods Running and Ready.
+
+use clap::Parser;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use skiff::cli::{Cli, Command};
+use skiff::config::{resolve_server, HostFacts};
+use std::future::Future;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+struct Server {
+    client: kube::Client,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn server() -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display().to_string();
+    let cli = Cli::parse_from([
+        "skiff",
+        "server",
+        "--data-dir",
+        &d,
+        "--disable-agent",
+        "--write-kubeconfig",
+        &format!("{d}/kubeconfig.yaml"),
+        "--node-ip",
+        "127.0.0.1",
+        "--node-name",
+        "test-server",
+        "--bind-address",
+        "127.0.0.1",
+    ]);
+    let Command::Server(args) = cli.command else { panic!("server args") };
+    let host = HostFacts { hostname: "test-server".into(), first_ip: Some("127.0.0.1".parse().expect("ip")) };
+    let cfg = resolve_server(&args, &host).expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let shutdown = CancellationToken::new();
+    let running = skiff::server::start(cfg, listener, shutdown.clone()).await.expect("server starts");
+    let kc = skiff::server::kube_config(&running.admin_kubeconfig).await.expect("kubeconfig");
+    let client = kube::Client::try_from(kc).expect("client");
+    Server { client, shutdown, _dir: dir }
+}
+
+/// Polls `f` until it returns `Some`, failing the test after `secs`.
+async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn fake_node(client: &kube::Client, name: &str, cpu: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+    }))
+    .expect("node");
+    nodes.create(&PostParams::default(), &node).await.expect("create node");
+    let status = json!({"status": {
+        "capacity": {"cpu": cpu, "memory": "4Gi", "pods": "110"},
+        "allocatable": {"cpu": cpu, "memory": "4Gi", "pods": "110"},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "fake"}],
+    }});
+    nodes.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("node status");
+}
+
+/// The kubelet's part: every bound pod becomes Running and Ready.
+async fn run_bound_pods(pods: &Api<Pod>) {
+    let Ok(list) = pods.list(&ListParams::default()).await else { return };
+    for p in list.items {
+        let bound = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+        let ready = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        if bound && !ready && p.metadata.deletion_timestamp.is_none() {
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let status = json!({"status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+            }});
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+        }
+        // Graceful deletion needs a kubelet to finish it: do that too.
+        if p.metadata.deletion_timestamp.is_some() {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let _ = pods.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+        }
+    }
+}
+
+fn deployment(name: &str, replicas: i32, image: &str, cpu: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": image,
+                    "resources": {"requests": {"cpu": cpu}}}]},
+            },
+        },
+    }))
+    .expect("deployment")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_rolls_out_scheduled_pods_and_rolls_forward_on_a_template_change() {
+    let s = server().await;
+    fake_node(&s.client, "node-a", "2").await;
+    fake_node(&s.client, "node-b", "2").await;
+    let deploys: Api<Deployment> = Api::namespaced(s.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(s.client.clone(), "default");
+    deploys.create(&PostParams::default(), &deployment("web", 3, "busybox:1", "100m")).await.expect("create");
+
+    let complete = |image: &'static str| {
+        let (deploys, pods) = (deploys.clone(), pods.clone());
+        async move {
+            run_bound_pods(&pods).await;
+            let d = deploys.get("web").await.ok()?;
+            let st = d.status.clone()?;
+            let cur_image = d.spec.as_ref()?.template.spec.as_ref()?.containers[0].image.clone()?;
+            let progressing = st.conditions.iter().flatten().find(|c| c.type_ == "Progressing")?;
+            (cur_image == image
+                && st.observed_generation >= d.metadata.generation
+                && st.updated_replicas == Some(3)
+                && st.replicas == Some(3)
+                && st.available_replicas == Some(3)
+                && progressing.reason.as_deref() == Some("NewReplicaSetAvailable"))
+            .then_some(d)
+        }
+    };
+    let d = eventually("the first rollout to complete", 30, || complete("busybox:1")).await;
+    assert_eq!(
+        d.metadata.annotations.as_ref().and_then(|a| a.get("deployment.kubernetes.io/revision")).map(String::as_str),
+        Some("1")
+    );
+    let list = pods.list(&ListParams::default().labels("app=web")).await.expect("pods");
+    assert_eq!(list.items.len(), 3);
+    for p in &list.items {
+        assert!(p.metadata.name.as_deref().is_some_and(|n| n.starts_with("web-")));
+        assert!(p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| n.starts_with("node-")));
+        assert!(p.metadata.labels.as_ref().is_some_and(|l| l.contains_key("pod-template-hash")));
+    }
+
+    // A template change rolls forward to a second ReplicaSet.
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:2",
+        "resources": {"requests": {"cpu": "100m"}}}]}}}});
+    deploys.patch("web", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch image");
+    let d = eventually("the second rollout to complete", 60, || complete("busybox:2")).await;
+    assert_eq!(
+        d.metadata.annotations.as_ref().and_then(|a| a.get("deployment.kubernetes.io/revision")).map(String::as_str),
+        Some("2")
+    );
+    let rs = sets.list(&ListParams::default()).await.expect("replica sets");
+    assert_eq!(rs.items.len(), 2, "one ReplicaSet per revision");
+    let old_scaled_down = rs.items.iter().filter(|r| r.spec.as_ref().and_then(|s| s.replicas) == Some(0)).count();
+    assert_eq!(old_scaled_down, 1);
+
+    // Events kubectl describe shows.
+    let events: Api<Event> = Api::namespaced(s.client.clone(), "default");
+    let reasons = eventually("events", 10, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let reasons: Vec<String> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
+            (reasons.iter().any(|r| r == "ScalingReplicaSet")
+                && reasons.iter().any(|r| r == "SuccessfulCreate")
+                && reasons.iter().any(|r| r == "Scheduled"))
+            .then_some(reasons)
+        }
+    })
+    .await;
+    assert!(reasons.iter().any(|r| r == "SuccessfulDelete"), "{reasons:?}");
+
+    // Deleting the Deployment takes its ReplicaSets and pods with it (garbage collection).
+    deploys.delete("web", &DeleteParams::default()).await.expect("delete");
+    eventually("the garbage collector to remove ReplicaSets and pods", 60, || {
+        let (sets, pods) = (sets.clone(), pods.clone());
+        async move {
+            run_bound_pods(&pods).await;
+            let rs = sets.list(&ListParams::default()).await.ok()?;
+            let ps = pods.list(&ListParams::default().labels("app=web")).await.ok()?;
+            (rs.items.is_empty() && ps.items.is_empty()).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_fits_nowhere_is_marked_unschedulable_with_the_upstream_message() {
+    let s = server().await;
+    fake_node(&s.client, "small-a", "1").await;
+    fake_node(&s.client, "small-b", "1").await;
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "huge"},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "8"}}}]},
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod).await.expect("create pod");
+    let cond = eventually("the PodScheduled=False condition", 20, || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get("huge").await.ok()?;
+            p.status?.conditions?.into_iter().find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        }
+    })
+    .await;
+    assert_eq!(cond.reason.as_deref(), Some("Unschedulable"));
+    assert_eq!(cond.message.as_deref(), Some("0/2 nodes are available: 2 Insufficient cpu."));
+    let events: Api<Event> = Api::namespaced(s.client.clone(), "default");
+    let ev = eventually("a FailedScheduling event", 10, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|e| e.reason.as_deref() == Some("FailedScheduling"))
+        }
+    })
+    .await;
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    assert_eq!(ev.source.and_then(|s| s.component).as_deref(), Some("default-scheduler"));
+
+    // A bigger node arrives: the pod is retried and bound there.
+    fake_node(&s.client, "big", "16").await;
+    let node = eventually("the pod to be bound to the new node", 30, || {
+        let pods = pods.clone();
+        async move { pods.get("huge").await.ok()?.spec?.node_name }
+    })
+    .await;
+    assert_eq!(node, "big");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_gets_its_own_pod_cidr() {
+    let s = server().await;
+    for n in ["n1", "n2", "n3"] {
+        fake_node(&s.client, n, "1").await;
+    }
+    let nodes: Api<Node> = Api::all(s.client.clone());
+    let cidrs = eventually("pod CIDRs on every node", 20, || {
+        let nodes = nodes.clone();
+        async move {
+            let list = nodes.list(&ListParams::default()).await.ok()?;
+            let cidrs: Vec<String> = list.items.iter().filter_map(|n| n.spec.as_ref()?.pod_cidr.clone()).collect();
+            (cidrs.len() == list.items.len() && !cidrs.is_empty()).then_some(cidrs)
+        }
+    })
+    .await;
+    let mut unique = cidrs.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), cidrs.len(), "{cidrs:?}");
+    assert!(cidrs.iter().all(|c| c.starts_with("10.42.") && c.ends_with(".0/24")), "{cidrs:?}");
+}
