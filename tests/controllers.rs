@@ -277,3 +277,51 @@ async fn every_node_gets_its_own_pod_cidr() {
     assert_eq!(unique.len(), cidrs.len(), "{cidrs:?}");
     assert!(cidrs.iter().all(|c| c.starts_with("10.42.") && c.ends_with(".0/24")), "{cidrs:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreground_and_orphan_deletion_are_finished_by_the_garbage_collector() {
+    let s = server().await;
+    fake_node(&s.client, "node-a", "4").await;
+    let deploys: Api<Deployment> = Api::namespaced(s.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(s.client.clone(), "default");
+    for name in ["fg", "orph"] {
+        deploys.create(&PostParams::default(), &deployment(name, 2, "busybox:1", "10m")).await.expect("create");
+    }
+    eventually("both deployments' pods to run", 30, || {
+        let pods = pods.clone();
+        async move {
+            run_bound_pods(&pods).await;
+            let list = pods.list(&ListParams::default()).await.ok()?;
+            let running = list
+                .items
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .count();
+            (running == 4).then_some(())
+        }
+    })
+    .await;
+
+    deploys.delete("fg", &DeleteParams::foreground()).await.expect("foreground delete");
+    deploys.delete("orph", &DeleteParams::orphan()).await.expect("orphan delete");
+    eventually("fg and its dependents to be gone, orph's ReplicaSet orphaned", 60, || {
+        let (deploys, sets, pods) = (deploys.clone(), sets.clone(), pods.clone());
+        async move {
+            run_bound_pods(&pods).await;
+            let d = deploys.list(&ListParams::default()).await.ok()?;
+            let fg_pods = pods.list(&ListParams::default().labels("app=fg")).await.ok()?;
+            let rs = sets.list(&ListParams::default()).await.ok()?;
+            let fg_rs =
+                rs.items.iter().filter(|r| r.metadata.name.as_deref().is_some_and(|n| n.starts_with("fg-"))).count();
+            let orphaned = rs.items.iter().any(|r| {
+                r.metadata.name.as_deref().is_some_and(|n| n.starts_with("orph-"))
+                    && r.metadata.owner_references.as_ref().is_none_or(|o| o.is_empty())
+            });
+            (d.items.is_empty() && fg_pods.items.is_empty() && fg_rs == 0 && orphaned).then_some(())
+        }
+    })
+    .await;
+    let orph_pods = pods.list(&ListParams::default().labels("app=orph")).await.expect("pods");
+    assert_eq!(orph_pods.items.len(), 2, "orphaned ReplicaSet keeps its pods");
+}

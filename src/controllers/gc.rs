@@ -1,6 +1,12 @@
-//! Garbage collection by ownerReferences (upstream `pkg/controller/garbagecollector`), the
-//! background mode: an object all of whose owners are gone is deleted; an object that lost only
-//! some owners has the dangling references removed.
+//! Garbage collection by ownerReferences (upstream `pkg/controller/garbagecollector`):
+//!
+//! - background: an object all of whose owners are gone is deleted; an object that lost only
+//!   some owners has the dangling references removed;
+//! - foreground: an owner the API server marked with the `foregroundDeletion` finalizer has its
+//!   dependents deleted, and the finalizer is removed once no dependent with
+//!   `blockOwnerDeletion` is left (the API server then deletes the owner);
+//! - orphan: an owner marked with the `orphan` finalizer has its references removed from every
+//!   dependent, then the finalizer removed.
 //!
 //! Minimal on purpose: dependents are Pods and ReplicaSets, owners are judged only for kinds the
 //! collector watches (Deployment, ReplicaSet). An owner of any other kind counts as present, so an
@@ -182,8 +188,26 @@ where
     }
 }
 
-/// Feeds a reflector store from a watch, telling `gone` about deleted objects' UIDs.
-fn spawn_reflector<K>(api: Api<K>, gone: mpsc::UnboundedSender<String>, shutdown: CancellationToken) -> Store<K>
+/// What wakes the collector.
+#[derive(Debug)]
+enum Wake {
+    /// An object with this UID was deleted: its dependents may be garbage, and a foreground
+    /// owner waiting for it may be done.
+    Gone(String),
+    /// An owner got a deletionTimestamp with a foreground or orphan finalizer.
+    Finalizing,
+}
+
+const FOREGROUND: &str = "foregroundDeletion";
+const ORPHAN: &str = "orphan";
+
+fn has_gc_finalizer(m: &ObjectMeta) -> bool {
+    m.deletion_timestamp.is_some() && m.finalizers.iter().flatten().any(|f| f == FOREGROUND || f == ORPHAN)
+}
+
+/// Feeds a reflector store from a watch, telling the collector about deletions and owners
+/// waiting for it.
+fn spawn_reflector<K>(api: Api<K>, gone: mpsc::UnboundedSender<Wake>, shutdown: CancellationToken) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -199,8 +223,11 @@ where
             match ev {
                 Ok(watcher::Event::Delete(o)) => {
                     if let Some(uid) = o.meta().uid.clone() {
-                        let _ = gone.send(uid);
+                        let _ = gone.send(Wake::Gone(uid));
                     }
+                }
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) if has_gc_finalizer(o.meta()) => {
+                    let _ = gone.send(Wake::Finalizing);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -215,7 +242,7 @@ where
 
 /// Runs the collector until `shutdown` fires.
 pub async fn run(client: kube::Client, shutdown: CancellationToken) {
-    let (tx, mut gone) = mpsc::unbounded_channel::<String>();
+    let (tx, mut wake) = mpsc::unbounded_channel::<Wake>();
     let deployments = spawn_reflector(Api::<Deployment>::all(client.clone()), tx.clone(), shutdown.clone());
     let replicasets = spawn_reflector(Api::<ReplicaSet>::all(client.clone()), tx.clone(), shutdown.clone());
     let pods = spawn_reflector(Api::<Pod>::all(client.clone()), tx, shutdown.clone());
@@ -228,15 +255,33 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
             return;
         }
     }
-    let owners = Owners { client, deployments, replicasets: replicasets.clone() };
+    let owners = Owners { client: client.clone(), deployments: deployments.clone(), replicasets: replicasets.clone() };
     let mut tick = tokio::time::interval(RESYNC);
     loop {
         // Which owner disappeared (None: look at everything).
         let uid: Option<String> = tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => None,
-            u = gone.recv() => match u { Some(u) => Some(u), None => return },
+            w = wake.recv() => match w {
+                Some(Wake::Gone(u)) => Some(u),
+                Some(Wake::Finalizing) => Some(String::new()),
+                None => return,
+            },
         };
+        // Owners being deleted in the foreground or orphaning their dependents.
+        let deps = Dependents { replicasets: &replicasets, pods: &pods };
+        for d in deployments.state().into_iter().filter(|o| has_gc_finalizer(&o.metadata)) {
+            finalize_owner(&client, d.as_ref(), &deps).await;
+        }
+        for r in replicasets.state().into_iter().filter(|o| has_gc_finalizer(&o.metadata)) {
+            finalize_owner(&client, r.as_ref(), &deps).await;
+        }
+        for p in pods.state().into_iter().filter(|o| has_gc_finalizer(&o.metadata)) {
+            finalize_owner(&client, p.as_ref(), &deps).await;
+        }
+        if uid.as_deref() == Some("") {
+            continue;
+        }
         let owned_by = |m: &ObjectMeta| match &uid {
             Some(u) => m.owner_references.iter().flatten().any(|r| r.uid == *u),
             None => m.owner_references.as_ref().is_some_and(|r| !r.is_empty()),
@@ -252,6 +297,110 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
                 tracing::warn!(error = %e, "gc");
             }
         }
+    }
+}
+
+/// What to do for an owner carrying the foreground or orphan finalizer, given its dependents'
+/// metadata (upstream `processDeletingDependentsItem` and `orphanDependents`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FinalizerWork {
+    /// Dependents (indexes) to delete, in the foreground.
+    pub delete: Vec<usize>,
+    /// Dependents (indexes) whose reference to the owner is to be removed.
+    pub release: Vec<usize>,
+    /// Finalizers that may be removed from the owner once the above succeeded.
+    pub remove_finalizers: Vec<&'static str>,
+}
+
+pub fn finalizer_work(owner: &ObjectMeta, deps: &[&ObjectMeta]) -> FinalizerWork {
+    let mut w = FinalizerWork::default();
+    if !has_gc_finalizer(owner) {
+        return w;
+    }
+    let fins: Vec<&str> = owner.finalizers.iter().flatten().map(String::as_str).collect();
+    if fins.contains(&ORPHAN) {
+        w.release = (0..deps.len()).collect();
+        w.remove_finalizers.push(ORPHAN);
+    } else if fins.contains(&FOREGROUND) {
+        w.delete = deps.iter().enumerate().filter(|(_, d)| d.deletion_timestamp.is_none()).map(|(i, _)| i).collect();
+        let uid = owner.uid.as_deref().unwrap_or("");
+        // Only dependents that block their owner's deletion hold it back, as upstream.
+        let blocking = deps
+            .iter()
+            .any(|d| d.owner_references.iter().flatten().any(|r| r.uid == uid && r.block_owner_deletion == Some(true)));
+        if !blocking {
+            w.remove_finalizers.push(FOREGROUND);
+        }
+    }
+    w
+}
+
+struct Dependents<'a> {
+    replicasets: &'a Store<ReplicaSet>,
+    pods: &'a Store<Pod>,
+}
+
+async fn finalize_owner<K>(client: &kube::Client, owner: &K, deps: &Dependents<'_>)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+{
+    let m = owner.meta();
+    let ns = m.namespace.clone().unwrap_or_default();
+    let uid = m.uid.clone().unwrap_or_default();
+    let refers = |d: &ObjectMeta| {
+        d.namespace.as_deref() == Some(ns.as_str()) && d.owner_references.iter().flatten().any(|r| r.uid == uid)
+    };
+    let sets: Vec<_> = deps.replicasets.state().into_iter().filter(|r| refers(&r.metadata)).collect();
+    let pods: Vec<_> = deps.pods.state().into_iter().filter(|p| refers(&p.metadata)).collect();
+    let metas: Vec<&ObjectMeta> = sets.iter().map(|r| &r.metadata).chain(pods.iter().map(|p| &p.metadata)).collect();
+    let work = finalizer_work(m, &metas);
+    let mut ok = true;
+    for i in work.delete.iter().chain(work.release.iter()) {
+        let releasing = work.release.contains(i);
+        let r = if *i < sets.len() {
+            act(Api::<ReplicaSet>::namespaced(client.clone(), &ns), &sets[*i].metadata, &uid, releasing).await
+        } else {
+            act(Api::<Pod>::namespaced(client.clone(), &ns), &pods[*i - sets.len()].metadata, &uid, releasing).await
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, owner = %owner.name_any(), "gc: could not process a dependent");
+            ok = false;
+        }
+    }
+    if !ok || work.remove_finalizers.is_empty() {
+        return;
+    }
+    let keep: Vec<&String> =
+        m.finalizers.iter().flatten().filter(|f| !work.remove_finalizers.contains(&f.as_str())).collect();
+    let patch = serde_json::json!({"metadata": {"finalizers": keep, "resourceVersion": m.resource_version}});
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    match api.patch(&owner.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => tracing::warn!(error = %e, owner = %owner.name_any(), "gc: could not remove the deletion finalizer"),
+    }
+}
+
+/// Deletes a dependent in the foreground, or removes its reference to the owner `uid`.
+async fn act<K>(api: Api<K>, dep: &ObjectMeta, uid: &str, release: bool) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let name = dep.name.clone().unwrap_or_default();
+    let r = if release {
+        let keep: Vec<&OwnerReference> = dep.owner_references.iter().flatten().filter(|r| r.uid != uid).collect();
+        let patch = serde_json::json!({"metadata": {"ownerReferences": keep, "resourceVersion": dep.resource_version}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+    } else {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions { uid: dep.uid.clone(), resource_version: None }),
+            ..DeleteParams::foreground()
+        };
+        api.delete(&name, &dp).await.map(|_| ())
+    };
+    match r {
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        other => other,
     }
 }
 
@@ -281,6 +430,43 @@ mod tests {
             owner_references: Some(owners.iter().map(|u| owner(u)).collect()),
             ..Default::default()
         }
+    }
+
+    fn terminating_owner(finalizer: &str) -> ObjectMeta {
+        ObjectMeta {
+            uid: Some("o".into()),
+            deletion_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            )),
+            finalizers: Some(vec![finalizer.into()]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn foreground_deletion_deletes_dependents_and_waits_for_blocking_ones() {
+        let owner = terminating_owner(FOREGROUND);
+        let dep = meta(&["o"]);
+        let w = finalizer_work(&owner, &[&dep]);
+        assert_eq!(w.delete, vec![0]);
+        assert!(w.remove_finalizers.is_empty(), "a blockOwnerDeletion dependent holds the owner");
+        assert_eq!(finalizer_work(&owner, &[]).remove_finalizers, vec![FOREGROUND]);
+        let mut nonblocking = meta(&["o"]);
+        if let Some(r) = nonblocking.owner_references.as_mut() {
+            r[0].block_owner_deletion = None;
+        }
+        assert_eq!(finalizer_work(&owner, &[&nonblocking]).remove_finalizers, vec![FOREGROUND]);
+    }
+
+    #[test]
+    fn orphan_deletion_releases_every_dependent_then_drops_the_finalizer() {
+        let owner = terminating_owner(ORPHAN);
+        let (a, b) = (meta(&["o"]), meta(&["o", "x"]));
+        let w = finalizer_work(&owner, &[&a, &b]);
+        assert_eq!(w.release, vec![0, 1]);
+        assert!(w.delete.is_empty());
+        assert_eq!(w.remove_finalizers, vec![ORPHAN]);
+        assert_eq!(finalizer_work(&ObjectMeta::default(), &[&a]), FinalizerWork::default(), "live owners need nothing");
     }
 
     #[test]
