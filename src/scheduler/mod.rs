@@ -90,6 +90,21 @@ pub fn select_node(pod: &Pod, cache: &Cache) -> Result<String, String> {
     Ok(top.get(pick).copied().unwrap_or_default().to_string())
 }
 
+/// Whether an update to a waiting pod may change where it fits. Like upstream `isPodUpdated`,
+/// status and bookkeeping changes (including our own PodScheduled condition) do not count, so
+/// recording a failure does not trigger an immediate retry.
+pub fn spec_changed(old: &Pod, new: &Pod) -> bool {
+    let strip = |p: &Pod| {
+        let mut p = p.clone();
+        p.status = None;
+        p.metadata.resource_version = None;
+        p.metadata.managed_fields = None;
+        p.metadata.generation = None;
+        p
+    };
+    strip(old) != strip(new)
+}
+
 /// The pod's conditions with `PodScheduled` set to False/Unschedulable and `message`, or `None`
 /// when that exact condition is already there (saves a write per retry).
 pub fn unschedulable_conditions(pod: &Pod, message: &str, now: Timestamp) -> Option<Vec<PodCondition>> {
@@ -248,8 +263,9 @@ async fn watch_pods(client: kube::Client, shared: Arc<Shared>, shutdown: Cancell
                     // An assumed pod is being bound: a stale unbound copy must not queue it again,
                     // but keep it at hand in case the binding fails and it is retried.
                     let assumed = st.cache.is_assumed(&p);
+                    let changed = st.pending.get(&key).is_none_or(|old| spec_changed(old, &p));
                     st.pending.insert(key.clone(), Arc::new(p));
-                    if !assumed {
+                    if !assumed && changed {
                         st.queue.add(&key, now);
                     }
                 } else {
@@ -512,6 +528,18 @@ mod tests {
         let changed =
             unschedulable_conditions(&p2, "0/2 nodes are available: 2 Insufficient cpu.", now).expect("new message");
         assert_eq!(changed.len(), 1);
+    }
+
+    #[test]
+    fn status_only_updates_do_not_count_as_pod_changes() {
+        let p = pod("a", "1");
+        let mut status_only = p.clone();
+        status_only.status = Some(PodStatus { phase: Some("Pending".into()), ..Default::default() });
+        status_only.metadata.resource_version = Some("42".into());
+        assert!(!spec_changed(&p, &status_only));
+        let mut relabelled = p.clone();
+        relabelled.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
+        assert!(spec_changed(&p, &relabelled));
     }
 
     #[test]
