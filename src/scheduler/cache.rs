@@ -68,6 +68,8 @@ impl PodUsage {
 pub struct NodeInfo {
     /// `None` while pods name a node the node watch has not delivered yet.
     pub node: Option<Arc<Node>>,
+    /// The node's allocatable, parsed once per node update rather than once per pod tried.
+    pub allocatable: Resources,
     pub requested: Resources,
     pub nonzero_requested: (i128, i128),
     pub pod_count: usize,
@@ -79,14 +81,9 @@ impl NodeInfo {
         self.node.as_ref().and_then(|n| n.metadata.name.as_deref()).unwrap_or("")
     }
 
-    /// Allocatable resources in milli-units; capacity stands in when a (fake) node reports no
-    /// allocatable, since the kubelet would report allocatable = capacity minus reservations.
-    pub fn allocatable(&self) -> Resources {
-        let st = self.node.as_ref().and_then(|n| n.status.as_ref());
-        match st.and_then(|s| s.allocatable.as_ref()) {
-            Some(a) => resources::from_list(Some(a)),
-            None => resources::from_list(st.and_then(|s| s.capacity.as_ref())),
-        }
+    /// Allocatable resources in milli-units.
+    pub fn allocatable(&self) -> &Resources {
+        &self.allocatable
     }
 
     fn add(&mut self, u: &PodUsage) {
@@ -111,6 +108,16 @@ impl NodeInfo {
                 self.used_ports.swap_remove(i);
             }
         }
+    }
+}
+
+/// Allocatable resources in milli-units; capacity stands in when a (fake) node reports no
+/// allocatable, since the kubelet would report allocatable = capacity minus reservations.
+pub fn allocatable_of(node: &Node) -> Resources {
+    let st = node.status.as_ref();
+    match st.and_then(|s| s.allocatable.as_ref()) {
+        Some(a) => resources::from_list(Some(a)),
+        None => resources::from_list(st.and_then(|s| s.capacity.as_ref())),
     }
 }
 
@@ -141,7 +148,9 @@ pub fn is_terminal(pod: &Pod) -> bool {
 impl Cache {
     pub fn set_node(&mut self, node: Node) {
         let Some(name) = node.metadata.name.clone() else { return };
-        self.nodes.entry(name).or_default().node = Some(Arc::new(node));
+        let info = self.nodes.entry(name).or_default();
+        info.allocatable = allocatable_of(&node);
+        info.node = Some(Arc::new(node));
     }
 
     pub fn remove_node(&mut self, name: &str) {
