@@ -325,3 +325,70 @@ async fn foreground_and_orphan_deletion_are_finished_by_the_garbage_collector() 
     let orph_pods = pods.list(&ListParams::default().labels("app=orph")).await.expect("pods");
     assert_eq!(orph_pods.items.len(), 2, "orphaned ReplicaSet keeps its pods");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_candidate_leads_and_another_takes_over_when_it_stops() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let s = server().await;
+    // The server's own scheduler and controllers hold their leases.
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), "kube-system");
+    for name in ["kube-scheduler", "kube-controller-manager"] {
+        eventually("the component lease", 10, || {
+            let leases = leases.clone();
+            async move { leases.get(name).await.ok()?.spec?.holder_identity.filter(|h| !h.is_empty()) }
+        })
+        .await;
+    }
+
+    let working = Arc::new(AtomicUsize::new(0));
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let mut tasks = vec![];
+    for (who, stop) in [("a", stop_a.clone()), ("b", stop_b.clone())] {
+        let (client, working) = (s.client.clone(), working.clone());
+        tasks.push(tokio::spawn(async move {
+            skiff::controllers::leader::run_as(client, "test-lease", who, stop, move |term| {
+                let working = working.clone();
+                async move {
+                    working.fetch_add(1, Ordering::SeqCst);
+                    term.cancelled().await;
+                    working.fetch_sub(1, Ordering::SeqCst);
+                }
+            })
+            .await
+        }));
+    }
+    let leader = eventually("a leader", 10, || {
+        let leases = leases.clone();
+        async move { leases.get("test-lease").await.ok()?.spec?.holder_identity.filter(|h| !h.is_empty()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(working.load(Ordering::SeqCst), 1, "exactly one candidate works");
+    // The leader steps down (releasing the lease); the other takes over.
+    if leader == "a" {
+        stop_a.cancel()
+    } else {
+        stop_b.cancel()
+    }
+    let next = eventually("the other candidate to take over", 10, || {
+        let (leases, leader) = (leases.clone(), leader.clone());
+        async move {
+            let h = leases.get("test-lease").await.ok()?.spec?.holder_identity?;
+            (!h.is_empty() && h != leader).then_some(h)
+        }
+    })
+    .await;
+    assert_ne!(next, leader);
+    eventually("the new leader to work", 5, || {
+        let working = working.clone();
+        async move { (working.load(Ordering::SeqCst) == 1).then_some(()) }
+    })
+    .await;
+    stop_a.cancel();
+    stop_b.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+}

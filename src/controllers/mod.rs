@@ -4,12 +4,14 @@
 //! - `replicaset.rs`: pods for each ReplicaSet; `deployment.rs`: ReplicaSets for each
 //!   Deployment, rollouts and their status; `node_ipam.rs`: a pod CIDR per node; `gc.rs`:
 //!   background garbage collection by ownerReferences.
+//! - `leader.rs`: Lease-based leader election, so one server of an HA group runs them.
 //! - `events.rs` writes the core/v1 Events `kubectl describe` shows; `podutil.rs` holds the pure
 //!   helpers (readiness, selectors, owner references) the workload controllers share.
 
 pub mod deployment;
 pub mod events;
 pub mod gc;
+pub mod leader;
 pub mod node_ipam;
 pub mod podutil;
 pub mod replicaset;
@@ -24,15 +26,15 @@ pub struct ControllerConfig {
     pub cluster_cidr: Cidr,
 }
 
-/// Runs every controller until `shutdown` fires.
-///
-/// Leader election seam: in an HA group only one server may run these (upstream
-/// kube-controller-manager holds the `kube-controller-manager` Lease in `kube-system`). The
-/// intended shape is for this function to acquire a coordination.k8s.io Lease first, call
-/// [`run_all`] with a child token, and cancel that token when the lease is lost. Until HA lands,
-/// every server runs them directly.
+/// Runs every controller until `shutdown` fires, while this server holds the
+/// `kube-system/kube-controller-manager` Lease (upstream kube-controller-manager's lock): in an HA
+/// group the others stand by and take over within the lease duration when the leader dies.
 pub async fn run(client: kube::Client, cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run_all(client, cfg, shutdown).await;
+    let c = client.clone();
+    leader::run_as_leader(client, "kube-controller-manager", shutdown, move |term| {
+        run_all(c.clone(), cfg.clone(), term)
+    })
+    .await;
     Ok(())
 }
 

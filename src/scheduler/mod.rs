@@ -174,8 +174,20 @@ impl Shared {
     }
 }
 
-/// Runs until `shutdown` fires.
+/// Runs until `shutdown` fires, scheduling while this server holds the
+/// `kube-system/kube-scheduler` Lease (upstream kube-scheduler's leader election).
 pub async fn run(client: kube::Client, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let c = client.clone();
+    crate::controllers::leader::run_as_leader(client, "kube-scheduler", shutdown, move |term| {
+        let c = c.clone();
+        run_unelected(c, term)
+    })
+    .await;
+    Ok(())
+}
+
+/// Schedules until `shutdown` fires, without leader election (the caller holds the lease).
+pub async fn run_unelected(client: kube::Client, shutdown: CancellationToken) {
     let shared = Arc::new(Shared { state: Mutex::new(State::default()), wake: Notify::new() });
     let recorder = Recorder::new(client.clone(), SCHEDULER_NAME, shutdown.clone());
     let nodes = tokio::spawn(watch_nodes(client.clone(), shared.clone(), shutdown.clone()));
@@ -183,7 +195,6 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) -> anyhow::R
     schedule_loop(client, shared, recorder, shutdown).await;
     nodes.abort();
     pods.abort();
-    Ok(())
 }
 
 async fn watch_nodes(client: kube::Client, shared: Arc<Shared>, shutdown: CancellationToken) {
