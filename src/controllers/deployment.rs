@@ -244,6 +244,22 @@ pub fn rolling_plan(replicas: i32, max_surge: i32, max_unavail: i32, new: &RsVie
         .collect()
 }
 
+/// Scaling for a paused deployment (upstream `scale` with `FindActiveOrLatest`): when exactly
+/// one ReplicaSet has replicas, or none does, that one (or the newest) takes the whole count;
+/// a paused rollout with several active ReplicaSets is left as it is.
+pub fn paused_scale(replicas: i32, sets: &[RsView]) -> Vec<Scale> {
+    let active: Vec<&RsView> = sets.iter().filter(|r| r.replicas > 0).collect();
+    let target = match active.len() {
+        0 => sets.iter().max_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name))),
+        1 => active.first().copied(),
+        _ => None,
+    };
+    match target {
+        Some(t) if t.replicas != replicas => vec![(t.name.clone(), t.replicas, replicas)],
+        _ => vec![],
+    }
+}
+
 fn rs_status_sum(
     sets: &[&ReplicaSet],
     f: impl Fn(&k8s_openapi::api::apps::v1::ReplicaSetStatus) -> Option<i32>,
@@ -348,9 +364,19 @@ pub fn progressing_condition(
 ) -> (Option<DeploymentCondition>, Option<i64>) {
     let conds = st.conditions.as_deref().unwrap_or(&[]);
     let cur = progressing(conds);
+    let reason = cur.and_then(|c| c.reason.as_deref());
     if d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false) {
+        // Upstream marks a pause once (and the deadline does not run while paused).
+        if reason == Some("DeploymentPaused") {
+            return (None, None);
+        }
         let c = condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused".into(), now);
         return (Some(c), None);
+    }
+    if reason == Some("DeploymentPaused") {
+        // Resumed: the deadline starts counting again from now.
+        let c = condition("Progressing", "Unknown", "DeploymentResumed", "Deployment is resumed".into(), now);
+        return (Some(c), Some(i64::from(DEFAULT_PROGRESS_DEADLINE)));
     }
     let already_complete = st.replicas == st.updated_replicas
         && cur.is_some_and(|c| c.reason.as_deref() == Some("NewReplicaSetAvailable"));
@@ -595,8 +621,13 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
     }
 
     // Scale.
-    if !paused {
-        let plan: Vec<Scale> = if is_recreate(&d) {
+    {
+        let plan: Vec<Scale> = if paused {
+            // A paused deployment does not roll out, but `kubectl scale` still applies to it.
+            let mut views: Vec<RsView> = old_views.clone();
+            views.extend(new_rs.as_ref().map(RsView::of));
+            paused_scale(replicas, &views)
+        } else if is_recreate(&d) {
             if old_active {
                 old_views.iter().filter(|r| r.replicas > 0).map(|r| (r.name.clone(), r.replicas, 0)).collect()
             } else if old_pods {
@@ -868,6 +899,17 @@ mod tests {
     }
 
     #[test]
+    fn a_paused_deployment_still_scales_its_only_active_replica_set() {
+        assert_eq!(paused_scale(5, &[view("old", 0, 0, 1), view("cur", 3, 3, 2)]), vec![("cur".into(), 3, 5)]);
+        assert_eq!(
+            paused_scale(2, &[view("a", 0, 0, 1), view("b", 0, 0, 2)]),
+            vec![("b".into(), 0, 2)],
+            "the newest when none is active"
+        );
+        assert!(paused_scale(5, &[view("a", 2, 2, 1), view("b", 2, 2, 2)]).is_empty(), "mid-rollout: leave it");
+    }
+
+    #[test]
     fn a_finished_rollout_has_nothing_left_to_do() {
         assert_eq!(rolling_plan(3, 1, 0, &view("new", 3, 3, 2), &[view("old", 0, 0, 1)]), vec![]);
     }
@@ -941,6 +983,27 @@ mod tests {
         let (c2, _) = progressing_condition(&d, &st2, "web-abc", ts(800));
         let c2 = c2.unwrap_or_default();
         assert_eq!((c2.status.as_str(), c2.reason.as_deref()), ("False", Some("ProgressDeadlineExceeded")));
+    }
+
+    #[test]
+    fn pausing_and_resuming_are_recorded_once_each() {
+        let mut d = deployment(2, None, None);
+        if let Some(s) = d.spec.as_mut() {
+            s.paused = Some(true);
+        }
+        let new = rs_with("web-abc", 2, 1, 1, 1);
+        let st = compute_status(&d, Some(&new), &[&new], ts(100));
+        let (c, _) = progressing_condition(&d, &st, "web-abc", ts(100));
+        let c = c.unwrap_or_default();
+        assert_eq!(c.reason.as_deref(), Some("DeploymentPaused"));
+        d.status = Some(DeploymentStatus { conditions: Some(vec![c]), ..st.clone() });
+        let st = compute_status(&d, Some(&new), &[&new], ts(200));
+        assert_eq!(progressing_condition(&d, &st, "web-abc", ts(200)).0, None, "no churn while paused");
+        if let Some(s) = d.spec.as_mut() {
+            s.paused = Some(false);
+        }
+        let (c, _) = progressing_condition(&d, &st, "web-abc", ts(300));
+        assert_eq!(c.and_then(|c| c.reason).as_deref(), Some("DeploymentResumed"));
     }
 
     #[test]
