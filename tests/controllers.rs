@@ -88,6 +88,11 @@ async fn fake_node(client: &kube::Client, name: &str, cpu: &str) {
 
 /// The kubelet's part: every bound pod becomes Running and Ready.
 async fn run_bound_pods(pods: &Api<Pod>) {
+    kubelet(pods, true).await
+}
+
+/// Like [`run_bound_pods`], optionally leaving terminating pods terminating.
+async fn kubelet(pods: &Api<Pod>, finish_deletions: bool) {
     let Ok(list) = pods.list(&ListParams::default()).await else { return };
     for p in list.items {
         let bound = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
@@ -102,7 +107,7 @@ async fn run_bound_pods(pods: &Api<Pod>) {
             let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
         }
         // Graceful deletion needs a kubelet to finish it: do that too.
-        if p.metadata.deletion_timestamp.is_some() {
+        if finish_deletions && p.metadata.deletion_timestamp.is_some() {
             let name = p.metadata.name.clone().unwrap_or_default();
             let _ = pods.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
         }
@@ -391,4 +396,62 @@ async fn one_candidate_leads_and_another_takes_over_when_it_stops() {
     for t in tasks {
         let _ = t.await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_starts_new_pods_only_after_old_ones_have_stopped() {
+    let s = server().await;
+    fake_node(&s.client, "node-a", "4").await;
+    let deploys: Api<Deployment> = Api::namespaced(s.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let mut d = deployment("rc", 2, "busybox:1", "10m");
+    if let Some(spec) = d.spec.as_mut() {
+        spec.strategy = serde_json::from_value(json!({"type": "Recreate"})).ok();
+    }
+    deploys.create(&PostParams::default(), &d).await.expect("create");
+    let count_running = |pods: Api<Pod>| async move {
+        kubelet(&pods, false).await;
+        let list = pods.list(&ListParams::default().labels("app=rc")).await.ok()?;
+        Some(list.items)
+    };
+    eventually("two running pods", 30, || {
+        let pods = pods.clone();
+        async move {
+            let items = count_running(pods).await?;
+            (items.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).count()
+                == 2)
+                .then_some(())
+        }
+    })
+    .await;
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:2"}]}}}});
+    deploys.patch("rc", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
+    // Old pods are marked for deletion but (no kubelet finishing them) keep running.
+    eventually("old pods to be terminating", 30, || {
+        let pods = pods.clone();
+        async move {
+            let items = count_running(pods).await?;
+            (items.len() == 2 && items.iter().all(|p| p.metadata.deletion_timestamp.is_some())).then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let items = count_running(pods.clone()).await.unwrap_or_default();
+    assert_eq!(
+        items.len(),
+        2,
+        "no new pod while old ones still run: {:?}",
+        items.iter().map(|p| p.metadata.name.clone()).collect::<Vec<_>>()
+    );
+    // Once they stop, the new revision comes up.
+    eventually("the new revision's pods", 30, || {
+        let pods = pods.clone();
+        async move {
+            run_bound_pods(&pods).await;
+            let list = pods.list(&ListParams::default().labels("app=rc")).await.ok()?;
+            let fresh = list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).count();
+            (list.items.len() == 2 && fresh == 2).then_some(())
+        }
+    })
+    .await;
 }

@@ -11,11 +11,11 @@ use super::events::{object_ref, Recorder};
 use super::podutil::{self, claim, controller_ref};
 use futures::{future, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
@@ -575,7 +575,20 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
     }
     let old_views: Vec<RsView> = owned.iter().map(RsView::of).collect();
     let old_active = old_views.iter().any(|r| r.replicas > 0);
-    let old_pods = owned.iter().any(|r| r.status.as_ref().is_some_and(|s| s.replicas > 0));
+    let mut old_pods = owned.iter().any(|r| r.status.as_ref().is_some_and(|s| s.replicas > 0));
+    if is_recreate(&d) && !old_active && !old_pods && !owned.is_empty() {
+        // ReplicaSet status stops counting a pod once it is terminating, but Recreate must wait
+        // until old pods have actually stopped (upstream `oldPodsRunning`): ask the API.
+        let uids: Vec<String> = owned.iter().filter_map(|r| r.metadata.uid.clone()).collect();
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        let list = pods.list(&ListParams::default()).await.map_err(err("listing pods"))?;
+        old_pods = list.items.iter().any(|p| {
+            let mine = podutil::controller_of(&p.metadata).is_some_and(|r| uids.contains(&r.uid));
+            mine && !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+        });
+    }
+    // Pod deletions do not wake this controller: while old pods stop, look again shortly.
+    let waiting_for_old_pods = is_recreate(&d) && !old_active && old_pods;
     let replicas = desired(&d);
     let (surge, unavail) = resolve_fenceposts(&d);
     // Recreate only creates the new ReplicaSet once every old pod is gone.
@@ -715,6 +728,9 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
                 Err(e) => tracing::warn!(error = %e, rs = %name, deployment = %key, "could not delete old replica set"),
             }
         }
+    }
+    if waiting_for_old_pods {
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     Ok(match recheck {
         Some(secs) => Action::requeue(Duration::from_secs(secs.clamp(1, 3600) as u64)),
