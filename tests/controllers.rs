@@ -172,6 +172,18 @@ async fn a_deployment_rolls_out_scheduled_pods_and_rolls_forward_on_a_template_c
         assert!(p.metadata.labels.as_ref().is_some_and(|l| l.contains_key("pod-template-hash")));
     }
 
+    // A settled deployment is not rewritten over and over (no status churn between syncs).
+    let rv = |d: &Deployment| d.metadata.resource_version.clone();
+    let before_d = deploys.get("web").await.expect("get");
+    let before_rs = sets.list(&ListParams::default()).await.expect("rs");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rv(&deploys.get("web").await.expect("get")), rv(&before_d), "deployment rewritten while settled");
+    let after_rs = sets.list(&ListParams::default()).await.expect("rs");
+    let rvs = |l: &kube::core::ObjectList<ReplicaSet>| {
+        l.items.iter().map(|r| r.metadata.resource_version.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(rvs(&after_rs), rvs(&before_rs), "replica sets rewritten while settled");
+
     // A template change rolls forward to a second ReplicaSet.
     let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:2",
         "resources": {"requests": {"cpu": "100m"}}}]}}}});

@@ -12,9 +12,9 @@
 use super::events::{object_ref, Recorder};
 use super::podutil::{self, claim, controller_ref, is_active, is_available, is_ready};
 use futures::{future, StreamExt};
-use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -180,6 +180,32 @@ pub fn compute_status(rs: &ReplicaSet, active: &[Arc<Pod>], now: Timestamp) -> R
     }
 }
 
+/// Sets or clears the `ReplicaFailure` condition after managing replicas (upstream
+/// `calculateStatus`): set when creating or deleting pods failed, removed once it works again.
+pub fn set_failure(status: &mut ReplicaSetStatus, failure: Option<(&str, String)>, now: Timestamp) {
+    let was_absent = status.conditions.is_none();
+    let conds = status.conditions.get_or_insert_with(Vec::new);
+    let existing = conds.iter().position(|c| c.type_ == "ReplicaFailure");
+    match (failure, existing) {
+        (Some((reason, message)), None) => conds.push(ReplicaSetCondition {
+            type_: "ReplicaFailure".into(),
+            status: "True".into(),
+            reason: Some(reason.into()),
+            message: Some(message),
+            last_transition_time: Some(Time(now)),
+        }),
+        (None, Some(i)) => {
+            conds.remove(i);
+        }
+        _ => {}
+    }
+    if was_absent && status.conditions.as_ref().is_some_and(|c| c.is_empty()) {
+        // Nothing was there and nothing is: keep the field absent, as the stored object has it
+        // (otherwise every sync would see a difference and write again).
+        status.conditions = None;
+    }
+}
+
 /// Everything a sync needs besides the ReplicaSet itself.
 pub struct Context {
     pub client: kube::Client,
@@ -274,7 +300,18 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
     }
 
     let now = Timestamp::now();
-    let status = compute_status(&rs, &active, now);
+    let mut status = compute_status(&rs, &active, now);
+    if synced && !deleting {
+        let failure = manage_err.as_ref().map(|e| {
+            let reason = if matches!(e, ReplicaSetError::Api { action: "creating pod", .. }) {
+                "FailedCreate"
+            } else {
+                "FailedDelete"
+            };
+            (reason, e.to_string())
+        });
+        set_failure(&mut status, failure, now);
+    }
     if rs.status.as_ref() != Some(&status) {
         let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = serde_json::json!({ "status": status });
@@ -508,6 +545,20 @@ mod tests {
         assert_eq!(st.ready_replicas, Some(2));
         assert_eq!(st.available_replicas, Some(1), "b has been ready for 5 of the 10 seconds");
         assert_eq!(st.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn a_failed_create_sets_replica_failure_until_creation_works_again() {
+        let mut st = ReplicaSetStatus::default();
+        set_failure(&mut st, Some(("FailedCreate", "quota exceeded".into())), ts(1));
+        let c = st.conditions.clone().unwrap_or_default();
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].type_.as_str(), c[0].reason.as_deref()), ("ReplicaFailure", Some("FailedCreate")));
+        set_failure(&mut st, None, ts(2));
+        assert_eq!(st.conditions, Some(vec![]), "an explicit empty list clears it through a merge patch");
+        let mut clean = ReplicaSetStatus::default();
+        set_failure(&mut clean, None, ts(2));
+        assert_eq!(clean.conditions, None);
     }
 
     #[test]
