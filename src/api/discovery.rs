@@ -55,11 +55,15 @@ fn sub_info(r: &Resource, sub: &str) -> (Vec<&'static str>, &'static str, &'stat
         ),
         "token" => (vec!["create"], "authentication.k8s.io", "v1", "TokenRequest"),
         "finalize" => (vec!["update"], "", "v1", "Namespace"),
+        "approval" => (vec!["get", "patch", "update"], r.group, r.version, r.kind),
         _ => (vec!["get"], r.group, r.version, r.kind),
     }
 }
 
-fn verbs_of(_r: &Resource) -> Vec<&'static str> {
+fn verbs_of(r: &Resource) -> Vec<&'static str> {
+    if r.is_virtual() {
+        return vec!["create"];
+    }
     VERBS.to_vec()
 }
 

@@ -70,6 +70,9 @@ pub fn decode_body(ct: &str, body: &[u8]) -> ApiResult<Value> {
             .map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded as JSON: {e}"))),
         "application/yaml" | "application/apply-patch+yaml" | "text/yaml" => serde_yaml::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded as YAML: {e}"))),
+        "application/vnd.kubernetes.protobuf" => super::protobuf::decode(body).map_err(|e| {
+            ApiError::bad_request(format!("the body of the request could not be decoded as protobuf: {e}"))
+        }),
         other => Err(ApiError::unsupported_media_type(other)),
     }
 }
@@ -573,7 +576,7 @@ pub async fn update(req: &Req, body: &[u8]) -> ApiResult<Response> {
     let mut obj = decode_body(req.content_type(), body)?;
     let name = req.name().to_string();
     let part = match req.sub.as_deref() {
-        Some("status") => Part::Status,
+        Some("status") | Some("approval") => Part::Status,
         Some("scale") => return update_scale(req, obj).await,
         Some("finalize") if req.r.kind == "Namespace" => Part::Main,
         None => Part::Main,
@@ -605,7 +608,7 @@ pub async fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
     let patch_body = decode_body(req.content_type(), body)?;
     let name = req.name().to_string();
     let part = match req.sub.as_deref() {
-        Some("status") => Part::Status,
+        Some("status") | Some("approval") => Part::Status,
         Some("scale") | None => Part::Main,
         Some(s) => {
             return Err(ApiError::method_not_allowed(format!(

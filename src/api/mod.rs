@@ -3,6 +3,7 @@
 //! parsing the path the way kube-apiserver's RequestInfoFactory does.
 
 pub mod admission;
+pub mod auth;
 pub mod discovery;
 pub mod errors;
 pub mod handlers;
@@ -11,6 +12,7 @@ pub mod namespaces;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod query;
 pub mod request;
 pub mod selector;
@@ -45,6 +47,10 @@ pub struct ApiState {
     pub max_body: usize,
     /// `host:port` clients use to reach this server.
     pub advertise: String,
+    /// RBAC policy and the Node authorizer.
+    pub authz: auth::Authorizer,
+    /// Signs and verifies service-account tokens.
+    pub sa_signer: auth::tokens::Signer,
 }
 
 /// Who made a request.
@@ -105,7 +111,63 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/openapi/v3", get(openapi::v3_index))
         .route("/openapi/v3/{*path}", get(openapi::v3_group))
         .fallback(dispatch)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
+}
+
+fn is_resource_path(path: &str) -> bool {
+    matches!(request::parse(path), Some(request::Parsed::Resource(_)))
+}
+
+/// Resolves the caller (client certificate from the TLS layer, or a bearer token), and
+/// authorizes non-resource requests (`/version`, `/openapi/…`, discovery) against RBAC.
+/// Resource requests are authorized in `dispatch`, where their attributes are known.
+async fn authenticate(
+    State(st): State<Arc<ApiState>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut user = req.extensions().get::<User>().cloned().unwrap_or_else(User::anonymous);
+    let bearer = req
+        .headers()
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .map(|t| t.trim().to_string());
+    if let Some(token) = bearer.filter(|t| !t.is_empty()) {
+        match auth::authenticate_bearer(&st, &token).await {
+            Ok(u) => user = u,
+            Err(e) => return e.into_response(),
+        }
+    }
+    let path = req.uri().path().to_string();
+    if !is_resource_path(&path) {
+        let a = auth::rbac::Attributes {
+            verb: req.method().as_str().to_lowercase(),
+            path: Some(path),
+            ..Default::default()
+        };
+        if let Err(e) = st.authz.authorize(st.store.as_ref(), &user, &a).await {
+            return e.into_response();
+        }
+    }
+    req.extensions_mut().insert(user);
+    next.run(req).await
+}
+
+/// The authorizer's verb for a request (upstream's RequestInfo verb).
+fn verb_of(req: &Req) -> &'static str {
+    match (&req.method, req.name.is_some()) {
+        (&Method::GET, false) if req.q.flag("watch") => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::GET, true) | (&Method::HEAD, _) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => "unknown",
+    }
 }
 
 async fn health(State(st): State<Arc<ApiState>>) -> Response {
@@ -167,8 +229,6 @@ pub async fn serve(
     }
 }
 
-const ANONYMOUS_PATHS: &[&str] = &["/version", "/healthz", "/livez", "/readyz"];
-
 async fn dispatch(
     State(st): State<Arc<ApiState>>,
     Extension(user): Extension<User>,
@@ -178,13 +238,6 @@ async fn dispatch(
     body: Body,
 ) -> Response {
     let path = uri.path().to_string();
-    if user.is_anonymous() && !ANONYMOUS_PATHS.contains(&path.as_str()) {
-        return ApiError::forbidden(format!(
-            "forbidden: User \"system:anonymous\" cannot {} path \"{path}\"",
-            method.as_str().to_lowercase()
-        ))
-        .into_response();
-    }
     let accept = headers.get("accept").and_then(|a| a.to_str().ok()).unwrap_or("").to_string();
     if accept.contains("application/vnd.kubernetes.protobuf") && !accept.contains("json") && !accept.contains("*/*") {
         return ApiError::not_acceptable(
@@ -245,15 +298,38 @@ async fn dispatch(
         headers,
         method: method.clone(),
     };
+    // Subresources like pods/exec are checked with their verb on the subresource.
+    let a = auth::rbac::Attributes {
+        verb: verb_of(&req).into(),
+        group: req.r.group.into(),
+        resource: req.r.plural.into(),
+        subresource: req.sub.clone().unwrap_or_default(),
+        namespace: req.ns.clone().unwrap_or_default(),
+        name: req.name.clone().unwrap_or_default(),
+        path: None,
+    };
+    if let Err(e) = st.authz.authorize(st.store.as_ref(), &user, &a).await {
+        return e.into_response();
+    }
     let span = tracing::debug_span!("request", verb = %method, resource = req.r.plural, ns = ?req.ns, name = ?req.name, user = %user.name);
     let _e = span.enter();
-    match resource_request(req, body).await {
+    match resource_request(req, body, &user).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn resource_request(req: Req, body: Body) -> errors::ApiResult<Response> {
+async fn resource_request(req: Req, body: Body, user: &User) -> errors::ApiResult<Response> {
+    if req.r.is_virtual() {
+        if req.method != Method::POST || req.name.is_some() {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({})",
+                req.method
+            )));
+        }
+        let b = handlers::read_body(&req.st, body).await?;
+        return auth::reviews::create(&req, user, &b).await;
+    }
     if let Some(sub) = req.sub.as_deref() {
         if !req.r.has_subresource(sub) {
             return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
@@ -272,12 +348,16 @@ async fn resource_request(req: Req, body: Body) -> errors::ApiResult<Response> {
                 handlers::list(&req).await
             }
         }
-        (Method::GET, true, None | Some("status")) => handlers::get(&req).await,
+        (Method::GET, true, None | Some("status") | Some("approval")) => handlers::get(&req).await,
         (Method::GET, true, Some("scale")) => handlers::get_scale(&req).await,
         (Method::GET, true, Some("log")) => logs::pod_log(&req).await,
         (Method::POST, false, None) => {
             let b = handlers::read_body(&req.st, body).await?;
             handlers::create(&req, &b).await
+        }
+        (Method::POST, true, Some("token")) => {
+            let b = handlers::read_body(&req.st, body).await?;
+            auth::reviews::token_request(&req, &b).await
         }
         (Method::POST, true, Some("binding")) => {
             let b = handlers::read_body(&req.st, body).await?;

@@ -106,6 +106,56 @@ pub fn columns(r: &Resource) -> Vec<Column> {
             col("Selector", "string", 1),
         ],
         ("coordination.k8s.io", "Lease") => vec![NAME, col("Holder", "string", 0), AGE],
+        ("rbac.authorization.k8s.io", "RoleBinding") | ("rbac.authorization.k8s.io", "ClusterRoleBinding") => vec![
+            NAME,
+            col("Role", "string", 0),
+            AGE,
+            col("Users", "string", 1),
+            col("Groups", "string", 1),
+            col("ServiceAccounts", "string", 1),
+        ],
+        ("rbac.authorization.k8s.io", _) | ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            vec![NAME, col("Created At", "date", 0)]
+        }
+        ("storage.k8s.io", "StorageClass") => vec![
+            NAME,
+            col("Provisioner", "string", 0),
+            col("ReclaimPolicy", "string", 0),
+            col("VolumeBindingMode", "string", 0),
+            col("AllowVolumeExpansion", "string", 0),
+            AGE,
+        ],
+        ("scheduling.k8s.io", "PriorityClass") => vec![
+            NAME,
+            col("Value", "integer", 0),
+            col("Global-Default", "boolean", 0),
+            AGE,
+            col("PreemptionPolicy", "string", 1),
+        ],
+        ("networking.k8s.io", "Ingress") => vec![
+            NAME,
+            col("Class", "string", 0),
+            col("Hosts", "string", 0),
+            col("Address", "string", 0),
+            col("Ports", "string", 0),
+            AGE,
+        ],
+        ("policy", "PodDisruptionBudget") => vec![
+            NAME,
+            col("Min Available", "string", 0),
+            col("Max Unavailable", "string", 0),
+            col("Allowed Disruptions", "integer", 0),
+            AGE,
+        ],
+        ("autoscaling", "HorizontalPodAutoscaler") => vec![
+            NAME,
+            col("Reference", "string", 0),
+            col("Targets", "string", 0),
+            col("MinPods", "string", 0),
+            col("MaxPods", "string", 0),
+            col("Replicas", "string", 0),
+            AGE,
+        ],
         ("batch", "Job") => {
             vec![NAME, col("Status", "string", 0), col("Completions", "string", 0), col("Duration", "string", 0), AGE]
         }
@@ -521,6 +571,110 @@ pub fn row(r: &Resource, o: &Value, now: i64) -> Vec<Value> {
             ]
         }
         ("coordination.k8s.io", "Lease") => vec![name, json!(or_none(s(o.pointer("/spec/holderIdentity")))), age],
+        ("rbac.authorization.k8s.io", "RoleBinding") | ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+            let subjects: Vec<&Value> = o.get("subjects").and_then(|x| x.as_array()).into_iter().flatten().collect();
+            let of = |k: &str| -> String {
+                subjects
+                    .iter()
+                    .filter(|x| x["kind"] == k)
+                    .map(|x| {
+                        if k == "ServiceAccount" {
+                            format!("{}/{}", s(x.get("namespace")), s(x.get("name")))
+                        } else {
+                            s(x.get("name"))
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                name,
+                json!(format!("{}/{}", s(o.pointer("/roleRef/kind")), s(o.pointer("/roleRef/name")))),
+                age,
+                json!(of("User")),
+                json!(of("Group")),
+                json!(of("ServiceAccount")),
+            ]
+        }
+        ("rbac.authorization.k8s.io", _) | ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            vec![name, json!(s(o.pointer("/metadata/creationTimestamp")))]
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            let default = o
+                .pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
+                .and_then(|v| v.as_str())
+                == Some("true");
+            let n = s(o.pointer("/metadata/name"));
+            vec![
+                json!(if default { format!("{n} (default)") } else { n }),
+                json!(s(o.get("provisioner"))),
+                json!(o.get("reclaimPolicy").and_then(|v| v.as_str()).unwrap_or("Delete")),
+                json!(o.get("volumeBindingMode").and_then(|v| v.as_str()).unwrap_or("Immediate")),
+                json!(o.get("allowVolumeExpansion").and_then(|v| v.as_bool()).unwrap_or(false).to_string()),
+                age,
+            ]
+        }
+        ("scheduling.k8s.io", "PriorityClass") => vec![
+            name,
+            json!(int(o.get("value"))),
+            json!(o.get("globalDefault").and_then(|v| v.as_bool()).unwrap_or(false)),
+            age,
+            json!(s(o.get("preemptionPolicy"))),
+        ],
+        ("networking.k8s.io", "Ingress") => {
+            let hosts: Vec<String> = o
+                .pointer("/spec/rules")
+                .and_then(|r| r.as_array())
+                .into_iter()
+                .flatten()
+                .map(|r| s(r.get("host")))
+                .filter(|h| !h.is_empty())
+                .collect();
+            let addrs: Vec<String> = o
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(|r| r.as_array())
+                .into_iter()
+                .flatten()
+                .map(|i| if i.get("ip").is_some() { s(i.get("ip")) } else { s(i.get("hostname")) })
+                .collect();
+            let tls = o.pointer("/spec/tls").and_then(|t| t.as_array()).is_some_and(|t| !t.is_empty());
+            vec![
+                name,
+                json!(or_none(s(o.pointer("/spec/ingressClassName")))),
+                json!(if hosts.is_empty() { "*".to_string() } else { hosts.join(",") }),
+                json!(addrs.join(",")),
+                json!(if tls { "80, 443" } else { "80" }),
+                age,
+            ]
+        }
+        ("policy", "PodDisruptionBudget") => vec![
+            name,
+            json!(o
+                .pointer("/spec/minAvailable")
+                .map(|v| s(Some(v)))
+                .filter(|v| !v.is_empty())
+                .unwrap_or("N/A".into())),
+            json!(o
+                .pointer("/spec/maxUnavailable")
+                .map(|v| s(Some(v)))
+                .filter(|v| !v.is_empty())
+                .unwrap_or("N/A".into())),
+            json!(int(o.pointer("/status/disruptionsAllowed"))),
+            age,
+        ],
+        ("autoscaling", "HorizontalPodAutoscaler") => vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                s(o.pointer("/spec/scaleTargetRef/kind")),
+                s(o.pointer("/spec/scaleTargetRef/name"))
+            )),
+            json!("<unknown>"),
+            json!(o.pointer("/spec/minReplicas").and_then(|v| v.as_i64()).unwrap_or(1).to_string()),
+            json!(int(o.pointer("/spec/maxReplicas")).to_string()),
+            json!(int(o.pointer("/status/currentReplicas")).to_string()),
+            age,
+        ],
         ("batch", "Job") => {
             let conds: Vec<&Value> =
                 o.pointer("/status/conditions").and_then(|c| c.as_array()).into_iter().flatten().collect();

@@ -36,8 +36,12 @@ pub trait KindVisitor {
 /// Calls `v.visit::<T>()` with the k8s-openapi type of resource `r`; None for kinds without one.
 pub fn with_type<V: KindVisitor>(r: &Resource, v: V) -> Option<V::Out> {
     use k8s_openapi::api::{
-        apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
+        apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz, autoscaling::v2 as autoscaling,
+        batch::v1 as batch, certificates::v1 as certs, coordination::v1 as coord, core::v1 as core,
+        discovery::v1 as disc, networking::v1 as net, node::v1 as node, policy::v1 as policy, rbac::v1 as rbac,
+        scheduling::v1 as sched, storage::v1 as storage,
     };
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
     Some(match (r.group, r.kind) {
         ("", "Namespace") => v.visit::<core::Namespace>(),
         ("", "Node") => v.visit::<core::Node>(),
@@ -63,6 +67,30 @@ pub fn with_type<V: KindVisitor>(r: &Resource, v: V) -> Option<V::Out> {
         ("batch", "CronJob") => v.visit::<batch::CronJob>(),
         ("coordination.k8s.io", "Lease") => v.visit::<coord::Lease>(),
         ("discovery.k8s.io", "EndpointSlice") => v.visit::<disc::EndpointSlice>(),
+        ("autoscaling", "HorizontalPodAutoscaler") => v.visit::<autoscaling::HorizontalPodAutoscaler>(),
+        ("policy", "PodDisruptionBudget") => v.visit::<policy::PodDisruptionBudget>(),
+        ("networking.k8s.io", "Ingress") => v.visit::<net::Ingress>(),
+        ("networking.k8s.io", "IngressClass") => v.visit::<net::IngressClass>(),
+        ("networking.k8s.io", "NetworkPolicy") => v.visit::<net::NetworkPolicy>(),
+        ("rbac.authorization.k8s.io", "ClusterRole") => v.visit::<rbac::ClusterRole>(),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => v.visit::<rbac::ClusterRoleBinding>(),
+        ("rbac.authorization.k8s.io", "Role") => v.visit::<rbac::Role>(),
+        ("rbac.authorization.k8s.io", "RoleBinding") => v.visit::<rbac::RoleBinding>(),
+        ("storage.k8s.io", "StorageClass") => v.visit::<storage::StorageClass>(),
+        ("storage.k8s.io", "CSIDriver") => v.visit::<storage::CSIDriver>(),
+        ("storage.k8s.io", "CSINode") => v.visit::<storage::CSINode>(),
+        ("storage.k8s.io", "VolumeAttachment") => v.visit::<storage::VolumeAttachment>(),
+        ("storage.k8s.io", "CSIStorageCapacity") => v.visit::<storage::CSIStorageCapacity>(),
+        ("scheduling.k8s.io", "PriorityClass") => v.visit::<sched::PriorityClass>(),
+        ("certificates.k8s.io", "CertificateSigningRequest") => v.visit::<certs::CertificateSigningRequest>(),
+        ("node.k8s.io", "RuntimeClass") => v.visit::<node::RuntimeClass>(),
+        ("authorization.k8s.io", "SelfSubjectAccessReview") => v.visit::<authz::SelfSubjectAccessReview>(),
+        ("authorization.k8s.io", "SelfSubjectRulesReview") => v.visit::<authz::SelfSubjectRulesReview>(),
+        ("authorization.k8s.io", "SubjectAccessReview") => v.visit::<authz::SubjectAccessReview>(),
+        ("authorization.k8s.io", "LocalSubjectAccessReview") => v.visit::<authz::LocalSubjectAccessReview>(),
+        ("authentication.k8s.io", "SelfSubjectReview") => v.visit::<authn::SelfSubjectReview>(),
+        ("authentication.k8s.io", "TokenReview") => v.visit::<authn::TokenReview>(),
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => v.visit::<apiext::CustomResourceDefinition>(),
         _ => return None,
     })
 }

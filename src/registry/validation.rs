@@ -66,7 +66,7 @@ pub fn validate_name(r: &Resource, name: &str, field: &str) -> Option<Cause> {
         ("", "Namespace") => (is_dns1123_label(name), DNS1123_LABEL_MSG, 63),
         ("", "Service") => (is_dns1035_label(name), DNS1035_LABEL_MSG, 63),
         // Events and a few others accept any path segment name.
-        ("", "Event") => (
+        ("", "Event") | ("rbac.authorization.k8s.io", _) => (
             !name.contains('/') && !name.contains('%') && name != "." && name != "..",
             "may not contain '/' or '%'",
             253,

@@ -12,9 +12,10 @@ use crate::config::ServerConfig;
 use crate::registry;
 
 fn req(st: &Arc<ApiState>, plural: &str, ns: Option<&str>) -> anyhow::Result<Req> {
+    let group = if plural.starts_with("cluster") { "rbac.authorization.k8s.io" } else { "" };
     Ok(Req {
         st: st.clone(),
-        r: registry::find("", "v1", plural).ok_or_else(|| anyhow::anyhow!("{plural} not registered"))?,
+        r: registry::find(group, "v1", plural).ok_or_else(|| anyhow::anyhow!("{plural} not registered"))?,
         ns: ns.map(String::from),
         name: None,
         sub: None,
@@ -34,6 +35,13 @@ async fn ensure(st: &Arc<ApiState>, plural: &str, ns: Option<&str>, obj: Value) 
 }
 
 pub async fn objects(st: &Arc<ApiState>, cfg: &ServerConfig, service_ip: Ipv4Addr, port: u16) -> anyhow::Result<()> {
+    let (roles, bindings) = crate::api::auth::defaults::objects();
+    for r in roles {
+        ensure(st, "clusterroles", None, r).await?;
+    }
+    for b in bindings {
+        ensure(st, "clusterrolebindings", None, b).await?;
+    }
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         ensure(st, "namespaces", None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
             .await?;

@@ -119,7 +119,12 @@ pub async fn start(
         IpAddr::V4(a) => Some(a),
         _ => None,
     };
+    let authz = crate::api::auth::Authorizer::start(store.clone()).await.context("loading the RBAC policy")?;
+    let sa_signer =
+        crate::api::auth::tokens::Signer::from_pem(&pki.service_account_key_pem).map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = Arc::new(crate::api::ApiState {
+        authz,
+        sa_signer,
         store,
         service_cidr: cfg.service_cidr,
         reserved_ips: [Some(first_service_ip), dns_ip].into_iter().flatten().collect(),

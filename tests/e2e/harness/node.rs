@@ -1,0 +1,385 @@
+//! A skiff node: a network namespace plugged into the test's switch, a temp data dir with the
+//! busybox image tar in `agent/images/`, and `skiff server` (or `skiff agent`) started inside the
+//! namespace with a unique containerd namespace and cgroup root. kubectl runs in the same
+//! namespace with the node's kubeconfig.
+
+use super::cleanup::Footprint;
+use super::{busybox_tar, run, tail, wait_for, Netns, Run, Switch, MARKER_ENV};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Path of the skiff binary cargo built for this test run.
+pub fn skiff_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_skiff")
+}
+
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// `skiff server` (with its agent unless `--disable-agent` is among the extra args).
+    Server,
+    /// `skiff agent --server URL --token T`.
+    Agent { server: String, token: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub role: Role,
+    /// Node name (default `node-<k>`, k counting nodes of the cluster from 1).
+    pub name: Option<String>,
+    /// Extra flags for skiff.
+    pub args: Vec<String>,
+    /// Drop the busybox image tar into `<data-dir>/agent/images/` (default true).
+    pub preload_busybox: bool,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions { role: Role::Server, name: None, args: vec![], preload_busybox: true }
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub netns: Netns,
+    pub data_dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub log: PathBuf,
+    pub containerd_namespace: String,
+    pub cgroup_root: String,
+    child: Option<Child>,
+    footprint: Mutex<Footprint>,
+    dir: Option<tempfile::TempDir>,
+    torn_down: bool,
+}
+
+impl Node {
+    /// Creates the node's namespace on `switch` and starts skiff in it (does not wait for it).
+    pub fn start(switch: &Switch, default_name: String, opts: NodeOptions) -> Node {
+        let netns = Netns::create();
+        let ip = switch.attach(&netns);
+        let unique = netns.name.clone(); // skiff-e2e-<pid>-<n>
+        let name = opts.name.unwrap_or(default_name);
+        let dir = tempfile::Builder::new().prefix(&format!("{unique}-")).tempdir().expect("node data dir");
+        let data_dir = dir.path().to_path_buf();
+        if opts.preload_busybox {
+            let images = data_dir.join("agent/images");
+            std::fs::create_dir_all(&images).expect("agent/images");
+            std::fs::copy(busybox_tar(), images.join("busybox.tar")).expect("copy busybox.tar");
+        }
+        let kubeconfig = data_dir.join("kubeconfig.yaml");
+        let log = data_dir.join("skiff.log");
+        let logf = std::fs::File::create(&log).expect("skiff log file");
+
+        let mut cmd = netns.command(skiff_bin());
+        match &opts.role {
+            Role::Server => {
+                cmd.arg("server").arg("--write-kubeconfig").arg(&kubeconfig);
+            }
+            Role::Agent { server, token } => {
+                cmd.args(["agent", "--server", server, "--token", token]);
+            }
+        }
+        cmd.arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--node-ip", &ip.to_string(), "--node-name", &name])
+            .args(["--containerd-namespace", &unique, "--cgroup-root", &unique])
+            .args(&opts.args);
+        // Flags and the marker only: no SKIFF_* setting of the caller's environment leaks in.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SKIFF_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env(MARKER_ENV, &unique)
+            .env("SKIFF_LOG", std::env::var("SKIFF_E2E_LOG").unwrap_or_else(|_| "info".into()))
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        // Its own process group, so teardown signals skiff and what it started with it.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        eprintln!("[e2e] starting {name} ({ip}) in netns {unique}: {cmd:?}");
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting skiff: {e}"));
+
+        let footprint = Footprint {
+            marker: unique.clone(),
+            netns_inode: Some(netns.inode),
+            cgroup_root: unique.clone(),
+            data_dir: data_dir.clone(),
+            containerd_namespace: unique.clone(),
+            pod_uids: Default::default(),
+        };
+        Node {
+            name,
+            ip,
+            netns,
+            data_dir,
+            kubeconfig,
+            log,
+            containerd_namespace: unique.clone(),
+            cgroup_root: unique,
+            child: Some(child),
+            footprint: Mutex::new(footprint),
+            dir: Some(dir),
+            torn_down: false,
+        }
+    }
+
+    /// Pid of the skiff process (while the harness still owns it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// What identifies this node's processes, mounts and cgroups on the host.
+    pub fn footprint(&self) -> Footprint {
+        self.footprint.lock().unwrap().clone()
+    }
+
+    /// `https://<node-ip>:6443`, for agents joining this server.
+    pub fn server_url(&self) -> String {
+        format!("https://{}:6443", self.ip)
+    }
+
+    /// What a failure message needs: whether skiff still runs, and the tail of its log.
+    pub fn context(&self) -> String {
+        format!("node {} ({}), data dir {}\n{}", self.name, self.ip, self.data_dir.display(), tail(&self.log, 60))
+    }
+
+    /// Panics (with the log tail) if skiff has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                panic!("skiff on {} exited: {st}\n{}", self.name, self.context());
+            }
+        }
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(st))) => Some(st.to_string()),
+            _ => None,
+        }
+    }
+
+    /// `kubectl --kubeconfig <node kubeconfig> --cache-dir <data-dir>/kubectl-cache` inside the
+    /// node's namespace. (Its own discovery cache: kubectl keys the cache by server address,
+    /// which nodes of different tests share.)
+    pub fn kubectl_command(&self) -> std::process::Command {
+        let mut cmd = self.netns.command("kubectl");
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).arg("--cache-dir").arg(self.data_dir.join("kubectl-cache"));
+        cmd
+    }
+
+    /// Runs `kubectl ARGS…` inside the node's namespace with the node's kubeconfig.
+    pub fn kubectl(&self, args: &[&str]) -> Run {
+        let mut cmd = self.kubectl_command();
+        cmd.arg("--request-timeout=20s").args(args);
+        run(&mut cmd, Duration::from_secs(40)).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}\n{}", self.context()))
+    }
+
+    /// Like [`Node::kubectl`], but as a probe for `wait_for`: Err with the output on failure.
+    pub fn try_kubectl(&self, args: &[&str]) -> Result<String, String> {
+        let mut cmd = self.kubectl_command();
+        cmd.arg("--request-timeout=10s").args(args);
+        let r = run(&mut cmd, Duration::from_secs(30))?;
+        if r.ok() {
+            Ok(r.stdout)
+        } else {
+            Err(format!("kubectl {} → {}: {}", args.join(" "), r.status, r.stderr.trim()))
+        }
+    }
+
+    /// kubectl that must succeed: returns stdout, or panics with its output and the log tail.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let r = self.kubectl(args);
+        if !r.ok() {
+            panic!("kubectl {} failed: {r}\n{}", args.join(" "), self.context());
+        }
+        r.stdout
+    }
+
+    /// Waits until `probe` succeeds; fails fast if skiff exits, and the failure carries the log.
+    pub fn wait_for<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut(&Node) -> Result<T, String>,
+    ) -> T {
+        let log = self.log.clone();
+        let name = self.name.clone();
+        let child = Mutex::new(self.child.take());
+        let this = &*self;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(
+                what,
+                timeout,
+                || {
+                    if let Some(Ok(Some(st))) = child.lock().unwrap().as_mut().map(|c| c.try_wait()) {
+                        panic!("skiff on {name} exited ({st}) while waiting for {what}\n{}", tail(&log, 80));
+                    }
+                    probe(this)
+                },
+                || this.context(),
+            )
+        }));
+        self.child = child.into_inner().unwrap();
+        match result {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+
+    /// Waits for the kubeconfig skiff writes at start-up and for the API to answer.
+    pub fn wait_api(&mut self, timeout: Duration) {
+        self.wait_for("the API server to answer `kubectl version`", timeout, |n| {
+            if !n.kubeconfig.exists() {
+                return Err(format!("{} not written yet", n.kubeconfig.display()));
+            }
+            n.try_kubectl(&["version", "-o", "json"]).map(|_| ())
+        });
+    }
+
+    /// Waits until `kubectl get node <name>` reports condition Ready=True.
+    pub fn wait_ready(&mut self, node_name: &str, timeout: Duration) {
+        let name = node_name.to_string();
+        self.wait_for(&format!("node {name} Ready"), timeout, move |n| {
+            let s = n.try_kubectl(&[
+                "get",
+                "node",
+                &name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])?;
+            if s.trim() == "True" {
+                Ok(())
+            } else {
+                Err(format!("Ready condition is {:?}", s.trim()))
+            }
+        });
+    }
+
+    /// Records pod UIDs so their log directories are removed at teardown.
+    pub fn remember_pods(&self, uids: impl IntoIterator<Item = String>) {
+        self.footprint.lock().unwrap().pod_uids.extend(uids.into_iter().filter(|u| !u.is_empty()));
+    }
+
+    fn collect_pod_uids(&self) {
+        if self.kubeconfig.exists() {
+            let mut cmd = self.kubectl_command();
+            cmd.args(["--request-timeout=5s", "get", "pods", "-A", "-o", "jsonpath={.items[*].metadata.uid}"]);
+            if let Ok(r) = run(&mut cmd, Duration::from_secs(10)) {
+                if r.ok() {
+                    self.remember_pods(r.stdout.split_whitespace().map(String::from));
+                }
+            }
+        }
+    }
+
+    /// Stops skiff and removes everything of this node: processes (skiff, containerd, shims,
+    /// loggers, containers), mounts, cgroups, runc state, pod logs, the namespace, the data dir.
+    /// Returns what could not be removed.
+    pub fn teardown(&mut self) -> Vec<String> {
+        if self.torn_down {
+            return vec![];
+        }
+        self.torn_down = true;
+        if std::thread::panicking() {
+            eprintln!("[e2e] test failed; {}", self.context());
+        }
+        if self.exited().is_none() {
+            self.collect_pod_uids();
+        }
+        let fp = self.footprint.lock().unwrap().clone();
+        let mut problems = fp.teardown(self.child.as_mut(), Duration::from_secs(15));
+        self.child = None;
+        self.netns.delete();
+        if Path::new(&format!("/var/run/netns/{}", self.netns.name)).exists() {
+            problems.push(format!("netns {} still present", self.netns.name));
+        }
+        if let Some(d) = self.dir.take() {
+            if super::keep_files() {
+                eprintln!("[e2e] keeping {}", d.keep().display());
+            } else if let Err(e) = d.close() {
+                problems.push(format!("removing {}: {e}", self.data_dir.display()));
+            }
+        }
+        problems.extend(fp.leftovers());
+        problems
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for p in self.teardown() {
+            eprintln!("[e2e] cleanup problem on {}: {p}", self.name);
+        }
+    }
+}
+
+/// Nodes on one switch. Nodes are declared first so they are torn down before the switch.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub switch: Switch,
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        Cluster { nodes: vec![], switch: Switch::new() }
+    }
+
+    /// Adds a node (the first is usually a server) and returns its index.
+    pub fn add(&mut self, opts: NodeOptions) -> usize {
+        let k = self.nodes.len() + 1;
+        let node = Node::start(&self.switch, format!("node-{k}"), opts);
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// A one-node cluster: `skiff server` with its agent, API answering and the node Ready, all
+    /// within `ready_timeout` of the start.
+    pub fn single_server(ready_timeout: Duration) -> Cluster {
+        let start = std::time::Instant::now();
+        let mut c = Cluster::new();
+        let i = c.add(NodeOptions::default());
+        let n = &mut c.nodes[i];
+        n.wait_api(ready_timeout);
+        let name = n.name.clone();
+        n.wait_ready(&name, ready_timeout.saturating_sub(start.elapsed()));
+        c
+    }
+
+    /// Tears every node down (agents first) and returns what could not be removed, so a test can
+    /// assert that the cluster left nothing behind.
+    pub fn shutdown(mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        while let Some(mut n) = self.nodes.pop() {
+            problems.extend(n.teardown().into_iter().map(|p| format!("{}: {p}", n.name)));
+        }
+        problems
+    }
+
+    pub fn server(&mut self) -> &mut Node {
+        &mut self.nodes[0]
+    }
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Agents first, the server (index 0) last.
+        while let Some(mut n) = self.nodes.pop() {
+            for p in n.teardown() {
+                eprintln!("[e2e] cleanup problem on {}: {p}", n.name);
+            }
+        }
+    }
+}

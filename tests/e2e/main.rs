@@ -1,0 +1,12 @@
+//! End-to-end tests: whole skiff nodes in network namespaces, real containerd, real kubectl.
+//!
+//! Run with `cargo test --test e2e -- --test-threads=1` as root (`tests/run` does). Without root
+//! or the tools a test prints why and skips; with `CI=true` it fails instead.
+//!
+//! - `harness/`: nodes, namespaces, the switch, waiting, kubectl, cleanup.
+//! - `selftest.rs`: the harness checked on its own (no skiff needed).
+//! - `skeleton.rs`: the walking skeleton, one node from start to `kubectl logs`.
+
+mod harness;
+mod selftest;
+mod skeleton;

@@ -1,0 +1,169 @@
+//! Real kubectl 1.32 against an in-process `skiff server --disable-agent`.
+
+mod common;
+use common::{require_kubectl, TestServer};
+
+const DEPLOY: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: docker.io/library/busybox:1.36
+        command: ["sh", "-c", "sleep 3600"]
+"#;
+
+#[test]
+fn version_discovery_and_builtin_namespaces() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    assert!(s.ok(&["version"]).contains("Server Version: v1.33"));
+    let res = s.ok(&["api-resources"]);
+    for want in ["deployments", "deploy", "replicasets", "rs", "pods", "po", "leases"] {
+        assert!(res.split_whitespace().any(|w| w == want), "api-resources lacks {want}:\n{res}");
+    }
+    let ns = s.ok(&["get", "namespaces", "-o", "name"]);
+    for want in ["namespace/default", "namespace/kube-system", "namespace/kube-public", "namespace/kube-node-lease"] {
+        assert!(ns.contains(want), "{ns}");
+    }
+    let svc = s.ok(&["get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert_eq!(svc, "10.43.0.1");
+}
+
+#[test]
+fn apply_creates_then_is_unchanged_then_configures() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    assert!(s.ok_stdin(&["apply", "-f", "-"], DEPLOY).contains("deployment.apps/web created"));
+    assert!(s.ok_stdin(&["apply", "-f", "-"], DEPLOY).contains("deployment.apps/web unchanged"));
+    let changed = DEPLOY.replace("replicas: 2", "replicas: 3");
+    assert!(s.ok_stdin(&["apply", "-f", "-"], &changed).contains("deployment.apps/web configured"));
+    assert_eq!(s.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas} {.metadata.generation}"]), "3 2");
+    // Defaults were filled in.
+    assert_eq!(s.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.strategy.rollingUpdate.maxSurge}"]), "25%");
+    let diff = changed.replace("sleep 3600", "sleep 60");
+    let (_, out, _) = s.kubectl_stdin(&["diff", "-f", "-"], Some(&diff));
+    assert!(out.contains("sleep 60"), "kubectl diff output: {out}");
+}
+
+#[test]
+fn get_describe_label_scale_delete_behave_like_a_cluster() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    s.ok_stdin(&["apply", "-f", "-"], DEPLOY);
+    let table = s.ok(&["get", "deploy", "-o", "wide"]);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table.contains("CONTAINERS") && table.contains("docker.io/library/busybox:1.36") && table.contains("app=web"),
+        "{table}"
+    );
+    s.ok(&["label", "deploy", "web", "tier=front"]);
+    s.ok(&["annotate", "deploy", "web", "note=hello"]);
+    assert!(s.ok(&["get", "deploy", "-l", "tier=front", "-o", "name"]).contains("deployment.apps/web"));
+    assert!(!s.ok(&["get", "deploy", "-l", "tier in (back)", "-o", "name"]).contains("web"));
+    s.ok(&["scale", "deploy", "web", "--replicas=5"]);
+    assert_eq!(s.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]), "5");
+    let d = s.ok(&["describe", "deploy", "web"]);
+    assert!(d.contains("Replicas:") && d.contains("5 desired") && d.contains("note: hello"), "{d}");
+    assert!(s.ok(&["delete", "deploy", "web"]).contains("deleted"));
+    let (ok, _, err) = s.kubectl(&["get", "deploy", "web"]);
+    assert!(!ok && err.contains("deployments.apps \"web\" not found"), "{err}");
+}
+
+#[test]
+fn errors_are_statuses_with_upstream_messages() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    let bad_name = DEPLOY.replace("name: web\n  labels", "name: Web_1\n  labels");
+    let (ok, _, err) = s.kubectl_stdin(&["apply", "-f", "-"], Some(&bad_name));
+    assert!(!ok && err.contains("is invalid") && err.contains("metadata.name"), "{err}");
+    let unknown = DEPLOY.replace("replicas: 2", "replicas: 2\n  bogus: 1");
+    let (ok, _, err) = s.kubectl_stdin(&["apply", "-f", "-"], Some(&unknown));
+    assert!(!ok && err.contains("unknown field \"spec.bogus\""), "{err}");
+    let mismatch = DEPLOY.replace("matchLabels: {app: web}", "matchLabels: {app: other}");
+    let (ok, _, err) = s.kubectl_stdin(&["apply", "-f", "-"], Some(&mismatch));
+    assert!(!ok && err.contains("`selector` does not match template `labels`"), "{err}");
+}
+
+#[test]
+fn a_stale_update_gets_a_conflict() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    s.ok_stdin(&["apply", "-f", "-"], DEPLOY);
+    let old = s.ok(&["get", "deploy", "web", "-o", "json"]);
+    s.ok(&["scale", "deploy", "web", "--replicas=4"]);
+    let (ok, _, err) = s.kubectl_stdin(&["replace", "-f", "-"], Some(&old));
+    assert!(!ok && err.contains("the object has been modified"), "{err}");
+}
+
+#[test]
+fn watch_sees_changes() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    s.ok_stdin(&["apply", "-f", "-"], DEPLOY);
+    let k = common::kubectl_path().unwrap();
+    let child = std::process::Command::new(k)
+        .args([
+            "--kubeconfig",
+            s.kubeconfig.to_str().unwrap(),
+            "get",
+            "deploy",
+            "-w",
+            "--request-timeout=4s",
+            "-o",
+            "jsonpath={.spec.replicas}{\"\\n\"}",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    s.ok(&["scale", "deploy", "web", "--replicas=7"]);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l == "2") && text.lines().any(|l| l == "7"), "watch output: {text}");
+}
+
+#[test]
+fn typed_create_commands_send_protobuf_and_work() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    s.ok(&["create", "namespace", "foo"]);
+    s.ok(&["create", "configmap", "c1", "--from-literal=a=b", "-n", "foo"]);
+    s.ok(&["create", "deployment", "d1", "--image=busybox:1.36", "--replicas=0", "-n", "foo"]);
+    s.ok(&["create", "service", "nodeport", "np", "--tcp=80:8080", "-n", "foo"]);
+    s.ok(&["create", "secret", "generic", "s2", "--from-literal=x=y", "-n", "foo"]);
+    assert_eq!(s.ok(&["get", "cm", "c1", "-n", "foo", "-o", "jsonpath={.data.a}"]), "b");
+    assert_eq!(s.ok(&["get", "deploy", "d1", "-n", "foo", "-o", "jsonpath={.spec.replicas}"]), "0");
+    assert_eq!(s.ok(&["get", "secret", "s2", "-n", "foo", "-o", "jsonpath={.data.x}"]), "eQ==");
+    let np = s.ok(&[
+        "get",
+        "svc",
+        "np",
+        "-n",
+        "foo",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort} {.spec.ports[0].targetPort} {.spec.clusterIP}",
+    ]);
+    let parts: Vec<&str> = np.split(' ').collect();
+    let port: u16 = parts[0].parse().unwrap();
+    assert!((30000..=32767).contains(&port), "{np}");
+    assert_eq!(parts[1], "8080");
+    assert!(parts[2].starts_with("10.43."), "{np}");
+    // Deleting the namespace removes its content, then the namespace.
+    s.ok(&["delete", "namespace", "foo", "--wait=true", "--timeout=30s"]);
+    let (ok, _, err) = s.kubectl(&["get", "namespace", "foo"]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, _, err) = s.kubectl(&["create", "configmap", "late", "-n", "foo"]);
+    assert!(!ok && err.contains("namespaces \"foo\" not found"), "{err}");
+}
