@@ -467,3 +467,62 @@ async fn recreate_starts_new_pods_only_after_old_ones_have_stopped() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_gets_endpoints_and_slices_of_its_ready_pods_and_loses_them_when_deleted() {
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let s = server().await;
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let services: Api<Service> = Api::namespaced(s.client.clone(), "default");
+    let endpoints: Api<Endpoints> = Api::namespaced(s.client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(s.client.clone(), "default");
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }))
+    .expect("service");
+    services.create(&PostParams::default(), &svc).await.expect("create service");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-1", "labels": {"app": "web"}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox",
+            "ports": [{"name": "http", "containerPort": 8080}]}]},
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod).await.expect("create pod");
+    let status = json!({"status": {"phase": "Running", "podIP": "10.42.0.5",
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status("web-1", &PatchParams::default(), &Patch::Merge(&status)).await.expect("pod status");
+
+    let ep = eventually("ready endpoints", 20, || {
+        let endpoints = endpoints.clone();
+        async move {
+            let ep = endpoints.get("web").await.ok()?;
+            let subset = ep.subsets.clone()?.into_iter().next()?;
+            (subset.addresses.as_ref()?.first()?.ip == "10.42.0.5").then_some(subset)
+        }
+    })
+    .await;
+    assert_eq!(ep.ports.and_then(|p| p.first().map(|p| p.port)), Some(8080));
+    let slice = eventually("an endpoint slice", 20, || {
+        let slices = slices.clone();
+        async move {
+            let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.ok()?;
+            list.items.into_iter().find(|s| !s.endpoints.is_empty())
+        }
+    })
+    .await;
+    assert_eq!(slice.endpoints[0].addresses, ["10.42.0.5"]);
+    assert_eq!(slice.endpoints[0].conditions.as_ref().and_then(|c| c.ready), Some(true));
+
+    services.delete("web", &DeleteParams::default()).await.expect("delete service");
+    eventually("endpoints and slices to go with the service", 20, || {
+        let (endpoints, slices) = (endpoints.clone(), slices.clone());
+        async move {
+            let ep = endpoints.get_opt("web").await.ok()?;
+            let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.ok()?;
+            (ep.is_none() && list.items.is_empty()).then_some(())
+        }
+    })
+    .await;
+}

@@ -2,13 +2,15 @@
 //! client built on kube-rs' runtime.
 //!
 //! - `replicaset.rs`: pods for each ReplicaSet; `deployment.rs`: ReplicaSets for each
-//!   Deployment, rollouts and their status; `node_ipam.rs`: a pod CIDR per node; `gc.rs`:
+//!   Deployment, rollouts and their status; `endpoints.rs`: Endpoints and EndpointSlices for
+//!   each Service; `node_ipam.rs`: a pod CIDR per node; `gc.rs`:
 //!   background garbage collection by ownerReferences.
 //! - `leader.rs`: Lease-based leader election, so one server of an HA group runs them.
 //! - `events.rs` writes the core/v1 Events `kubectl describe` shows; `podutil.rs` holds the pure
 //!   helpers (readiness, selectors, owner references) the workload controllers share.
 
 pub mod deployment;
+pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod leader;
@@ -43,6 +45,7 @@ pub async fn run_all(client: kube::Client, cfg: ControllerConfig, shutdown: Canc
     tokio::join!(
         replicaset::run(client.clone(), shutdown.clone()),
         deployment::run(client.clone(), shutdown.clone()),
+        endpoints::run(client.clone(), shutdown.clone()),
         node_ipam::run(client.clone(), cfg.cluster_cidr, shutdown.clone()),
         gc::run(client, shutdown.clone()),
     );
