@@ -7,7 +7,8 @@
 //! [`select_node`], *assumes* the pod there so the next pod already sees its requests, and hands
 //! the API call to a binding task, so a slow bind never holds up the next decision. A pod that
 //! fits nowhere gets `PodScheduled=False/Unschedulable` and a `FailedScheduling` event, then waits
-//! in the queue for the cluster to change.
+//! in the queue for the cluster to change. In an HA group only the holder of the
+//! `kube-system/kube-scheduler` Lease schedules (see `controllers::leader`).
 
 pub mod cache;
 pub mod filter;
