@@ -52,7 +52,7 @@ pub fn run_filters(pod: &PodInfo<'_>, node: &NodeInfo) -> Verdict {
     node_affinity(pod, n)?;
     node_ports(pod, node)?;
     node_resources_fit(pod, node)?;
-    node_ready(n)
+    node_ready(pod, n)
 }
 
 /// NodeName: `spec.nodeName` pins a pod to one node. (The scheduler normally never sees such
@@ -214,9 +214,15 @@ pub fn node_resources_fit(pod: &PodInfo<'_>, node: &NodeInfo) -> Verdict {
 }
 
 /// Node readiness: only nodes whose `Ready` condition is `True` take new pods. (Upstream now
-/// expresses this through the `node.kubernetes.io/not-ready` taint the node lifecycle controller
-/// adds; checking the condition too keeps a node that has never reported from getting pods.)
-pub fn node_ready(node: &Node) -> Verdict {
+/// expresses this through the `node.kubernetes.io/not-ready:NoSchedule` taint the node lifecycle
+/// controller adds; checking the condition too keeps a node that has never reported from getting
+/// pods.) As with that taint, a pod tolerating it — a DaemonSet's, say — may go there anyway.
+pub fn node_ready(pod: &PodInfo<'_>, node: &Node) -> Verdict {
+    let not_ready =
+        Taint { key: "node.kubernetes.io/not-ready".into(), effect: "NoSchedule".into(), ..Default::default() };
+    if pod.tolerations().iter().any(|t| tolerates(t, &not_ready)) {
+        return Ok(());
+    }
     let ready = node
         .status
         .as_ref()
@@ -510,15 +516,38 @@ mod tests {
     }
 
     #[test]
-    fn nodes_that_are_not_ready_are_rejected() {
+    fn nodes_that_are_not_ready_are_rejected_unless_the_pod_tolerates_not_ready() {
+        let p = pod("", "");
+        let pi = PodInfo::new(&p);
         let mut n = node("a", "1", "1Gi");
-        assert!(node_ready(&n).is_ok());
+        assert!(node_ready(&pi, &n).is_ok());
         if let Some(c) = n.status.as_mut().and_then(|s| s.conditions.as_mut()) {
             c[0].status = "Unknown".into();
         }
-        assert_eq!(node_ready(&n), fail(ERR_NOT_READY));
+        assert_eq!(node_ready(&pi, &n), fail(ERR_NOT_READY));
         n.status = None;
-        assert_eq!(node_ready(&n), fail(ERR_NOT_READY));
+        assert_eq!(node_ready(&pi, &n), fail(ERR_NOT_READY));
+        let mut defaulted = pod("", "");
+        if let Some(s) = defaulted.spec.as_mut() {
+            // What admission adds to every pod: tolerating NoExecute for 300 s is not enough.
+            s.tolerations = Some(vec![Toleration {
+                key: Some("node.kubernetes.io/not-ready".into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                toleration_seconds: Some(300),
+                ..Default::default()
+            }]);
+        }
+        assert_eq!(node_ready(&PodInfo::new(&defaulted), &n), fail(ERR_NOT_READY));
+        let mut daemon = pod("", "");
+        if let Some(s) = daemon.spec.as_mut() {
+            s.tolerations = Some(vec![Toleration {
+                key: Some("node.kubernetes.io/not-ready".into()),
+                operator: Some("Exists".into()),
+                ..Default::default()
+            }]);
+        }
+        assert!(node_ready(&PodInfo::new(&daemon), &n).is_ok());
     }
 
     #[test]
