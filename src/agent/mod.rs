@@ -1,6 +1,7 @@
 //! The node agent: kubelet (node registration, lease, pod workers, log server), the containerd
 //! runtime layer, the pod network, and later the service proxy and cluster DNS.
 
+pub mod network;
 pub mod runtime;
 
 use crate::config::{AgentConfig, NodeConfig};

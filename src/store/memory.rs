@@ -2,139 +2,23 @@
 //! history, watches, compaction, TTL) but no durability: the fake for unit tests, and the
 //! reference the durable store is checked against.
 
+use super::mvcc::Mvcc;
+use super::watch::{self, Published};
 use super::*;
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::broadcast;
 
-/// How often an idle watch gets a progress notification.
-pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
-
-#[derive(Default)]
-struct Inner {
-    rev: i64,
-    compact_rev: i64,
-    /// Per key, its history: (revision, value or tombstone), oldest first.
-    keys: BTreeMap<Vec<u8>, Vec<(i64, Option<KeyValue>)>>,
-    /// Every event after `compact_rev`, in order.
-    log: VecDeque<(i64, Event)>,
-    /// key -> (deadline, mod_revision of the put that set it)
-    expiries: HashMap<Vec<u8>, (Instant, i64)>,
-}
-
-impl Inner {
-    fn current(&self, key: &[u8]) -> Option<&KeyValue> {
-        self.keys.get(key).and_then(|h| h.last()).and_then(|(_, v)| v.as_ref())
-    }
-
-    fn at(&self, key: &[u8], rev: i64) -> Option<&KeyValue> {
-        let h = self.keys.get(key)?;
-        h.iter().rev().find(|(r, _)| *r <= rev).and_then(|(_, v)| v.as_ref())
-    }
-
-    fn compare(&self, c: &Compare) -> bool {
-        let kv = self.current(&c.key);
-        let ord = match &c.target {
-            CompareTarget::Version(v) => kv.map(|k| k.version).unwrap_or(0).cmp(v),
-            CompareTarget::CreateRevision(v) => kv.map(|k| k.create_revision).unwrap_or(0).cmp(v),
-            CompareTarget::ModRevision(v) => kv.map(|k| k.mod_revision).unwrap_or(0).cmp(v),
-            CompareTarget::Value(v) => match kv {
-                Some(k) => k.value.cmp(v),
-                // etcd: a value compare against a missing key fails
-                None => return false,
-            },
-        };
-        match c.result {
-            CompareResult::Equal => ord.is_eq(),
-            CompareResult::NotEqual => ord.is_ne(),
-            CompareResult::Greater => ord.is_gt(),
-            CompareResult::Less => ord.is_lt(),
-        }
-    }
-
-    /// Applies a transaction; returns the response and the events it produced.
-    fn apply(&mut self, txn: &Txn, now: Instant) -> (TxnResponse, Vec<Event>) {
-        let ok = txn.compare.iter().all(|c| self.compare(c));
-        let ops = if ok { &txn.success } else { &txn.failure };
-        let writes = ops.iter().any(|o| !matches!(o, Op::Get { .. }));
-        let rev = if writes { self.rev + 1 } else { self.rev };
-        let mut events = Vec::new();
-        let mut responses = Vec::new();
-        for op in ops {
-            match op {
-                Op::Get { key } => responses.push(OpResponse::Get { kv: self.current(key).cloned() }),
-                Op::Put { key, value, ttl_seconds } => {
-                    let prev = self.current(key).cloned();
-                    let kv = KeyValue {
-                        key: key.clone(),
-                        value: value.clone(),
-                        create_revision: prev.as_ref().map(|p| p.create_revision).unwrap_or(rev),
-                        mod_revision: rev,
-                        version: prev.as_ref().map(|p| p.version).unwrap_or(0) + 1,
-                    };
-                    self.keys.entry(key.clone()).or_default().push((rev, Some(kv.clone())));
-                    match ttl_seconds {
-                        Some(t) => {
-                            self.expiries.insert(key.clone(), (now + Duration::from_secs(*t), rev));
-                        }
-                        None => {
-                            self.expiries.remove(key);
-                        }
-                    }
-                    events.push(Event { kind: EventKind::Put, kv, prev_kv: prev.clone() });
-                    responses.push(OpResponse::Put { prev });
-                }
-                Op::Delete { key } => {
-                    let prev = self.current(key).cloned();
-                    if prev.is_some() {
-                        self.keys.entry(key.clone()).or_default().push((rev, None));
-                        self.expiries.remove(key);
-                        let kv = KeyValue {
-                            key: key.clone(),
-                            value: vec![],
-                            create_revision: 0,
-                            mod_revision: rev,
-                            version: 0,
-                        };
-                        events.push(Event { kind: EventKind::Delete, kv, prev_kv: prev.clone() });
-                    }
-                    responses.push(OpResponse::Delete { prev });
-                }
-            }
-        }
-        if !events.is_empty() {
-            self.rev = rev;
-            for e in &events {
-                self.log.push_back((rev, e.clone()));
-            }
-        }
-        (TxnResponse { succeeded: ok, revision: self.rev, responses }, events)
-    }
-
-    fn compact(&mut self, revision: i64) {
-        let revision = revision.min(self.rev);
-        if revision <= self.compact_rev {
-            return;
-        }
-        self.compact_rev = revision;
-        for h in self.keys.values_mut() {
-            // keep the newest entry at or below `revision`, and everything after it
-            let keep_from = h.iter().rposition(|(r, _)| *r <= revision).unwrap_or(0);
-            h.drain(..keep_from);
-        }
-        self.keys.retain(|_, h| !(h.len() == 1 && h[0].1.is_none() && h[0].0 <= revision));
-        while self.log.front().is_some_and(|(r, _)| *r <= revision) {
-            self.log.pop_front();
-        }
-    }
-}
+pub use super::watch::PROGRESS_INTERVAL;
 
 /// The in-memory store. Cheap to clone.
 #[derive(Clone)]
 pub struct MemStore {
-    inner: Arc<Mutex<Inner>>,
-    tx: broadcast::Sender<Arc<(i64, Vec<Event>)>>,
+    inner: Arc<Mutex<Mvcc>>,
+    tx: broadcast::Sender<Published>,
+    /// TTL deadlines are kept in milliseconds since this instant (the MVCC core takes plain
+    /// numbers so the Raft state machine can use the proposer's wall clock instead).
+    epoch: Instant,
 }
 
 impl Default for MemStore {
@@ -145,27 +29,34 @@ impl Default for MemStore {
 
 impl MemStore {
     pub fn new() -> MemStore {
-        let (tx, _) = broadcast::channel(4096);
-        MemStore { inner: Arc::new(Mutex::new(Inner::default())), tx }
+        let (tx, _) = broadcast::channel(watch::LIVE_CAPACITY);
+        MemStore { inner: Arc::new(Mutex::new(Mvcc::new())), tx, epoch: Instant::now() }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Mvcc> {
         // A poisoned lock means a panic mid-apply; the data is still consistent per key.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn millis(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    fn apply(&self, txn: &Txn, now: Instant) -> TxnResponse {
+        let mut g = self.lock();
+        let applied = g.apply(txn, self.millis(now));
+        // Send under the lock so live events are published in revision order.
+        if !applied.events.is_empty() {
+            let _ = self.tx.send(Arc::new((applied.response.revision, applied.events)));
+        }
+        applied.response
+    }
+
     /// Deletes keys whose TTL has passed. Call periodically (the server runs it every second).
     pub fn expire(&self, now: Instant) {
-        let due: Vec<(Vec<u8>, i64)> = {
-            let g = self.lock();
-            g.expiries.iter().filter(|(_, (d, _))| *d <= now).map(|(k, (_, r))| (k.clone(), *r)).collect()
-        };
+        let due = self.lock().due_expiries(self.millis(now));
         for (k, r) in due {
-            let (_, events) = self.lock().apply(&txn::delete(&k, r), now);
-            if !events.is_empty() {
-                let rev = events[0].kv.mod_revision;
-                let _ = self.tx.send(Arc::new((rev, events)));
-            }
+            self.apply(&txn::delete(&k, r), now);
         }
     }
 }
@@ -173,119 +64,28 @@ impl MemStore {
 #[async_trait]
 impl Store for MemStore {
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
-        let g = self.lock();
-        let rev = if req.revision == 0 { g.rev } else { req.revision };
-        if rev > g.rev {
-            return Err(StoreError::FutureRevision { requested: rev, current: g.rev });
-        }
-        if req.revision != 0 && rev < g.compact_rev {
-            return Err(StoreError::Compacted { requested: rev, compact_revision: g.compact_rev });
-        }
-        let mut kvs = Vec::new();
-        let mut count = 0;
-        let mut more = false;
-        let start = if req.start_after.is_empty() {
-            std::ops::Bound::Included(req.prefix.clone())
-        } else {
-            std::ops::Bound::Excluded(req.start_after.clone())
-        };
-        for (k, _) in g.keys.range((start, std::ops::Bound::Unbounded)) {
-            if !k.starts_with(&req.prefix) {
-                break;
-            }
-            if let Some(kv) = g.at(k, rev) {
-                count += 1;
-                if req.count_only {
-                    continue;
-                }
-                if req.limit > 0 && kvs.len() >= req.limit {
-                    more = true;
-                    continue;
-                }
-                kvs.push(kv.clone());
-            }
-        }
-        Ok(RangeResponse { kvs, more, count, revision: rev })
+        self.lock().range(&req)
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        let (resp, events) = {
-            let mut g = self.lock();
-            let out = g.apply(&txn, Instant::now());
-            // Send under the lock so live events are published in revision order.
-            if !out.1.is_empty() {
-                let _ = self.tx.send(Arc::new((out.0.revision, out.1.clone())));
-            }
-            out
-        };
-        drop(events);
-        Ok(resp)
+        Ok(self.apply(&txn, Instant::now()))
     }
 
     async fn watch(&self, prefix: Vec<u8>, after_revision: i64) -> Result<WatchStream> {
-        let (history, mut live, start_rev) = {
+        let (history, live, start_rev) = {
             let g = self.lock();
-            if after_revision > 0 && after_revision < g.compact_rev {
-                return Err(StoreError::Compacted { requested: after_revision + 1, compact_revision: g.compact_rev });
-            }
-            let after = if after_revision == 0 { g.rev } else { after_revision };
-            let mut history: Vec<Vec<Event>> = Vec::new();
-            let mut last_rev = -1;
-            for (r, e) in g.log.iter().filter(|(r, e)| *r > after && e.kv.key.starts_with(&prefix)) {
-                if *r != last_rev {
-                    history.push(Vec::new());
-                    last_rev = *r;
-                }
-                if let Some(h) = history.last_mut() {
-                    h.push(e.clone());
-                }
-            }
-            (history, self.tx.subscribe(), g.rev)
+            let (history, start_rev) = g.history(&prefix, after_revision)?;
+            (history, self.tx.subscribe(), start_rev)
         };
-        let (out, rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(async move {
-            for batch in history {
-                if out.send(Ok(WatchMessage::Events(batch))).await.is_err() {
-                    return;
-                }
-            }
-            let mut seen = start_rev;
-            let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    m = live.recv() => match m {
-                        Ok(b) => {
-                            let (rev, ref evs) = *b;
-                            if rev <= seen { continue; }
-                            seen = rev;
-                            let evs: Vec<Event> = evs.iter().filter(|e| e.kv.key.starts_with(&prefix)).cloned().collect();
-                            if !evs.is_empty() && out.send(Ok(WatchMessage::Events(evs))).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            let _ = out.send(Err(StoreError::WatchLagged)).await;
-                            return;
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                    _ = tick.tick() => {
-                        if out.send(Ok(WatchMessage::Progress(seen))).await.is_err() { return; }
-                    }
-                    _ = out.closed() => return,
-                }
-            }
-        });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(watch::stream(history, live, start_rev, prefix))
     }
 
     async fn current_revision(&self) -> Result<i64> {
-        Ok(self.lock().rev)
+        Ok(self.lock().revision())
     }
 
     async fn compact_revision(&self) -> Result<i64> {
-        Ok(self.lock().compact_rev)
+        Ok(self.lock().compact_revision())
     }
 
     async fn compact(&self, revision: i64) -> Result<()> {
@@ -298,6 +98,12 @@ impl Store for MemStore {
 mod tests {
     use super::*;
     use futures::StreamExt;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn conforms_to_the_store_contract() {
+        crate::store::conformance::run_all(|| async { MemStore::new() }).await;
+    }
 
     fn put(k: &str, v: &str) -> Txn {
         Txn { success: vec![Op::Put { key: k.into(), value: v.into(), ttl_seconds: None }], ..Default::default() }

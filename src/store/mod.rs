@@ -4,6 +4,12 @@
 //! on an external etcd (`--datastore-endpoint`).
 
 pub mod memory;
+pub mod mvcc;
+pub mod raft;
+pub mod watch;
+
+#[cfg(test)]
+mod conformance;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;

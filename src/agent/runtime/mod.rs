@@ -3,7 +3,19 @@
 //! The kubelet talks to it only through the [`Runtime`] trait below (a CRI-shaped interface in
 //! pods and containers), so the kubelet's logic is tested against a recording fake.
 
+pub mod client;
+pub mod containerd;
+pub mod images;
 pub mod logger;
+pub mod managed;
+pub mod names;
+pub mod node;
+pub mod pull;
+pub mod sandbox;
+pub mod spec;
+
+pub use containerd::{ContainerdRuntime, RuntimeOptions};
+pub use managed::ManagedContainerd;
 
 use async_trait::async_trait;
 use std::net::IpAddr;
