@@ -1,12 +1,614 @@
 //! The scheduler: watches unbound pods and nodes through the API, filters and scores nodes
 //! (pure functions in `filter.rs` and `score.rs`), and binds each pod with the `binding`
 //! subresource, as kube-scheduler does.
+//!
+//! Shape, after upstream: watch events feed a [`cache::Cache`] (nodes and the pods on them) and
+//! a [`queue::Queue`] (pods waiting for a node). One loop pops a pod, picks a node with
+//! [`select_node`], *assumes* the pod there so the next pod already sees its requests, and hands
+//! the API call to a binding task, so a slow bind never holds up the next decision. A pod that
+//! fits nowhere gets `PodScheduled=False/Unschedulable` and a `FailedScheduling` event, then waits
+//! in the queue for the cluster to change. In an HA group only the holder of the
+//! `kube-system/kube-scheduler` Lease schedules (see `controllers::leader`).
 
+pub mod cache;
+pub mod filter;
+pub mod queue;
+pub mod resources;
+pub mod score;
+
+use crate::controllers::events::{object_ref, Recorder};
+use cache::{pod_key, Cache};
+use filter::PodInfo;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod, PodCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use queue::{Attempt, Queue};
+use rand::Rng;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-/// Runs until `shutdown` fires.
+/// The name pods ask for in `spec.schedulerName` (or leave empty).
+pub const SCHEDULER_NAME: &str = "default-scheduler";
+/// How many binding calls may be in flight at once (upstream binds in parallel goroutines).
+const PARALLEL_BINDS: usize = 64;
+
+/// What can go wrong while scheduling one pod.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The binding call failed; the pod is retried after back-off.
+    #[error("binding pod {pod} to node {node}: {source}")]
+    Bind {
+        pod: String,
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// Recording the unschedulable condition failed; the scheduling outcome stands.
+    #[error("updating the PodScheduled condition of {pod}: {source}")]
+    Condition {
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Whether this scheduler should place `pod`: unbound, addressed to us, alive.
+pub fn needs_scheduling(pod: &Pod) -> bool {
+    let Some(spec) = pod.spec.as_ref() else { return false };
+    let ours = matches!(spec.scheduler_name.as_deref(), None | Some("") | Some(SCHEDULER_NAME));
+    ours && spec.node_name.as_deref().unwrap_or("").is_empty()
+        && pod.metadata.deletion_timestamp.is_none()
+        && !cache::is_terminal(pod)
+}
+
+/// How many feasible nodes to look for before scoring (upstream `numFeasibleNodesToFind` with
+/// the adaptive `percentageOfNodesToScore`: 50% minus 1% per 125 nodes, at least 5% and at
+/// least 100 nodes). Small clusters are always searched completely.
+pub fn feasible_nodes_to_find(total: usize) -> usize {
+    if total < 100 {
+        return total;
+    }
+    let pct = (50 - (total / 125) as i64).max(5) as usize;
+    (total * pct / 100).max(100)
+}
+
+/// Filters nodes, starting at a random one and stopping once enough feasible nodes are found,
+/// then scores those and picks the best, breaking ties at random (upstream `findNodesThatFit`
+/// and `selectHost`). `Err` carries the FailedScheduling message; it is only produced after
+/// every node was tried, so its counts cover the whole cluster.
+pub fn select_node(pod: &Pod, cache: &Cache) -> Result<String, String> {
+    let info = PodInfo::new(pod);
+    let nodes: Vec<&cache::NodeInfo> = cache.nodes().collect();
+    let total = nodes.len();
+    let want = feasible_nodes_to_find(total);
+    let start = if total > 0 { rand::thread_rng().gen_range(0..total) } else { 0 };
+    let mut feasible = vec![];
+    let mut failures = vec![];
+    for i in 0..total {
+        let node = nodes[(start + i) % total];
+        match filter::run_filters(&info, node) {
+            Ok(()) => {
+                feasible.push(node);
+                if feasible.len() >= want {
+                    break;
+                }
+            }
+            Err(reasons) => failures.push(reasons),
+        }
+    }
+    if feasible.is_empty() {
+        return Err(filter::unschedulable_message(total, &failures));
+    }
+    let scores = score::total(pod, resources::pod_nonzero_requests(pod), &feasible);
+    let best = scores.iter().copied().max().unwrap_or(0);
+    let top: Vec<&str> = feasible.iter().zip(&scores).filter(|(_, s)| **s == best).map(|(n, _)| n.name()).collect();
+    let pick = if top.len() > 1 { rand::thread_rng().gen_range(0..top.len()) } else { 0 };
+    Ok(top.get(pick).copied().unwrap_or_default().to_string())
+}
+
+/// Whether an update to a waiting pod may change where it fits. Like upstream `isPodUpdated`,
+/// status and bookkeeping changes (including our own PodScheduled condition) do not count, so
+/// recording a failure does not trigger an immediate retry.
+pub fn spec_changed(old: &Pod, new: &Pod) -> bool {
+    let strip = |p: &Pod| {
+        let mut p = p.clone();
+        p.status = None;
+        p.metadata.resource_version = None;
+        p.metadata.managed_fields = None;
+        p.metadata.generation = None;
+        p
+    };
+    strip(old) != strip(new)
+}
+
+/// The pod's conditions with `PodScheduled` set to False/Unschedulable and `message`, or `None`
+/// when that exact condition is already there (saves a write per retry).
+pub fn unschedulable_conditions(pod: &Pod, message: &str, now: Timestamp) -> Option<Vec<PodCondition>> {
+    let mut conds = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let existing = conds.iter().position(|c| c.type_ == "PodScheduled");
+    if let Some(i) = existing {
+        let c = &conds[i];
+        if c.status == "False" && c.reason.as_deref() == Some("Unschedulable") && c.message.as_deref() == Some(message)
+        {
+            return None;
+        }
+    }
+    let cond = PodCondition {
+        type_: "PodScheduled".into(),
+        status: "False".into(),
+        reason: Some("Unschedulable".into()),
+        message: Some(message.to_string()),
+        last_transition_time: match existing {
+            Some(i) if conds[i].status == "False" => conds[i].last_transition_time.clone(),
+            _ => Some(Time(now)),
+        },
+        last_probe_time: None,
+        observed_generation: None,
+    };
+    match existing {
+        Some(i) => conds[i] = cond,
+        None => conds.push(cond),
+    }
+    Some(conds)
+}
+
+/// The `Binding` POSTed to `pods/{name}/binding`.
+pub fn binding(pod: &Pod, node: &str) -> Binding {
+    Binding {
+        metadata: ObjectMeta {
+            name: pod.metadata.name.clone(),
+            namespace: pod.metadata.namespace.clone(),
+            uid: pod.metadata.uid.clone(),
+            ..Default::default()
+        },
+        target: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.to_string()),
+            ..Default::default()
+        },
+    }
+}
+
+#[derive(Default)]
+struct State {
+    cache: Cache,
+    queue: Queue,
+    /// The latest version of every pod waiting for a node.
+    pending: HashMap<String, Arc<Pod>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep scheduling.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Runs until `shutdown` fires, scheduling while this server holds the
+/// `kube-system/kube-scheduler` Lease (upstream kube-scheduler's leader election).
 pub async fn run(client: kube::Client, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _ = client;
-    shutdown.cancelled().await;
+    let c = client.clone();
+    crate::controllers::leader::run_as_leader(client, "kube-scheduler", shutdown, move |term| {
+        let c = c.clone();
+        run_unelected(c, term)
+    })
+    .await;
     Ok(())
+}
+
+/// Schedules until `shutdown` fires, without leader election (the caller holds the lease).
+pub async fn run_unelected(client: kube::Client, shutdown: CancellationToken) {
+    let shared = Arc::new(Shared { state: Mutex::new(State::default()), wake: Notify::new() });
+    let recorder = Recorder::new(client.clone(), SCHEDULER_NAME, shutdown.clone());
+    let nodes = tokio::spawn(watch_nodes(client.clone(), shared.clone(), shutdown.clone()));
+    let pods = tokio::spawn(watch_pods(client.clone(), shared.clone(), shutdown.clone()));
+    schedule_loop(client, shared, recorder, shutdown).await;
+    nodes.abort();
+    pods.abort();
+}
+
+async fn watch_nodes(client: kube::Client, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let api: Api<Node> = Api::all(client);
+    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut known: HashSet<String> = HashSet::new();
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = stream.next() => match ev { Some(ev) => ev, None => return },
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                // The watcher retries by itself; say why scheduling may lag.
+                tracing::warn!(error = %e, "scheduler: node watch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut st = shared.lock();
+        match ev {
+            watcher::Event::Init => seen.clear(),
+            watcher::Event::InitApply(n) | watcher::Event::Apply(n) => {
+                if let Some(name) = n.metadata.name.clone() {
+                    seen.insert(name.clone());
+                    known.insert(name);
+                }
+                st.cache.set_node(n);
+            }
+            watcher::Event::Delete(n) => {
+                if let Some(name) = n.metadata.name.as_deref() {
+                    known.remove(name);
+                    st.cache.remove_node(name);
+                }
+            }
+            watcher::Event::InitDone => {
+                // Nodes deleted while the watch was down never sent a Delete.
+                for gone in known.difference(&seen).cloned().collect::<Vec<_>>() {
+                    st.cache.remove_node(&gone);
+                    known.remove(&gone);
+                }
+            }
+        }
+        st.queue.cluster_changed(Instant::now());
+        drop(st);
+        shared.wake.notify_one();
+    }
+}
+
+async fn watch_pods(client: kube::Client, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let api: Api<Pod> = Api::all(client);
+    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = stream.next() => match ev { Some(ev) => ev, None => return },
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduler: pod watch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let mut st = shared.lock();
+        match ev {
+            watcher::Event::Init | watcher::Event::InitDone => {}
+            watcher::Event::InitApply(p) | watcher::Event::Apply(p) => {
+                let key = pod_key(&p);
+                let was_holding = cache::is_terminal(&p);
+                st.cache.update_pod(&p);
+                if needs_scheduling(&p) {
+                    // An assumed pod is being bound: a stale unbound copy must not queue it again,
+                    // but keep it at hand in case the binding fails and it is retried.
+                    let assumed = st.cache.is_assumed(&p);
+                    let changed = st.pending.get(&key).is_none_or(|old| spec_changed(old, &p));
+                    st.pending.insert(key.clone(), Arc::new(p));
+                    if !assumed && changed {
+                        st.queue.add(&key, now);
+                    }
+                } else {
+                    st.pending.remove(&key);
+                    st.queue.remove(&key);
+                }
+                if was_holding {
+                    // A finished pod frees its node's resources.
+                    st.queue.cluster_changed(now);
+                }
+            }
+            watcher::Event::Delete(p) => {
+                let key = pod_key(&p);
+                st.cache.remove_pod(&p);
+                st.pending.remove(&key);
+                st.queue.remove(&key);
+                st.queue.cluster_changed(now);
+            }
+        }
+        drop(st);
+        shared.wake.notify_one();
+    }
+}
+
+async fn schedule_loop(client: kube::Client, shared: Arc<Shared>, recorder: Recorder, shutdown: CancellationToken) {
+    let binds = Arc::new(Semaphore::new(PARALLEL_BINDS));
+    loop {
+        let (next, due) = {
+            let mut st = shared.lock();
+            let next = st.queue.pop(Instant::now());
+            (next, st.queue.next_due())
+        };
+        let Some(attempt) = next else {
+            let sleep = due.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(60));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = shared.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+            continue;
+        };
+        // Decide under the lock (pure and quick), then do the API calls outside it.
+        let decision = {
+            let mut st = shared.lock();
+            match st.pending.get(&attempt.key).cloned() {
+                None => {
+                    st.queue.forget(&attempt);
+                    continue;
+                }
+                Some(pod) if st.cache.is_assumed(&pod) => {
+                    st.queue.forget(&attempt);
+                    continue;
+                }
+                Some(pod) => {
+                    let d = select_node(&pod, &st.cache);
+                    if let Ok(node) = &d {
+                        st.cache.assume(&pod, node);
+                    }
+                    (pod, d)
+                }
+            }
+        };
+        let Ok(permit) = binds.clone().acquire_owned().await else { return };
+        let (client, shared, recorder) = (client.clone(), shared.clone(), recorder.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            match decision {
+                (pod, Ok(node)) => bind(client, shared, recorder, attempt, pod, node).await,
+                (pod, Err(message)) => unschedulable(client, shared, recorder, attempt, pod, message).await,
+            }
+        });
+    }
+}
+
+async fn bind(
+    client: kube::Client,
+    shared: Arc<Shared>,
+    recorder: Recorder,
+    attempt: Attempt,
+    pod: Arc<Pod>,
+    node: String,
+) {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client, &ns);
+    let result: Result<serde_json::Value, kube::Error> =
+        api.create_subresource("binding", &name, &PostParams::default(), &binding(&pod, &node)).await;
+    match result {
+        Ok(_) => {
+            shared.lock().queue.done(&attempt);
+            recorder.normal(
+                object_ref(pod.as_ref()),
+                "Scheduled",
+                format!("Successfully assigned {ns}/{name} to {node}"),
+            );
+        }
+        Err(source) => {
+            let gone = matches!(&source, kube::Error::Api(s) if s.code == 404 || s.code == 409);
+            let err = SchedulerError::Bind { pod: format!("{ns}/{name}"), node, source };
+            let mut st = shared.lock();
+            st.cache.forget(&pod);
+            if gone {
+                // Deleted, or bound by someone else meanwhile: the watch will tell us the rest.
+                tracing::debug!(error = %err, "binding abandoned");
+                st.queue.forget(&attempt);
+            } else {
+                tracing::warn!(error = %err, "binding failed; retrying after back-off");
+                st.queue.error(&attempt, Instant::now());
+            }
+            drop(st);
+            shared.wake.notify_one();
+        }
+    }
+}
+
+async fn unschedulable(
+    client: kube::Client,
+    shared: Arc<Shared>,
+    recorder: Recorder,
+    attempt: Attempt,
+    pod: Arc<Pod>,
+    message: String,
+) {
+    shared.lock().queue.unschedulable(&attempt, Instant::now());
+    shared.wake.notify_one();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    tracing::debug!(pod = %format!("{ns}/{name}"), %message, "pod is unschedulable");
+    recorder.warning(object_ref(pod.as_ref()), "FailedScheduling", message.clone());
+    if let Some(conds) = unschedulable_conditions(&pod, &message, Timestamp::now()) {
+        let api: Api<Pod> = Api::namespaced(client, &ns);
+        let patch = serde_json::json!({ "status": { "conditions": conds } });
+        if let Err(source) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            let err = SchedulerError::Condition { pod: format!("{ns}/{name}"), source };
+            tracing::warn!(error = %err, "could not record why the pod is unschedulable");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        Container, NodeCondition, NodeSpec, NodeStatus, PodSpec, PodStatus, ResourceRequirements, Taint,
+    };
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn node(name: &str, cpu: &str) -> Node {
+        Node {
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            spec: Some(NodeSpec::default()),
+            status: Some(NodeStatus {
+                allocatable: Some(
+                    [
+                        ("cpu".to_string(), Quantity(cpu.into())),
+                        ("memory".to_string(), Quantity("4Gi".into())),
+                        ("pods".to_string(), Quantity("110".into())),
+                    ]
+                    .into(),
+                ),
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn pod(name: &str, cpu: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta { name: Some(name.into()), namespace: Some("default".into()), ..Default::default() },
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "c".into(),
+                    resources: Some(ResourceRequirements {
+                        requests: Some([("cpu".to_string(), Quantity(cpu.into()))].into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_unbound_live_pods_for_the_default_scheduler_need_scheduling() {
+        let p = pod("a", "1");
+        assert!(needs_scheduling(&p));
+        let mut other = p.clone();
+        if let Some(s) = other.spec.as_mut() {
+            s.scheduler_name = Some("custom".into());
+        }
+        assert!(!needs_scheduling(&other));
+        let mut bound = p.clone();
+        if let Some(s) = bound.spec.as_mut() {
+            s.node_name = Some("n".into());
+        }
+        assert!(!needs_scheduling(&bound));
+        let mut done = p.clone();
+        done.status = Some(PodStatus { phase: Some("Failed".into()), ..Default::default() });
+        assert!(!needs_scheduling(&done));
+    }
+
+    #[test]
+    fn assumed_pods_spread_a_burst_instead_of_overcommitting_one_node() {
+        let mut c = Cache::default();
+        c.set_node(node("a", "1"));
+        c.set_node(node("b", "1"));
+        let mut placed = vec![];
+        for i in 0..2 {
+            let p = pod(&format!("p{i}"), "600m");
+            let n = select_node(&p, &c).expect("fits");
+            c.assume(&p, &n);
+            placed.push(n);
+        }
+        placed.sort();
+        assert_eq!(placed, vec!["a", "b"]);
+        let third = pod("p2", "600m");
+        assert_eq!(select_node(&third, &c), Err("0/2 nodes are available: 2 Insufficient cpu.".into()));
+    }
+
+    #[test]
+    fn a_pod_that_fits_nowhere_gets_the_upstream_message() {
+        let mut c = Cache::default();
+        c.set_node(node("small", "1"));
+        for name in ["cp1", "cp2"] {
+            let mut n = node(name, "8");
+            n.spec = Some(NodeSpec {
+                taints: Some(vec![Taint {
+                    key: "node-role.kubernetes.io/control-plane".into(),
+                    effect: "NoSchedule".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            });
+            c.set_node(n);
+        }
+        assert_eq!(
+            select_node(&pod("big", "2"), &c),
+            Err("0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }.".into())
+        );
+    }
+
+    #[test]
+    fn the_unschedulable_condition_is_written_once_per_message() {
+        let p = pod("a", "1");
+        let now = Timestamp::UNIX_EPOCH;
+        let conds = unschedulable_conditions(&p, "0/1 nodes are available: 1 Insufficient cpu.", now).expect("new");
+        assert_eq!(conds.len(), 1);
+        assert_eq!(conds[0].type_, "PodScheduled");
+        assert_eq!(conds[0].status, "False");
+        assert_eq!(conds[0].reason.as_deref(), Some("Unschedulable"));
+        let mut p2 = p.clone();
+        p2.status = Some(PodStatus { conditions: Some(conds), ..Default::default() });
+        assert!(unschedulable_conditions(&p2, "0/1 nodes are available: 1 Insufficient cpu.", now).is_none());
+        let changed =
+            unschedulable_conditions(&p2, "0/2 nodes are available: 2 Insufficient cpu.", now).expect("new message");
+        assert_eq!(changed.len(), 1);
+    }
+
+    /// Decision throughput of the pure path (filter, score, assume) on 1,000 nodes; run with
+    /// `cargo test --release -- --ignored scheduling_throughput --nocapture`.
+    #[test]
+    #[ignore]
+    fn scheduling_throughput() {
+        let mut c = Cache::default();
+        for i in 0..1000 {
+            c.set_node(node(&format!("n{i}"), "32"));
+        }
+        let start = std::time::Instant::now();
+        let n = 2000;
+        for i in 0..n {
+            let p = pod(&format!("p{i}"), "100m");
+            let node = select_node(&p, &c).expect("fits");
+            c.assume(&p, &node);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!("| nodes | pods | pods/s |\n| 1000 | {n} | {:.0} |", n as f64 / secs);
+    }
+
+    #[test]
+    fn large_clusters_are_sampled_small_ones_searched_fully() {
+        assert_eq!(feasible_nodes_to_find(3), 3);
+        assert_eq!(feasible_nodes_to_find(99), 99);
+        assert_eq!(feasible_nodes_to_find(200), 100, "never fewer than 100");
+        assert_eq!(feasible_nodes_to_find(1000), 420, "42% of 1,000");
+        assert_eq!(feasible_nodes_to_find(10_000), 500, "at least 5%");
+    }
+
+    #[test]
+    fn status_only_updates_do_not_count_as_pod_changes() {
+        let p = pod("a", "1");
+        let mut status_only = p.clone();
+        status_only.status = Some(PodStatus { phase: Some("Pending".into()), ..Default::default() });
+        status_only.metadata.resource_version = Some("42".into());
+        assert!(!spec_changed(&p, &status_only));
+        let mut relabelled = p.clone();
+        relabelled.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
+        assert!(spec_changed(&p, &relabelled));
+    }
+
+    #[test]
+    fn the_binding_targets_the_chosen_node() {
+        let b = binding(&pod("a", "1"), "n1");
+        assert_eq!(b.metadata.name.as_deref(), Some("a"));
+        assert_eq!(b.target.kind.as_deref(), Some("Node"));
+        assert_eq!(b.target.name.as_deref(), Some("n1"));
+    }
 }

@@ -1,0 +1,528 @@
+//! The scheduler and controllers end to end against an in-process `skiff server` with no agent:
+//! fake Node objects stand in for kubelets, and the test plays the kubelet's part by marking
+//! bound pods Running and Ready.
+
+use clap::Parser;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use skiff::cli::{Cli, Command};
+use skiff::config::{resolve_server, HostFacts};
+use std::future::Future;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+struct Server {
+    client: kube::Client,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn server() -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display().to_string();
+    let cli = Cli::parse_from([
+        "skiff",
+        "server",
+        "--data-dir",
+        &d,
+        "--disable-agent",
+        "--write-kubeconfig",
+        &format!("{d}/kubeconfig.yaml"),
+        "--node-ip",
+        "127.0.0.1",
+        "--node-name",
+        "test-server",
+        "--bind-address",
+        "127.0.0.1",
+    ]);
+    let Command::Server(args) = cli.command else { panic!("server args") };
+    let host = HostFacts { hostname: "test-server".into(), first_ip: Some("127.0.0.1".parse().expect("ip")) };
+    let cfg = resolve_server(&args, &host).expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let shutdown = CancellationToken::new();
+    let running = skiff::server::start(cfg, listener, shutdown.clone()).await.expect("server starts");
+    let kc = skiff::server::kube_config(&running.admin_kubeconfig).await.expect("kubeconfig");
+    let client = kube::Client::try_from(kc).expect("client");
+    Server { client, shutdown, _dir: dir }
+}
+
+/// Polls `f` until it returns `Some`, failing the test after `secs`.
+async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn fake_node(client: &kube::Client, name: &str, cpu: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+    }))
+    .expect("node");
+    nodes.create(&PostParams::default(), &node).await.expect("create node");
+    let status = json!({"status": {
+        "capacity": {"cpu": cpu, "memory": "4Gi", "pods": "110"},
+        "allocatable": {"cpu": cpu, "memory": "4Gi", "pods": "110"},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "fake"}],
+    }});
+    nodes.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("node status");
+}
+
+/// The kubelet's part: every bound pod becomes Running and Ready.
+async fn run_bound_pods(pods: &Api<Pod>) {
+    kubelet(pods, true).await
+}
+
+/// Like [`run_bound_pods`], optionally leaving terminating pods terminating.
+async fn kubelet(pods: &Api<Pod>, finish_deletions: bool) {
+    let Ok(list) = pods.list(&ListParams::default()).await else { return };
+    for p in list.items {
+        let bound = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+        let ready = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        if bound && !ready && p.metadata.deletion_timestamp.is_none() {
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let status = json!({"status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+            }});
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+        }
+        // Graceful deletion needs a kubelet to finish it: do that too.
+        if finish_deletions && p.metadata.deletion_timestamp.is_some() {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let _ = pods.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+        }
+    }
+}
+
+fn deployment(name: &str, replicas: i32, image: &str, cpu: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": image,
+                    "resources": {"requests": {"cpu": cpu}}}]},
+            },
+        },
+    }))
+    .expect("deployment")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_rolls_out_scheduled_pods_and_rolls_forward_on_a_template_change() {
+    let s = server().await;
+    fake_node(&s.client, "node-a", "2").await;
+    fake_node(&s.client, "node-b", "2").await;
+    let deploys: Api<Deployment> = Api::namespaced(s.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(s.client.clone(), "default");
+    deploys.create(&PostParams::default(), &deployment("web", 3, "busybox:1", "100m")).await.expect("create");
+
+    let complete = |image: &'static str| {
+        let (deploys, pods) = (deploys.clone(), pods.clone());
+        async move {
+            run_bound_pods(&pods).await;
+            let d = deploys.get("web").await.ok()?;
+            let st = d.status.clone()?;
+            let cur_image = d.spec.as_ref()?.template.spec.as_ref()?.containers[0].image.clone()?;
+            let progressing = st.conditions.iter().flatten().find(|c| c.type_ == "Progressing")?;
+            (cur_image == image
+                && st.observed_generation >= d.metadata.generation
+                && st.updated_replicas == Some(3)
+                && st.replicas == Some(3)
+                && st.available_replicas == Some(3)
+                && progressing.reason.as_deref() == Some("NewReplicaSetAvailable"))
+            .then_some(d)
+        }
+    };
+    let d = eventually("the first rollout to complete", 30, || complete("busybox:1")).await;
+    assert_eq!(
+        d.metadata.annotations.as_ref().and_then(|a| a.get("deployment.kubernetes.io/revision")).map(String::as_str),
+        Some("1")
+    );
+    let list = pods.list(&ListParams::default().labels("app=web")).await.expect("pods");
+    assert_eq!(list.items.len(), 3);
+    for p in &list.items {
+        assert!(p.metadata.name.as_deref().is_some_and(|n| n.starts_with("web-")));
+        assert!(p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| n.starts_with("node-")));
+        assert!(p.metadata.labels.as_ref().is_some_and(|l| l.contains_key("pod-template-hash")));
+    }
+
+    // A settled deployment is not rewritten over and over (no status churn between syncs).
+    let rv = |d: &Deployment| d.metadata.resource_version.clone();
+    let before_d = deploys.get("web").await.expect("get");
+    let before_rs = sets.list(&ListParams::default()).await.expect("rs");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rv(&deploys.get("web").await.expect("get")), rv(&before_d), "deployment rewritten while settled");
+    let after_rs = sets.list(&ListParams::default()).await.expect("rs");
+    let rvs = |l: &kube::core::ObjectList<ReplicaSet>| {
+        l.items.iter().map(|r| r.metadata.resource_version.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(rvs(&after_rs), rvs(&before_rs), "replica sets rewritten while settled");
+
+    // A template change rolls forward to a second ReplicaSet.
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:2",
+        "resources": {"requests": {"cpu": "100m"}}}]}}}});
+    deploys.patch("web", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch image");
+    let d = eventually("the second rollout to complete", 60, || complete("busybox:2")).await;
+    assert_eq!(
+        d.metadata.annotations.as_ref().and_then(|a| a.get("deployment.kubernetes.io/revision")).map(String::as_str),
+        Some("2")
+    );
+    let rs = sets.list(&ListParams::default()).await.expect("replica sets");
+    assert_eq!(rs.items.len(), 2, "one ReplicaSet per revision");
+    let old_scaled_down = rs.items.iter().filter(|r| r.spec.as_ref().and_then(|s| s.replicas) == Some(0)).count();
+    assert_eq!(old_scaled_down, 1);
+
+    // Events kubectl describe shows.
+    let events: Api<Event> = Api::namespaced(s.client.clone(), "default");
+    let reasons = eventually("events", 10, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let reasons: Vec<String> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
+            (reasons.iter().any(|r| r == "ScalingReplicaSet")
+                && reasons.iter().any(|r| r == "SuccessfulCreate")
+                && reasons.iter().any(|r| r == "Scheduled"))
+            .then_some(reasons)
+        }
+    })
+    .await;
+    assert!(reasons.iter().any(|r| r == "SuccessfulDelete"), "{reasons:?}");
+
+    // Deleting the Deployment takes its ReplicaSets and pods with it (garbage collection).
+    deploys.delete("web", &DeleteParams::default()).await.expect("delete");
+    eventually("the garbage collector to remove ReplicaSets and pods", 60, || {
+        let (sets, pods) = (sets.clone(), pods.clone());
+        async move {
+            run_bound_pods(&pods).await;
+            let rs = sets.list(&ListParams::default()).await.ok()?;
+            let ps = pods.list(&ListParams::default().labels("app=web")).await.ok()?;
+            (rs.items.is_empty() && ps.items.is_empty()).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_fits_nowhere_is_marked_unschedulable_with_the_upstream_message() {
+    let s = server().await;
+    fake_node(&s.client, "small-a", "1").await;
+    fake_node(&s.client, "small-b", "1").await;
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "huge"},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "8"}}}]},
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod).await.expect("create pod");
+    let cond = eventually("the PodScheduled=False condition", 20, || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get("huge").await.ok()?;
+            p.status?.conditions?.into_iter().find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        }
+    })
+    .await;
+    assert_eq!(cond.reason.as_deref(), Some("Unschedulable"));
+    assert_eq!(cond.message.as_deref(), Some("0/2 nodes are available: 2 Insufficient cpu."));
+    let events: Api<Event> = Api::namespaced(s.client.clone(), "default");
+    let ev = eventually("a FailedScheduling event", 10, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|e| e.reason.as_deref() == Some("FailedScheduling"))
+        }
+    })
+    .await;
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    assert_eq!(ev.source.and_then(|s| s.component).as_deref(), Some("default-scheduler"));
+
+    // A bigger node arrives: the pod is retried and bound there.
+    fake_node(&s.client, "big", "16").await;
+    let node = eventually("the pod to be bound to the new node", 30, || {
+        let pods = pods.clone();
+        async move { pods.get("huge").await.ok()?.spec?.node_name }
+    })
+    .await;
+    assert_eq!(node, "big");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_gets_its_own_pod_cidr() {
+    let s = server().await;
+    for n in ["n1", "n2", "n3"] {
+        fake_node(&s.client, n, "1").await;
+    }
+    let nodes: Api<Node> = Api::all(s.client.clone());
+    let cidrs = eventually("pod CIDRs on every node", 20, || {
+        let nodes = nodes.clone();
+        async move {
+            let list = nodes.list(&ListParams::default()).await.ok()?;
+            let cidrs: Vec<String> = list.items.iter().filter_map(|n| n.spec.as_ref()?.pod_cidr.clone()).collect();
+            (cidrs.len() == list.items.len() && !cidrs.is_empty()).then_some(cidrs)
+        }
+    })
+    .await;
+    let mut unique = cidrs.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), cidrs.len(), "{cidrs:?}");
+    assert!(cidrs.iter().all(|c| c.starts_with("10.42.") && c.ends_with(".0/24")), "{cidrs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreground_and_orphan_deletion_are_finished_by_the_garbage_collector() {
+    let s = server().await;
+    fake_node(&s.client, "node-a", "4").await;
+    let deploys: Api<Deployment> = Api::namespaced(s.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(s.client.clone(), "default");
+    for name in ["fg", "orph"] {
+        deploys.create(&PostParams::default(), &deployment(name, 2, "busybox:1", "10m")).await.expect("create");
+    }
+    eventually("both deployments' pods to run", 30, || {
+        let pods = pods.clone();
+        async move {
+            run_bound_pods(&pods).await;
+            let list = pods.list(&ListParams::default()).await.ok()?;
+            let running = list
+                .items
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .count();
+            (running == 4).then_some(())
+        }
+    })
+    .await;
+
+    deploys.delete("fg", &DeleteParams::foreground()).await.expect("foreground delete");
+    deploys.delete("orph", &DeleteParams::orphan()).await.expect("orphan delete");
+    eventually("fg and its dependents to be gone, orph's ReplicaSet orphaned", 60, || {
+        let (deploys, sets, pods) = (deploys.clone(), sets.clone(), pods.clone());
+        async move {
+            run_bound_pods(&pods).await;
+            let d = deploys.list(&ListParams::default()).await.ok()?;
+            let fg_pods = pods.list(&ListParams::default().labels("app=fg")).await.ok()?;
+            let rs = sets.list(&ListParams::default()).await.ok()?;
+            let fg_rs =
+                rs.items.iter().filter(|r| r.metadata.name.as_deref().is_some_and(|n| n.starts_with("fg-"))).count();
+            let orphaned = rs.items.iter().any(|r| {
+                r.metadata.name.as_deref().is_some_and(|n| n.starts_with("orph-"))
+                    && r.metadata.owner_references.as_ref().is_none_or(|o| o.is_empty())
+            });
+            (d.items.is_empty() && fg_pods.items.is_empty() && fg_rs == 0 && orphaned).then_some(())
+        }
+    })
+    .await;
+    let orph_pods = pods.list(&ListParams::default().labels("app=orph")).await.expect("pods");
+    assert_eq!(orph_pods.items.len(), 2, "orphaned ReplicaSet keeps its pods");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_candidate_leads_and_another_takes_over_when_it_stops() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let s = server().await;
+    // The server's own scheduler and controllers hold their leases.
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), "kube-system");
+    for name in ["kube-scheduler", "kube-controller-manager"] {
+        eventually("the component lease", 10, || {
+            let leases = leases.clone();
+            async move { leases.get(name).await.ok()?.spec?.holder_identity.filter(|h| !h.is_empty()) }
+        })
+        .await;
+    }
+
+    let working = Arc::new(AtomicUsize::new(0));
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let mut tasks = vec![];
+    for (who, stop) in [("a", stop_a.clone()), ("b", stop_b.clone())] {
+        let (client, working) = (s.client.clone(), working.clone());
+        tasks.push(tokio::spawn(async move {
+            skiff::controllers::leader::run_as(client, "test-lease", who, stop, move |term| {
+                let working = working.clone();
+                async move {
+                    working.fetch_add(1, Ordering::SeqCst);
+                    term.cancelled().await;
+                    working.fetch_sub(1, Ordering::SeqCst);
+                }
+            })
+            .await
+        }));
+    }
+    let leader = eventually("a leader", 10, || {
+        let leases = leases.clone();
+        async move { leases.get("test-lease").await.ok()?.spec?.holder_identity.filter(|h| !h.is_empty()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(working.load(Ordering::SeqCst), 1, "exactly one candidate works");
+    // The leader steps down (releasing the lease); the other takes over.
+    if leader == "a" {
+        stop_a.cancel()
+    } else {
+        stop_b.cancel()
+    }
+    let next = eventually("the other candidate to take over", 10, || {
+        let (leases, leader) = (leases.clone(), leader.clone());
+        async move {
+            let h = leases.get("test-lease").await.ok()?.spec?.holder_identity?;
+            (!h.is_empty() && h != leader).then_some(h)
+        }
+    })
+    .await;
+    assert_ne!(next, leader);
+    eventually("the new leader to work", 5, || {
+        let working = working.clone();
+        async move { (working.load(Ordering::SeqCst) == 1).then_some(()) }
+    })
+    .await;
+    stop_a.cancel();
+    stop_b.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_starts_new_pods_only_after_old_ones_have_stopped() {
+    let s = server().await;
+    fake_node(&s.client, "node-a", "4").await;
+    let deploys: Api<Deployment> = Api::namespaced(s.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let mut d = deployment("rc", 2, "busybox:1", "10m");
+    if let Some(spec) = d.spec.as_mut() {
+        spec.strategy = serde_json::from_value(json!({"type": "Recreate"})).ok();
+    }
+    deploys.create(&PostParams::default(), &d).await.expect("create");
+    let count_running = |pods: Api<Pod>| async move {
+        kubelet(&pods, false).await;
+        let list = pods.list(&ListParams::default().labels("app=rc")).await.ok()?;
+        Some(list.items)
+    };
+    eventually("two running pods", 30, || {
+        let pods = pods.clone();
+        async move {
+            let items = count_running(pods).await?;
+            (items.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).count()
+                == 2)
+                .then_some(())
+        }
+    })
+    .await;
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:2"}]}}}});
+    deploys.patch("rc", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
+    // Old pods are marked for deletion but (no kubelet finishing them) keep running.
+    eventually("old pods to be terminating", 30, || {
+        let pods = pods.clone();
+        async move {
+            let items = count_running(pods).await?;
+            (items.len() == 2 && items.iter().all(|p| p.metadata.deletion_timestamp.is_some())).then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let items = count_running(pods.clone()).await.unwrap_or_default();
+    assert_eq!(
+        items.len(),
+        2,
+        "no new pod while old ones still run: {:?}",
+        items.iter().map(|p| p.metadata.name.clone()).collect::<Vec<_>>()
+    );
+    // Once they stop, the new revision comes up.
+    eventually("the new revision's pods", 30, || {
+        let pods = pods.clone();
+        async move {
+            run_bound_pods(&pods).await;
+            let list = pods.list(&ListParams::default().labels("app=rc")).await.ok()?;
+            let fresh = list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).count();
+            (list.items.len() == 2 && fresh == 2).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_gets_endpoints_and_slices_of_its_ready_pods_and_loses_them_when_deleted() {
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let s = server().await;
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let services: Api<Service> = Api::namespaced(s.client.clone(), "default");
+    let endpoints: Api<Endpoints> = Api::namespaced(s.client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(s.client.clone(), "default");
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }))
+    .expect("service");
+    services.create(&PostParams::default(), &svc).await.expect("create service");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-1", "labels": {"app": "web"}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox",
+            "ports": [{"name": "http", "containerPort": 8080}]}]},
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod).await.expect("create pod");
+    let status = json!({"status": {"phase": "Running", "podIP": "10.42.0.5",
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status("web-1", &PatchParams::default(), &Patch::Merge(&status)).await.expect("pod status");
+
+    let ep = eventually("ready endpoints", 20, || {
+        let endpoints = endpoints.clone();
+        async move {
+            let ep = endpoints.get("web").await.ok()?;
+            let subset = ep.subsets.clone()?.into_iter().next()?;
+            (subset.addresses.as_ref()?.first()?.ip == "10.42.0.5").then_some(subset)
+        }
+    })
+    .await;
+    assert_eq!(ep.ports.and_then(|p| p.first().map(|p| p.port)), Some(8080));
+    let slice = eventually("an endpoint slice", 20, || {
+        let slices = slices.clone();
+        async move {
+            let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.ok()?;
+            list.items.into_iter().find(|s| !s.endpoints.is_empty())
+        }
+    })
+    .await;
+    assert_eq!(slice.endpoints[0].addresses, ["10.42.0.5"]);
+    assert_eq!(slice.endpoints[0].conditions.as_ref().and_then(|c| c.ready), Some(true));
+
+    services.delete("web", &DeleteParams::default()).await.expect("delete service");
+    eventually("endpoints and slices to go with the service", 20, || {
+        let (endpoints, slices) = (endpoints.clone(), slices.clone());
+        async move {
+            let ep = endpoints.get_opt("web").await.ok()?;
+            let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.ok()?;
+            (ep.is_none() && list.items.is_empty()).then_some(())
+        }
+    })
+    .await;
+}
