@@ -167,3 +167,73 @@ fn typed_create_commands_send_protobuf_and_work() {
     let (ok, _, err) = s.kubectl(&["create", "configmap", "late", "-n", "foo"]);
     assert!(!ok && err.contains("namespaces \"foo\" not found"), "{err}");
 }
+
+#[test]
+fn get_describe_delete_work_for_every_skeleton_kind() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    let manifests = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: kinds}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cm, namespace: kinds}
+data: {a: b}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc, namespace: kinds}
+spec:
+  selector: {app: x}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pod, namespace: kinds, labels: {app: x}}
+spec:
+  containers: [{name: c, image: "busybox:1.36"}]
+---
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: rs, namespace: kinds}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: rs}}
+  template:
+    metadata: {labels: {app: rs}}
+    spec: {containers: [{name: c, image: "busybox:1.36"}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: fake-node, labels: {kind: test}}
+"#;
+    s.ok_stdin(&["apply", "-f", "-"], manifests);
+    for (kind, name, ns, want) in [
+        ("namespace", "kinds", "", "Active"),
+        ("configmap", "cm", "kinds", "cm"),
+        ("service", "svc", "kinds", "ClusterIP"),
+        ("pod", "pod", "kinds", "Pending"),
+        ("replicaset", "rs", "kinds", "rs"),
+        ("node", "fake-node", "", "fake-node"),
+    ] {
+        let nsargs: Vec<&str> = if ns.is_empty() { vec![] } else { vec!["-n", ns] };
+        let mut get = vec!["get", kind, name];
+        get.extend(&nsargs);
+        let out = s.ok(&get);
+        assert!(out.starts_with("NAME") || out.starts_with("LAST SEEN"), "{kind}: {out}");
+        assert!(out.contains(want), "{kind}: {out}");
+        let mut describe = vec!["describe", kind, name];
+        describe.extend(&nsargs);
+        let d = s.ok(&describe);
+        assert!(d.contains(&format!("Name:")) && d.contains(name), "{kind}: {d}");
+    }
+    for (kind, name) in [("pod", "pod"), ("replicaset", "rs"), ("service", "svc"), ("configmap", "cm")] {
+        assert!(s.ok(&["delete", kind, name, "-n", "kinds"]).contains("deleted"), "{kind}");
+        let (ok, _, err) = s.kubectl(&["get", kind, name, "-n", "kinds"]);
+        assert!(!ok && err.contains("not found"), "{kind}: {err}");
+    }
+    s.ok(&["delete", "node", "fake-node"]);
+    s.ok(&["delete", "namespace", "kinds", "--timeout=30s"]);
+}
