@@ -3,6 +3,7 @@
 //! parsing the path the way kube-apiserver's RequestInfoFactory does.
 
 pub mod admission;
+pub mod apply;
 pub mod auth;
 pub mod discovery;
 pub mod errors;

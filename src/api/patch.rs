@@ -44,7 +44,7 @@ pub fn apply_standard(kind: PatchKind, target: &mut Value, patch: &Value) -> Res
 
 /// The merge key of a list field, as the Kubernetes types declare with
 /// `patchMergeKey`; None means the list is replaced whole.
-fn merge_key(field: &str, elems: &[&Value]) -> Option<&'static str> {
+pub fn merge_key(field: &str, elems: &[&Value]) -> Option<&'static str> {
     Some(match field {
         "containers"
         | "initContainers"
