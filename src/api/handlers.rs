@@ -465,10 +465,12 @@ async fn create_object_as(req: &Req, obj: Value, record: bool) -> ApiResult<(Val
     let name = obj.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
     ensure_namespace_usable(req).await?;
     defaults::apply(r, &mut obj, true);
+    super::policy::mutate(req, &mut obj).await?;
     let causes = validation::validate(r, &obj);
     if !causes.is_empty() {
         return Err(ApiError::invalid(r, &name, &causes));
     }
+    super::policy::validate(req, &obj).await?;
     super::admission::on_create(req, &mut obj).await?;
     if record {
         super::apply::record_update(None, &mut obj, &manager(req), &r.api_version(), None);

@@ -13,6 +13,7 @@ pub mod namespaces;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
+pub mod policy;
 pub mod protobuf;
 pub mod query;
 pub mod request;
@@ -359,6 +360,10 @@ async fn resource_request(req: Req, body: Body, user: &User) -> errors::ApiResul
         (Method::POST, true, Some("token")) => {
             let b = handlers::read_body(&req.st, body).await?;
             auth::reviews::token_request(&req, &b).await
+        }
+        (Method::POST, true, Some("eviction")) => {
+            let b = handlers::read_body(&req.st, body).await?;
+            policy::evict(&req, &b).await
         }
         (Method::POST, true, Some("binding")) => {
             let b = handlers::read_body(&req.st, body).await?;
