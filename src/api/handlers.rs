@@ -43,6 +43,10 @@ impl Req {
     pub fn wants_table(&self) -> bool {
         self.accept().split(',').next().is_some_and(|first| first.contains("as=Table"))
     }
+    /// `as=PartialObjectMetadata` / `as=PartialObjectMetadataList`: metadata only.
+    pub fn wants_metadata(&self) -> bool {
+        self.accept().split(',').next().is_some_and(|first| first.contains("as=PartialObjectMetadata"))
+    }
     fn content_type(&self) -> &str {
         self.headers.get("content-type").and_then(|a| a.to_str().ok()).unwrap_or("application/json")
     }
@@ -205,8 +209,16 @@ async fn ensure_namespace_usable(req: &Req) -> ApiResult<()> {
 
 // ---------- get / list ----------
 
+/// The metadata-only form of an object.
+pub fn partial(o: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
+}
+
 pub async fn get(req: &Req) -> ApiResult<Response> {
     let s = objects::get(req.st.store.as_ref(), req.r, req.ns(), req.name()).await?;
+    if req.wants_metadata() {
+        return Ok(json_response(StatusCode::OK, &partial(&s.obj)));
+    }
     if req.wants_table() {
         return Ok(json_response(StatusCode::OK, &table(req, &[s.obj], &s.rev.to_string(), None)));
     }
@@ -380,6 +392,17 @@ pub async fn list_objects(req: &Req) -> ApiResult<(Vec<Value>, i64, Option<Strin
 
 pub async fn list(req: &Req) -> ApiResult<Response> {
     let (items, rev, cont, remaining) = list_objects(req).await?;
+    if req.wants_metadata() {
+        let mut meta = json!({"resourceVersion": rev.to_string()});
+        if let Some(c) = &cont {
+            meta["continue"] = json!(c);
+        }
+        let items: Vec<Value> = items.iter().map(partial).collect();
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items}),
+        ));
+    }
     if req.wants_table() {
         return Ok(json_response(StatusCode::OK, &table(req, &items, &rev.to_string(), cont.as_deref())));
     }
