@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod patch;
 pub mod policy;
 pub mod protobuf;
+pub mod proxy;
 pub mod query;
 pub mod request;
 pub mod selector;
@@ -305,7 +306,8 @@ async fn dispatch(
         verb: verb_of(&req).into(),
         group: req.r.group.into(),
         resource: req.r.plural.into(),
-        subresource: req.sub.clone().unwrap_or_default(),
+        // `proxy/<path>` is authorized as the `proxy` subresource.
+        subresource: req.sub.as_deref().map(|s| s.split('/').next().unwrap_or(s).to_string()).unwrap_or_default(),
         namespace: req.ns.clone().unwrap_or_default(),
         name: req.name.clone().unwrap_or_default(),
         path: None,
@@ -333,6 +335,11 @@ async fn resource_request(req: Req, body: Body, user: &User) -> errors::ApiResul
         return auth::reviews::create(&req, user, &b).await;
     }
     if let Some(sub) = req.sub.as_deref() {
+        // `proxy/<path>` addresses the proxy subresource with a path after it.
+        let first = sub.split('/').next().unwrap_or(sub);
+        if first == "proxy" && req.r.has_subresource("proxy") && req.name.is_some() {
+            return proxy::proxy(&req, body).await;
+        }
         if !req.r.has_subresource(sub) {
             return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
         }
