@@ -185,7 +185,13 @@ const NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 fn generate_name(prefix: &str) -> String {
     use rand::Rng;
     let mut rng = rand::thread_rng();
-    let prefix = if prefix.len() > 58 { &prefix[..58] } else { prefix };
+    // Upstream truncates the prefix to leave room for the suffix; cut on a character
+    // boundary so a multi-byte name cannot split a character (validation rejects it later).
+    let mut cut = prefix.len().min(58);
+    while !prefix.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let prefix = &prefix[..cut];
     let suffix: String = (0..5).map(|_| NAME_CHARS[rng.gen_range(0..NAME_CHARS.len())] as char).collect();
     format!("{prefix}{suffix}")
 }
@@ -1023,4 +1029,26 @@ pub async fn delete_collection(req: &Req, body: &[u8]) -> ApiResult<Response> {
         StatusCode::OK,
         &json!({"kind": format!("{}List", req.r.kind), "apiVersion": req.r.api_version(), "metadata": {"resourceVersion": rev.to_string()}, "items": out}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_names_keep_the_prefix_and_never_split_characters() {
+        let n = generate_name("web-");
+        assert!(n.starts_with("web-") && n.len() == 9, "{n}");
+        let long = "é".repeat(40);
+        let n = generate_name(&long);
+        assert!(n.len() <= 63 && n.is_char_boundary(n.len() - 5), "{n}");
+    }
+
+    #[test]
+    fn bodies_that_are_not_json_or_yaml_are_bad_requests() {
+        assert_eq!(decode_body("application/json", b"{nope").unwrap_err().code, 400);
+        assert_eq!(decode_body("application/yaml", b"a: [").unwrap_err().code, 400);
+        assert_eq!(decode_body("text/plain", b"x").unwrap_err().code, 415);
+        assert_eq!(decode_body("application/vnd.kubernetes.protobuf", b"junk").unwrap_err().code, 400);
+    }
 }
