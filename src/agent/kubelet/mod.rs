@@ -23,6 +23,7 @@ pub mod resources;
 pub mod server;
 pub mod service_env;
 pub mod serving_cert;
+pub mod streaming;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -129,6 +130,7 @@ impl Kubelet {
                 let state = server::ServerState {
                     log_root: self.log_root.clone(),
                     liveness: Arc::new(server::RuntimeLiveness(self.runtime.clone())),
+                    runtime: Some(self.runtime.clone()),
                 };
                 tracing::info!(addr = ?l.local_addr().ok(), "kubelet API listening");
                 tokio::spawn(server::serve(l, tls, state, tasks.clone()));
