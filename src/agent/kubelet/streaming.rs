@@ -388,15 +388,40 @@ async fn read_client(
 }
 
 async fn run_exec(rt: Arc<dyn Runtime>, socket: WebSocket, c: ContainerStatus, q: StreamQuery) {
-    let opts = ExecOptions { command: q.command.clone(), tty: q.tty, stdin: q.stdin };
+    // Read the client from the start: with a tty kubectl sends the terminal size first
+    // (guide §2), and the process should start with it rather than race a later ResizePty.
+    let (mut tx, rx) = socket.split();
+    let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let (resize_tx, mut resize_rx) = tokio::sync::mpsc::unbounded_channel::<TermSize>();
+    let mut reader = tokio::spawn(read_client(rx, q.stdin.then_some(stdin_tx), resize_tx));
+    let initial_size =
+        if q.tty { tokio::time::timeout(Duration::from_secs(1), resize_rx.recv()).await.ok().flatten() } else { None };
+    let opts = ExecOptions { command: q.command.clone(), tty: q.tty, stdin: q.stdin, initial_size };
     let session = match rt.exec(&c.id, &opts).await {
         Ok(s) => s,
-        Err(e) => return finish(socket, Err(format!("exec in container {}: {e}", c.name))).await,
+        Err(e) => {
+            reader.abort();
+            return finish_split(tx, Err(format!("exec in container {}: {e}", c.name))).await;
+        }
     };
     tracing::debug!(container = %c.id, exec = %session.exec_id, command = ?q.command, "exec started");
     let crate::agent::runtime::ExecSession { stdin, mut stdout, mut stderr, resize, exit, kill_on_drop, .. } = session;
-    let (mut tx, rx) = socket.split();
-    let mut reader = tokio::spawn(read_client(rx, stdin, resize));
+    // Client stdin and resizes → the process; the end of stdin_rx ([255,0]) drops `stdin` (EOF).
+    let forward = tokio::spawn(async move {
+        let mut stdin = stdin;
+        loop {
+            tokio::select! {
+                b = stdin_rx.recv(), if stdin.is_some() => match (b, &stdin) {
+                    (Some(b), Some(tx)) => if tx.send(b).await.is_err() { stdin = None },
+                    _ => stdin = None,
+                },
+                s = resize_rx.recv() => match s {
+                    Some(s) => { let _ = resize.send(s); }
+                    None => return,
+                },
+            }
+        }
+    });
     let (mut out_open, mut err_open) = (true, true);
     let mut client_end = None;
     while out_open || err_open {
@@ -430,6 +455,7 @@ async fn run_exec(rt: Arc<dyn Runtime>, socket: WebSocket, c: ContainerStatus, q
         Some(ClientEnd::Gone) => {
             // Nobody to report to; dropping the guard kills the process.
             reader.abort();
+            forward.abort();
             drop(kill_on_drop);
             return;
         }
@@ -441,6 +467,7 @@ async fn run_exec(rt: Arc<dyn Runtime>, socket: WebSocket, c: ContainerStatus, q
         },
     };
     reader.abort();
+    forward.abort();
     finish_split(tx, result).await;
     drop(kill_on_drop);
 }

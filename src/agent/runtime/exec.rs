@@ -60,6 +60,9 @@ pub struct ExecOptions {
     pub tty: bool,
     /// Give the process a stdin the caller writes to; otherwise it reads nothing.
     pub stdin: bool,
+    /// The terminal's size at start (OCI `process.consoleSize`), so the first thing the process
+    /// does already sees it; later changes go through [`ExecSession::resize`].
+    pub initial_size: Option<TermSize>,
 }
 
 /// The streams of a running exec. Read `stdout` and `stderr` until they end, then `exit`.
@@ -95,7 +98,14 @@ pub fn process_spec(container_spec: &serde_json::Value, opts: &ExecOptions) -> R
     p["args"] = serde_json::json!(opts.command);
     p["terminal"] = serde_json::Value::Bool(opts.tty);
     if let Some(o) = p.as_object_mut() {
-        o.remove("consoleSize");
+        match opts.initial_size.filter(|_| opts.tty) {
+            Some(sz) => {
+                o.insert("consoleSize".into(), serde_json::json!({"height": sz.height, "width": sz.width}));
+            }
+            None => {
+                o.remove("consoleSize");
+            }
+        }
         // A command line for Windows only; never meant for an exec here.
         o.remove("commandLine");
     }
@@ -332,6 +342,18 @@ async fn start(
     })?;
     let r = api::StartRequest { container_id: container_id.to_string(), exec_id: exec_id.to_string() };
     c.tasks().start(c.req(r)).await.map_err(call("start exec"))?;
+    if let (true, Some(sz)) = (opts.tty, opts.initial_size) {
+        // consoleSize is the runtime's to honour; set the size on the pty as well.
+        let r = api::ResizePtyRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            width: sz.width.into(),
+            height: sz.height.into(),
+        };
+        if let Err(s) = c.tasks().resize_pty(c.req(r)).await {
+            tracing::debug!(error = %s.message(), "initial ResizePty failed");
+        }
+    }
     Ok((stdout, stderr, stdin))
 }
 
@@ -387,6 +409,13 @@ mod tests {
         assert_eq!(p["env"], serde_json::json!(["PATH=/bin", "A=b"]));
         assert_eq!((p["cwd"].as_str(), p["user"]["uid"].as_u64()), (Some("/work"), Some(5)));
         assert!(p.get("consoleSize").is_none());
+        let tty = ExecOptions {
+            command: vec!["sh".into()],
+            tty: true,
+            initial_size: Some(TermSize { width: 80, height: 24 }),
+            ..Default::default()
+        };
+        assert_eq!(process_spec(&spec, &tty).unwrap()["consoleSize"], serde_json::json!({"height": 24, "width": 80}));
     }
 
     #[test]
