@@ -1,4 +1,4 @@
-//! `kubectl exec`, `kubectl cp` and `kubectl attach` with real kubectl 1.32 against one skiff
+//! `kubectl exec`, `cp`, `attach` and `port-forward` with real kubectl 1.32 against one skiff
 //! node (issue #4: pods exec/attach): WebSocket v5 from kubectl through the API server's upgrade
 //! proxy to the kubelet, and containerd Tasks.Exec underneath.
 
@@ -52,7 +52,7 @@ fn wait_running(n: &mut Node, pod: &str) {
 }
 
 #[test]
-fn kubectl_exec_cp_and_attach_work_against_a_busybox_pod() {
+fn kubectl_exec_cp_attach_and_port_forward_work_against_busybox_pods() {
     if !harness::require(harness::NODE_TOOLS) {
         return;
     }
@@ -136,7 +136,32 @@ fn kubectl_exec_cp_and_attach_work_against_a_busybox_pod() {
     let r = run_sh(n, "$K exec talker -- true");
     assert!(!r.ok() && r.stderr.contains("completed pod"), "no exec into a finished pod: {r}");
 
-    n.kubectl_ok(&["delete", "pod", "sleeper", "talker", "--wait=true"]);
+    // port-forward: SPDY/3 inside the WebSocket, to busybox httpd in the pod's network namespace.
+    std::fs::write(
+        work.path().join("web.json"),
+        pod_manifest(
+            "web",
+            "mkdir -p /www && echo hello-pf > /www/index.html && exec httpd -f -p 8080 -h /www",
+            "Always",
+        ),
+    )
+    .expect("write manifest");
+    n.kubectl_ok(&["apply", "-f", work.path().join("web.json").to_str().expect("utf-8 path")]);
+    wait_running(n, "web");
+    let pf_log = work.path().join("pf.log");
+    let script = format!(
+        "$K port-forward pod/web 18080:8080 > {log} 2>&1 & PF=$!
+         for i in $(seq 100); do grep -q Forwarding {log} && break; sleep 0.1; done
+         busybox wget -qO- http://127.0.0.1:18080/; busybox wget -qO- http://127.0.0.1:18080/index.html
+         kill $PF; wait $PF; cat {log}",
+        log = pf_log.display()
+    );
+    let r = run_sh(n, &script);
+    assert_eq!(r.stdout.matches("hello-pf").count(), 2, "two connections through one port-forward: {r}");
+    assert!(r.stdout.contains("Forwarding from 127.0.0.1:18080 -> 8080"), "{r}");
+    assert!(!r.stdout.contains("error"), "{r}");
+
+    n.kubectl_ok(&["delete", "pod", "sleeper", "talker", "web", "--wait=true"]);
     let problems = cluster.shutdown();
     assert!(problems.is_empty(), "left behind after teardown: {problems:?}");
 }

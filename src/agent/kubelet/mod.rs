@@ -19,6 +19,7 @@ pub mod node_status;
 pub mod pod_status;
 pub mod pod_sync;
 pub mod pod_workers;
+pub mod portforward;
 pub mod resources;
 pub mod server;
 pub mod service_env;

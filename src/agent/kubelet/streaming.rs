@@ -1,5 +1,6 @@
 //! The kubelet's streaming endpoints: `/exec/{ns}/{pod}/{container}` and
-//! `/attach/{ns}/{pod}/{container}` over WebSocket `v5.channel.k8s.io`, the protocol kubectl 1.32
+//! `/attach/{ns}/{pod}/{container}` over WebSocket `v5.channel.k8s.io` (and `/portForward/{ns}/{pod}`,
+//! handed to `super::portforward`), the protocol kubectl 1.32
 //! speaks first (kubectl-streaming guide §1–§2). The API server relays the upgraded connection
 //! byte for byte (`src/api/stream.rs`), so this is where the frames are read and written.
 //!
@@ -203,6 +204,8 @@ pub fn router(runtime: Arc<dyn Runtime>) -> Router {
         .route("/exec/{namespace}/{pod}/{uid}/{container}", any(exec_uid))
         .route("/attach/{namespace}/{pod}/{container}", any(attach))
         .route("/attach/{namespace}/{pod}/{uid}/{container}", any(attach_uid))
+        .route("/portForward/{namespace}/{pod}", any(port_forward))
+        .route("/portForward/{namespace}/{pod}/{uid}", any(port_forward_uid))
         .with_state(StreamState { runtime })
 }
 
@@ -271,6 +274,28 @@ async fn attach_uid(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     handle(st, Kind::Attach, ns, pod, Some(uid), container, q, ws.ok())
+}
+
+async fn port_forward(
+    State(st): State<StreamState>,
+    UrlPath((ns, pod)): UrlPath<(String, String)>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match ws {
+        Ok(ws) => super::portforward::serve(st.runtime, ns, pod, None, ws),
+        Err(_) => status_response(StatusCode::BAD_REQUEST, "BadRequest", "Upgrade request required"),
+    }
+}
+
+async fn port_forward_uid(
+    State(st): State<StreamState>,
+    UrlPath((ns, pod, uid)): UrlPath<(String, String, String)>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match ws {
+        Ok(ws) => super::portforward::serve(st.runtime, ns, pod, Some(uid), ws),
+        Err(_) => status_response(StatusCode::BAD_REQUEST, "BadRequest", "Upgrade request required"),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
