@@ -240,7 +240,7 @@ impl Runtime for FakeRuntime {
     }
 
     /// A scripted process: `echo ARGS…` prints them, `exit N` exits with N, `cat` copies stdin
-    /// to stdout (and, with a tty, prints each resize as `WxH`), `stderr TEXT` prints to stderr.
+    /// to stdout (and, with a tty, prints the initial size and each resize as `WxH`), `stderr TEXT` prints to stderr.
     async fn exec(&self, container_id: &str, opts: &ExecOptions) -> Result<ExecSession> {
         {
             let mut st = self.lock();
@@ -260,9 +260,12 @@ impl Runtime for FakeRuntime {
         let (exit_tx, exit_rx) = oneshot::channel();
         let cancel = tokio_util::sync::CancellationToken::new();
         let stop = cancel.clone();
-        let (cmd, tty) = (opts.command.clone(), opts.tty);
+        let (cmd, tty, initial) = (opts.command.clone(), opts.tty, opts.initial_size);
         let err_tx = if tty { None } else { Some(err_tx) };
         tokio::spawn(async move {
+            if let (true, Some(sz)) = (tty, initial) {
+                let _ = out_tx.send(Bytes::from(format!("{}x{}\n", sz.width, sz.height))).await;
+            }
             let arg = |i: usize| cmd.get(i).cloned().unwrap_or_default();
             let code = match arg(0).as_str() {
                 "echo" => {

@@ -650,4 +650,125 @@ mod tests {
         assert_eq!(cri_line(b"garbage"), None);
         assert_eq!(cri_line(b""), None);
     }
+
+    // --- whole sessions over a real WebSocket, against the fake runtime ---
+
+    use crate::agent::kubelet::fake_runtime::FakeRuntime;
+    use crate::agent::runtime::{ImageRef, PodRef, Sandbox};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message as WsMsg};
+
+    async fn kubelet() -> std::net::SocketAddr {
+        let rt = Arc::new(FakeRuntime::new());
+        let pod = PodRef { uid: "u1".into(), namespace: "default".into(), name: "p1".into() };
+        rt.insert(
+            Sandbox { pod: pod.clone(), ip: None },
+            ContainerStatus {
+                id: "c1".into(),
+                pod,
+                name: "main".into(),
+                image: ImageRef { name: "busybox".into(), id: "sha256:x".into() },
+                state: ContainerState::Running { started_at: std::time::SystemTime::now() },
+                restart_count: 0,
+                log_path: "/nonexistent/0.log".into(),
+            },
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, router(rt)).await });
+        addr
+    }
+
+    /// Runs one session: sends `input` messages, returns (stdout, stderr, status JSON, close code).
+    async fn session(addr: std::net::SocketAddr, path: &str, input: &[&[u8]]) -> (String, String, String, Option<u16>) {
+        let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+        req.headers_mut().insert("sec-websocket-protocol", V5.parse().unwrap());
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(resp.headers()["sec-websocket-protocol"], V5);
+        for m in input {
+            ws.send(WsMsg::Binary(Bytes::copy_from_slice(m))).await.unwrap();
+        }
+        let (mut out, mut err, mut status, mut close) = (Vec::new(), Vec::new(), Vec::new(), None);
+        while let Some(Ok(m)) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
+            match m {
+                WsMsg::Binary(b) => match b.first() {
+                    Some(&STDOUT) => out.extend_from_slice(&b[1..]),
+                    Some(&STDERR) => err.extend_from_slice(&b[1..]),
+                    Some(&STATUS) => status.extend_from_slice(&b[1..]),
+                    other => panic!("unexpected channel {other:?}"),
+                },
+                WsMsg::Close(f) => close = f.map(|f| u16::from(f.code)),
+                WsMsg::Text(t) => panic!("text message {t}"),
+                _ => {}
+            }
+        }
+        let s = |v: Vec<u8>| String::from_utf8(v).unwrap();
+        (s(out), s(err), s(status), close)
+    }
+
+    #[tokio::test]
+    async fn stdin_flows_until_the_close_signal_and_the_session_ends_with_a_status_and_close_1000() {
+        let addr = kubelet().await;
+        let (out, _, status, close) = session(
+            addr,
+            "/exec/default/p1/main?command=cat&stdin=true&stdout=true&stderr=true",
+            &[&[0, b'h', b'i'], &[0, b'!'], &[CLOSE, STDIN]],
+        )
+        .await;
+        assert_eq!(out, "hi!");
+        assert_eq!(status, r#"{"metadata":{},"status":"Success"}"#);
+        assert_eq!(close, Some(1000));
+
+        let (_, err, _, _) =
+            session(addr, "/exec/default/p1/main?command=stderr&command=oops&stdout=1&stderr=1", &[]).await;
+        assert_eq!(err, "oops\n");
+        let (_, _, status, _) = session(addr, "/exec/default/p1/main?command=exit&command=3&stdout=1", &[]).await;
+        let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+        assert_eq!(v["details"]["causes"][0]["message"], "3");
+    }
+
+    #[tokio::test]
+    async fn a_tty_session_resizes_and_never_uses_channel_2() {
+        let addr = kubelet().await;
+        let (out, err, status, _) = session(
+            addr,
+            "/exec/default/p1/main?command=cat&stdin=1&stdout=1&tty=1",
+            &[
+                &[RESIZE, b'{', b'"'],
+                b"\x04Width\":80,\"Height\":24}\n",
+                b"\x04{\"Width\":100,\"Height\":30}\n",
+                &[0, b'x'],
+                &[CLOSE, 0],
+            ],
+        )
+        .await;
+        // The first size (split over two messages) starts the process; later ones resize it.
+        assert!(out.starts_with("80x24\n") && out.contains("100x30") && out.contains('x'), "{out:?}");
+        assert!(err.is_empty());
+        assert!(status.contains("Success"));
+    }
+
+    #[tokio::test]
+    async fn errors_reach_the_client_as_failure_statuses_or_http_400() {
+        let addr = kubelet().await;
+        // A malformed close signal is a protocol error, reported and not a panic.
+        let (_, _, status, _) = session(addr, "/exec/default/p1/main?command=cat&stdin=1&stdout=1", &[&[CLOSE]]).await;
+        assert!(status.contains("close signal must be 2 bytes"), "{status}");
+        let (_, _, status, _) = session(addr, "/exec/default/nope/main?command=ls&stdout=1", &[]).await;
+        assert!(status.contains("not found on this node"), "{status}");
+        // Without an upgrade: 400 "Upgrade request required".
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(
+            b"GET /exec/default/p1/main?command=ls&stdout=1 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut resp = String::new();
+        tcp.read_to_string(&mut resp).await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 400") && resp.contains("Upgrade request required"), "{resp}");
+        // Offering only an older subprotocol is refused before switching.
+        let mut req = format!("ws://{addr}/exec/default/p1/main?command=ls&stdout=1").into_client_request().unwrap();
+        req.headers_mut().insert("sec-websocket-protocol", "v4.channel.k8s.io".parse().unwrap());
+        assert!(tokio_tungstenite::connect_async(req).await.is_err());
+    }
 }
