@@ -89,3 +89,23 @@ async fn concurrent_updates_succeed_once_each_or_conflict_and_generations_add_up
     eprintln!("100 writers: {conflicts} conflicts retried");
     tokio::task::spawn_blocking(move || drop(s)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_only_lists_and_gets_return_partial_object_metadata() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let s = tokio::task::spawn_blocking(|| TestServer::start(&[])).await.unwrap();
+    let yaml = std::fs::read_to_string(&s.kubeconfig).unwrap();
+    let client = kube::Client::try_from(skiff::server::kube_config(&yaml).await.unwrap()).unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let cm: ConfigMap = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "m", "labels": {"a": "b"}}, "data": {"secret": "x"}}),
+    )
+    .unwrap();
+    api.create(&PostParams::default(), &cm).await.unwrap();
+    let list = api.list_metadata(&kube::api::ListParams::default().labels("a=b")).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].metadata.name.as_deref(), Some("m"));
+    let one = api.get_metadata("m").await.unwrap();
+    assert_eq!(one.metadata.labels.unwrap().get("a").map(String::as_str), Some("b"));
+    tokio::task::spawn_blocking(move || drop(s)).await.unwrap();
+}

@@ -3,6 +3,7 @@
 //! parsing the path the way kube-apiserver's RequestInfoFactory does.
 
 pub mod admission;
+pub mod apply;
 pub mod auth;
 pub mod discovery;
 pub mod errors;
@@ -12,7 +13,9 @@ pub mod namespaces;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
+pub mod policy;
 pub mod protobuf;
+pub mod proxy;
 pub mod query;
 pub mod request;
 pub mod selector;
@@ -305,7 +308,8 @@ async fn dispatch(
         verb: verb_of(&req).into(),
         group: req.r.group.into(),
         resource: req.r.plural.into(),
-        subresource: req.sub.clone().unwrap_or_default(),
+        // `proxy/<path>` is authorized as the `proxy` subresource.
+        subresource: req.sub.as_deref().map(|s| s.split('/').next().unwrap_or(s).to_string()).unwrap_or_default(),
         namespace: req.ns.clone().unwrap_or_default(),
         name: req.name.clone().unwrap_or_default(),
         path: None,
@@ -338,6 +342,11 @@ async fn resource_request(
         return auth::reviews::create(&req, user, &b).await;
     }
     if let Some(sub) = req.sub.as_deref() {
+        // `proxy/<path>` addresses the proxy subresource with a path after it.
+        let first = sub.split('/').next().unwrap_or(sub);
+        if first == "proxy" && req.r.has_subresource("proxy") && req.name.is_some() {
+            return proxy::proxy(&req, body).await;
+        }
         if !req.r.has_subresource(sub) {
             return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
         }
@@ -368,6 +377,10 @@ async fn resource_request(
         (Method::POST, true, Some("token")) => {
             let b = handlers::read_body(&req.st, body).await?;
             auth::reviews::token_request(&req, &b).await
+        }
+        (Method::POST, true, Some("eviction")) => {
+            let b = handlers::read_body(&req.st, body).await?;
+            policy::evict(&req, &b).await
         }
         (Method::POST, true, Some("binding")) => {
             let b = handlers::read_body(&req.st, body).await?;
