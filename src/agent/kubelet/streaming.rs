@@ -218,18 +218,18 @@ fn status_response(code: StatusCode, reason: &str, message: &str) -> Response {
 }
 
 /// Checks the upgrade and the subprotocol before switching protocols.
-fn negotiate(ws: Option<WebSocketUpgrade>) -> Result<WebSocketUpgrade, Response> {
+fn negotiate(ws: Option<WebSocketUpgrade>) -> Result<WebSocketUpgrade, Box<Response>> {
     let Some(ws) = ws else {
-        return Err(status_response(StatusCode::BAD_REQUEST, "BadRequest", "Upgrade request required"));
+        return Err(Box::new(status_response(StatusCode::BAD_REQUEST, "BadRequest", "Upgrade request required")));
     };
     let ws = ws.protocols([V5]);
     if ws.selected_protocol().is_none() {
         // axum would upgrade without a protocol, which kubectl treats as a failure anyway.
-        return Err(status_response(
+        return Err(Box::new(status_response(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             "unsupported streaming protocol: this kubelet speaks WebSocket v5.channel.k8s.io only (kubectl 1.30+)",
-        ));
+        )));
     }
     Ok(ws)
 }
@@ -318,7 +318,7 @@ fn handle(
     }
     let ws = match negotiate(ws) {
         Ok(ws) => ws,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     ws.on_upgrade(move |socket| async move {
         // Errors from here on reach the user as a Failure status (kubectl prints "error: …").
