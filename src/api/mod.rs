@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod query;
 pub mod request;
 pub mod selector;
+pub mod stream;
 pub mod watch;
 
 use axum::body::Body;
@@ -238,6 +239,7 @@ async fn dispatch(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    upgrade: Option<Extension<hyper::upgrade::OnUpgrade>>,
     body: Body,
 ) -> Response {
     let path = uri.path().to_string();
@@ -317,13 +319,18 @@ async fn dispatch(
     }
     let span = tracing::debug_span!("request", verb = %method, resource = req.r.plural, ns = ?req.ns, name = ?req.name, user = %user.name);
     let _e = span.enter();
-    match resource_request(req, body, &user).await {
+    match resource_request(req, body, &user, upgrade.map(|u| u.0)).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn resource_request(req: Req, body: Body, user: &User) -> errors::ApiResult<Response> {
+async fn resource_request(
+    req: Req,
+    body: Body,
+    user: &User,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> errors::ApiResult<Response> {
     if req.r.is_virtual() {
         if req.method != Method::POST || req.name.is_some() {
             return Err(ApiError::method_not_allowed(format!(
@@ -360,6 +367,9 @@ async fn resource_request(req: Req, body: Body, user: &User) -> errors::ApiResul
         (Method::GET, true, None | Some("status") | Some("approval")) => handlers::get(&req).await,
         (Method::GET, true, Some("scale")) => handlers::get_scale(&req).await,
         (Method::GET, true, Some("log")) => logs::pod_log(&req).await,
+        (_, true, Some("exec" | "attach" | "portforward")) if req.r.plural == "pods" => {
+            stream::pod_stream(&req, user, upgrade).await
+        }
         (Method::POST, false, None) => {
             let b = handlers::read_body(&req.st, body).await?;
             handlers::create(&req, &b).await

@@ -6,7 +6,9 @@
 //! - `harness/`: nodes, namespaces, the switch, waiting, kubectl, cleanup.
 //! - `selftest.rs`: the harness checked on its own (no skiff needed).
 //! - `skeleton.rs`: the walking skeleton, one node from start to `kubectl logs`.
+//! - `streaming.rs`: `kubectl exec`/`cp`/`attach` (kubectl 1.32, WebSocket v5) on one node.
 
 mod harness;
 mod selftest;
 mod skeleton;
+mod streaming;

@@ -19,10 +19,12 @@ pub mod node_status;
 pub mod pod_status;
 pub mod pod_sync;
 pub mod pod_workers;
+pub mod portforward;
 pub mod resources;
 pub mod server;
 pub mod service_env;
 pub mod serving_cert;
+pub mod streaming;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -129,6 +131,7 @@ impl Kubelet {
                 let state = server::ServerState {
                     log_root: self.log_root.clone(),
                     liveness: Arc::new(server::RuntimeLiveness(self.runtime.clone())),
+                    runtime: Some(self.runtime.clone()),
                 };
                 tracing::info!(addr = ?l.local_addr().ok(), "kubelet API listening");
                 tokio::spawn(server::serve(l, tls, state, tasks.clone()));

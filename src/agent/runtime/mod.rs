@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod containerd;
+pub mod exec;
 pub mod images;
 pub mod logger;
 pub mod managed;
@@ -15,6 +16,7 @@ pub mod sandbox;
 pub mod spec;
 
 pub use containerd::{ContainerdRuntime, RuntimeOptions};
+pub use exec::{ExecOptions, ExecSession, TermSize};
 pub use managed::ManagedContainerd;
 
 use async_trait::async_trait;
@@ -181,4 +183,10 @@ pub trait Runtime: Send + Sync + 'static {
     async fn list_containers(&self) -> Result<Vec<ContainerStatus>>;
     /// Subscribe to container lifecycle events.
     fn events(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent>;
+    /// Runs a process in a running container (`kubectl exec`); see [`ExecSession`] for its
+    /// streams. Dropping the session before the process exits kills it.
+    async fn exec(&self, container_id: &str, opts: &ExecOptions) -> Result<ExecSession>;
+    /// A TCP connection to `127.0.0.1:port` inside the pod's network namespace
+    /// (`kubectl port-forward`).
+    async fn port_forward(&self, pod_uid: &str, port: u16) -> Result<tokio::net::TcpStream>;
 }
