@@ -46,8 +46,60 @@ fn svc_invalid(o: &Value, field: &str, msg: String) -> ApiError {
     }
 }
 
+/// The ServiceAccount admission plugin's token volume: a projected volume with a bound token,
+/// the cluster CA and the namespace, mounted read-only at the well-known path in every
+/// container, unless the pod or its ServiceAccount opts out with
+/// `automountServiceAccountToken: false`. Unlike upstream, a ServiceAccount that does not exist
+/// yet does not reject the pod (the kubelet waits for the token instead), which avoids the
+/// well-known race with freshly created namespaces.
+pub async fn service_account_token_volume(req: &Req, o: &mut Value) -> ApiResult<()> {
+    const MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    if o.pointer("/spec/automountServiceAccountToken") == Some(&Value::Bool(false)) {
+        return Ok(());
+    }
+    let already = o.pointer("/spec/containers").and_then(|c| c.as_array()).into_iter().flatten().any(|c| {
+        c.get("volumeMounts").and_then(|m| m.as_array()).into_iter().flatten().any(|m| m["mountPath"] == MOUNT)
+    });
+    if already {
+        return Ok(());
+    }
+    let sa = o.pointer("/spec/serviceAccountName").and_then(|s| s.as_str()).unwrap_or("default").to_string();
+    if let Some(sar) = crate::registry::find("", "v1", "serviceaccounts") {
+        if let Ok(s) = super::objects::get(req.st.store.as_ref(), sar, req.ns.as_deref(), &sa).await {
+            if s.obj.get("automountServiceAccountToken") == Some(&Value::Bool(false)) {
+                return Ok(());
+            }
+        }
+    }
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let suffix: String = (0..5).map(|_| CHARS[rand::thread_rng().gen_range(0..CHARS.len())] as char).collect();
+    let name = format!("kube-api-access-{suffix}");
+    let volume = json!({"name": name, "projected": {"defaultMode": 420, "sources": [
+        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+    ]}});
+    match o.pointer_mut("/spec/volumes").and_then(|v| v.as_array_mut()) {
+        Some(v) => v.push(volume),
+        None => o["spec"]["volumes"] = json!([volume]),
+    }
+    for key in ["containers", "initContainers"] {
+        for c in o.pointer_mut(&format!("/spec/{key}")).and_then(|c| c.as_array_mut()).into_iter().flatten() {
+            let m = json!({"name": name, "mountPath": MOUNT, "readOnly": true});
+            match c.get_mut("volumeMounts").and_then(|v| v.as_array_mut()) {
+                Some(v) => v.push(m),
+                None => c["volumeMounts"] = json!([m]),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Allocates what a new object needs. Runs after validation, before the write.
 pub async fn on_create(req: &Req, o: &mut Value) -> ApiResult<()> {
+    if req.r.kind == "Pod" {
+        return service_account_token_volume(req, o).await;
+    }
     if req.r.kind != "Service" || req.q.dry_run()? {
         return Ok(());
     }
