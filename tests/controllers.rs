@@ -26,9 +26,14 @@ impl Drop for Server {
 }
 
 async fn server() -> Server {
+    server_with(&[]).await
+}
+
+/// A server started with extra command-line flags (e.g. `--disable nodelifecycle`).
+async fn server_with(extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().display().to_string();
-    let cli = Cli::parse_from([
+    let mut argv = vec![
         "skiff",
         "server",
         "--data-dir",
@@ -42,7 +47,12 @@ async fn server() -> Server {
         "test-server",
         "--bind-address",
         "127.0.0.1",
-    ]);
+    ]
+    .into_iter()
+    .map(|s| s.to_string())
+    .collect::<Vec<String>>();
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let cli = Cli::parse_from(argv);
     let Command::Server(args) = cli.command else { panic!("server args") };
     let host = HostFacts { hostname: "test-server".into(), first_ip: Some("127.0.0.1".parse().expect("ip")) };
     let cfg = resolve_server(&args, &host).expect("config");
@@ -525,4 +535,184 @@ async fn a_service_gets_endpoints_and_slices_of_its_ready_pods_and_loses_them_wh
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_namespace_gets_a_default_service_account_and_the_root_ca_configmap() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+    let s = server().await;
+    let namespaces: Api<Namespace> = Api::all(s.client.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))
+            .expect("namespace");
+    namespaces.create(&PostParams::default(), &ns).await.expect("create namespace");
+    let sas: Api<ServiceAccount> = Api::namespaced(s.client.clone(), "shop");
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), "shop");
+    eventually("the default ServiceAccount", 20, || {
+        let sas = sas.clone();
+        async move { sas.get_opt("default").await.ok()? }
+    })
+    .await;
+    let ca = eventually("kube-root-ca.crt", 20, || {
+        let cms = cms.clone();
+        async move { cms.get_opt("kube-root-ca.crt").await.ok()??.data?.get("ca.crt").cloned() }
+    })
+    .await;
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    // The server's CA is the one in the client's kubeconfig: every namespace gets the same one.
+    let kube_system: Api<ConfigMap> = Api::namespaced(s.client.clone(), "kube-system");
+    let ks = eventually("kube-root-ca.crt in kube-system", 20, || {
+        let kube_system = kube_system.clone();
+        async move { kube_system.get_opt("kube-root-ca.crt").await.ok()??.data?.get("ca.crt").cloned() }
+    })
+    .await;
+    assert_eq!(ks, ca);
+
+    // Deleted or tampered with, both come back.
+    sas.delete("default", &DeleteParams::default()).await.expect("delete sa");
+    let patch = json!({"data": {"ca.crt": "garbage"}});
+    cms.patch("kube-root-ca.crt", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("tamper");
+    eventually("the account to be recreated and the CA restored", 20, || {
+        let (sas, cms, ca) = (sas.clone(), cms.clone(), ca.clone());
+        async move {
+            sas.get_opt("default").await.ok()??;
+            let got = cms.get_opt("kube-root-ca.crt").await.ok()??.data?.get("ca.crt").cloned()?;
+            (got == ca).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Keeps `node`'s kube-node-lease Lease renewed every 300 ms until `stop` fires, as a kubelet does.
+fn renew_lease(client: kube::Client, node: &str, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let node = node.to_string();
+    tokio::spawn(async move {
+        let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+        loop {
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": node, "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now}});
+            if leases.get_opt(&node).await.ok().flatten().is_some() {
+                let _ = leases.patch(&node, &PatchParams::default(), &Patch::Merge(&lease)).await;
+            } else if let Ok(l) = serde_json::from_value::<Lease>(lease) {
+                let _ = leases.create(&PostParams::default(), &l).await;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_a_node_whose_lease_stops_are_evicted_and_replaced_elsewhere() {
+    use skiff::controllers::node_lifecycle::{self, Timings};
+    // The server's own node lifecycle controller waits 40 s; run one with test timings instead.
+    let s = server_with(&["--disable", "nodelifecycle"]).await;
+    let timings = Timings { grace: Duration::from_secs(3), period: Duration::from_millis(300) };
+    let nlc = tokio::spawn(node_lifecycle::run(s.client.clone(), timings, s.shutdown.clone()));
+    let stop_a = CancellationToken::new();
+    let stop_b = CancellationToken::new();
+    fake_node(&s.client, "node-a", "2").await;
+    let lease_a = renew_lease(s.client.clone(), "node-a", stop_a.clone());
+    let deploys: Api<Deployment> = Api::namespaced(s.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let nodes: Api<Node> = Api::all(s.client.clone());
+    let mut d = deployment("ev", 2, "busybox:1", "100m");
+    if let Some(tpl) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        // Short toleration so the test need not wait upstream's default 300 s.
+        tpl.tolerations = serde_json::from_value(json!([{"key": "node.kubernetes.io/unreachable",
+            "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2}]))
+        .ok();
+    }
+    deploys.create(&PostParams::default(), &d).await.expect("create");
+    let on = |node: &'static str| {
+        let pods = pods.clone();
+        async move {
+            kubelet(&pods, false).await;
+            let list = pods.list(&ListParams::default().labels("app=ev")).await.ok()?;
+            let running = list
+                .items
+                .iter()
+                .filter(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                })
+                .count();
+            (running == 2).then_some(list.items)
+        }
+    };
+    eventually("two pods running on node-a", 30, || on("node-a")).await;
+    fake_node(&s.client, "node-b", "2").await;
+    let lease_b = renew_lease(s.client.clone(), "node-b", stop_b.clone());
+    // A healthy node stays untouched for longer than the grace period.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let a = nodes.get("node-a").await.expect("node-a");
+    assert!(a.spec.and_then(|s| s.taints).unwrap_or_default().is_empty(), "a renewing node is not tainted");
+
+    // node-a's kubelet goes quiet.
+    stop_a.cancel();
+    let _ = lease_a.await;
+    let a = eventually("node-a to turn Unknown and be tainted unreachable", 20, || {
+        let nodes = nodes.clone();
+        async move {
+            let n = nodes.get("node-a").await.ok()?;
+            let taints = n.spec.as_ref()?.taints.clone()?;
+            let tainted =
+                |effect: &str| taints.iter().any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == effect);
+            (tainted("NoExecute") && tainted("NoSchedule")).then_some(n)
+        }
+    })
+    .await;
+    let ready = a
+        .status
+        .and_then(|s| s.conditions)
+        .and_then(|c| c.into_iter().find(|c| c.type_ == "Ready"))
+        .expect("Ready condition");
+    assert_eq!(ready.status, "Unknown");
+    assert_eq!(ready.reason.as_deref(), Some("NodeStatusUnknown"));
+    assert_eq!(ready.message.as_deref(), Some("Kubelet stopped posting node status."));
+
+    // After the 2 s toleration the pods are deleted and their ReplicaSet replaces them on node-b.
+    let items = eventually("replacement pods running on node-b", 40, || on("node-b")).await;
+    let evicted: Vec<&Pod> =
+        items.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("node-a")).collect();
+    assert!(evicted.iter().all(|p| p.metadata.deletion_timestamp.is_some()), "node-a's pods are terminating");
+    assert!(evicted.iter().all(|p| {
+        p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+            c.iter().any(|c| c.type_ == "DisruptionTarget" && c.reason.as_deref() == Some("DeletionByTaintManager"))
+        })
+    }));
+    let events: Api<Event> = Api::namespaced(s.client.clone(), "default");
+    eventually("TaintManagerEviction events", 10, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.iter().any(|e| e.reason.as_deref() == Some("TaintManagerEviction")).then_some(())
+        }
+    })
+    .await;
+
+    // The kubelet comes back: the taints go.
+    let stop_a2 = CancellationToken::new();
+    let lease_a2 = renew_lease(s.client.clone(), "node-a", stop_a2.clone());
+    eventually("node-a's unreachable taints to be removed", 20, || {
+        let nodes = nodes.clone();
+        async move {
+            let n = nodes.get("node-a").await.ok()?;
+            let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
+            (!taints.iter().any(|t| t.key == "node.kubernetes.io/unreachable")).then_some(())
+        }
+    })
+    .await;
+    for stop in [stop_a2, stop_b] {
+        stop.cancel();
+    }
+    let _ = tokio::join!(lease_a2, lease_b);
+    s.shutdown.cancel();
+    let _ = nlc.await;
 }
