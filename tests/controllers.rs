@@ -716,3 +716,141 @@ async fn pods_of_a_node_whose_lease_stops_are_evicted_and_replaced_elsewhere() {
     s.shutdown.cancel();
     let _ = nlc.await;
 }
+
+/// The kubelet's part for run-to-completion pods: every bound, live pod ends in `phase`.
+async fn finish_bound_pods(pods: &Api<Pod>, selector: &str, phase: &str) {
+    let Ok(list) = pods.list(&ListParams::default().labels(selector)).await else { return };
+    for p in list.items {
+        let bound = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+        let done = matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+        if bound && !done && p.metadata.deletion_timestamp.is_none() {
+            let status = json!({"status": {"phase": phase}});
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_fail_on_backoff_run_indexes_and_expire_after_their_ttl() {
+    use k8s_openapi::api::batch::v1::Job;
+    let s = server().await;
+    fake_node(&s.client, "node-a", "4").await;
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let job = |name: &str, extra: serde_json::Value| -> Job {
+        let mut spec = json!({
+            "template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "10m"}}}]}},
+        });
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        serde_json::from_value(json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": spec}))
+        .expect("job")
+    };
+    let condition = |j: &Job, t: &str| {
+        j.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == t && c.status == "True").cloned()
+    };
+
+    // Three completions, two at a time.
+    jobs.create(&PostParams::default(), &job("ok", json!({"completions": 3, "parallelism": 2}))).await.expect("create");
+    let max_active = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = eventually("job ok to complete", 40, || {
+        let (jobs, pods, max_active) = (jobs.clone(), pods.clone(), max_active.clone());
+        async move {
+            let live = pods.list(&ListParams::default().labels("job-name=ok")).await.ok()?;
+            let running = live
+                .items
+                .iter()
+                .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded")))
+                .count();
+            max_active.fetch_max(running, std::sync::atomic::Ordering::SeqCst);
+            finish_bound_pods(&pods, "job-name=ok", "Succeeded").await;
+            let j = jobs.get("ok").await.ok()?;
+            condition(&j, "Complete").map(|c| (j, c))
+        }
+    })
+    .await;
+    let (j, complete) = done;
+    let max_active = max_active.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(max_active <= 2, "parallelism 2 exceeded: {max_active}");
+    assert_eq!(complete.reason.as_deref(), Some("CompletionsReached"));
+    let st = j.status.clone().expect("status");
+    assert_eq!((st.succeeded, st.active.unwrap_or(0)), (Some(3), 0));
+    assert!(st.start_time.is_some() && st.completion_time.is_some());
+    assert!(condition(&j, "SuccessCriteriaMet").is_some());
+    let list = pods.list(&ListParams::default().labels("batch.kubernetes.io/job-name=ok")).await.expect("pods");
+    assert_eq!(list.items.len(), 3, "exactly three pods ran");
+
+    // Every pod fails: backoffLimit 1 allows one retry, then the Job fails.
+    jobs.create(&PostParams::default(), &job("bad", json!({"backoffLimit": 1}))).await.expect("create");
+    let failed = eventually("job bad to fail", 40, || {
+        let (jobs, pods) = (jobs.clone(), pods.clone());
+        async move {
+            finish_bound_pods(&pods, "job-name=bad", "Failed").await;
+            let j = jobs.get("bad").await.ok()?;
+            condition(&j, "Failed").map(|c| (j, c))
+        }
+    })
+    .await;
+    assert_eq!(failed.1.reason.as_deref(), Some("BackoffLimitExceeded"));
+    assert_eq!(failed.0.status.and_then(|s| s.failed), Some(2));
+
+    // Indexed: one pod per index, each labelled with it.
+    jobs.create(
+        &PostParams::default(),
+        &job("idx", json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed"})),
+    )
+    .await
+    .expect("create");
+    let j = eventually("job idx to complete", 40, || {
+        let (jobs, pods) = (jobs.clone(), pods.clone());
+        async move {
+            finish_bound_pods(&pods, "job-name=idx", "Succeeded").await;
+            let j = jobs.get("idx").await.ok()?;
+            condition(&j, "Complete").map(|_| j)
+        }
+    })
+    .await;
+    assert_eq!(j.status.and_then(|s| s.completed_indexes).as_deref(), Some("0-2"));
+    let list = pods.list(&ListParams::default().labels("job-name=idx")).await.expect("pods");
+    let mut ix: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.annotations.as_ref()?.get("batch.kubernetes.io/job-completion-index").cloned())
+        .collect();
+    ix.sort();
+    assert_eq!(ix, ["0", "1", "2"]);
+
+    let events: Api<Event> = Api::namespaced(s.client.clone(), "default");
+    eventually("job events", 10, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let has = |r: &str| {
+                list.items
+                    .iter()
+                    .any(|e| e.reason.as_deref() == Some(r) && e.involved_object.kind.as_deref() == Some("Job"))
+            };
+            (has("SuccessfulCreate") && has("Completed") && has("BackoffLimitExceeded")).then_some(())
+        }
+    })
+    .await;
+
+    // ttlSecondsAfterFinished: the finished Job and its pods go.
+    jobs.patch("ok", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"ttlSecondsAfterFinished": 1}})))
+        .await
+        .expect("set ttl");
+    eventually("job ok and its pods to be deleted after the TTL", 30, || {
+        let (jobs, pods) = (jobs.clone(), pods.clone());
+        async move {
+            kubelet(&pods, true).await;
+            let gone = jobs.get_opt("ok").await.ok()?.is_none();
+            let left = pods.list(&ListParams::default().labels("job-name=ok")).await.ok()?;
+            (gone && left.items.is_empty()).then_some(())
+        }
+    })
+    .await;
+}

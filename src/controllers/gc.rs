@@ -9,7 +9,7 @@
 //!   dependent, then the finalizer removed.
 //!
 //! Minimal on purpose: dependents are Pods and ReplicaSets, owners are judged only for kinds the
-//! collector watches (Deployment, ReplicaSet). An owner of any other kind counts as present, so an
+//! collector watches (Deployment, ReplicaSet, Job). An owner of any other kind counts as present, so an
 //! unknown kind never causes a deletion. Absence seen in the cache is confirmed with a live GET
 //! (comparing UIDs, since a new object may reuse the name) before anything is deleted, as
 //! upstream's `attemptToDeleteItem` does.
@@ -17,6 +17,7 @@
 use super::podutil;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -82,6 +83,7 @@ struct Owners {
     client: kube::Client,
     deployments: Store<Deployment>,
     replicasets: Store<ReplicaSet>,
+    jobs: Store<Job>,
 }
 
 impl Owners {
@@ -97,6 +99,12 @@ impl Owners {
             ),
             ("apps/v1", "ReplicaSet") => Some(
                 self.replicasets
+                    .state()
+                    .iter()
+                    .any(|d| d.metadata.namespace.as_deref() == Some(ns) && uid_in(d.metadata.uid.as_ref())),
+            ),
+            ("batch/v1", "Job") => Some(
+                self.jobs
                     .state()
                     .iter()
                     .any(|d| d.metadata.namespace.as_deref() == Some(ns) && uid_in(d.metadata.uid.as_ref())),
@@ -124,6 +132,7 @@ impl Owners {
         match r.kind.as_str() {
             "Deployment" => live(Api::<Deployment>::namespaced(self.client.clone(), ns), r).await,
             "ReplicaSet" => live(Api::<ReplicaSet>::namespaced(self.client.clone(), ns), r).await,
+            "Job" => live(Api::<Job>::namespaced(self.client.clone(), ns), r).await,
             _ => None,
         }
     }
@@ -245,8 +254,10 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     let (tx, mut wake) = mpsc::unbounded_channel::<Wake>();
     let deployments = spawn_reflector(Api::<Deployment>::all(client.clone()), tx.clone(), shutdown.clone());
     let replicasets = spawn_reflector(Api::<ReplicaSet>::all(client.clone()), tx.clone(), shutdown.clone());
+    let jobs = spawn_reflector(Api::<Job>::all(client.clone()), tx.clone(), shutdown.clone());
     let pods = spawn_reflector(Api::<Pod>::all(client.clone()), tx, shutdown.clone());
     for ready in [
+        jobs.wait_until_ready().await.is_ok(),
         deployments.wait_until_ready().await.is_ok(),
         replicasets.wait_until_ready().await.is_ok(),
         pods.wait_until_ready().await.is_ok(),
@@ -255,7 +266,12 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
             return;
         }
     }
-    let owners = Owners { client: client.clone(), deployments: deployments.clone(), replicasets: replicasets.clone() };
+    let owners = Owners {
+        client: client.clone(),
+        deployments: deployments.clone(),
+        replicasets: replicasets.clone(),
+        jobs: jobs.clone(),
+    };
     let mut tick = tokio::time::interval(RESYNC);
     loop {
         // Which owner disappeared (None: look at everything).
@@ -275,6 +291,9 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
         }
         for r in replicasets.state().into_iter().filter(|o| has_gc_finalizer(&o.metadata)) {
             finalize_owner(&client, r.as_ref(), &deps).await;
+        }
+        for j in jobs.state().into_iter().filter(|o| has_gc_finalizer(&o.metadata)) {
+            finalize_owner(&client, j.as_ref(), &deps).await;
         }
         for p in pods.state().into_iter().filter(|o| has_gc_finalizer(&o.metadata)) {
             finalize_owner(&client, p.as_ref(), &deps).await;

@@ -6,7 +6,7 @@
 //!   each Service; `node_ipam.rs`: a pod CIDR per node; `gc.rs`:
 //!   background garbage collection by ownerReferences; `serviceaccount.rs`: the `default`
 //!   ServiceAccount and `kube-root-ca.crt` ConfigMap in every namespace; `node_lifecycle.rs`:
-//!   unreachable nodes tainted and their pods evicted.
+//!   unreachable nodes tainted and their pods evicted; `job.rs`: Jobs and their TTL.
 //! - `leader.rs`: Lease-based leader election, so one server of an HA group runs them.
 //! - `events.rs` writes the core/v1 Events `kubectl describe` shows; `podutil.rs` holds the pure
 //!   helpers (readiness, selectors, owner references) the workload controllers share.
@@ -15,6 +15,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
+pub mod job;
 pub mod leader;
 pub mod node_ipam;
 pub mod node_lifecycle;
@@ -50,6 +51,7 @@ pub const NAMES: &[&str] = &[
     "serviceaccount",
     "root-ca-cert-publisher",
     "nodelifecycle",
+    "job",
 ];
 
 impl ControllerConfig {
@@ -89,6 +91,7 @@ pub async fn run_all(client: kube::Client, cfg: ControllerConfig, shutdown: Canc
         ("garbagecollector", gc::run(c(), sd()).boxed()),
         // One loop does both upstream duties; disabling either name stops it.
         ("serviceaccount", serviceaccount::run(c(), cfg.server_ca_pem.clone(), sd()).boxed()),
+        ("job", job::run(c(), sd()).boxed()),
         ("nodelifecycle", node_lifecycle::run(c(), cfg.node_lifecycle, sd()).boxed()),
     ];
     let sa_on = cfg.enabled("serviceaccount") && cfg.enabled("root-ca-cert-publisher");
