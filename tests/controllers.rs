@@ -854,3 +854,103 @@ async fn jobs_complete_fail_on_backoff_run_indexes_and_expire_after_their_ttl() 
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cronjob_forbids_overlap_then_starts_a_job_for_a_missed_time_and_records_success() {
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    let s = server().await;
+    fake_node(&s.client, "node-a", "4").await;
+    let cronjobs: Api<CronJob> = Api::namespaced(s.client.clone(), "default");
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let events: Api<Event> = Api::namespaced(s.client.clone(), "default");
+    let template = json!({"spec": {"template": {"spec": {"restartPolicy": "Never",
+        "containers": [{"name": "c", "image": "busybox"}]}}}});
+    let cj: CronJob = serde_json::from_value(json!({
+        "apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick"},
+        "spec": {"schedule": "* * * * *", "concurrencyPolicy": "Forbid", "timeZone": "Etc/UTC",
+            "jobTemplate": template},
+    }))
+    .expect("cronjob");
+    let cj = cronjobs.create(&PostParams::default(), &cj).await.expect("create");
+    // An earlier run still going: a Job of this CronJob for minute 1.
+    let old: Job = serde_json::from_value(json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "tick-1", "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob",
+            "name": "tick", "uid": cj.metadata.uid, "controller": true, "blockOwnerDeletion": true}]},
+        "spec": template["spec"],
+    }))
+    .expect("job");
+    jobs.create(&PostParams::default(), &old).await.expect("create old job");
+    // Pretend the last run was three minutes ago: the most recent missed minute is due at once
+    // (a real `* * * * *` schedule would make the test wait up to a minute).
+    let t = k8s_openapi::jiff::Timestamp::now().as_second() - 180;
+    let back = json!({"status": {"lastScheduleTime":
+        k8s_openapi::jiff::Timestamp::from_second(t).expect("ts").to_string()}});
+    cronjobs.patch_status("tick", &PatchParams::default(), &Patch::Merge(&back)).await.expect("status");
+
+    // Forbid: while tick-1 runs, no second job.
+    eventually("a JobAlreadyActive event", 20, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.iter().any(|e| e.reason.as_deref() == Some("JobAlreadyActive")).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(jobs.list(&ListParams::default()).await.expect("jobs").items.len(), 1);
+
+    // tick-1 finishes: the missed minute runs now.
+    let job = eventually("a job for the current minute", 40, || {
+        let (jobs, pods) = (jobs.clone(), pods.clone());
+        async move {
+            finish_bound_pods(&pods, "job-name=tick-1", "Succeeded").await;
+            let list = jobs.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|j| j.metadata.name.as_deref() != Some("tick-1"))
+        }
+    })
+    .await;
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let minute = k8s_openapi::jiff::Timestamp::now().as_second() / 60;
+    assert!(name == format!("tick-{minute}") || name == format!("tick-{}", minute - 1), "{name}");
+    assert!(job
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key("batch.kubernetes.io/cronjob-scheduled-timestamp")));
+    eventually("the new job in status.active", 10, || {
+        let (cronjobs, name) = (cronjobs.clone(), name.clone());
+        async move {
+            let c = cronjobs.get("tick").await.ok()?;
+            let st = c.status?;
+            st.last_schedule_time?;
+            st.active?.iter().any(|r| r.name.as_deref() == Some(&name)).then_some(())
+        }
+    })
+    .await;
+
+    // Its pod succeeds: the CronJob records the success and drops it from active.
+    eventually("lastSuccessfulTime and an empty active list", 40, || {
+        let (cronjobs, pods, name) = (cronjobs.clone(), pods.clone(), name.clone());
+        async move {
+            finish_bound_pods(&pods, &format!("job-name={name}"), "Succeeded").await;
+            let st = cronjobs.get("tick").await.ok()?.status?;
+            st.last_successful_time?;
+            st.active.is_none_or(|a| a.is_empty()).then_some(())
+        }
+    })
+    .await;
+    eventually("SuccessfulCreate and SawCompletedJob events", 10, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let has = |r: &str| {
+                list.items
+                    .iter()
+                    .any(|e| e.reason.as_deref() == Some(r) && e.involved_object.kind.as_deref() == Some("CronJob"))
+            };
+            (has("SuccessfulCreate") && has("SawCompletedJob")).then_some(())
+        }
+    })
+    .await;
+}

@@ -315,7 +315,7 @@ pub struct Context {
     recorder: Recorder,
 }
 
-fn strip_times(s: &JobStatus) -> serde_json::Value {
+fn as_json(s: &JobStatus) -> serde_json::Value {
     serde_json::to_value(s).unwrap_or_default()
 }
 
@@ -376,8 +376,13 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, JobEr
         }
     }
     let old = job.status.clone().unwrap_or_default();
-    if strip_times(&old) != strip_times(&p.status) {
-        let patch = serde_json::json!({"status": p.status});
+    if as_json(&old) != as_json(&p.status) {
+        // Guarded by resourceVersion: a sync that read a stale Job must not erase conditions
+        // a newer sync wrote; it fails with a conflict and is retried.
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": job.metadata.resource_version},
+            "status": p.status,
+        });
         jobs.patch_status(&job.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(err("updating status"))?;

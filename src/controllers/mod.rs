@@ -6,11 +6,14 @@
 //!   each Service; `node_ipam.rs`: a pod CIDR per node; `gc.rs`:
 //!   background garbage collection by ownerReferences; `serviceaccount.rs`: the `default`
 //!   ServiceAccount and `kube-root-ca.crt` ConfigMap in every namespace; `node_lifecycle.rs`:
-//!   unreachable nodes tainted and their pods evicted; `job.rs`: Jobs and their TTL.
+//!   unreachable nodes tainted and their pods evicted; `job.rs`: Jobs and their TTL;
+//!   `cronjob.rs` (with `cron_schedule.rs`): Jobs on a cron schedule.
 //! - `leader.rs`: Lease-based leader election, so one server of an HA group runs them.
 //! - `events.rs` writes the core/v1 Events `kubectl describe` shows; `podutil.rs` holds the pure
 //!   helpers (readiness, selectors, owner references) the workload controllers share.
 
+pub mod cron_schedule;
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
@@ -52,6 +55,7 @@ pub const NAMES: &[&str] = &[
     "root-ca-cert-publisher",
     "nodelifecycle",
     "job",
+    "cronjob",
 ];
 
 impl ControllerConfig {
@@ -92,6 +96,7 @@ pub async fn run_all(client: kube::Client, cfg: ControllerConfig, shutdown: Canc
         // One loop does both upstream duties; disabling either name stops it.
         ("serviceaccount", serviceaccount::run(c(), cfg.server_ca_pem.clone(), sd()).boxed()),
         ("job", job::run(c(), sd()).boxed()),
+        ("cronjob", cronjob::run(c(), sd()).boxed()),
         ("nodelifecycle", node_lifecycle::run(c(), cfg.node_lifecycle, sd()).boxed()),
     ];
     let sa_on = cfg.enabled("serviceaccount") && cfg.enabled("root-ca-cert-publisher");
