@@ -953,4 +953,17 @@ async fn a_cronjob_forbids_overlap_then_starts_a_job_for_a_missed_time_and_recor
         }
     })
     .await;
+
+    // Deleting the CronJob takes its Jobs and their pods with it (garbage collection).
+    cronjobs.delete("tick", &DeleteParams::default()).await.expect("delete cronjob");
+    eventually("the jobs and pods to be collected", 60, || {
+        let (jobs, pods) = (jobs.clone(), pods.clone());
+        async move {
+            kubelet(&pods, true).await;
+            let j = jobs.list(&ListParams::default()).await.ok()?;
+            let p = pods.list(&ListParams::default()).await.ok()?;
+            (j.items.is_empty() && p.items.is_empty()).then_some(())
+        }
+    })
+    .await;
 }
