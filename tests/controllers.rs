@@ -26,9 +26,14 @@ impl Drop for Server {
 }
 
 async fn server() -> Server {
+    server_with(&[]).await
+}
+
+/// A server started with extra command-line flags (e.g. `--disable nodelifecycle`).
+async fn server_with(extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().display().to_string();
-    let cli = Cli::parse_from([
+    let mut argv = vec![
         "skiff",
         "server",
         "--data-dir",
@@ -42,7 +47,12 @@ async fn server() -> Server {
         "test-server",
         "--bind-address",
         "127.0.0.1",
-    ]);
+    ]
+    .into_iter()
+    .map(|s| s.to_string())
+    .collect::<Vec<String>>();
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let cli = Cli::parse_from(argv);
     let Command::Server(args) = cli.command else { panic!("server args") };
     let host = HostFacts { hostname: "test-server".into(), first_ip: Some("127.0.0.1".parse().expect("ip")) };
     let cfg = resolve_server(&args, &host).expect("config");
@@ -522,6 +532,437 @@ async fn a_service_gets_endpoints_and_slices_of_its_ready_pods_and_loses_them_wh
             let ep = endpoints.get_opt("web").await.ok()?;
             let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.ok()?;
             (ep.is_none() && list.items.is_empty()).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_namespace_gets_a_default_service_account_and_the_root_ca_configmap() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+    let s = server().await;
+    let namespaces: Api<Namespace> = Api::all(s.client.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))
+            .expect("namespace");
+    namespaces.create(&PostParams::default(), &ns).await.expect("create namespace");
+    let sas: Api<ServiceAccount> = Api::namespaced(s.client.clone(), "shop");
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), "shop");
+    eventually("the default ServiceAccount", 20, || {
+        let sas = sas.clone();
+        async move { sas.get_opt("default").await.ok()? }
+    })
+    .await;
+    let ca = eventually("kube-root-ca.crt", 20, || {
+        let cms = cms.clone();
+        async move { cms.get_opt("kube-root-ca.crt").await.ok()??.data?.get("ca.crt").cloned() }
+    })
+    .await;
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    // The server's CA is the one in the client's kubeconfig: every namespace gets the same one.
+    let kube_system: Api<ConfigMap> = Api::namespaced(s.client.clone(), "kube-system");
+    let ks = eventually("kube-root-ca.crt in kube-system", 20, || {
+        let kube_system = kube_system.clone();
+        async move { kube_system.get_opt("kube-root-ca.crt").await.ok()??.data?.get("ca.crt").cloned() }
+    })
+    .await;
+    assert_eq!(ks, ca);
+
+    // Deleted or tampered with, both come back.
+    sas.delete("default", &DeleteParams::default()).await.expect("delete sa");
+    let patch = json!({"data": {"ca.crt": "garbage"}});
+    cms.patch("kube-root-ca.crt", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("tamper");
+    eventually("the account to be recreated and the CA restored", 20, || {
+        let (sas, cms, ca) = (sas.clone(), cms.clone(), ca.clone());
+        async move {
+            sas.get_opt("default").await.ok()??;
+            let got = cms.get_opt("kube-root-ca.crt").await.ok()??.data?.get("ca.crt").cloned()?;
+            (got == ca).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Keeps `node`'s kube-node-lease Lease renewed every 300 ms until `stop` fires, as a kubelet does.
+fn renew_lease(client: kube::Client, node: &str, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let node = node.to_string();
+    tokio::spawn(async move {
+        let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+        loop {
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": node, "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now}});
+            if leases.get_opt(&node).await.ok().flatten().is_some() {
+                let _ = leases.patch(&node, &PatchParams::default(), &Patch::Merge(&lease)).await;
+            } else if let Ok(l) = serde_json::from_value::<Lease>(lease) {
+                let _ = leases.create(&PostParams::default(), &l).await;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_a_node_whose_lease_stops_are_evicted_and_replaced_elsewhere() {
+    use skiff::controllers::node_lifecycle::{self, Timings};
+    // The server's own node lifecycle controller waits 40 s; run one with test timings instead.
+    let s = server_with(&["--disable", "nodelifecycle"]).await;
+    let timings = Timings { grace: Duration::from_secs(3), period: Duration::from_millis(300) };
+    let nlc = tokio::spawn(node_lifecycle::run(s.client.clone(), timings, s.shutdown.clone()));
+    let stop_a = CancellationToken::new();
+    let stop_b = CancellationToken::new();
+    fake_node(&s.client, "node-a", "2").await;
+    let lease_a = renew_lease(s.client.clone(), "node-a", stop_a.clone());
+    let deploys: Api<Deployment> = Api::namespaced(s.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let nodes: Api<Node> = Api::all(s.client.clone());
+    let mut d = deployment("ev", 2, "busybox:1", "100m");
+    if let Some(tpl) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        // Short toleration so the test need not wait upstream's default 300 s.
+        tpl.tolerations = serde_json::from_value(json!([{"key": "node.kubernetes.io/unreachable",
+            "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2}]))
+        .ok();
+    }
+    deploys.create(&PostParams::default(), &d).await.expect("create");
+    let on = |node: &'static str| {
+        let pods = pods.clone();
+        async move {
+            kubelet(&pods, false).await;
+            let list = pods.list(&ListParams::default().labels("app=ev")).await.ok()?;
+            let running = list
+                .items
+                .iter()
+                .filter(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                })
+                .count();
+            (running == 2).then_some(list.items)
+        }
+    };
+    eventually("two pods running on node-a", 30, || on("node-a")).await;
+    fake_node(&s.client, "node-b", "2").await;
+    let lease_b = renew_lease(s.client.clone(), "node-b", stop_b.clone());
+    // A healthy node stays untouched for longer than the grace period.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let a = nodes.get("node-a").await.expect("node-a");
+    assert!(a.spec.and_then(|s| s.taints).unwrap_or_default().is_empty(), "a renewing node is not tainted");
+
+    // node-a's kubelet goes quiet.
+    stop_a.cancel();
+    let _ = lease_a.await;
+    let a = eventually("node-a to turn Unknown and be tainted unreachable", 20, || {
+        let nodes = nodes.clone();
+        async move {
+            let n = nodes.get("node-a").await.ok()?;
+            let taints = n.spec.as_ref()?.taints.clone()?;
+            let tainted =
+                |effect: &str| taints.iter().any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == effect);
+            (tainted("NoExecute") && tainted("NoSchedule")).then_some(n)
+        }
+    })
+    .await;
+    let ready = a
+        .status
+        .and_then(|s| s.conditions)
+        .and_then(|c| c.into_iter().find(|c| c.type_ == "Ready"))
+        .expect("Ready condition");
+    assert_eq!(ready.status, "Unknown");
+    assert_eq!(ready.reason.as_deref(), Some("NodeStatusUnknown"));
+    assert_eq!(ready.message.as_deref(), Some("Kubelet stopped posting node status."));
+
+    // After the 2 s toleration the pods are deleted and their ReplicaSet replaces them on node-b.
+    let items = eventually("replacement pods running on node-b", 40, || on("node-b")).await;
+    let evicted: Vec<&Pod> =
+        items.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("node-a")).collect();
+    assert!(evicted.iter().all(|p| p.metadata.deletion_timestamp.is_some()), "node-a's pods are terminating");
+    assert!(evicted.iter().all(|p| {
+        p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+            c.iter().any(|c| c.type_ == "DisruptionTarget" && c.reason.as_deref() == Some("DeletionByTaintManager"))
+        })
+    }));
+    let events: Api<Event> = Api::namespaced(s.client.clone(), "default");
+    eventually("TaintManagerEviction events", 10, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.iter().any(|e| e.reason.as_deref() == Some("TaintManagerEviction")).then_some(())
+        }
+    })
+    .await;
+
+    // The kubelet comes back: the taints go.
+    let stop_a2 = CancellationToken::new();
+    let lease_a2 = renew_lease(s.client.clone(), "node-a", stop_a2.clone());
+    eventually("node-a's unreachable taints to be removed", 20, || {
+        let nodes = nodes.clone();
+        async move {
+            let n = nodes.get("node-a").await.ok()?;
+            let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
+            (!taints.iter().any(|t| t.key == "node.kubernetes.io/unreachable")).then_some(())
+        }
+    })
+    .await;
+    for stop in [stop_a2, stop_b] {
+        stop.cancel();
+    }
+    let _ = tokio::join!(lease_a2, lease_b);
+    s.shutdown.cancel();
+    let _ = nlc.await;
+}
+
+/// The kubelet's part for run-to-completion pods: every bound, live pod ends in `phase`.
+async fn finish_bound_pods(pods: &Api<Pod>, selector: &str, phase: &str) {
+    let Ok(list) = pods.list(&ListParams::default().labels(selector)).await else { return };
+    for p in list.items {
+        let bound = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+        let done = matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+        if bound && !done && p.metadata.deletion_timestamp.is_none() {
+            let status = json!({"status": {"phase": phase}});
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_fail_on_backoff_run_indexes_and_expire_after_their_ttl() {
+    use k8s_openapi::api::batch::v1::Job;
+    let s = server().await;
+    fake_node(&s.client, "node-a", "4").await;
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let job = |name: &str, extra: serde_json::Value| -> Job {
+        let mut spec = json!({
+            "template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "10m"}}}]}},
+        });
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        serde_json::from_value(json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": spec}))
+        .expect("job")
+    };
+    let condition = |j: &Job, t: &str| {
+        j.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == t && c.status == "True").cloned()
+    };
+
+    // Three completions, two at a time.
+    jobs.create(&PostParams::default(), &job("ok", json!({"completions": 3, "parallelism": 2}))).await.expect("create");
+    let max_active = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = eventually("job ok to complete", 40, || {
+        let (jobs, pods, max_active) = (jobs.clone(), pods.clone(), max_active.clone());
+        async move {
+            let live = pods.list(&ListParams::default().labels("job-name=ok")).await.ok()?;
+            let running = live
+                .items
+                .iter()
+                .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded")))
+                .count();
+            max_active.fetch_max(running, std::sync::atomic::Ordering::SeqCst);
+            finish_bound_pods(&pods, "job-name=ok", "Succeeded").await;
+            let j = jobs.get("ok").await.ok()?;
+            condition(&j, "Complete").map(|c| (j, c))
+        }
+    })
+    .await;
+    let (j, complete) = done;
+    let max_active = max_active.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(max_active <= 2, "parallelism 2 exceeded: {max_active}");
+    assert_eq!(complete.reason.as_deref(), Some("CompletionsReached"));
+    let st = j.status.clone().expect("status");
+    assert_eq!((st.succeeded, st.active.unwrap_or(0)), (Some(3), 0));
+    assert!(st.start_time.is_some() && st.completion_time.is_some());
+    assert!(condition(&j, "SuccessCriteriaMet").is_some());
+    let list = pods.list(&ListParams::default().labels("batch.kubernetes.io/job-name=ok")).await.expect("pods");
+    assert_eq!(list.items.len(), 3, "exactly three pods ran");
+
+    // Every pod fails: backoffLimit 1 allows one retry, then the Job fails.
+    jobs.create(&PostParams::default(), &job("bad", json!({"backoffLimit": 1}))).await.expect("create");
+    let failed = eventually("job bad to fail", 40, || {
+        let (jobs, pods) = (jobs.clone(), pods.clone());
+        async move {
+            finish_bound_pods(&pods, "job-name=bad", "Failed").await;
+            let j = jobs.get("bad").await.ok()?;
+            condition(&j, "Failed").map(|c| (j, c))
+        }
+    })
+    .await;
+    assert_eq!(failed.1.reason.as_deref(), Some("BackoffLimitExceeded"));
+    assert_eq!(failed.0.status.and_then(|s| s.failed), Some(2));
+
+    // Indexed: one pod per index, each labelled with it.
+    jobs.create(
+        &PostParams::default(),
+        &job("idx", json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed"})),
+    )
+    .await
+    .expect("create");
+    let j = eventually("job idx to complete", 40, || {
+        let (jobs, pods) = (jobs.clone(), pods.clone());
+        async move {
+            finish_bound_pods(&pods, "job-name=idx", "Succeeded").await;
+            let j = jobs.get("idx").await.ok()?;
+            condition(&j, "Complete").map(|_| j)
+        }
+    })
+    .await;
+    assert_eq!(j.status.and_then(|s| s.completed_indexes).as_deref(), Some("0-2"));
+    let list = pods.list(&ListParams::default().labels("job-name=idx")).await.expect("pods");
+    let mut ix: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.annotations.as_ref()?.get("batch.kubernetes.io/job-completion-index").cloned())
+        .collect();
+    ix.sort();
+    assert_eq!(ix, ["0", "1", "2"]);
+
+    let events: Api<Event> = Api::namespaced(s.client.clone(), "default");
+    eventually("job events", 10, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let has = |r: &str| {
+                list.items
+                    .iter()
+                    .any(|e| e.reason.as_deref() == Some(r) && e.involved_object.kind.as_deref() == Some("Job"))
+            };
+            (has("SuccessfulCreate") && has("Completed") && has("BackoffLimitExceeded")).then_some(())
+        }
+    })
+    .await;
+
+    // ttlSecondsAfterFinished: the finished Job and its pods go.
+    jobs.patch("ok", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"ttlSecondsAfterFinished": 1}})))
+        .await
+        .expect("set ttl");
+    eventually("job ok and its pods to be deleted after the TTL", 30, || {
+        let (jobs, pods) = (jobs.clone(), pods.clone());
+        async move {
+            kubelet(&pods, true).await;
+            let gone = jobs.get_opt("ok").await.ok()?.is_none();
+            let left = pods.list(&ListParams::default().labels("job-name=ok")).await.ok()?;
+            (gone && left.items.is_empty()).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cronjob_forbids_overlap_then_starts_a_job_for_a_missed_time_and_records_success() {
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    let s = server().await;
+    fake_node(&s.client, "node-a", "4").await;
+    let cronjobs: Api<CronJob> = Api::namespaced(s.client.clone(), "default");
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), "default");
+    let events: Api<Event> = Api::namespaced(s.client.clone(), "default");
+    let template = json!({"spec": {"template": {"spec": {"restartPolicy": "Never",
+        "containers": [{"name": "c", "image": "busybox"}]}}}});
+    let cj: CronJob = serde_json::from_value(json!({
+        "apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick"},
+        "spec": {"schedule": "* * * * *", "concurrencyPolicy": "Forbid", "timeZone": "Etc/UTC",
+            "jobTemplate": template},
+    }))
+    .expect("cronjob");
+    let cj = cronjobs.create(&PostParams::default(), &cj).await.expect("create");
+    // An earlier run still going: a Job of this CronJob for minute 1.
+    let old: Job = serde_json::from_value(json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "tick-1", "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob",
+            "name": "tick", "uid": cj.metadata.uid, "controller": true, "blockOwnerDeletion": true}]},
+        "spec": template["spec"],
+    }))
+    .expect("job");
+    jobs.create(&PostParams::default(), &old).await.expect("create old job");
+    // Pretend the last run was three minutes ago: the most recent missed minute is due at once
+    // (a real `* * * * *` schedule would make the test wait up to a minute).
+    let t = k8s_openapi::jiff::Timestamp::now().as_second() - 180;
+    let back = json!({"status": {"lastScheduleTime":
+        k8s_openapi::jiff::Timestamp::from_second(t).expect("ts").to_string()}});
+    cronjobs.patch_status("tick", &PatchParams::default(), &Patch::Merge(&back)).await.expect("status");
+
+    // Forbid: while tick-1 runs, no second job.
+    eventually("a JobAlreadyActive event", 20, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.iter().any(|e| e.reason.as_deref() == Some("JobAlreadyActive")).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(jobs.list(&ListParams::default()).await.expect("jobs").items.len(), 1);
+
+    // tick-1 finishes: the missed minute runs now.
+    let job = eventually("a job for the current minute", 40, || {
+        let (jobs, pods) = (jobs.clone(), pods.clone());
+        async move {
+            finish_bound_pods(&pods, "job-name=tick-1", "Succeeded").await;
+            let list = jobs.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|j| j.metadata.name.as_deref() != Some("tick-1"))
+        }
+    })
+    .await;
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let minute = k8s_openapi::jiff::Timestamp::now().as_second() / 60;
+    assert!(name == format!("tick-{minute}") || name == format!("tick-{}", minute - 1), "{name}");
+    assert!(job
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key("batch.kubernetes.io/cronjob-scheduled-timestamp")));
+    eventually("the new job in status.active", 10, || {
+        let (cronjobs, name) = (cronjobs.clone(), name.clone());
+        async move {
+            let c = cronjobs.get("tick").await.ok()?;
+            let st = c.status?;
+            st.last_schedule_time?;
+            st.active?.iter().any(|r| r.name.as_deref() == Some(&name)).then_some(())
+        }
+    })
+    .await;
+
+    // Its pod succeeds: the CronJob records the success and drops it from active.
+    eventually("lastSuccessfulTime and an empty active list", 40, || {
+        let (cronjobs, pods, name) = (cronjobs.clone(), pods.clone(), name.clone());
+        async move {
+            finish_bound_pods(&pods, &format!("job-name={name}"), "Succeeded").await;
+            let st = cronjobs.get("tick").await.ok()?.status?;
+            st.last_successful_time?;
+            st.active.is_none_or(|a| a.is_empty()).then_some(())
+        }
+    })
+    .await;
+    eventually("SuccessfulCreate and SawCompletedJob events", 10, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let has = |r: &str| {
+                list.items
+                    .iter()
+                    .any(|e| e.reason.as_deref() == Some(r) && e.involved_object.kind.as_deref() == Some("CronJob"))
+            };
+            (has("SuccessfulCreate") && has("SawCompletedJob")).then_some(())
+        }
+    })
+    .await;
+
+    // Deleting the CronJob takes its Jobs and their pods with it (garbage collection).
+    cronjobs.delete("tick", &DeleteParams::default()).await.expect("delete cronjob");
+    eventually("the jobs and pods to be collected", 60, || {
+        let (jobs, pods) = (jobs.clone(), pods.clone());
+        async move {
+            kubelet(&pods, true).await;
+            let j = jobs.list(&ListParams::default()).await.ok()?;
+            let p = pods.list(&ListParams::default()).await.ok()?;
+            (j.items.is_empty() && p.items.is_empty()).then_some(())
         }
     })
     .await;

@@ -8,8 +8,8 @@
 //! - orphan: an owner marked with the `orphan` finalizer has its references removed from every
 //!   dependent, then the finalizer removed.
 //!
-//! Minimal on purpose: dependents are Pods and ReplicaSets, owners are judged only for kinds the
-//! collector watches (Deployment, ReplicaSet). An owner of any other kind counts as present, so an
+//! Minimal on purpose: dependents are Pods, ReplicaSets and Jobs, owners are judged only for kinds
+//! the collector watches (Deployment, ReplicaSet, Job, CronJob). An owner of any other kind counts as present, so an
 //! unknown kind never causes a deletion. Absence seen in the cache is confirmed with a live GET
 //! (comparing UIDs, since a new object may reuse the name) before anything is deleted, as
 //! upstream's `attemptToDeleteItem` does.
@@ -17,6 +17,7 @@
 use super::podutil;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -82,6 +83,8 @@ struct Owners {
     client: kube::Client,
     deployments: Store<Deployment>,
     replicasets: Store<ReplicaSet>,
+    jobs: Store<Job>,
+    cronjobs: Store<CronJob>,
 }
 
 impl Owners {
@@ -97,6 +100,18 @@ impl Owners {
             ),
             ("apps/v1", "ReplicaSet") => Some(
                 self.replicasets
+                    .state()
+                    .iter()
+                    .any(|d| d.metadata.namespace.as_deref() == Some(ns) && uid_in(d.metadata.uid.as_ref())),
+            ),
+            ("batch/v1", "Job") => Some(
+                self.jobs
+                    .state()
+                    .iter()
+                    .any(|d| d.metadata.namespace.as_deref() == Some(ns) && uid_in(d.metadata.uid.as_ref())),
+            ),
+            ("batch/v1", "CronJob") => Some(
+                self.cronjobs
                     .state()
                     .iter()
                     .any(|d| d.metadata.namespace.as_deref() == Some(ns) && uid_in(d.metadata.uid.as_ref())),
@@ -124,6 +139,8 @@ impl Owners {
         match r.kind.as_str() {
             "Deployment" => live(Api::<Deployment>::namespaced(self.client.clone(), ns), r).await,
             "ReplicaSet" => live(Api::<ReplicaSet>::namespaced(self.client.clone(), ns), r).await,
+            "Job" => live(Api::<Job>::namespaced(self.client.clone(), ns), r).await,
+            "CronJob" => live(Api::<CronJob>::namespaced(self.client.clone(), ns), r).await,
             _ => None,
         }
     }
@@ -154,7 +171,11 @@ where
     }
     let ns = meta.namespace.clone().unwrap_or_default();
     let name = obj.name_any();
-    let kind: &'static str = if K::kind(&()) == "Pod" { "Pod" } else { "ReplicaSet" };
+    let kind: &'static str = match K::kind(&()).as_ref() {
+        "Pod" => "Pod",
+        "Job" => "Job",
+        _ => "ReplicaSet",
+    };
     let api: Api<K> = Api::namespaced(owners.client.clone(), &ns);
     let err = |action: &'static str| {
         let (namespace, name) = (ns.clone(), name.clone());
@@ -245,8 +266,12 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     let (tx, mut wake) = mpsc::unbounded_channel::<Wake>();
     let deployments = spawn_reflector(Api::<Deployment>::all(client.clone()), tx.clone(), shutdown.clone());
     let replicasets = spawn_reflector(Api::<ReplicaSet>::all(client.clone()), tx.clone(), shutdown.clone());
+    let jobs = spawn_reflector(Api::<Job>::all(client.clone()), tx.clone(), shutdown.clone());
+    let cronjobs = spawn_reflector(Api::<CronJob>::all(client.clone()), tx.clone(), shutdown.clone());
     let pods = spawn_reflector(Api::<Pod>::all(client.clone()), tx, shutdown.clone());
     for ready in [
+        jobs.wait_until_ready().await.is_ok(),
+        cronjobs.wait_until_ready().await.is_ok(),
         deployments.wait_until_ready().await.is_ok(),
         replicasets.wait_until_ready().await.is_ok(),
         pods.wait_until_ready().await.is_ok(),
@@ -255,7 +280,13 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
             return;
         }
     }
-    let owners = Owners { client: client.clone(), deployments: deployments.clone(), replicasets: replicasets.clone() };
+    let owners = Owners {
+        client: client.clone(),
+        deployments: deployments.clone(),
+        replicasets: replicasets.clone(),
+        jobs: jobs.clone(),
+        cronjobs: cronjobs.clone(),
+    };
     let mut tick = tokio::time::interval(RESYNC);
     loop {
         // Which owner disappeared (None: look at everything).
@@ -269,12 +300,18 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
             },
         };
         // Owners being deleted in the foreground or orphaning their dependents.
-        let deps = Dependents { replicasets: &replicasets, pods: &pods };
+        let deps = Dependents { replicasets: &replicasets, jobs: &jobs, pods: &pods };
         for d in deployments.state().into_iter().filter(|o| has_gc_finalizer(&o.metadata)) {
             finalize_owner(&client, d.as_ref(), &deps).await;
         }
         for r in replicasets.state().into_iter().filter(|o| has_gc_finalizer(&o.metadata)) {
             finalize_owner(&client, r.as_ref(), &deps).await;
+        }
+        for j in jobs.state().into_iter().filter(|o| has_gc_finalizer(&o.metadata)) {
+            finalize_owner(&client, j.as_ref(), &deps).await;
+        }
+        for c in cronjobs.state().into_iter().filter(|o| has_gc_finalizer(&o.metadata)) {
+            finalize_owner(&client, c.as_ref(), &deps).await;
         }
         for p in pods.state().into_iter().filter(|o| has_gc_finalizer(&o.metadata)) {
             finalize_owner(&client, p.as_ref(), &deps).await;
@@ -289,6 +326,11 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
         // A just-deleted owner's dependents are usually few; the resync looks at all of them.
         for rs in replicasets.state().into_iter().filter(|r| owned_by(&r.metadata)) {
             if let Err(e) = collect(&owners, rs.as_ref()).await {
+                tracing::warn!(error = %e, "gc");
+            }
+        }
+        for j in jobs.state().into_iter().filter(|j| owned_by(&j.metadata)) {
+            if let Err(e) = collect(&owners, j.as_ref()).await {
                 tracing::warn!(error = %e, "gc");
             }
         }
@@ -337,6 +379,7 @@ pub fn finalizer_work(owner: &ObjectMeta, deps: &[&ObjectMeta]) -> FinalizerWork
 
 struct Dependents<'a> {
     replicasets: &'a Store<ReplicaSet>,
+    jobs: &'a Store<Job>,
     pods: &'a Store<Pod>,
 }
 
@@ -351,16 +394,26 @@ where
         d.namespace.as_deref() == Some(ns.as_str()) && d.owner_references.iter().flatten().any(|r| r.uid == uid)
     };
     let sets: Vec<_> = deps.replicasets.state().into_iter().filter(|r| refers(&r.metadata)).collect();
+    let jobs: Vec<_> = deps.jobs.state().into_iter().filter(|j| refers(&j.metadata)).collect();
     let pods: Vec<_> = deps.pods.state().into_iter().filter(|p| refers(&p.metadata)).collect();
-    let metas: Vec<&ObjectMeta> = sets.iter().map(|r| &r.metadata).chain(pods.iter().map(|p| &p.metadata)).collect();
+    let metas: Vec<&ObjectMeta> = sets
+        .iter()
+        .map(|r| &r.metadata)
+        .chain(jobs.iter().map(|j| &j.metadata))
+        .chain(pods.iter().map(|p| &p.metadata))
+        .collect();
     let work = finalizer_work(m, &metas);
     let mut ok = true;
     for i in work.delete.iter().chain(work.release.iter()) {
         let releasing = work.release.contains(i);
+        // Indexes run over the replica sets, then the jobs, then the pods.
         let r = if *i < sets.len() {
             act(Api::<ReplicaSet>::namespaced(client.clone(), &ns), &sets[*i].metadata, &uid, releasing).await
+        } else if *i < sets.len() + jobs.len() {
+            act(Api::<Job>::namespaced(client.clone(), &ns), &jobs[*i - sets.len()].metadata, &uid, releasing).await
         } else {
-            act(Api::<Pod>::namespaced(client.clone(), &ns), &pods[*i - sets.len()].metadata, &uid, releasing).await
+            let p = &pods[*i - sets.len() - jobs.len()];
+            act(Api::<Pod>::namespaced(client.clone(), &ns), &p.metadata, &uid, releasing).await
         };
         if let Err(e) = r {
             tracing::warn!(error = %e, owner = %owner.name_any(), "gc: could not process a dependent");

@@ -4,19 +4,27 @@
 //! - `replicaset.rs`: pods for each ReplicaSet; `deployment.rs`: ReplicaSets for each
 //!   Deployment, rollouts and their status; `endpoints.rs`: Endpoints and EndpointSlices for
 //!   each Service; `node_ipam.rs`: a pod CIDR per node; `gc.rs`:
-//!   background garbage collection by ownerReferences.
+//!   background garbage collection by ownerReferences; `serviceaccount.rs`: the `default`
+//!   ServiceAccount and `kube-root-ca.crt` ConfigMap in every namespace; `node_lifecycle.rs`:
+//!   unreachable nodes tainted and their pods evicted; `job.rs`: Jobs and their TTL;
+//!   `cronjob.rs` (with `cron_schedule.rs`): Jobs on a cron schedule.
 //! - `leader.rs`: Lease-based leader election, so one server of an HA group runs them.
 //! - `events.rs` writes the core/v1 Events `kubectl describe` shows; `podutil.rs` holds the pure
 //!   helpers (readiness, selectors, owner references) the workload controllers share.
 
+pub mod cron_schedule;
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
+pub mod job;
 pub mod leader;
 pub mod node_ipam;
+pub mod node_lifecycle;
 pub mod podutil;
 pub mod replicaset;
+pub mod serviceaccount;
 
 use crate::config::Cidr;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +34,40 @@ use tokio_util::sync::CancellationToken;
 pub struct ControllerConfig {
     /// Pod network; node IPAM hands out one /24 of it per node.
     pub cluster_cidr: Cidr,
+    /// PEM of the CA that signs the API server's serving certificate, published in every
+    /// namespace as `kube-root-ca.crt`.
+    pub server_ca_pem: String,
+    /// Controllers not to run (`--disable NAME`, upstream's `--controllers=-NAME`), by the
+    /// names in [`NAMES`]; other names (add-ons the server skips) are ignored here.
+    pub disabled: Vec<String>,
+    /// Node monitor grace period and period (upstream's 40 s and 5 s).
+    pub node_lifecycle: node_lifecycle::Timings,
+}
+
+/// The names `--disable` accepts for controllers (upstream kube-controller-manager's).
+pub const NAMES: &[&str] = &[
+    "replicaset",
+    "deployment",
+    "endpoint",
+    "nodeipam",
+    "garbagecollector",
+    "serviceaccount",
+    "root-ca-cert-publisher",
+    "nodelifecycle",
+    "job",
+    "cronjob",
+];
+
+impl ControllerConfig {
+    /// The configuration with every controller enabled.
+    pub fn new(cluster_cidr: Cidr, server_ca_pem: String, disabled: Vec<String>) -> ControllerConfig {
+        ControllerConfig { cluster_cidr, server_ca_pem, disabled, node_lifecycle: node_lifecycle::Timings::default() }
+    }
+
+    /// Whether the controller called `name` (one of [`NAMES`]) should run.
+    pub fn enabled(&self, name: &str) -> bool {
+        !self.disabled.iter().any(|d| d == name)
+    }
 }
 
 /// Runs every controller until `shutdown` fires, while this server holds the
@@ -42,11 +84,26 @@ pub async fn run(client: kube::Client, cfg: ControllerConfig, shutdown: Cancella
 
 /// Runs the controllers unconditionally (the caller holds leadership) until `shutdown` fires.
 pub async fn run_all(client: kube::Client, cfg: ControllerConfig, shutdown: CancellationToken) {
-    tokio::join!(
-        replicaset::run(client.clone(), shutdown.clone()),
-        deployment::run(client.clone(), shutdown.clone()),
-        endpoints::run(client.clone(), shutdown.clone()),
-        node_ipam::run(client.clone(), cfg.cluster_cidr, shutdown.clone()),
-        gc::run(client, shutdown.clone()),
-    );
+    use futures::future::{BoxFuture, FutureExt};
+    let c = || client.clone();
+    let sd = || shutdown.clone();
+    let all: Vec<(&str, BoxFuture<'static, ()>)> = vec![
+        ("replicaset", replicaset::run(c(), sd()).boxed()),
+        ("deployment", deployment::run(c(), sd()).boxed()),
+        ("endpoint", endpoints::run(c(), sd()).boxed()),
+        ("nodeipam", node_ipam::run(c(), cfg.cluster_cidr, sd()).boxed()),
+        ("garbagecollector", gc::run(c(), sd()).boxed()),
+        // One loop does both upstream duties; disabling either name stops it.
+        ("serviceaccount", serviceaccount::run(c(), cfg.server_ca_pem.clone(), sd()).boxed()),
+        ("job", job::run(c(), sd()).boxed()),
+        ("cronjob", cronjob::run(c(), sd()).boxed()),
+        ("nodelifecycle", node_lifecycle::run(c(), cfg.node_lifecycle, sd()).boxed()),
+    ];
+    let sa_on = cfg.enabled("serviceaccount") && cfg.enabled("root-ca-cert-publisher");
+    let run: Vec<_> = all
+        .into_iter()
+        .filter(|(name, _)| if *name == "serviceaccount" { sa_on } else { cfg.enabled(name) })
+        .map(|(_, f)| f)
+        .collect();
+    futures::future::join_all(run).await;
 }

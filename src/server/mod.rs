@@ -150,7 +150,11 @@ pub async fn start(
     let sched_kc = client_for("system:kube-scheduler", vec![], "client-scheduler")?;
     let cm = kube::Client::try_from(kube_config(&cm_kc).await?)?;
     let sched = kube::Client::try_from(kube_config(&sched_kc).await?)?;
-    let ccfg = crate::controllers::ControllerConfig { cluster_cidr: cfg.node.cluster_cidr };
+    let ccfg = crate::controllers::ControllerConfig::new(
+        cfg.node.cluster_cidr,
+        pki.server_ca.cert_pem.clone(),
+        cfg.disable.clone(),
+    );
     let sd = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = crate::controllers::run(cm, ccfg, sd).await {
