@@ -13,9 +13,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::backoff::{Backoff, INITIAL};
-use super::container_spec::{container_spec, pod_ref, pull_policy, sandbox_spec, SpecError};
+use super::container_spec::{container_spec, pod_ref, pull_policy, sandbox_spec, EnvContext, SpecError};
 use super::events::{EventSink, PodEvent};
+use super::objects::PodObjects;
 use super::pod_status::{instances, Waiting};
+use super::volumes;
 use crate::agent::runtime::{ContainerState, ContainerStatus, PullPolicy, Runtime, RuntimeError, Sandbox};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,12 @@ pub struct SyncConfig {
     pub cluster_dns: IpAddr,
     pub cluster_domain: String,
     pub log_root: PathBuf,
+    /// `<data-dir>/agent/pods`: per-pod directories holding the pods' volumes.
+    pub pods_dir: PathBuf,
+    /// Node allocatable CPU and memory: the value of a `resourceFieldRef` to a limit the
+    /// container does not set.
+    pub node_cpu_millis: u64,
+    pub node_memory_bytes: u64,
 }
 
 /// What the kubelet remembers about a pod between syncs (the runtime holds the rest).
@@ -99,6 +107,8 @@ struct Ctx<'a> {
     pod: &'a Pod,
     events: &'a dyn EventSink,
     service_env: &'a [(String, String)],
+    objects: &'a PodObjects,
+    volumes: &'a HashMap<String, PathBuf>,
     now: SystemTime,
 }
 
@@ -189,16 +199,18 @@ impl Ctx<'_> {
         };
 
         let restart_count = latest.map(|l| l.restart_count + 1).unwrap_or(0);
-        let spec = match container_spec(
-            self.pod,
-            c,
-            image_ref,
-            sandbox.ip,
-            self.cfg.node_ip,
-            restart_count,
-            &self.cfg.log_root,
-            self.service_env,
-        ) {
+        let cx = EnvContext {
+            pod_ip: sandbox.ip,
+            host_ip: self.cfg.node_ip,
+            service_env: self.service_env,
+            objects: self.objects,
+            node_cpu_millis: self.cfg.node_cpu_millis,
+            node_memory_bytes: self.cfg.node_memory_bytes,
+        };
+        let spec = volumes::container_mounts(self.pod, c, self.volumes)
+            .map_err(|e| SpecError::Config(e.to_string()))
+            .and_then(|mounts| container_spec(self.pod, c, image_ref, &cx, restart_count, &self.cfg.log_root, mounts));
+        let spec = match spec {
             Ok(s) => s,
             Err(e) => {
                 self.event(&field, "Warning", "Failed", format!("Error: {e}"));
@@ -239,7 +251,8 @@ async fn list_pod(rt: &dyn Runtime, uid: &str) -> Result<Vec<ContainerStatus>, R
 }
 
 /// Brings the runtime in line with a live (not deleted) pod. `service_env` holds the service
-/// variables for the pod (see `service_env`).
+/// variables for the pod (see `service_env`), `objects` the ConfigMaps, Secrets and tokens it
+/// refers to (see `objects`).
 #[allow(clippy::too_many_arguments)]
 pub async fn sync_pod(
     rt: &dyn Runtime,
@@ -248,12 +261,14 @@ pub async fn sync_pod(
     state: &mut PodState,
     events: &dyn EventSink,
     service_env: &[(String, String)],
+    objects: &PodObjects,
     now: SystemTime,
 ) -> Result<SyncOutcome, SyncError> {
     let r = pod_ref(pod)?;
     let spec = pod.spec.as_ref().ok_or(SpecError::Incomplete("spec"))?;
     let mine = list_pod(rt, &r.uid).await?;
-    let ctx = Ctx { rt, cfg, pod, events, service_env, now };
+    let no_volumes = HashMap::new();
+    let ctx = Ctx { rt, cfg, pod, events, service_env, objects, volumes: &no_volumes, now };
 
     // A pod in a terminal phase never runs again; stop whatever still runs (upstream
     // `SyncTerminatingPod` for a pod that reached Succeeded or Failed).
@@ -284,6 +299,28 @@ pub async fn sync_pod(
     };
     state.backoff.reset("sandbox");
     state.sandbox = Some(sandbox.clone());
+
+    // Volumes before any container (upstream `WaitForAttachAndMount`); while one cannot be set
+    // up the containers keep waiting in ContainerCreating and a FailedMount event says why.
+    let vols = match volumes::setup(&cfg.pods_dir, pod, objects, cfg.node_cpu_millis, cfg.node_memory_bytes) {
+        Ok(v) => {
+            state.backoff.reset("volumes");
+            v
+        }
+        Err((name, e)) => {
+            tracing::warn!(pod = %ctx.pod_desc(), volume = %name, error = %e, "setting up a volume failed");
+            events.emit(PodEvent::new(
+                pod,
+                None,
+                "Warning",
+                "FailedMount",
+                format!("MountVolume.SetUp failed for volume {name:?} : {e}"),
+            ));
+            let delay = state.backoff.next("volumes", now);
+            return Ok(SyncOutcome { containers: mine, requeue_after: Some(delay) });
+        }
+    };
+    let ctx = Ctx { volumes: &vols, ..ctx };
 
     let policy = restart_policy(pod);
     let mut requeue = None;
@@ -420,6 +457,7 @@ mod tests {
         cfg: SyncConfig,
         state: PodState,
         events: CollectingSink,
+        objects: PodObjects,
         dir: tempfile::TempDir,
     }
 
@@ -433,15 +471,19 @@ mod tests {
                     cluster_dns: "10.43.0.10".parse().unwrap(),
                     cluster_domain: "cluster.local".into(),
                     log_root: dir.path().to_path_buf(),
+                    pods_dir: dir.path().join("pods"),
+                    node_cpu_millis: 2000,
+                    node_memory_bytes: 4 << 30,
                 },
                 state: PodState::default(),
                 events: CollectingSink::default(),
+                objects: PodObjects::default(),
                 dir,
             }
         }
 
         async fn sync(&mut self, pod: &Pod, now: SystemTime) -> SyncOutcome {
-            sync_pod(&self.rt, &self.cfg, pod, &mut self.state, &self.events, &[], now).await.unwrap()
+            sync_pod(&self.rt, &self.cfg, pod, &mut self.state, &self.events, &[], &self.objects, now).await.unwrap()
         }
 
         fn status(&self, pod: &Pod, out: &SyncOutcome) -> k8s_openapi::api::core::v1::PodStatus {

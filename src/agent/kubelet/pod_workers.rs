@@ -20,9 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::container_spec::pod_log_dir;
 use super::events::EventSink;
+use super::objects::{self, PodObjects};
 use super::pod_status::{compute, unchanged, StatusInput};
 use super::pod_sync::{grace_period, kill_pod, sync_pod, PodState, SyncConfig};
 use super::service_env::service_env;
+use super::volumes;
 use crate::agent::runtime::{PodRef, Runtime, RuntimeEvent};
 
 /// How often every pod is synced even without a trigger (upstream `syncFrequency` is 1 min;
@@ -186,6 +188,13 @@ async fn housekeeping(inner: &Arc<Inner>) {
     }
 }
 
+/// Unmounts and removes the pod's volume directory once its containers are gone.
+fn remove_volumes(cfg: &SyncConfig, pod: &PodRef) {
+    if let Err(e) = volumes::teardown(&cfg.pods_dir, &pod.uid) {
+        tracing::warn!(pod = %pod.name, uid = %pod.uid, error = %e, "removing pod volumes failed");
+    }
+}
+
 fn find(store: &Store<Pod>, pod: &PodRef) -> Option<Arc<Pod>> {
     store
         .get(&ObjectRef::new(&pod.name).within(&pod.namespace))
@@ -197,6 +206,7 @@ async fn worker(inner: Arc<Inner>, pod_ref: PodRef, notify: Arc<Notify>) {
     let events = inner.events.as_ref();
     let api_for = |ns: &str| Api::<Pod>::namespaced(inner.client.clone(), ns);
     let mut state = PodState::default();
+    let mut objects = PodObjects::default();
     let mut last_pod: Option<Arc<Pod>> = None;
     // The status last written and the resourceVersion the store showed then: while the store
     // has not caught up with our own write, do not write the same status again.
@@ -215,6 +225,7 @@ async fn worker(inner: Arc<Inner>, pod_ref: PodRef, notify: Arc<Notify>) {
                     .unwrap_or(ORPHAN_GRACE);
                 match kill_pod(rt, &pod_ref.uid, grace, last_pod.as_deref(), events).await {
                     Ok(()) => {
+                        remove_volumes(&inner.cfg, &pod_ref);
                         let dir = pod_log_dir(&inner.cfg.log_root, &pod_ref);
                         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
                             if e.kind() != std::io::ErrorKind::NotFound {
@@ -236,6 +247,7 @@ async fn worker(inner: Arc<Inner>, pod_ref: PodRef, notify: Arc<Notify>) {
                 // pod of the same name is never deleted by mistake (kubelet status manager).
                 match kill_pod(rt, &pod_ref.uid, grace_period(&pod), Some(&pod), events).await {
                     Ok(()) => {
+                        remove_volumes(&inner.cfg, &pod_ref);
                         let dp = DeleteParams {
                             grace_period_seconds: Some(0),
                             preconditions: Some(Preconditions {
@@ -259,7 +271,8 @@ async fn worker(inner: Arc<Inner>, pod_ref: PodRef, notify: Arc<Notify>) {
             }
             Some(pod) => {
                 let env = service_env(&pod, &inner.services.state());
-                match sync_pod(rt, &inner.cfg, &pod, &mut state, events, &env, SystemTime::now()).await {
+                objects = objects::fetch(&inner.client, &pod, &objects, SystemTime::now()).await;
+                match sync_pod(rt, &inner.cfg, &pod, &mut state, events, &env, &objects, SystemTime::now()).await {
                     Ok(out) => {
                         let status = compute(&StatusInput {
                             pod: &pod,
