@@ -20,6 +20,7 @@ pub mod objects;
 pub mod pod_status;
 pub mod pod_sync;
 pub mod pod_workers;
+pub mod probes;
 pub mod resources;
 pub mod server;
 pub mod service_env;

@@ -17,6 +17,10 @@ use super::container_spec::{container_spec, pod_ref, pull_policy, sandbox_spec, 
 use super::events::{EventSink, PodEvent};
 use super::objects::PodObjects;
 use super::pod_status::{instances, Waiting};
+use super::probes::{handler_action, run_action, ContainerProbes};
+
+/// Upper bound for a postStart hook (upstream has none but the pod's lifetime).
+const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 use super::volumes;
 use crate::agent::runtime::{ContainerState, ContainerStatus, PullPolicy, Runtime, RuntimeError, Sandbox};
 
@@ -53,6 +57,8 @@ pub struct PodState {
     /// Why each not-running container waits; shown in its status.
     pub waiting: HashMap<String, Waiting>,
     pub sandbox: Option<Sandbox>,
+    /// Probe results by runtime container id, refreshed by the pod worker before each sync.
+    pub probes: HashMap<String, ContainerProbes>,
 }
 
 /// The runtime's view after a sync, for the status, and when to sync again at the latest.
@@ -228,10 +234,25 @@ impl Ctx<'_> {
             }
         }
         match self.rt.start_container(sandbox, &spec).await {
-            Ok(_) => {
+            Ok(id) => {
                 state.waiting.remove(name);
                 self.event(&field, "Normal", "Created", format!("Created container: {name}"));
                 self.event(&field, "Normal", "Started", format!("Started container {name}"));
+                // postStart runs right after the start; if it fails the container is killed
+                // and restarted per policy (upstream `startContainer`, FailedPostStartHook).
+                if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+                    let ip = sandbox.ip.unwrap_or(self.cfg.node_ip);
+                    let r = match handler_action(c, h) {
+                        Ok(a) => run_action(self.rt, &id, ip, &a, HOOK_TIMEOUT).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(msg) = r {
+                        self.event(&field, "Warning", "FailedPostStartHook", format!("PostStartHook failed: {msg}"));
+                        if let Err(e) = self.rt.stop_container(&id, grace_period(self.pod)).await {
+                            tracing::warn!(pod = %self.pod_desc(), container = name, error = %e, "stopping after a failed postStart hook failed");
+                        }
+                    }
+                }
                 None
             }
             Err(e) => {
@@ -322,6 +343,23 @@ pub async fn sync_pod(
     };
     let ctx = Ctx { volumes: &vols, ..ctx };
 
+    // A failed liveness or startup probe kills the container; the restart below follows the
+    // restart policy and back-off (upstream `computePodActions`: "Container c failed liveness
+    // probe, will be restarted").
+    let mut mine = mine;
+    let mut killed = false;
+    for c in mine.iter().filter(|c| matches!(c.state, ContainerState::Running { .. })) {
+        let Some(msg) = state.probes.get(&c.id).and_then(|p| p.kill.clone()) else { continue };
+        ctx.event(&format!("spec.containers{{{}}}", c.name), "Normal", "Killing", msg);
+        if let Err(e) = rt.stop_container(&c.id, grace_period(pod)).await {
+            tracing::warn!(pod = %ctx.pod_desc(), container = %c.name, error = %e, "stopping an unhealthy container failed");
+        }
+        killed = true;
+    }
+    if killed {
+        mine = list_pod(rt, &r.uid).await?;
+    }
+
     let policy = restart_policy(pod);
     let mut requeue = None;
     // Init containers run one at a time, in order, each to success (computeInitContainerActions).
@@ -407,6 +445,7 @@ pub async fn kill_pod(
     let mine = list_pod(rt, uid).await?;
     let running: Vec<&ContainerStatus> =
         mine.iter().filter(|c| matches!(c.state, ContainerState::Running { .. } | ContainerState::Created)).collect();
+    let pod_ip = pod.and_then(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok());
     for c in &running {
         if let Some(p) = pod {
             let field =
@@ -419,6 +458,29 @@ pub async fn kill_pod(
     }
     // Containers stop in parallel, each with the full grace period, as upstream kills them.
     let stops = running.iter().map(|c| async move {
+        // preStop runs first, within the grace period; SIGTERM gets what is left, at least
+        // 2 s (upstream `killContainer` / `executePreStopHook`).
+        let mut grace = grace;
+        let spec = pod.and_then(|p| p.spec.as_ref()?.containers.iter().find(|s| s.name == c.name));
+        if let (Some(p), Some(s), Some(ip)) = (pod, spec, pod_ip) {
+            if let Some(h) = s.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+                let t0 = Instant::now();
+                let r = match handler_action(s, h) {
+                    Ok(a) => run_action(rt, &c.id, ip, &a, grace).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(msg) = r {
+                    events.emit(PodEvent::new(
+                        p,
+                        Some(format!("spec.containers{{{}}}", c.name)),
+                        "Warning",
+                        "FailedPreStopHook",
+                        format!("PreStopHook failed: {msg}"),
+                    ));
+                }
+                grace = grace.saturating_sub(t0.elapsed()).max(Duration::from_secs(2));
+            }
+        }
         if let Err(e) = rt.stop_container(&c.id, grace).await {
             tracing::warn!(container = %c.id, error = %e, "stopping container failed");
         }
@@ -494,6 +556,7 @@ mod tests {
                 waiting: &self.state.waiting,
                 node_ip: self.cfg.node_ip,
                 now: Timestamp::now(),
+                probes: &self.state.probes,
             })
         }
 
@@ -732,6 +795,74 @@ mod tests {
         h.rt.exit(&h.rt.container("u1", "app").unwrap().id, 1);
         h.sync(&p, SystemTime::now()).await;
         assert_eq!(h.starts().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn readiness_gates_ready_and_a_failed_liveness_probe_restarts_the_container() {
+        let mut h = Harness::new();
+        let p = pod("Always", false);
+        h.sync(&p, SystemTime::now()).await;
+        let id = h.rt.container("u1", "app").unwrap().id;
+        h.state.probes.insert(id.clone(), ContainerProbes { ready: Some(false), started: None, kill: None });
+        let out = h.sync(&p, SystemTime::now()).await;
+        let st = h.status(&p, &out);
+        assert!(!st.container_statuses.as_ref().unwrap()[0].ready);
+        let ready = st.conditions.iter().flatten().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.status, "False");
+        h.state.probes.get_mut(&id).unwrap().ready = Some(true);
+        let out = h.sync(&p, SystemTime::now()).await;
+        let st = h.status(&p, &out);
+        assert!(st.container_statuses.as_ref().unwrap()[0].ready);
+
+        let msg = "Container app failed liveness probe, will be restarted";
+        h.state.probes.get_mut(&id).unwrap().kill = Some(msg.into());
+        h.sync(&p, SystemTime::now()).await;
+        assert_eq!(h.starts(), vec![("app".to_string(), 0), ("app".to_string(), 1)]);
+        assert!(h.rt.calls().iter().any(|c| matches!(c, Call::StopContainer(i, _) if *i == id)));
+        assert!(h.events.events().iter().any(|e| e.reason == "Killing" && e.message == msg));
+    }
+
+    #[tokio::test]
+    async fn lifecycle_hooks_run_after_start_and_before_stop() {
+        let mut h = Harness::new();
+        let mut p = pod("Always", false);
+        p.spec.as_mut().unwrap().containers[0].lifecycle = Some(
+            serde_json::from_value(json!({"postStart": {"exec": {"command": ["post"]}},
+                                          "preStop": {"exec": {"command": ["pre"]}}}))
+            .unwrap(),
+        );
+        p.status.as_mut().unwrap().pod_ip = Some("10.42.0.2".into());
+        h.sync(&p, SystemTime::now()).await;
+        let id = h.rt.container("u1", "app").unwrap().id;
+        kill_pod(&h.rt, "u1", Duration::from_secs(5), Some(&p), &h.events).await.unwrap();
+        let execs: Vec<Vec<String>> =
+            h.rt.calls()
+                .into_iter()
+                .filter_map(|c| match c {
+                    Call::ExecSync(i, cmd) if i == id => Some(cmd),
+                    _ => None,
+                })
+                .collect();
+        assert_eq!(execs, vec![vec!["post".to_string()], vec!["pre".to_string()]]);
+        let calls = h.rt.calls();
+        let pre = calls.iter().position(|c| matches!(c, Call::ExecSync(_, cmd) if cmd[0] == "pre")).unwrap();
+        let stop = calls.iter().position(|c| matches!(c, Call::StopContainer(..))).unwrap();
+        assert!(pre < stop, "preStop before SIGTERM");
+    }
+
+    #[tokio::test]
+    async fn a_failed_post_start_hook_kills_the_container_with_an_event() {
+        let mut h = Harness::new();
+        let mut p = pod("Always", false);
+        p.spec.as_mut().unwrap().containers[0].lifecycle =
+            Some(serde_json::from_value(json!({"postStart": {"exec": {"command": ["post"]}}})).unwrap());
+        h.rt.script_exec(
+            "app",
+            vec![crate::agent::runtime::ExecOutput { exit_code: 2, stdout: b"boom".to_vec(), ..Default::default() }],
+        );
+        h.sync(&p, SystemTime::now()).await;
+        assert!(h.events.events().iter().any(|e| e.reason == "FailedPostStartHook" && e.message.contains("boom")));
+        assert!(matches!(h.rt.container("u1", "app").unwrap().state, ContainerState::Exited { .. }));
     }
 
     #[test]

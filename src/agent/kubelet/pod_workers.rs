@@ -23,6 +23,7 @@ use super::events::EventSink;
 use super::objects::{self, PodObjects};
 use super::pod_status::{compute, unchanged, StatusInput};
 use super::pod_sync::{grace_period, kill_pod, sync_pod, PodState, SyncConfig};
+use super::probes::ProbeManager;
 use super::service_env::service_env;
 use super::volumes;
 use crate::agent::runtime::{PodRef, Runtime, RuntimeEvent};
@@ -207,6 +208,7 @@ async fn worker(inner: Arc<Inner>, pod_ref: PodRef, notify: Arc<Notify>) {
     let api_for = |ns: &str| Api::<Pod>::namespaced(inner.client.clone(), ns);
     let mut state = PodState::default();
     let mut objects = PodObjects::default();
+    let mut probes = ProbeManager::default();
     let mut last_pod: Option<Arc<Pod>> = None;
     // The status last written and the resourceVersion the store showed then: while the store
     // has not caught up with our own write, do not write the same status again.
@@ -272,8 +274,19 @@ async fn worker(inner: Arc<Inner>, pod_ref: PodRef, notify: Arc<Notify>) {
             Some(pod) => {
                 let env = service_env(&pod, &inner.services.state());
                 objects = objects::fetch(&inner.client, &pod, &objects, SystemTime::now()).await;
+                state.probes = probes.snapshot();
                 match sync_pod(rt, &inner.cfg, &pod, &mut state, events, &env, &objects, SystemTime::now()).await {
                     Ok(out) => {
+                        let pod_ip = state.sandbox.as_ref().and_then(|s| s.ip).unwrap_or(inner.cfg.node_ip);
+                        probes.update(
+                            &pod,
+                            &out.containers,
+                            pod_ip,
+                            inner.runtime.clone(),
+                            inner.events.clone(),
+                            notify.clone(),
+                        );
+                        state.probes = probes.snapshot();
                         let status = compute(&StatusInput {
                             pod: &pod,
                             sandbox: state.sandbox.as_ref(),
@@ -281,6 +294,7 @@ async fn worker(inner: Arc<Inner>, pod_ref: PodRef, notify: Arc<Notify>) {
                             waiting: &state.waiting,
                             node_ip: inner.cfg.node_ip,
                             now: k8s_openapi::jiff::Timestamp::now(),
+                            probes: &state.probes,
                         });
                         let value = serde_json::to_value(&status).unwrap_or_default();
                         let rv = pod.metadata.resource_version.clone();
