@@ -6,7 +6,9 @@
 //! - `harness/`: nodes, namespaces, the switch, waiting, kubectl, cleanup.
 //! - `selftest.rs`: the harness checked on its own (no skiff needed).
 //! - `skeleton.rs`: the walking skeleton, one node from start to `kubectl logs`.
+//! - `pod_features.rs`: volumes, env from Secrets, probes and liveness restarts on one node.
 
 mod harness;
+mod pod_features;
 mod selftest;
 mod skeleton;
