@@ -25,6 +25,7 @@ pub mod resources;
 pub mod server;
 pub mod service_env;
 pub mod serving_cert;
+pub mod termination;
 pub mod volumes;
 
 use std::net::SocketAddr;

@@ -21,6 +21,7 @@ use super::probes::{handler_action, run_action, ContainerProbes};
 
 /// Upper bound for a postStart hook (upstream has none but the pod's lifetime).
 const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+use super::termination;
 use super::volumes;
 use crate::agent::runtime::{ContainerState, ContainerStatus, PullPolicy, Runtime, RuntimeError, Sandbox};
 
@@ -59,6 +60,8 @@ pub struct PodState {
     pub sandbox: Option<Sandbox>,
     /// Probe results by runtime container id, refreshed by the pod worker before each sync.
     pub probes: HashMap<String, ContainerProbes>,
+    /// Termination messages of exited container instances, by runtime id (read once).
+    pub termination_messages: HashMap<String, String>,
 }
 
 /// The runtime's view after a sync, for the status, and when to sync again at the latest.
@@ -66,6 +69,9 @@ pub struct PodState {
 pub struct SyncOutcome {
     pub containers: Vec<ContainerStatus>,
     pub requeue_after: Option<Duration>,
+    /// `activeDeadlineSeconds` passed: the containers were stopped and the status must say
+    /// Failed/DeadlineExceeded.
+    pub deadline_exceeded: bool,
 }
 
 /// Go's `time.Duration.String()` for whole seconds (`10s`, `1m20s`, `5m0s`): upstream messages
@@ -213,8 +219,14 @@ impl Ctx<'_> {
             node_cpu_millis: self.cfg.node_cpu_millis,
             node_memory_bytes: self.cfg.node_memory_bytes,
         };
+        let uid = self.pod.metadata.uid.as_deref().unwrap_or_default();
         let spec = volumes::container_mounts(self.pod, c, self.volumes)
             .map_err(|e| SpecError::Config(e.to_string()))
+            .and_then(|mut mounts| {
+                let t = termination::prepare(&self.cfg.pods_dir, uid, c, restart_count).map_err(SpecError::Config)?;
+                mounts.extend(t);
+                Ok(mounts)
+            })
             .and_then(|mounts| container_spec(self.pod, c, image_ref, &cx, restart_count, &self.cfg.log_root, mounts));
         let spec = match spec {
             Ok(s) => s,
@@ -299,7 +311,31 @@ pub async fn sync_pod(
                 tracing::warn!(pod = %ctx.pod_desc(), container = %c.name, error = %e, "stopping container of a finished pod failed");
             }
         }
-        return Ok(SyncOutcome { containers: list_pod(rt, &r.uid).await?, requeue_after: None });
+        return Ok(SyncOutcome {
+            deadline_exceeded: false,
+            containers: list_pod(rt, &r.uid).await?,
+            requeue_after: None,
+        });
+    }
+
+    // activeDeadlineSeconds (upstream `activeDeadlineHandler`): past it, stop everything and
+    // let the status say Failed/DeadlineExceeded; before it, look again when it falls due.
+    let deadline = termination::deadline_left(pod, now);
+    if deadline == Some(Duration::ZERO) {
+        events.emit(PodEvent::new(
+            pod,
+            None,
+            "Normal",
+            termination::DEADLINE_REASON,
+            termination::DEADLINE_MESSAGE.to_string(),
+        ));
+        for c in mine.iter().filter(|c| matches!(c.state, ContainerState::Running { .. })) {
+            if let Err(e) = rt.stop_container(&c.id, grace_period(pod)).await {
+                tracing::warn!(pod = %ctx.pod_desc(), container = %c.name, error = %e, "stopping a container past the pod deadline failed");
+            }
+        }
+        let containers = list_pod(rt, &r.uid).await?;
+        return Ok(SyncOutcome { containers, requeue_after: None, deadline_exceeded: true });
     }
 
     let sb_spec = sandbox_spec(pod, cfg.cluster_dns, &cfg.cluster_domain)?;
@@ -315,7 +351,7 @@ pub async fn sync_pod(
                 format!("Failed to create pod sandbox: {e}"),
             ));
             let delay = state.backoff.next("sandbox", now);
-            return Ok(SyncOutcome { containers: mine, requeue_after: Some(delay) });
+            return Ok(SyncOutcome { deadline_exceeded: false, containers: mine, requeue_after: Some(delay) });
         }
     };
     state.backoff.reset("sandbox");
@@ -338,7 +374,7 @@ pub async fn sync_pod(
                 format!("MountVolume.SetUp failed for volume {name:?} : {e}"),
             ));
             let delay = state.backoff.next("volumes", now);
-            return Ok(SyncOutcome { containers: mine, requeue_after: Some(delay) });
+            return Ok(SyncOutcome { deadline_exceeded: false, containers: mine, requeue_after: Some(delay) });
         }
     };
     let ctx = Ctx { volumes: &vols, ..ctx };
@@ -361,7 +397,7 @@ pub async fn sync_pod(
     }
 
     let policy = restart_policy(pod);
-    let mut requeue = None;
+    let mut requeue = deadline;
     // Init containers run one at a time, in order, each to success (computeInitContainerActions).
     let mut initialized = true;
     for c in spec.init_containers.iter().flatten() {
@@ -412,6 +448,21 @@ pub async fn sync_pod(
     }
 
     let after = list_pod(rt, &r.uid).await?;
+    for c in &after {
+        let ContainerState::Exited { exit_code, .. } = c.state else { continue };
+        if state.termination_messages.contains_key(&c.id) {
+            continue;
+        }
+        let Some(cs) = spec.containers.iter().chain(spec.init_containers.iter().flatten()).find(|s| s.name == c.name)
+        else {
+            continue;
+        };
+        let file = termination::message_file(&cfg.pods_dir, &r.uid, &c.name, c.restart_count);
+        let fallback = cs.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
+        let msg = termination::read_message(&file, fallback, exit_code, &c.log_path);
+        state.termination_messages.insert(c.id.clone(), msg);
+    }
+    state.termination_messages.retain(|id, _| after.iter().any(|c| &c.id == id));
     // Keep the newest instance of each container and the one before it (its lastState and
     // `logs --previous`), remove older dead ones, as the kubelet's container GC does with MaxPerPodContainer = 1.
     let mut by_name: HashMap<&str, Vec<&ContainerStatus>> = HashMap::new();
@@ -429,7 +480,7 @@ pub async fn sync_pod(
 
     let removed = by_name.values().any(|l| l.len() > 2);
     let containers = if removed { list_pod(rt, &r.uid).await? } else { after.clone() };
-    Ok(SyncOutcome { containers, requeue_after: requeue })
+    Ok(SyncOutcome { containers, requeue_after: requeue, deadline_exceeded: false })
 }
 
 /// Stops every container of pod `uid` with `grace`, removes them and the sandbox (upstream
@@ -549,7 +600,7 @@ mod tests {
         }
 
         fn status(&self, pod: &Pod, out: &SyncOutcome) -> k8s_openapi::api::core::v1::PodStatus {
-            compute(&StatusInput {
+            let mut st = compute(&StatusInput {
                 pod,
                 sandbox: self.state.sandbox.as_ref(),
                 containers: &out.containers,
@@ -557,7 +608,12 @@ mod tests {
                 node_ip: self.cfg.node_ip,
                 now: Timestamp::now(),
                 probes: &self.state.probes,
-            })
+            });
+            termination::apply(&mut st, &self.state.termination_messages);
+            if out.deadline_exceeded {
+                termination::fail_deadline(&mut st);
+            }
+            st
         }
 
         fn starts(&self) -> Vec<(String, u32)> {
@@ -863,6 +919,40 @@ mod tests {
         h.sync(&p, SystemTime::now()).await;
         assert!(h.events.events().iter().any(|e| e.reason == "FailedPostStartHook" && e.message.contains("boom")));
         assert!(matches!(h.rt.container("u1", "app").unwrap().state, ContainerState::Exited { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_termination_message_reaches_the_terminated_state() {
+        let mut h = Harness::new();
+        let p = pod("Never", false);
+        h.sync(&p, SystemTime::now()).await;
+        let c = h.rt.container("u1", "app").unwrap();
+        let spec = h.rt.spec(&c.id).unwrap();
+        let m = spec.mounts.iter().find(|m| m.container_path == "/dev/termination-log").expect("message file mounted");
+        std::fs::write(&m.host_path, "bye").unwrap();
+        h.rt.exit(&c.id, 1);
+        let out = h.sync(&p, SystemTime::now()).await;
+        let st = h.status(&p, &out);
+        let t = st.container_statuses.unwrap()[0].state.clone().unwrap().terminated.unwrap();
+        assert_eq!(t.message.as_deref(), Some("bye"));
+    }
+
+    #[tokio::test]
+    async fn a_pod_past_its_active_deadline_is_stopped_and_failed() {
+        let mut h = Harness::new();
+        let mut p = pod("Always", false);
+        p.spec.as_mut().unwrap().active_deadline_seconds = Some(5);
+        p.status.as_mut().unwrap().start_time =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()));
+        let out = h.sync(&p, SystemTime::now()).await;
+        assert!(!out.deadline_exceeded);
+        assert!(out.requeue_after.is_some_and(|d| d <= Duration::from_secs(5)), "{:?}", out.requeue_after);
+        let out = h.sync(&p, after(6)).await;
+        assert!(out.deadline_exceeded);
+        assert!(h.rt.calls().iter().any(|c| matches!(c, Call::StopContainer(..))));
+        let st = h.status(&p, &out);
+        assert_eq!((st.phase.as_deref(), st.reason.as_deref()), (Some("Failed"), Some("DeadlineExceeded")));
+        assert!(h.events.reasons().contains(&"DeadlineExceeded"));
     }
 
     #[test]

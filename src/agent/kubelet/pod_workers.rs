@@ -25,6 +25,7 @@ use super::pod_status::{compute, unchanged, StatusInput};
 use super::pod_sync::{grace_period, kill_pod, sync_pod, PodState, SyncConfig};
 use super::probes::ProbeManager;
 use super::service_env::service_env;
+use super::termination;
 use super::volumes;
 use crate::agent::runtime::{PodRef, Runtime, RuntimeEvent};
 
@@ -287,7 +288,7 @@ async fn worker(inner: Arc<Inner>, pod_ref: PodRef, notify: Arc<Notify>) {
                             notify.clone(),
                         );
                         state.probes = probes.snapshot();
-                        let status = compute(&StatusInput {
+                        let mut status = compute(&StatusInput {
                             pod: &pod,
                             sandbox: state.sandbox.as_ref(),
                             containers: &out.containers,
@@ -296,6 +297,10 @@ async fn worker(inner: Arc<Inner>, pod_ref: PodRef, notify: Arc<Notify>) {
                             now: k8s_openapi::jiff::Timestamp::now(),
                             probes: &state.probes,
                         });
+                        termination::apply(&mut status, &state.termination_messages);
+                        if out.deadline_exceeded {
+                            termination::fail_deadline(&mut status);
+                        }
                         let value = serde_json::to_value(&status).unwrap_or_default();
                         let rv = pod.metadata.resource_version.clone();
                         let stale_repeat = last_write.as_ref().is_some_and(|(v, at)| *v == value && *at == rv);
