@@ -2,7 +2,8 @@
 //! updated in place when the ConfigMap changes), an env var from a Secret, a readiness httpGet
 //! probe that makes the pod Ready, and a liveness exec probe that starts failing so the
 //! container is restarted (restartCount goes up, with upstream's events). Deleting the pod
-//! removes its volume directory, and the node leaves nothing behind.
+//! removes its volume directory. Two short pods check the termination message and
+//! `activeDeadlineSeconds`. The node leaves nothing behind.
 
 use crate::harness::{self, Cluster};
 use std::time::Duration;
@@ -68,6 +69,31 @@ spec:
     - name: site
       configMap:
         name: site
+"#;
+
+const SHORT_PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: says-bye
+spec:
+  restartPolicy: Never
+  containers:
+    - name: main
+      image: docker.io/library/busybox:1.36
+      command: ["sh", "-c", "printf bye > /dev/termination-log; exit 3"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: deadline
+spec:
+  activeDeadlineSeconds: 5
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: main
+      image: docker.io/library/busybox:1.36
+      command: ["sleep", "3600"]
 "#;
 
 fn jsonpath(n: &crate::harness::Node, path: &str) -> Result<String, String> {
@@ -174,6 +200,55 @@ fn a_pod_with_volumes_secret_env_and_probes_runs_gets_ready_and_is_restarted_by_
             Ok(())
         }
     });
+    // Termination message and active deadline.
+    let short = n.data_dir.join("short-pods.yaml");
+    std::fs::write(&short, SHORT_PODS).expect("writing the short pods manifest");
+    let short_arg = short.to_string_lossy().into_owned();
+    n.kubectl_ok(&["apply", "-f", &short_arg]);
+    n.wait_for("the termination message of says-bye", READY, |n| {
+        let out = n.try_kubectl(&[
+            "get",
+            "pod",
+            "says-bye",
+            "-o",
+            "jsonpath={.metadata.uid} {.status.containerStatuses[0].state.terminated.exitCode} {.status.containerStatuses[0].state.terminated.message}",
+        ])?;
+        if let Some(uid) = out.split_whitespace().next() {
+            n.remember_pods([uid.to_string()]);
+        }
+        if out.ends_with(" 3 bye") {
+            Ok(())
+        } else {
+            Err(format!("uid exitCode message: {out:?}"))
+        }
+    });
+    n.wait_for("pod deadline Failed with DeadlineExceeded", READY, |n| {
+        let out = n.try_kubectl(&[
+            "get",
+            "pod",
+            "deadline",
+            "-o",
+            "jsonpath={.metadata.uid} {.status.phase} {.status.reason}",
+        ])?;
+        if let Some(uid) = out.split_whitespace().next() {
+            n.remember_pods([uid.to_string()]);
+        }
+        if out.ends_with(" Failed DeadlineExceeded") {
+            Ok(())
+        } else {
+            Err(format!("uid phase reason: {out:?}"))
+        }
+    });
+    n.kubectl_ok(&["delete", "-f", &short_arg, "--wait=false"]);
+    n.wait_for("the short pods to go away", READY, |n| {
+        let out = n.try_kubectl(&["get", "pods", "-o", "name"])?;
+        if out.contains("says-bye") || out.contains("deadline") {
+            Err(format!("pods: {out}"))
+        } else {
+            Ok(())
+        }
+    });
+    let _ = std::fs::remove_file(&short);
     n.kubectl_ok(&["delete", "configmap", "site"]);
     n.kubectl_ok(&["delete", "secret", "creds"]);
     let _ = std::fs::remove_file(&manifest);
