@@ -3,7 +3,9 @@
 //! probe that makes the pod Ready, and a liveness exec probe that starts failing so the
 //! container is restarted (restartCount goes up, with upstream's events). Deleting the pod
 //! removes its volume directory. Two short pods check the termination message and
-//! `activeDeadlineSeconds`. The node leaves nothing behind.
+//! `activeDeadlineSeconds`, and one reads the standard `kube-api-access-*` projected volume
+//! (bound token, CA, namespace; the test publishes `kube-root-ca.crt` itself as no controller
+//! does yet). The node leaves nothing behind.
 
 use crate::harness::{self, Cluster};
 use std::time::Duration;
@@ -72,6 +74,59 @@ spec:
 "#;
 
 const SHORT_PODS: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: robot
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: kube-root-ca.crt
+data:
+  ca.crt: |
+    -----BEGIN CERTIFICATE-----
+    test
+    -----END CERTIFICATE-----
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: token-reader
+spec:
+  serviceAccountName: robot
+  restartPolicy: Never
+  containers:
+    - name: main
+      image: docker.io/library/busybox:1.36
+      command:
+        - sh
+        - -c
+        - cd /var/run/secrets/kubernetes.io/serviceaccount && echo "token=$(head -c 3 token) ns=$(cat namespace) ca=$(grep -c BEGIN ca.crt)"
+      volumeMounts:
+        - name: kube-api-access-test
+          mountPath: /var/run/secrets/kubernetes.io/serviceaccount
+          readOnly: true
+  volumes:
+    - name: kube-api-access-test
+      projected:
+        defaultMode: 420
+        sources:
+          - serviceAccountToken:
+              expirationSeconds: 3607
+              path: token
+          - configMap:
+              name: kube-root-ca.crt
+              items:
+                - key: ca.crt
+                  path: ca.crt
+          - downwardAPI:
+              items:
+                - path: namespace
+                  fieldRef:
+                    apiVersion: v1
+                    fieldPath: metadata.namespace
+---
 apiVersion: v1
 kind: Pod
 metadata:
@@ -222,6 +277,14 @@ fn a_pod_with_volumes_secret_env_and_probes_runs_gets_ready_and_is_restarted_by_
             Err(format!("uid exitCode message: {out:?}"))
         }
     });
+    n.wait_for("token-reader to print its kube-api-access volume", READY, |n| {
+        let logs = n.try_kubectl(&["logs", "token-reader"])?;
+        if logs.contains("token=eyJ ns=default ca=1") {
+            Ok(())
+        } else {
+            Err(format!("logs: {logs:?}"))
+        }
+    });
     n.wait_for("pod deadline Failed with DeadlineExceeded", READY, |n| {
         let out = n.try_kubectl(&[
             "get",
@@ -242,7 +305,7 @@ fn a_pod_with_volumes_secret_env_and_probes_runs_gets_ready_and_is_restarted_by_
     n.kubectl_ok(&["delete", "-f", &short_arg, "--wait=false"]);
     n.wait_for("the short pods to go away", READY, |n| {
         let out = n.try_kubectl(&["get", "pods", "-o", "name"])?;
-        if out.contains("says-bye") || out.contains("deadline") {
+        if out.contains("says-bye") || out.contains("deadline") || out.contains("token-reader") {
             Err(format!("pods: {out}"))
         } else {
             Ok(())
