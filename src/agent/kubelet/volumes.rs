@@ -11,6 +11,7 @@
 //!   links — so a container never sees a half-updated volume. Each sync rewrites them only when
 //!   the content changed, which keeps mounted ConfigMaps and Secrets up to date.
 //!
+//! Secret and projected volumes live on a tmpfs, as upstream's memory-backed wrappers do.
 //! [`teardown`] unmounts whatever the kubelet mounted under the pod directory and removes it.
 
 use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, KeyToPath, Pod, Volume};
@@ -496,6 +497,12 @@ pub fn setup(
                     .map_err(|e| fail(io("chmod", &path, e)))?;
             }
         } else if let Some(files) = payload(pod, v, objects, node_cpu_millis, node_memory_bytes).map_err(fail)? {
+            // Upstream backs secret and projected volumes with a memory-medium emptyDir, so
+            // secrets and tokens never reach the disk (or an SD card).
+            if v.secret.is_some() || v.projected.is_some() {
+                std::fs::create_dir_all(&path).map_err(|e| fail(io("creating", &path, e)))?;
+                mount_tmpfs(&path, None).map_err(fail)?;
+            }
             if atomic_write(&path, &files).map_err(fail)? {
                 tracing::debug!(volume = %v.name, path = %path.display(), "volume content updated");
             }
@@ -691,6 +698,25 @@ mod tests {
         assert_eq!(mounts[1].host_path, vols["scratch"].join("sub"));
         assert!(mounts[1].host_path.is_dir() && !mounts[1].read_only);
         teardown(d.path(), "u1").unwrap();
+        assert!(!d.path().join("u1").exists());
+    }
+
+    #[test]
+    fn secret_volumes_live_on_a_tmpfs_that_teardown_unmounts() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = pod(json!([{"name": "s", "secret": {"secretName": "s"}}]));
+        let vols = setup(d.path(), &p, &objects(), 1, 1).unwrap();
+        assert!(mounted_at(&vols["s"]), "the secret volume is a mount point");
+        assert_eq!(std::fs::read_to_string(vols["s"].join("k")).unwrap(), "secret");
+        // A second sync neither remounts nor rewrites.
+        setup(d.path(), &p, &objects(), 1, 1).unwrap();
+        assert_eq!(mount_points().iter().filter(|m| **m == vols["s"]).count(), 1);
+        teardown(d.path(), "u1").unwrap();
+        assert!(!mounted_at(&vols["s"]));
         assert!(!d.path().join("u1").exists());
     }
 
