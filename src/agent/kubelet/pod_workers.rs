@@ -182,6 +182,20 @@ async fn housekeeping(inner: &Arc<Inner>) {
         Ok(c) => runtime_pods.extend(c.into_iter().map(|c| (c.pod.uid.clone(), c.pod))),
         Err(e) => tracing::warn!(error = %e, "listing containers failed"),
     }
+    // Volume directories of pods that are gone from both the API and the runtime (deleted
+    // while the agent was down): upstream `cleanupOrphanedPodDirs`.
+    if let Ok(entries) = std::fs::read_dir(&inner.cfg.pods_dir) {
+        let active: HashSet<String> = lock(&inner.workers).keys().cloned().collect();
+        for e in entries.flatten() {
+            let uid = e.file_name().to_string_lossy().into_owned();
+            if !known.contains(&uid) && !runtime_pods.contains_key(&uid) && !active.contains(&uid) {
+                tracing::info!(uid = %uid, "removing the volumes of a pod that no longer exists");
+                if let Err(err) = volumes::teardown(&inner.cfg.pods_dir, &uid) {
+                    tracing::warn!(uid = %uid, error = %err, "removing orphaned pod volumes failed");
+                }
+            }
+        }
+    }
     for (uid, pod) in runtime_pods {
         if !known.contains(&uid) {
             tracing::info!(pod = %pod.name, namespace = %pod.namespace, uid = %uid, "cleaning up pod no longer in the API");
