@@ -89,3 +89,69 @@ async fn concurrent_updates_succeed_once_each_or_conflict_and_generations_add_up
     eprintln!("100 writers: {conflicts} conflicts retried");
     tokio::task::spawn_blocking(move || drop(s)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_only_lists_and_gets_return_partial_object_metadata() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let s = tokio::task::spawn_blocking(|| TestServer::start(&[])).await.unwrap();
+    let yaml = std::fs::read_to_string(&s.kubeconfig).unwrap();
+    let client = kube::Client::try_from(skiff::server::kube_config(&yaml).await.unwrap()).unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let cm: ConfigMap = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "m", "labels": {"a": "b"}}, "data": {"secret": "x"}}),
+    )
+    .unwrap();
+    api.create(&PostParams::default(), &cm).await.unwrap();
+    let list = api.list_metadata(&kube::api::ListParams::default().labels("a=b")).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].metadata.name.as_deref(), Some("m"));
+    let one = api.get_metadata("m").await.unwrap();
+    assert_eq!(one.metadata.labels.unwrap().get("a").map(String::as_str), Some("b"));
+    tokio::task::spawn_blocking(move || drop(s)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_4xx_statuses_never_500s() {
+    let s = tokio::task::spawn_blocking(|| TestServer::start(&[])).await.unwrap();
+    let yaml = std::fs::read_to_string(&s.kubeconfig).unwrap();
+    let client = kube::Client::try_from(skiff::server::kube_config(&yaml).await.unwrap()).unwrap();
+    let post = |body: Vec<u8>, ct: &'static str| {
+        let client = client.clone();
+        async move {
+            let req = http::Request::post("/api/v1/namespaces/default/configmaps")
+                .header("content-type", ct)
+                .body(body)
+                .unwrap();
+            match client.request_text(req).await {
+                Ok(t) => panic!("expected an error, got {t}"),
+                Err(kube::Error::Api(e)) => (e.code, e.message),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    let (code, msg) = post(b"{not json".to_vec(), "application/json").await;
+    assert_eq!(code, 400, "{msg}");
+    let (code, msg) =
+        post(br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"x"}}"#.to_vec(), "application/json").await;
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("kind"), "{msg}");
+    let big = format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"big"}},"data":{{"a":"{}"}}}}"#,
+        "x".repeat(4 << 20)
+    );
+    let (code, msg) = post(big.into_bytes(), "application/json").await;
+    assert_eq!(code, 413, "{msg}");
+    let (code, msg) =
+        post(br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"UPPER"}}"#.to_vec(), "application/json")
+            .await;
+    assert_eq!(code, 422, "{msg}");
+    let (code, msg) = post(b"k8s\0\x0a\xff".to_vec(), "application/vnd.kubernetes.protobuf").await;
+    assert_eq!(code, 400, "{msg}");
+    let (code, msg) = post(
+        br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"},"data":{"a":1}}"#.to_vec(),
+        "application/json",
+    )
+    .await;
+    assert_eq!(code, 400, "{msg}");
+    tokio::task::spawn_blocking(move || drop(s)).await.unwrap();
+}

@@ -237,3 +237,42 @@ metadata: {name: fake-node, labels: {kind: test}}
     s.ok(&["delete", "node", "fake-node"]);
     s.ok(&["delete", "namespace", "kinds", "--timeout=30s"]);
 }
+
+#[test]
+fn server_side_apply_tracks_managers_and_reports_conflicts() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    assert!(s.ok_stdin(&["apply", "--server-side", "-f", "-"], DEPLOY).contains("serverside-applied"));
+    assert!(s.ok_stdin(&["apply", "--server-side", "-f", "-"], DEPLOY).contains("serverside-applied"));
+    let mf = s.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}/{.metadata.managedFields[*].operation}",
+        "--show-managed-fields",
+    ]);
+    assert!(mf.contains("kubectl") && mf.contains("Apply"), "{mf}");
+    // Another manager takes spec.replicas; re-applying the old value now conflicts.
+    s.ok(&["patch", "deploy", "web", "--type=merge", "-p", r#"{"spec":{"replicas":4}}"#, "--field-manager=ops"]);
+    let (ok, _, err) = s.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(DEPLOY));
+    assert!(
+        !ok && err.contains("Apply failed with 1 conflict: conflict with \"ops\" using apps/v1: .spec.replicas"),
+        "{err}"
+    );
+    assert_eq!(s.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]), "4");
+    s.ok_stdin(&["apply", "--server-side", "--force-conflicts", "-f", "-"], DEPLOY);
+    assert_eq!(s.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]), "2");
+    // A label dropped from the applied configuration is removed.
+    let labelled =
+        DEPLOY.replace("labels: {app: web}\nspec:\n  replicas", "labels: {app: web, extra: x}\nspec:\n  replicas");
+    s.ok_stdin(&["apply", "--server-side", "-f", "-"], &labelled);
+    assert_eq!(s.ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.labels.extra}"]), "x");
+    s.ok_stdin(&["apply", "--server-side", "-f", "-"], DEPLOY);
+    assert_eq!(s.ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.labels.extra}"]), "");
+    // Server-side diff shows a pending change without making it.
+    let changed = DEPLOY.replace("sleep 3600", "sleep 7");
+    let (_, out, _) = s.kubectl_stdin(&["diff", "--server-side", "-f", "-"], Some(&changed));
+    assert!(out.contains("sleep 7"), "{out}");
+    assert!(s.ok(&["get", "deploy", "web", "-o", "yaml"]).contains("sleep 3600"));
+}

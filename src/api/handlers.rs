@@ -43,6 +43,10 @@ impl Req {
     pub fn wants_table(&self) -> bool {
         self.accept().split(',').next().is_some_and(|first| first.contains("as=Table"))
     }
+    /// `as=PartialObjectMetadata` / `as=PartialObjectMetadataList`: metadata only.
+    pub fn wants_metadata(&self) -> bool {
+        self.accept().split(',').next().is_some_and(|first| first.contains("as=PartialObjectMetadata"))
+    }
     fn content_type(&self) -> &str {
         self.headers.get("content-type").and_then(|a| a.to_str().ok()).unwrap_or("application/json")
     }
@@ -181,7 +185,13 @@ const NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 fn generate_name(prefix: &str) -> String {
     use rand::Rng;
     let mut rng = rand::thread_rng();
-    let prefix = if prefix.len() > 58 { &prefix[..58] } else { prefix };
+    // Upstream truncates the prefix to leave room for the suffix; cut on a character
+    // boundary so a multi-byte name cannot split a character (validation rejects it later).
+    let mut cut = prefix.len().min(58);
+    while !prefix.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let prefix = &prefix[..cut];
     let suffix: String = (0..5).map(|_| NAME_CHARS[rng.gen_range(0..NAME_CHARS.len())] as char).collect();
     format!("{prefix}{suffix}")
 }
@@ -205,8 +215,16 @@ async fn ensure_namespace_usable(req: &Req) -> ApiResult<()> {
 
 // ---------- get / list ----------
 
+/// The metadata-only form of an object.
+pub fn partial(o: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
+}
+
 pub async fn get(req: &Req) -> ApiResult<Response> {
     let s = objects::get(req.st.store.as_ref(), req.r, req.ns(), req.name()).await?;
+    if req.wants_metadata() {
+        return Ok(json_response(StatusCode::OK, &partial(&s.obj)));
+    }
     if req.wants_table() {
         return Ok(json_response(StatusCode::OK, &table(req, &[s.obj], &s.rev.to_string(), None)));
     }
@@ -380,6 +398,17 @@ pub async fn list_objects(req: &Req) -> ApiResult<(Vec<Value>, i64, Option<Strin
 
 pub async fn list(req: &Req) -> ApiResult<Response> {
     let (items, rev, cont, remaining) = list_objects(req).await?;
+    if req.wants_metadata() {
+        let mut meta = json!({"resourceVersion": rev.to_string()});
+        if let Some(c) = &cont {
+            meta["continue"] = json!(c);
+        }
+        let items: Vec<Value> = items.iter().map(partial).collect();
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items}),
+        ));
+    }
     if req.wants_table() {
         return Ok(json_response(StatusCode::OK, &table(req, &items, &rev.to_string(), cont.as_deref())));
     }
@@ -405,8 +434,18 @@ pub async fn create(req: &Req, body: &[u8]) -> ApiResult<Response> {
     Ok(with_warnings(json_response(StatusCode::CREATED, &obj), &warnings))
 }
 
-/// The create path shared by POST, apply-create and internal callers.
+/// The field manager of a request (the `fieldManager` parameter, else the User-Agent).
+fn manager(req: &Req) -> String {
+    super::apply::manager_of(req.q.get("fieldManager"), req.headers.get("user-agent").and_then(|u| u.to_str().ok()))
+}
+
+/// The create path shared by POST and internal callers; records the creator's fields.
 pub async fn create_object(req: &Req, obj: Value) -> ApiResult<(Value, Vec<String>)> {
+    create_object_as(req, obj, true).await
+}
+
+/// Creates an object; `record` false means its managedFields were already computed (apply).
+async fn create_object_as(req: &Req, obj: Value, record: bool) -> ApiResult<(Value, Vec<String>)> {
     let r = req.r;
     let (mut obj, warnings) = normalize(req, obj)?;
     {
@@ -455,11 +494,16 @@ pub async fn create_object(req: &Req, obj: Value) -> ApiResult<(Value, Vec<Strin
     let name = obj.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
     ensure_namespace_usable(req).await?;
     defaults::apply(r, &mut obj, true);
+    super::policy::mutate(req, &mut obj).await?;
     let causes = validation::validate(r, &obj);
     if !causes.is_empty() {
         return Err(ApiError::invalid(r, &name, &causes));
     }
+    super::policy::validate(req, &obj).await?;
     super::admission::on_create(req, &mut obj).await?;
+    if record {
+        super::apply::record_update(None, &mut obj, &manager(req), &r.api_version(), None);
+    }
     if req.q.dry_run()? {
         return Ok((obj, warnings));
     }
@@ -536,7 +580,13 @@ fn prepare_update(r: &Resource, old: &Value, mut new: Value, part: Part) -> Valu
 
 /// Validates and writes an updated object at `expected` revision; deletes it instead when the
 /// update removed the last finalizer of an object being deleted.
-async fn write_update(req: &Req, old: &Stored, new: Value, part: Part) -> ApiResult<(Value, Vec<String>)> {
+async fn write_update(
+    req: &Req,
+    old: &Stored,
+    new: Value,
+    part: Part,
+    record: bool,
+) -> ApiResult<(Value, Vec<String>)> {
     let r = req.r;
     let (new, warnings) = normalize(req, new)?;
     let mut new = prepare_update(r, &old.obj, new, part);
@@ -546,6 +596,15 @@ async fn write_update(req: &Req, old: &Stored, new: Value, part: Part) -> ApiRes
         return Err(ApiError::invalid(r, req.name(), &causes));
     }
     super::admission::on_update(req, &old.obj, &mut new)?;
+    if record {
+        let sub = (part == Part::Status).then_some("status");
+        super::apply::record_update(Some(&old.obj), &mut new, &manager(req), &r.api_version(), sub);
+    } else if let Some(mf) = old.obj.pointer("/metadata/managedFields").cloned() {
+        // A status write through apply keeps the main resource's ownership records.
+        if new.pointer("/metadata/managedFields").is_none() {
+            new["metadata"]["managedFields"] = mf;
+        }
+    }
     let strip_rv = |v: &Value| {
         let mut v = v.clone();
         if let Some(m) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
@@ -598,7 +657,7 @@ pub async fn update(req: &Req, body: &[u8]) -> ApiResult<Response> {
         merged["spec"]["finalizers"] = obj.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
         obj = merged;
     }
-    let (out, warnings) = write_update(req, &old, obj, part).await?;
+    let (out, warnings) = write_update(req, &old, obj, part, true).await?;
     Ok(with_warnings(json_response(StatusCode::OK, &out), &warnings))
 }
 
@@ -618,17 +677,19 @@ pub async fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
     };
     // Retry on conflicts unless the patch pins a resourceVersion (GuaranteedUpdate).
     for _ in 0..10 {
-        let old = match objects::get(req.st.store.as_ref(), req.r, req.ns(), &name).await {
-            Ok(o) => o,
-            Err(e) if e.code == 404 && kind == PatchKind::Apply => {
-                // Server-side apply creates the object when it does not exist.
-                let mut obj = patch_body.clone();
-                check_identity(req, &mut obj, Some(&name))?;
-                let (out, w) = create_object(req, obj).await?;
-                return Ok(with_warnings(json_response(StatusCode::CREATED, &out), &w));
+        if kind == PatchKind::Apply {
+            match server_side_apply(req, &patch_body, part).await {
+                Err(e)
+                    if e.code == 409
+                        && e.reason == "Conflict"
+                        && e.details.as_ref().is_none_or(|d| d.get("causes").is_none()) =>
+                {
+                    continue
+                }
+                other => return other,
             }
-            Err(e) => return Err(e),
-        };
+        }
+        let old = objects::get(req.st.store.as_ref(), req.r, req.ns(), &name).await?;
         let scale_patch = req.sub.as_deref() == Some("scale");
         let mut target = if scale_patch { scale_of(req.r, &old.obj)? } else { old.obj.clone() };
         patch::apply_standard(kind, &mut target, &patch_body).map_err(|e| ApiError::new(422, "Invalid", e))?;
@@ -642,13 +703,72 @@ pub async fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
                 return Err(ApiError::stale(req.r, &name));
             }
         }
-        match write_update(req, &old, target, part).await {
+        match write_update(req, &old, target, part, true).await {
             Ok((out, warnings)) => return Ok(with_warnings(json_response(StatusCode::OK, &out), &warnings)),
             Err(e) if e.code == 409 && e.reason == "Conflict" && pinned.is_none() => continue,
             Err(e) => return Err(e),
         }
     }
     Err(ApiError::stale(req.r, &name))
+}
+
+/// One attempt at a server-side apply (`application/apply-patch+yaml`).
+async fn server_side_apply(req: &Req, body: &Value, part: Part) -> ApiResult<Response> {
+    let name = req.name().to_string();
+    let manager = req.q.get("fieldManager").filter(|m| !m.is_empty()).ok_or_else(|| {
+        ApiError::new(
+            422,
+            "Invalid",
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        )
+    })?;
+    if manager.len() > 128 {
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            format!("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Too long: may not be more than 128 bytes"),
+        ));
+    }
+    let force = req.q.flag("force");
+    let mut applied = body.clone();
+    check_identity(req, &mut applied, Some(&name))?;
+    // Unknown fields follow fieldValidation; the applied configuration is the pruned one.
+    let (applied, warnings) = normalize(req, applied)?;
+    let api_version = req.r.api_version();
+    let conflict = |c: super::apply::Conflicts| {
+        let mut e = ApiError::new(409, "Conflict", c.message(&api_version));
+        let mut d = json!({"name": name, "kind": req.r.plural});
+        if !req.r.group.is_empty() {
+            d["group"] = json!(req.r.group);
+        }
+        d["causes"] = json!(c.0.iter().map(|(m, f)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {m:?} using {api_version}"), "field": f})).collect::<Vec<_>>());
+        e.details = Some(d);
+        e
+    };
+    match objects::get(req.st.store.as_ref(), req.r, req.ns(), &name).await {
+        Err(e) if e.code == 404 && part == Part::Main => {
+            let obj = super::apply::apply(None, &applied, manager, &api_version, force).map_err(conflict)?;
+            let (out, w) = create_object_as(req, obj, false).await?;
+            let mut w2 = warnings;
+            w2.extend(w);
+            Ok(with_warnings(json_response(StatusCode::CREATED, &out), &w2))
+        }
+        Err(e) => Err(e),
+        Ok(old) => {
+            let mut live = old.obj.clone();
+            if part == Part::Status {
+                // Apply to status: merge only the applied status.
+                let mut st_only = json!({"apiVersion": applied["apiVersion"], "kind": applied["kind"], "metadata": applied["metadata"]});
+                st_only["status"] = applied.get("status").cloned().unwrap_or(json!({}));
+                let _ = super::patch::strategic_merge(&mut live, &json!({"status": st_only["status"]}));
+                let (out, w) = write_update(req, &old, live, part, true).await?;
+                return Ok(with_warnings(json_response(StatusCode::OK, &out), &[warnings, w].concat()));
+            }
+            let obj = super::apply::apply(Some(&live), &applied, manager, &api_version, force).map_err(conflict)?;
+            let (out, w) = write_update(req, &old, obj, part, false).await?;
+            Ok(with_warnings(json_response(StatusCode::OK, &out), &[warnings, w].concat()))
+        }
+    }
 }
 
 // ---------- scale ----------
@@ -697,7 +817,7 @@ async fn write_scale(req: &Req, old: &Stored, scale: &Value) -> ApiResult<Respon
     }
     let mut new = old.obj.clone();
     new["spec"]["replicas"] = json!(replicas);
-    let (out, _) = write_update(req, old, new, Part::Main).await?;
+    let (out, _) = write_update(req, old, new, Part::Main, true).await?;
     Ok(json_response(StatusCode::OK, &scale_of(req.r, &out)?))
 }
 
@@ -909,4 +1029,26 @@ pub async fn delete_collection(req: &Req, body: &[u8]) -> ApiResult<Response> {
         StatusCode::OK,
         &json!({"kind": format!("{}List", req.r.kind), "apiVersion": req.r.api_version(), "metadata": {"resourceVersion": rev.to_string()}, "items": out}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_names_keep_the_prefix_and_never_split_characters() {
+        let n = generate_name("web-");
+        assert!(n.starts_with("web-") && n.len() == 9, "{n}");
+        let long = "é".repeat(40);
+        let n = generate_name(&long);
+        assert!(n.len() <= 63 && n.is_char_boundary(n.len() - 5), "{n}");
+    }
+
+    #[test]
+    fn bodies_that_are_not_json_or_yaml_are_bad_requests() {
+        assert_eq!(decode_body("application/json", b"{nope").unwrap_err().code, 400);
+        assert_eq!(decode_body("application/yaml", b"a: [").unwrap_err().code, 400);
+        assert_eq!(decode_body("text/plain", b"x").unwrap_err().code, 415);
+        assert_eq!(decode_body("application/vnd.kubernetes.protobuf", b"junk").unwrap_err().code, 400);
+    }
 }

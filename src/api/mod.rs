@@ -3,6 +3,7 @@
 //! parsing the path the way kube-apiserver's RequestInfoFactory does.
 
 pub mod admission;
+pub mod apply;
 pub mod auth;
 pub mod discovery;
 pub mod errors;
@@ -12,10 +13,13 @@ pub mod namespaces;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
+pub mod policy;
 pub mod protobuf;
+pub mod proxy;
 pub mod query;
 pub mod request;
 pub mod selector;
+pub mod stream;
 pub mod watch;
 
 use axum::body::Body;
@@ -235,6 +239,7 @@ async fn dispatch(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    upgrade: Option<Extension<hyper::upgrade::OnUpgrade>>,
     body: Body,
 ) -> Response {
     let path = uri.path().to_string();
@@ -303,7 +308,8 @@ async fn dispatch(
         verb: verb_of(&req).into(),
         group: req.r.group.into(),
         resource: req.r.plural.into(),
-        subresource: req.sub.clone().unwrap_or_default(),
+        // `proxy/<path>` is authorized as the `proxy` subresource.
+        subresource: req.sub.as_deref().map(|s| s.split('/').next().unwrap_or(s).to_string()).unwrap_or_default(),
         namespace: req.ns.clone().unwrap_or_default(),
         name: req.name.clone().unwrap_or_default(),
         path: None,
@@ -313,13 +319,18 @@ async fn dispatch(
     }
     let span = tracing::debug_span!("request", verb = %method, resource = req.r.plural, ns = ?req.ns, name = ?req.name, user = %user.name);
     let _e = span.enter();
-    match resource_request(req, body, &user).await {
+    match resource_request(req, body, &user, upgrade.map(|u| u.0)).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn resource_request(req: Req, body: Body, user: &User) -> errors::ApiResult<Response> {
+async fn resource_request(
+    req: Req,
+    body: Body,
+    user: &User,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> errors::ApiResult<Response> {
     if req.r.is_virtual() {
         if req.method != Method::POST || req.name.is_some() {
             return Err(ApiError::method_not_allowed(format!(
@@ -331,6 +342,11 @@ async fn resource_request(req: Req, body: Body, user: &User) -> errors::ApiResul
         return auth::reviews::create(&req, user, &b).await;
     }
     if let Some(sub) = req.sub.as_deref() {
+        // `proxy/<path>` addresses the proxy subresource with a path after it.
+        let first = sub.split('/').next().unwrap_or(sub);
+        if first == "proxy" && req.r.has_subresource("proxy") && req.name.is_some() {
+            return proxy::proxy(&req, body).await;
+        }
         if !req.r.has_subresource(sub) {
             return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
         }
@@ -351,6 +367,9 @@ async fn resource_request(req: Req, body: Body, user: &User) -> errors::ApiResul
         (Method::GET, true, None | Some("status") | Some("approval")) => handlers::get(&req).await,
         (Method::GET, true, Some("scale")) => handlers::get_scale(&req).await,
         (Method::GET, true, Some("log")) => logs::pod_log(&req).await,
+        (_, true, Some("exec" | "attach" | "portforward")) if req.r.plural == "pods" => {
+            stream::pod_stream(&req, user, upgrade).await
+        }
         (Method::POST, false, None) => {
             let b = handlers::read_body(&req.st, body).await?;
             handlers::create(&req, &b).await
@@ -358,6 +377,10 @@ async fn resource_request(req: Req, body: Body, user: &User) -> errors::ApiResul
         (Method::POST, true, Some("token")) => {
             let b = handlers::read_body(&req.st, body).await?;
             auth::reviews::token_request(&req, &b).await
+        }
+        (Method::POST, true, Some("eviction")) => {
+            let b = handlers::read_body(&req.st, body).await?;
+            policy::evict(&req, &b).await
         }
         (Method::POST, true, Some("binding")) => {
             let b = handlers::read_body(&req.st, body).await?;

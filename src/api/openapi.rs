@@ -33,31 +33,18 @@ pub struct Docs {
     pub v2: String,
 }
 
-/// The merge key of a list property (from the upstream types' patchMergeKey tags).
+/// The patch metadata of a list property: (merge key, strategy); the key is empty for a
+/// primitive list merged as a set. Shares patch.rs's table so kubectl computes the patches the
+/// server applies.
 fn patch_meta(prop: &str, item_ref: &str) -> Option<(&'static str, &'static str)> {
-    let key = match prop {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "volumes"
-        | "env"
-        | "imagePullSecrets"
-        | "resourceClaims" => "name",
-        "volumeMounts" => "mountPath",
-        "volumeDevices" => "devicePath",
-        "hostAliases" => "ip",
-        "conditions" if item_ref.ends_with("Condition") => "type",
-        "addresses" if item_ref.ends_with("NodeAddress") => "type",
-        "ownerReferences" => "uid",
-        "taints" if item_ref.ends_with("Taint") => "key",
-        "topologySpreadConstraints" => "topologyKey",
-        "readinessGates" => "conditionType",
-        "ports" if item_ref.ends_with("ContainerPort") => "containerPort",
-        "ports" if item_ref.ends_with("ServicePort") => "port",
-        "finalizers" => return Some(("", "merge")),
-        _ => return None,
-    };
-    Some((key, "merge"))
+    if super::patch::merges_primitives(prop) {
+        return Some(("", "merge"));
+    }
+    // An unknown element type (a primitive list) has no merge key.
+    if item_ref.is_empty() {
+        return None;
+    }
+    super::patch::list_merge_key(prop, item_ref).map(|k| (k, "merge"))
 }
 
 fn item_ref(prop: &Value) -> String {

@@ -42,9 +42,11 @@ pub fn apply_standard(kind: PatchKind, target: &mut Value, patch: &Value) -> Res
     }
 }
 
-/// The merge key of a list field, as the Kubernetes types declare with
-/// `patchMergeKey`; None means the list is replaced whole.
-fn merge_key(field: &str, elems: &[&Value]) -> Option<&'static str> {
+/// The merge key of a list field, as the Kubernetes types declare with `patchMergeKey`;
+/// None means the list is replaced whole. `item_type` is the element's schema name when known
+/// (from OpenAPI) or "" (from data): it separates same-named fields of different types.
+pub fn list_merge_key(field: &str, item_type: &str) -> Option<&'static str> {
+    let typed = |suffix: &str| item_type.is_empty() || item_type.ends_with(suffix);
     Some(match field {
         "containers"
         | "initContainers"
@@ -57,25 +59,28 @@ fn merge_key(field: &str, elems: &[&Value]) -> Option<&'static str> {
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
         "hostAliases" => "ip",
-        "conditions" | "addresses" => "type",
+        "conditions" if typed("Condition") => "type",
+        "addresses" if typed("NodeAddress") => "type",
         "ownerReferences" => "uid",
-        "taints" => "key",
+        "taints" if typed("Taint") => "key",
         "topologySpreadConstraints" => "topologyKey",
         "readinessGates" => "conditionType",
         // Container ports merge on containerPort, Service ports on port.
-        "ports" => {
-            if elems.iter().any(|e| e.get("containerPort").is_some()) {
-                "containerPort"
-            } else {
-                "port"
-            }
-        }
+        "ports" if item_type.ends_with("ContainerPort") => "containerPort",
+        "ports" if item_type.ends_with("ServicePort") || item_type.is_empty() => "port",
         _ => return None,
     })
 }
 
+/// The merge key of a list field judged from its elements.
+pub fn merge_key(field: &str, elems: &[&Value]) -> Option<&'static str> {
+    let hint =
+        if field == "ports" && elems.iter().any(|e| e.get("containerPort").is_some()) { "ContainerPort" } else { "" };
+    list_merge_key(field, hint)
+}
+
 /// Primitive lists whose patch strategy is `merge` (union) rather than replace.
-fn merges_primitives(field: &str) -> bool {
+pub fn merges_primitives(field: &str) -> bool {
     field == "finalizers"
 }
 

@@ -34,6 +34,7 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
     };
     let exact_key = sel.fields.exact_name().is_some() && (req.ns.is_some() || !req.r.namespaced);
     let table = req.wants_table();
+    let metadata_only = req.wants_metadata();
     let store = req.st.store.clone();
 
     // Initial state: unset/"0" resourceVersion (or sendInitialEvents=true) lists first.
@@ -67,6 +68,9 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
     tokio::spawn(async move {
         let mut first_table = true;
         let wrap = |o: &Value, first: &mut bool| -> Value {
+            if metadata_only {
+                return super::handlers::partial(o);
+            }
             if !table {
                 return o.clone();
             }

@@ -158,7 +158,7 @@ fn validate_containers(spec: &Value, path: &str, out: &mut Vec<Cause>) {
     }
 }
 
-fn selector_matches(selector: &Value, labels: &Value) -> bool {
+pub fn selector_matches(selector: &Value, labels: &Value) -> bool {
     let ml = selector.get("matchLabels").and_then(|m| m.as_object());
     let ok_labels = ml.is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
     let ok_exprs = selector.get("matchExpressions").and_then(|m| m.as_array()).is_none_or(|exprs| {

@@ -99,6 +99,18 @@ fn single_node_runs_the_web_example_and_serves_its_logs() {
         }
     });
 
+    // The API server proxies to the node's kubelet and to the Service's endpoints.
+    let health = n.kubectl_ok(&["get", "--raw", "/api/v1/nodes/node-1/proxy/healthz"]);
+    assert_eq!(health.trim(), "ok", "nodes/proxy to the kubelet");
+    n.wait_for("services/proxy to reach a web pod", Duration::from_secs(20), |n| {
+        let out = n.try_kubectl(&["get", "--raw", "/api/v1/namespaces/default/services/web:http/proxy/"])?;
+        if out.contains("hello from web-") {
+            Ok(())
+        } else {
+            Err(format!("services/proxy: {out:?}"))
+        }
+    });
+
     // get / describe of each kind the example made.
     n.wait_for("deployment web 2/2 ready", READY, |n| {
         let out = n.try_kubectl(&["get", "deployment", "web"])?;

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
 
 use crate::agent::runtime::{
-    ContainerSpec, ContainerState, ContainerStatus, ExecOutput, ImageRef, PullPolicy, Result, Runtime, RuntimeError,
-    RuntimeEvent, Sandbox, SandboxSpec,
+    ContainerSpec, ContainerState, ContainerStatus, ExecOptions, ExecOutput, ExecSession, ImageRef, PullPolicy, Result,
+    Runtime, RuntimeError, RuntimeEvent, Sandbox, SandboxSpec,
 };
 use crate::config::Cidr;
 
@@ -26,6 +26,8 @@ pub enum Call {
     StopContainer(String, Duration),
     RemoveContainer(String),
     ExecSync(String, Vec<String>),
+    Exec { container_id: String, command: Vec<String> },
+    PortForward { pod_uid: String, port: u16 },
 }
 
 #[derive(Default)]
@@ -261,5 +263,78 @@ impl Runtime for FakeRuntime {
             Some(q) => q.first().cloned().unwrap_or_default(),
             None => ExecOutput::default(),
         })
+    }
+    /// A scripted process: `echo ARGS…` prints them, `exit N` exits with N, `cat` copies stdin
+    /// to stdout (and, with a tty, prints the initial size and each resize as `WxH`), `stderr TEXT` prints to stderr.
+    async fn exec(&self, container_id: &str, opts: &ExecOptions) -> Result<ExecSession> {
+        {
+            let mut st = self.lock();
+            st.calls.push(Call::Exec { container_id: container_id.to_string(), command: opts.command.clone() });
+            let running =
+                st.containers.iter().any(|c| c.id == container_id && matches!(c.state, ContainerState::Running { .. }));
+            if !running {
+                return Err(RuntimeError::NotFound(format!("container {container_id} is not running")));
+            }
+        }
+        use bytes::Bytes;
+        use tokio::sync::{mpsc, oneshot};
+        let (out_tx, out_rx) = mpsc::channel::<Bytes>(16);
+        let (err_tx, err_rx) = mpsc::channel::<Bytes>(16);
+        let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(16);
+        let (resize_tx, mut resize_rx) = mpsc::unbounded_channel();
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let stop = cancel.clone();
+        let (cmd, tty, initial) = (opts.command.clone(), opts.tty, opts.initial_size);
+        let err_tx = if tty { None } else { Some(err_tx) };
+        tokio::spawn(async move {
+            if let (true, Some(sz)) = (tty, initial) {
+                let _ = out_tx.send(Bytes::from(format!("{}x{}\n", sz.width, sz.height))).await;
+            }
+            let arg = |i: usize| cmd.get(i).cloned().unwrap_or_default();
+            let code = match arg(0).as_str() {
+                "echo" => {
+                    let _ = out_tx.send(Bytes::from(format!("{}\n", cmd[1..].join(" ")))).await;
+                    0
+                }
+                "exit" => arg(1).parse().unwrap_or(1),
+                "stderr" => {
+                    if let Some(e) = &err_tx {
+                        let _ = e.send(Bytes::from(format!("{}\n", cmd[1..].join(" ")))).await;
+                    }
+                    0
+                }
+                "cat" => loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break 137,
+                        b = in_rx.recv() => match b {
+                            Some(b) => { let _ = out_tx.send(b).await; }
+                            None => break 0,
+                        },
+                        Some(sz) = resize_rx.recv(), if tty => {
+                            let sz: crate::agent::runtime::TermSize = sz;
+                            let _ = out_tx.send(Bytes::from(format!("{}x{}\n", sz.width, sz.height))).await;
+                        }
+                    }
+                },
+                _ => 127,
+            };
+            drop((out_tx, err_tx));
+            let _ = exit_tx.send(Ok(code));
+        });
+        Ok(ExecSession {
+            exec_id: "fake-exec".into(),
+            stdin: opts.stdin.then_some(in_tx),
+            stdout: out_rx,
+            stderr: err_rx,
+            resize: resize_tx,
+            exit: exit_rx,
+            kill_on_drop: cancel.drop_guard(),
+        })
+    }
+
+    async fn port_forward(&self, pod_uid: &str, port: u16) -> Result<tokio::net::TcpStream> {
+        self.lock().calls.push(Call::PortForward { pod_uid: pod_uid.to_string(), port });
+        Err(RuntimeError::Other("the fake runtime has no pod network".into()))
     }
 }

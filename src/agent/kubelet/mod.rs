@@ -20,11 +20,13 @@ pub mod objects;
 pub mod pod_status;
 pub mod pod_sync;
 pub mod pod_workers;
+pub mod portforward;
 pub mod probes;
 pub mod resources;
 pub mod server;
 pub mod service_env;
 pub mod serving_cert;
+pub mod streaming;
 pub mod termination;
 pub mod volumes;
 
@@ -133,6 +135,7 @@ impl Kubelet {
                 let state = server::ServerState {
                     log_root: self.log_root.clone(),
                     liveness: Arc::new(server::RuntimeLiveness(self.runtime.clone())),
+                    runtime: Some(self.runtime.clone()),
                 };
                 tracing::info!(addr = ?l.local_addr().ok(), "kubelet API listening");
                 tokio::spawn(server::serve(l, tls, state, tasks.clone()));

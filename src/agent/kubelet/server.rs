@@ -64,13 +64,17 @@ impl ContainerLiveness for RuntimeLiveness {
 pub struct ServerState {
     pub log_root: PathBuf,
     pub liveness: Arc<dyn ContainerLiveness>,
+    /// Serves exec/attach (`super::streaming`) when set.
+    pub runtime: Option<Arc<dyn Runtime>>,
 }
 
 pub fn router(state: ServerState) -> Router {
+    let streaming = state.runtime.clone().map(super::streaming::router).unwrap_or_default();
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
         .with_state(state)
+        .merge(streaming)
 }
 
 /// Serves the router over TLS on an already-bound listener until shutdown.
@@ -124,7 +128,8 @@ pub async fn serve(
             };
             let svc = TowerToHyperService::new(app);
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(tls), svc);
+            // Upgrades: exec/attach switch to WebSocket (super::streaming).
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
             tokio::select! {
                 r = conn => if let Err(e) = r { tracing::debug!(%peer, error = %e, "kubelet connection ended with error") },
                 _ = shutdown.cancelled() => {}
@@ -559,7 +564,7 @@ mod tests {
             super::super::serving_cert::load_or_create(dir.path(), "127.0.0.1".parse().unwrap(), "n1").unwrap();
         let tls = super::super::serving_cert::server_config(&crt, &key, &client_ca).unwrap();
         let running = Arc::new(Flag(AtomicBool::new(true)));
-        let state = ServerState { log_root: logs.clone(), liveness: running.clone() };
+        let state = ServerState { log_root: logs.clone(), liveness: running.clone(), runtime: None };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();

@@ -691,6 +691,18 @@ impl Runtime for ContainerdRuntime {
     fn events(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent> {
         self.inner.events.subscribe()
     }
+
+    async fn exec(&self, container_id: &str, opts: &ExecOptions) -> Result<ExecSession> {
+        super::exec::exec(&self.inner.client, &self.inner.run_dir, container_id, opts).await
+    }
+
+    async fn port_forward(&self, pod_uid: &str, port: u16) -> Result<tokio::net::TcpStream> {
+        let pod = self.pod_dir(pod_uid);
+        let record = pod.read_record().ok_or_else(|| RuntimeError::NotFound(format!("sandbox of pod {pod_uid}")))?;
+        // A host-network pod listens in the node's namespace.
+        let netns = if record.host_network { self.inner.opts.node_netns.clone() } else { Some(pod.netns()) };
+        super::exec::connect_in_netns(netns, port).await
+    }
 }
 
 /// Follows `/tasks/{start,exit,oom}` for this namespace and turns them into [`RuntimeEvent`]s.

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod containerd;
+pub mod exec;
 pub mod exec_sync;
 pub mod images;
 pub mod logger;
@@ -16,6 +17,7 @@ pub mod sandbox;
 pub mod spec;
 
 pub use containerd::{ContainerdRuntime, RuntimeOptions};
+pub use exec::{ExecOptions, ExecSession, TermSize};
 pub use managed::ManagedContainerd;
 
 use async_trait::async_trait;
@@ -197,4 +199,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// user, cwd), waits at most `timeout` (then kills it), and returns its exit code and
     /// output (CRI `ExecSync`). For exec probes and lifecycle hooks.
     async fn exec_sync(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<ExecOutput>;
+    /// Runs a process in a running container (`kubectl exec`); see [`ExecSession`] for its
+    /// streams. Dropping the session before the process exits kills it.
+    async fn exec(&self, container_id: &str, opts: &ExecOptions) -> Result<ExecSession>;
+    /// A TCP connection to `127.0.0.1:port` inside the pod's network namespace
+    /// (`kubectl port-forward`).
+    async fn port_forward(&self, pod_uid: &str, port: u16) -> Result<tokio::net::TcpStream>;
 }

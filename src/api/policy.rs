@@ -1,0 +1,407 @@
+//! Admission plugins that read other objects: LimitRanger (container defaults and bounds),
+//! DefaultStorageClass, and ResourceQuota (hard limits on counts and pod resources), as
+//! kube-apiserver's default admission chain runs them on create.
+//!
+//! Limitation: quota usage is computed from the stored objects at admission time, so two
+//! concurrent creates may both pass the last free unit (upstream serialises through the quota
+//! object's status); quota `status.used` is not maintained yet.
+
+use serde_json::{json, Value};
+
+use super::errors::{ApiError, ApiResult};
+use super::handlers::Req;
+use super::objects;
+use crate::registry::{self, Resource};
+use crate::store::RangeRequest;
+
+/// A Kubernetes quantity in base units (cores, bytes, counts), e.g. `100m` → 0.1, `64Mi` → 67108864.
+pub fn parse_quantity(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+')).unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        s if s.starts_with('e') || s.starts_with('E') => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(n * mult)
+}
+
+fn qty(v: Option<&Value>) -> Option<f64> {
+    match v? {
+        Value::String(s) => parse_quantity(s),
+        Value::Number(n) => n.as_f64(),
+        _ => None,
+    }
+}
+
+async fn list_in(req: &Req, group: &str, plural: &str, ns: &str) -> ApiResult<Vec<Value>> {
+    let Some(r) = registry::BUILTIN.iter().find(|r| r.group == group && r.plural == plural) else { return Ok(vec![]) };
+    let resp = req
+        .st
+        .store
+        .range(RangeRequest { prefix: r.key_prefix_in(Some(ns)).into_bytes(), ..Default::default() })
+        .await?;
+    resp.kvs.iter().map(objects::decode).collect()
+}
+
+fn forbidden(r: &Resource, name: &str, why: String) -> ApiError {
+    ApiError::forbidden(format!("{} {name:?} is forbidden: {why}", r.qualified_plural()))
+}
+
+/// Mutating admission on create (after defaulting, before validation).
+pub async fn mutate(req: &Req, o: &mut Value) -> ApiResult<()> {
+    let ns = req.ns.clone().unwrap_or_default();
+    match (req.r.group, req.r.kind) {
+        ("", "Pod") => {
+            for lr in list_in(req, "", "limitranges", &ns).await? {
+                for item in lr.pointer("/spec/limits").and_then(|l| l.as_array()).into_iter().flatten() {
+                    if item["type"] != "Container" {
+                        continue;
+                    }
+                    for key in ["containers", "initContainers"] {
+                        let Some(cs) = o.pointer_mut(&format!("/spec/{key}")).and_then(|c| c.as_array_mut()) else {
+                            continue;
+                        };
+                        for c in cs.iter_mut() {
+                            for (field, source) in [("limits", "default"), ("requests", "defaultRequest")] {
+                                let Some(defaults) = item.get(source).and_then(|d| d.as_object()) else { continue };
+                                for (res, val) in defaults {
+                                    if c.pointer(&format!("/resources/{field}/{res}")).is_none() {
+                                        if !c["resources"].is_object() {
+                                            c["resources"] = json!({});
+                                        }
+                                        if !c["resources"][field].is_object() {
+                                            c["resources"][field] = json!({});
+                                        }
+                                        c["resources"][field][res] = val.clone();
+                                    }
+                                }
+                            }
+                            // Upstream: a limit with no request makes the request equal the limit.
+                            let limits =
+                                c.pointer("/resources/limits").and_then(|l| l.as_object()).cloned().unwrap_or_default();
+                            for (res, val) in limits {
+                                if c.pointer(&format!("/resources/requests/{res}")).is_none() {
+                                    if !c["resources"]["requests"].is_object() {
+                                        c["resources"]["requests"] = json!({});
+                                    }
+                                    c["resources"]["requests"][res] = val;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        ("", "PersistentVolumeClaim") => {
+            if o.pointer("/spec/storageClassName").is_none() {
+                let Some(sc) = registry::find("storage.k8s.io", "v1", "storageclasses") else { return Ok(()) };
+                let resp = req
+                    .st
+                    .store
+                    .range(RangeRequest { prefix: sc.key_prefix().into_bytes(), ..Default::default() })
+                    .await?;
+                let default = resp.kvs.iter().filter_map(|kv| objects::decode(kv).ok()).find(|c| {
+                    c.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
+                        .and_then(|v| v.as_str())
+                        == Some("true")
+                });
+                if let Some(d) = default {
+                    o["spec"]["storageClassName"] = d["metadata"]["name"].clone();
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn pod_resources(p: &Value) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = Vec::new();
+    let mut add = |k: String, v: f64| match out.iter_mut().find(|(a, _)| *a == k) {
+        Some(e) => e.1 += v,
+        None => out.push((k, v)),
+    };
+    for c in p.pointer("/spec/containers").and_then(|c| c.as_array()).into_iter().flatten() {
+        for field in ["requests", "limits"] {
+            for res in ["cpu", "memory"] {
+                if let Some(v) = qty(c.pointer(&format!("/resources/{field}/{res}"))) {
+                    add(format!("{field}.{res}"), v);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn terminal(p: &Value) -> bool {
+    matches!(p.pointer("/status/phase").and_then(|s| s.as_str()), Some("Succeeded" | "Failed"))
+}
+
+fn show(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{}", v.round() as i64)
+    } else {
+        format!("{}m", (v * 1000.0).round() as i64)
+    }
+}
+
+/// Validating admission on create: LimitRange bounds and ResourceQuota.
+pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
+    let ns = req.ns.clone().unwrap_or_default();
+    if ns.is_empty() {
+        return Ok(());
+    }
+    let name = o.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
+    if req.r.kind == "Pod" {
+        for lr in list_in(req, "", "limitranges", &ns).await? {
+            for item in lr
+                .pointer("/spec/limits")
+                .and_then(|l| l.as_array())
+                .into_iter()
+                .flatten()
+                .filter(|i| i["type"] == "Container")
+            {
+                for c in o.pointer("/spec/containers").and_then(|c| c.as_array()).into_iter().flatten() {
+                    for res in ["cpu", "memory"] {
+                        let limit = qty(c.pointer(&format!("/resources/limits/{res}")));
+                        let request = qty(c.pointer(&format!("/resources/requests/{res}")));
+                        if let (Some(max), Some(l)) = (qty(item.pointer(&format!("/max/{res}"))), limit) {
+                            if l > max {
+                                return Err(forbidden(
+                                    req.r,
+                                    &name,
+                                    format!(
+                                        "maximum {res} usage per Container is {}, but limit is {}",
+                                        item["max"][res].as_str().unwrap_or(""),
+                                        c["resources"]["limits"][res].as_str().unwrap_or("")
+                                    ),
+                                ));
+                            }
+                        }
+                        if let (Some(min), Some(r)) = (qty(item.pointer(&format!("/min/{res}"))), request) {
+                            if r < min {
+                                return Err(forbidden(
+                                    req.r,
+                                    &name,
+                                    format!(
+                                        "minimum {res} usage per Container is {}, but request is {}",
+                                        item["min"][res].as_str().unwrap_or(""),
+                                        c["resources"]["requests"][res].as_str().unwrap_or("")
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let quotas = list_in(req, "", "resourcequotas", &ns).await?;
+    if quotas.is_empty() || req.r.kind == "ResourceQuota" {
+        return Ok(());
+    }
+    // What this object would add, per quota resource name.
+    let mut adds: Vec<(String, f64)> = vec![(format!("count/{}", req.r.qualified_plural()), 1.0)];
+    let legacy = match req.r.kind {
+        "Pod" => Some("pods"),
+        "Service" => Some("services"),
+        "ConfigMap" => Some("configmaps"),
+        "Secret" => Some("secrets"),
+        "PersistentVolumeClaim" => Some("persistentvolumeclaims"),
+        "ReplicationController" => Some("replicationcontrollers"),
+        _ => None,
+    };
+    if let Some(l) = legacy {
+        adds.push((l.to_string(), 1.0));
+    }
+    if req.r.kind == "Pod" {
+        for (k, v) in pod_resources(o) {
+            adds.push((k.clone(), v));
+            if let Some(short) = k.strip_prefix("requests.") {
+                adds.push((short.to_string(), v));
+            }
+        }
+    }
+    let existing = list_in(req, req.r.group, req.r.plural, &ns).await?;
+    let live: Vec<&Value> = existing.iter().filter(|x| !(req.r.kind == "Pod" && terminal(x))).collect();
+    for q in quotas {
+        let qname = q.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("");
+        let Some(hard) = q.pointer("/spec/hard").and_then(|h| h.as_object()) else { continue };
+        // Pods must state what a quota on cpu/memory tracks.
+        if req.r.kind == "Pod" {
+            for key in hard.keys().filter(|k| {
+                matches!(
+                    k.as_str(),
+                    "requests.cpu" | "requests.memory" | "limits.cpu" | "limits.memory" | "cpu" | "memory"
+                )
+            }) {
+                let full = if key.contains('.') { key.clone() } else { format!("requests.{key}") };
+                let (field, res) = full.split_once('.').unwrap_or(("requests", "cpu"));
+                let missing: Vec<String> = o
+                    .pointer("/spec/containers")
+                    .and_then(|c| c.as_array())
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c.pointer(&format!("/resources/{field}/{res}")).is_none())
+                    .filter_map(|c| c["name"].as_str().map(String::from))
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(forbidden(
+                        req.r,
+                        &name,
+                        format!("failed quota: {qname}: must specify {full} for: {}", missing.join(",")),
+                    ));
+                }
+            }
+        }
+        let mut requested = Vec::new();
+        let mut used_s = Vec::new();
+        let mut limited = Vec::new();
+        for (k, add) in &adds {
+            let Some(h) = qty(hard.get(k)) else { continue };
+            let used: f64 = if k.starts_with("count/") || legacy == Some(k.as_str()) {
+                live.len() as f64
+            } else {
+                live.iter()
+                    .map(|p| {
+                        pod_resources(p)
+                            .into_iter()
+                            .filter(|(a, _)| a == k || format!("requests.{k}") == *a)
+                            .map(|(_, v)| v)
+                            .sum::<f64>()
+                    })
+                    .sum()
+            };
+            if used + add > h + 1e-9 {
+                requested.push(format!("{k}={}", show(*add)));
+                used_s.push(format!("{k}={}", show(used)));
+                limited.push(format!(
+                    "{k}={}",
+                    hard.get(k).and_then(|v| v.as_str()).map(String::from).unwrap_or_else(|| show(h))
+                ));
+            }
+        }
+        if !requested.is_empty() {
+            return Err(forbidden(
+                req.r,
+                &name,
+                format!(
+                    "exceeded quota: {qname}, requested: {}, used: {}, limited: {}",
+                    requested.join(","),
+                    used_s.join(","),
+                    limited.join(",")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `POST pods/{name}/eviction`: deletes the pod unless a PodDisruptionBudget forbids it
+/// (429, as upstream), consuming one allowed disruption.
+pub async fn evict(req: &Req, body: &[u8]) -> ApiResult<axum::response::Response> {
+    let ns = req.ns.clone().unwrap_or_default();
+    let name = req.name.clone().unwrap_or_default();
+    let pod = objects::get(req.st.store.as_ref(), req.r, Some(&ns), &name).await?;
+    let ev = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        json!({})
+    } else {
+        super::handlers::decode_body(
+            req.headers.get("content-type").and_then(|c| c.to_str().ok()).unwrap_or("application/json"),
+            body,
+        )?
+    };
+    let labels = pod.obj.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+    let pdbs = registry::find("policy", "v1", "poddisruptionbudgets")
+        .ok_or_else(|| ApiError::internal("pdbs not registered"))?;
+    let too_many = |msg: String, cause: &str| {
+        let mut e = ApiError::new(429, "TooManyRequests", msg);
+        e.details = Some(json!({"causes": [{"reason": "DisruptionBudget", "message": cause}]}));
+        e
+    };
+    if !terminal(&pod.obj) && pod.obj.pointer("/metadata/deletionTimestamp").is_none_or(|d| d.is_null()) {
+        for pdb in list_in(req, "policy", "poddisruptionbudgets", &ns).await? {
+            let sel = pdb.pointer("/spec/selector").cloned().unwrap_or(json!({}));
+            let empty = sel.as_object().is_none_or(|o| o.is_empty());
+            if empty || !crate::registry::validation::selector_matches(&sel, &labels) {
+                continue;
+            }
+            let pname = pdb.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
+            let observed = pdb.pointer("/status/observedGeneration").and_then(|g| g.as_i64()).unwrap_or(0);
+            let generation = pdb.pointer("/metadata/generation").and_then(|g| g.as_i64()).unwrap_or(1);
+            if observed < generation {
+                return Err(too_many(
+                    format!("Cannot evict pod as it would violate the pod's disruption budget. The disruption budget {pname} needs to be processed by the controller"),
+                    &format!("The disruption budget {pname} is still being processed by the server."),
+                ));
+            }
+            let allowed = pdb.pointer("/status/disruptionsAllowed").and_then(|a| a.as_i64()).unwrap_or(0);
+            if allowed <= 0 {
+                let needed = pdb.pointer("/status/desiredHealthy").and_then(|a| a.as_i64()).unwrap_or(0);
+                let healthy = pdb.pointer("/status/currentHealthy").and_then(|a| a.as_i64()).unwrap_or(0);
+                return Err(too_many(
+                    "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+                    &format!("The disruption budget {pname} needs {needed} healthy pods and has {healthy} currently"),
+                ));
+            }
+            let cur = objects::get(req.st.store.as_ref(), pdbs, Some(&ns), &pname).await?;
+            let mut next = cur.obj.clone();
+            next["status"]["disruptionsAllowed"] = json!(allowed - 1);
+            next["status"]["disruptedPods"][&name] =
+                json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            objects::update(req.st.store.as_ref(), pdbs, Some(&ns), &pname, next, cur.rev, None).await?;
+        }
+    }
+    let opts = ev.get("deleteOptions").cloned().unwrap_or(json!({}));
+    let sub = Req {
+        st: req.st.clone(),
+        r: req.r,
+        ns: req.ns.clone(),
+        name: req.name.clone(),
+        sub: None,
+        q: req.q.clone(),
+        headers: req.headers.clone(),
+        method: axum::http::Method::DELETE,
+    };
+    super::handlers::delete(&sub, opts.to_string().as_bytes()).await?;
+    Ok(super::handlers::json_response(
+        axum::http::StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_parse_in_base_units() {
+        assert_eq!(parse_quantity("100m"), Some(0.1));
+        assert_eq!(parse_quantity("2"), Some(2.0));
+        assert_eq!(parse_quantity("64Mi"), Some(67108864.0));
+        assert_eq!(parse_quantity("1G"), Some(1e9));
+        assert_eq!(parse_quantity("1e3"), Some(1000.0));
+        assert_eq!(parse_quantity("0.5"), Some(0.5));
+        assert_eq!(parse_quantity("12Q"), None);
+        assert_eq!(show(0.25), "250m");
+        assert_eq!(show(3.0), "3");
+    }
+}

@@ -1,0 +1,71 @@
+//! Admission with real kubectl: LimitRange defaults, ResourceQuota, PodDisruptionBudgets on
+//! eviction (`kubectl drain`), default StorageClass.
+
+mod common;
+use common::{require_kubectl, TestServer};
+
+fn pod(name: &str, labels: &str, cpu: Option<&str>) -> String {
+    let res = cpu.map(|c| format!("\n    resources: {{requests: {{cpu: \"{c}\"}}}}")).unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{{labels}}}}}\nspec:\n  containers:\n  - name: c\n    image: busybox:1.36{res}\n"
+    )
+}
+
+#[test]
+fn limit_ranges_default_and_quotas_limit() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    s.ok(&["create", "namespace", "q"]);
+    s.ok(&["create", "quota", "q1", "--hard=pods=1,requests.cpu=1", "-n", "q"]);
+    let (ok, _, err) = s.kubectl_stdin(&["apply", "-n", "q", "-f", "-"], Some(&pod("p0", "a: b", None)));
+    assert!(!ok && err.contains("failed quota: q1: must specify requests.cpu for: c"), "{err}");
+    s.ok_stdin(
+        &["apply", "-n", "q", "-f", "-"],
+        "apiVersion: v1\nkind: LimitRange\nmetadata: {name: lr}\nspec:\n  limits:\n  - type: Container\n    defaultRequest: {cpu: 500m}\n    default: {cpu: 500m}\n    max: {cpu: \"1\"}\n",
+    );
+    s.ok_stdin(&["apply", "-n", "q", "-f", "-"], &pod("p1", "a: b", None));
+    assert_eq!(
+        s.ok(&["get", "pod", "p1", "-n", "q", "-o", "jsonpath={.spec.containers[0].resources.requests.cpu}"]),
+        "500m"
+    );
+    let (ok, _, err) = s.kubectl_stdin(&["apply", "-n", "q", "-f", "-"], Some(&pod("p2", "a: b", None)));
+    assert!(!ok && err.contains("exceeded quota: q1, requested: pods=1, used: pods=1, limited: pods=1"), "{err}");
+    let big = pod("p3", "a: b", None)
+        .replace("image: busybox:1.36", "image: busybox:1.36\n    resources: {limits: {cpu: \"2\"}}");
+    let (ok, _, err) = s.kubectl_stdin(&["apply", "-n", "q", "-f", "-"], Some(&big));
+    assert!(!ok && err.contains("maximum cpu usage per Container is 1, but limit is 2"), "{err}");
+}
+
+#[test]
+fn drain_evicts_only_what_disruption_budgets_allow() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    s.ok_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n");
+    for p in ["a", "b"] {
+        let manifest = pod(p, "app: x", Some("10m")).replace("spec:\n", "spec:\n  nodeName: n1\n");
+        s.ok_stdin(&["apply", "-f", "-"], &manifest);
+    }
+    s.ok(&["create", "pdb", "x", "--selector=app=x", "--min-available=1"]);
+    // The budget has no status from a controller yet: upstream refuses evictions then.
+    let (ok, _, err) = s.kubectl(&["drain", "n1", "--force", "--grace-period=0", "--timeout=3s"]);
+    assert!(!ok && err.contains("disruption budget"), "{err}");
+    assert!(s.ok(&["get", "node", "n1"]).contains("SchedulingDisabled"), "drain cordons first");
+    s.ok(&["patch", "pdb", "x", "--subresource=status", "--type=merge", "-p", r#"{"status":{"observedGeneration":1,"disruptionsAllowed":1,"currentHealthy":2,"desiredHealthy":1,"expectedPods":2}}"#]);
+    let (ok, _, err) = s.kubectl(&["drain", "n1", "--force", "--grace-period=0", "--timeout=4s"]);
+    assert!(!ok, "only one eviction is allowed: {err}");
+    let left = s.ok(&["get", "pods", "-o", "name"]);
+    assert_eq!(left.lines().count(), 1, "exactly one pod was evicted: {left}");
+}
+
+#[test]
+fn pvcs_without_a_class_get_the_default_storage_class() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: local-path\n  annotations: {storageclass.kubernetes.io/is-default-class: \"true\"}\nprovisioner: rancher.io/local-path\nvolumeBindingMode: WaitForFirstConsumer\n",
+    );
+    s.ok_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n");
+    assert_eq!(s.ok(&["get", "pvc", "data", "-o", "jsonpath={.spec.storageClassName}"]), "local-path");
+    assert!(s.ok(&["get", "sc"]).contains("local-path (default)"));
+}
