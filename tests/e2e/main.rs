@@ -6,9 +6,11 @@
 //! - `harness/`: nodes, namespaces, the switch, waiting, kubectl, cleanup.
 //! - `selftest.rs`: the harness checked on its own (no skiff needed).
 //! - `skeleton.rs`: the walking skeleton, one node from start to `kubectl logs`.
+//! - `pod_features.rs`: volumes, env from Secrets, probes and liveness restarts on one node.
 //! - `streaming.rs`: `kubectl exec`/`cp`/`attach` (kubectl 1.32, WebSocket v5) on one node.
 
 mod harness;
+mod pod_features;
 mod selftest;
 mod skeleton;
 mod streaming;

@@ -1,15 +1,17 @@
 //! Pod → runtime specs: the sandbox (hostname, DNS, host aliases) and each container (image,
-//! command and args with `$(VAR)` expansion, env with the downward-API `fieldRef`s, resources,
+//! command and args with `$(VAR)` expansion, env from the downward API, ConfigMaps, Secrets and
+//! resource fields, resources,
 //! security settings, CRI log path). Pure, as the kubelet's `generateContainerConfig` and
 //! `GeneratePodSandboxConfig` are in spirit.
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, Secret};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use super::resources::container_resources;
-use crate::agent::runtime::{ContainerSpec, DnsConfig, ImageRef, PodRef, PullPolicy, SandboxSpec};
+use super::objects::PodObjects;
+use super::resources::{container_resources, parse_quantity};
+use crate::agent::runtime::{ContainerSpec, DnsConfig, ImageRef, Mount, PodRef, PullPolicy, SandboxSpec};
 
 /// Where the kubelet keeps pod logs unless told otherwise (`podLogsRootDirectory`).
 pub const DEFAULT_LOG_ROOT: &str = "/var/log/pods";
@@ -180,43 +182,181 @@ fn field_ref(pod: &Pod, path: &str, pod_ip: Option<IpAddr>, host_ip: IpAddr) -> 
     })
 }
 
-/// The container's environment in declaration order, each value expanded against the ones
-/// before it and the service variables, then the service variables it did not override
-/// (kubelet `makeEnvironmentVariables`). ConfigMap, Secret and resource references need API
-/// reads this kubelet does not do yet: they fail with a message saying so.
-pub fn resolve_env(
-    pod: &Pod,
+/// What env resolution reads besides the pod: addresses, the service variables, the referenced
+/// ConfigMaps and Secrets, and the node's allocatable resources (the default for a
+/// `resourceFieldRef` limit the container does not set).
+#[derive(Debug, Clone, Copy)]
+pub struct EnvContext<'a> {
+    pub pod_ip: Option<IpAddr>,
+    pub host_ip: IpAddr,
+    pub service_env: &'a [(String, String)],
+    pub objects: &'a PodObjects,
+    pub node_cpu_millis: u64,
+    pub node_memory_bytes: u64,
+}
+
+/// Upstream `ExtractContainerResourceValue`: CPU is ceil(milli / divisor milli), memory and
+/// storage ceil(bytes / divisor); an unset limit is the node's allocatable
+/// (`MergeContainerResourceLimits`), an unset request 0.
+pub fn resource_field(
     c: &Container,
-    pod_ip: Option<IpAddr>,
-    host_ip: IpAddr,
-    service_env: &[(String, String)],
-) -> Result<Vec<(String, String)>, SpecError> {
-    if c.env_from.as_ref().is_some_and(|v| !v.is_empty()) {
-        return Err(SpecError::Config("envFrom is not supported by this kubelet yet".into()));
+    resource: &str,
+    divisor: Option<&str>,
+    node_cpu_millis: u64,
+    node_memory_bytes: u64,
+) -> Result<String, SpecError> {
+    let r = c.resources.clone().unwrap_or_default();
+    let get =
+        |m: &Option<std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+         k: &str| m.as_ref().and_then(|m| m.get(k)).and_then(|q| parse_quantity(&q.0));
+    let div = match divisor.filter(|d| !d.is_empty()) {
+        Some(d) => parse_quantity(d)
+            .filter(|v| *v > 0.0)
+            .ok_or_else(|| SpecError::Config(format!("resourceFieldRef {resource}: invalid divisor {d:?}")))?,
+        None => 1.0,
+    };
+    let value = match resource {
+        "limits.cpu" => get(&r.limits, "cpu").unwrap_or(node_cpu_millis as f64 / 1000.0),
+        "requests.cpu" => get(&r.requests, "cpu").or_else(|| get(&r.limits, "cpu")).unwrap_or(0.0),
+        "limits.memory" => get(&r.limits, "memory").unwrap_or(node_memory_bytes as f64),
+        "requests.memory" => get(&r.requests, "memory").or_else(|| get(&r.limits, "memory")).unwrap_or(0.0),
+        "limits.ephemeral-storage" => get(&r.limits, "ephemeral-storage").unwrap_or(0.0),
+        "requests.ephemeral-storage" => get(&r.requests, "ephemeral-storage").unwrap_or(0.0),
+        other => return Err(SpecError::Config(format!("unsupported container resource: {other}"))),
+    };
+    // CPU compares in millicores so 250m / 1m is exactly 250.
+    let v = if resource.ends_with(".cpu") {
+        ((value * 1000.0).round() / (div * 1000.0).round()).ceil()
+    } else {
+        (value / div).ceil()
+    };
+    Ok(format!("{}", v as i64))
+}
+
+/// Upstream `validateEnvVarName` in spirit (`IsEnvVarName`): printable ASCII, no `=`, not
+/// starting with a digit.
+fn is_env_var_name(k: &str) -> bool {
+    !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+fn secret_value(s: &Secret, key: &str) -> Option<String> {
+    if let Some(v) = s.data.as_ref().and_then(|d| d.get(key)) {
+        return Some(String::from_utf8_lossy(&v.0).into_owned());
     }
+    s.string_data.as_ref().and_then(|d| d.get(key).cloned())
+}
+
+fn secret_entries(s: &Secret) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> =
+        s.data.iter().flatten().map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned())).collect();
+    out.extend(s.string_data.iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+    out
+}
+
+/// The container's environment (kubelet `makeEnvironmentVariables`): first `envFrom` sources
+/// in order (each key with its prefix; invalid names are skipped, as upstream does with an
+/// event), then `env` in declaration order, each value expanded against the ones before it
+/// and the service variables, then the service variables nothing overrode. A missing
+/// ConfigMap/Secret or key fails with upstream's message (`configmap "x" not found`,
+/// `couldn't find key k in ConfigMap ns/x`) unless the reference is `optional`.
+pub fn resolve_env(pod: &Pod, c: &Container, cx: &EnvContext<'_>) -> Result<Vec<(String, String)>, SpecError> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut out: Vec<(String, String)> = Vec::new();
-    let mut known: HashMap<String, String> = service_env.iter().cloned().collect();
-    for EnvVar { name, value, value_from } in c.env.iter().flatten() {
-        let v = match (value, value_from) {
-            (Some(v), _) => expand(v, &|n| known.get(n).cloned()),
-            (None, Some(from)) => match &from.field_ref {
-                Some(f) => field_ref(pod, &f.field_path, pod_ip, host_ip)?,
-                None => {
-                    return Err(SpecError::Config(format!(
-                        "env {name}: only fieldRef valueFrom is supported by this kubelet yet"
-                    )))
-                }
-            },
-            (None, None) => String::new(),
-        };
-        known.insert(name.clone(), v.clone());
+    let mut known: HashMap<String, String> = cx.service_env.iter().cloned().collect();
+    let set = |out: &mut Vec<(String, String)>, known: &mut HashMap<String, String>, name: &str, v: String| {
+        known.insert(name.to_string(), v.clone());
         // A later definition of the same name wins, in place (as a map would).
         match out.iter_mut().find(|(n, _)| n == name) {
             Some(slot) => slot.1 = v,
-            None => out.push((name.clone(), v)),
+            None => out.push((name.to_string(), v)),
+        }
+    };
+    for src in c.env_from.iter().flatten() {
+        let prefix = src.prefix.clone().unwrap_or_default();
+        let entries: Vec<(String, String)> = if let Some(r) = &src.config_map_ref {
+            match cx.objects.config_maps.get(&r.name).cloned().flatten() {
+                Some(cm) => cm.data.into_iter().flatten().collect(),
+                None if r.optional == Some(true) => continue,
+                None => return Err(SpecError::Config(format!("configmap {:?} not found", r.name))),
+            }
+        } else if let Some(r) = &src.secret_ref {
+            match cx.objects.secrets.get(&r.name).cloned().flatten() {
+                Some(s) => secret_entries(&s),
+                None if r.optional == Some(true) => continue,
+                None => return Err(SpecError::Config(format!("secret {:?} not found", r.name))),
+            }
+        } else {
+            continue;
+        };
+        for (k, v) in entries {
+            let name = format!("{prefix}{k}");
+            if is_env_var_name(&name) {
+                set(&mut out, &mut known, &name, v);
+            }
         }
     }
-    for (k, v) in service_env {
+    for EnvVar { name, value, value_from } in c.env.iter().flatten() {
+        let v = match (value, value_from) {
+            (Some(v), _) => expand(v, &|n| known.get(n).cloned()),
+            (None, Some(from)) => {
+                if let Some(f) = &from.field_ref {
+                    field_ref(pod, &f.field_path, cx.pod_ip, cx.host_ip)?
+                } else if let Some(r) = &from.resource_field_ref {
+                    resource_field(
+                        c,
+                        &r.resource,
+                        r.divisor.as_ref().map(|d| d.0.as_str()),
+                        cx.node_cpu_millis,
+                        cx.node_memory_bytes,
+                    )?
+                } else if let Some(r) = &from.config_map_key_ref {
+                    let optional = r.optional == Some(true);
+                    match cx.objects.config_maps.get(&r.name).cloned().flatten() {
+                        None if optional => continue,
+                        None => return Err(SpecError::Config(format!("configmap {:?} not found", r.name))),
+                        Some(cm) => match cm.data.as_ref().and_then(|d| d.get(&r.key)).cloned().or_else(|| {
+                            cm.binary_data
+                                .as_ref()
+                                .and_then(|d| d.get(&r.key))
+                                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                        }) {
+                            Some(v) => v,
+                            None if optional => continue,
+                            None => {
+                                return Err(SpecError::Config(format!(
+                                    "couldn't find key {} in ConfigMap {ns}/{}",
+                                    r.key, r.name
+                                )))
+                            }
+                        },
+                    }
+                } else if let Some(r) = &from.secret_key_ref {
+                    let optional = r.optional == Some(true);
+                    match cx.objects.secrets.get(&r.name).cloned().flatten() {
+                        None if optional => continue,
+                        None => return Err(SpecError::Config(format!("secret {:?} not found", r.name))),
+                        Some(s) => match secret_value(&s, &r.key) {
+                            Some(v) => v,
+                            None if optional => continue,
+                            None => {
+                                return Err(SpecError::Config(format!(
+                                    "couldn't find key {} in Secret {ns}/{}",
+                                    r.key, r.name
+                                )))
+                            }
+                        },
+                    }
+                } else {
+                    String::new()
+                }
+            }
+            (None, None) => String::new(),
+        };
+        set(&mut out, &mut known, name, v);
+    }
+    for (k, v) in cx.service_env {
         if !out.iter().any(|(n, _)| n == k) {
             out.push((k.clone(), v.clone()));
         }
@@ -230,15 +370,14 @@ pub fn container_spec(
     pod: &Pod,
     c: &Container,
     image: ImageRef,
-    pod_ip: Option<IpAddr>,
-    host_ip: IpAddr,
+    cx: &EnvContext<'_>,
     restart_count: u32,
     log_root: &Path,
-    service_env: &[(String, String)],
+    mounts: Vec<Mount>,
 ) -> Result<ContainerSpec, SpecError> {
     let r = pod_ref(pod)?;
     let spec = pod.spec.as_ref().ok_or(SpecError::Incomplete("spec"))?;
-    let env = resolve_env(pod, c, pod_ip, host_ip, service_env)?;
+    let env = resolve_env(pod, c, cx)?;
     let lookup = |n: &str| env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let command = c.command.iter().flatten().map(|s| expand(s, &lookup)).collect();
     let args = c.args.iter().flatten().map(|s| expand(s, &lookup)).collect();
@@ -255,9 +394,7 @@ pub fn container_spec(
         args,
         env,
         working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
-        // Volumes are not implemented yet: volumeMounts are ignored rather than refused, so pods
-        // with the service-account volume still run.
-        mounts: Vec::new(),
+        mounts,
         resources: container_resources(c),
         tty: c.tty.unwrap_or(false),
         stdin: c.stdin.unwrap_or(false),
@@ -310,17 +447,10 @@ mod tests {
     fn a_container_spec_carries_command_args_env_resources_and_log_path() {
         let p = pod();
         let c = &p.spec.as_ref().unwrap().containers[0];
-        let s = container_spec(
-            &p,
-            c,
-            image(),
-            Some("10.42.0.5".parse().unwrap()),
-            "192.0.2.1".parse().unwrap(),
-            3,
-            Path::new("/logs"),
-            &[("KUBERNETES_SERVICE_HOST".into(), "10.43.0.1".into()), ("NAME".into(), "svc".into())],
-        )
-        .unwrap();
+        let svc = [("KUBERNETES_SERVICE_HOST".into(), "10.43.0.1".into()), ("NAME".into(), "svc".into())];
+        let objects = PodObjects::default();
+        let cx = EnvContext { pod_ip: Some("10.42.0.5".parse().unwrap()), service_env: &svc, ..cx(&objects) };
+        let s = container_spec(&p, c, image(), &cx, 3, Path::new("/logs"), vec![]).unwrap();
         assert_eq!(s.command, vec!["sh", "-c"]);
         assert_eq!(s.args, vec!["echo hello world $(MISSING) $(HOME) from web"]);
         let env: HashMap<_, _> = s.env.iter().cloned().collect();
@@ -343,16 +473,139 @@ mod tests {
         assert_eq!(s.restart_count, 3);
     }
 
-    #[test]
-    fn secret_references_fail_with_a_config_error() {
+    fn cx(objects: &PodObjects) -> EnvContext<'_> {
+        EnvContext {
+            pod_ip: None,
+            host_ip: "192.0.2.1".parse().unwrap(),
+            service_env: &[],
+            objects,
+            node_cpu_millis: 2000,
+            node_memory_bytes: 4 << 30,
+        }
+    }
+
+    fn with_env(env: serde_json::Value, env_from: serde_json::Value) -> (Pod, Container) {
         let mut p = pod();
         let c = &mut p.spec.as_mut().unwrap().containers[0];
-        c.env = Some(vec![serde_json::from_value(
-            json!({"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}),
-        )
-        .unwrap()]);
+        c.env = serde_json::from_value(env).unwrap();
+        c.env_from = serde_json::from_value(env_from).unwrap();
         let c = c.clone();
-        assert!(matches!(resolve_env(&p, &c, None, "192.0.2.1".parse().unwrap(), &[]), Err(SpecError::Config(_))));
+        (p, c)
+    }
+
+    fn objects() -> PodObjects {
+        let mut o = PodObjects::default();
+        o.config_maps.insert(
+            "cfg".into(),
+            Some(serde_json::from_value(json!({"data": {"mode": "fast", "LEVEL": "3", "bad key": "x"}})).unwrap()),
+        );
+        o.config_maps.insert("gone".into(), None);
+        o.secrets.insert(
+            "creds".into(),
+            Some(serde_json::from_value(json!({"data": {"password": "aHVudGVyMg=="}})).unwrap()),
+        );
+        o.secrets.insert("nope".into(), None);
+        o
+    }
+
+    #[test]
+    fn config_map_and_secret_references_resolve_and_env_overrides_env_from() {
+        let (p, c) = with_env(
+            json!([
+                {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}},
+                {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                {"name": "CFG_LEVEL", "value": "override"},
+                {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k", "optional": true}}},
+                {"name": "OPTKEY", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "missing", "optional": true}}}
+            ]),
+            json!([{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}, {"secretRef": {"name": "creds"}},
+                   {"configMapRef": {"name": "gone", "optional": true}}]),
+        );
+        let o = objects();
+        let env = resolve_env(&p, &c, &cx(&o)).unwrap();
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            vec!["CFG_LEVEL", "CFG_mode", "password", "MODE", "PW"],
+            "invalid names and optionals skipped"
+        );
+        let m: HashMap<_, _> = env.into_iter().collect();
+        assert_eq!(m["MODE"], "fast");
+        assert_eq!(m["PW"], "hunter2");
+        assert_eq!(m["CFG_LEVEL"], "override");
+    }
+
+    #[test]
+    fn missing_objects_and_keys_fail_with_upstream_messages() {
+        let o = objects();
+        let err = |env: serde_json::Value, from: serde_json::Value| {
+            let (p, c) = with_env(env, from);
+            match resolve_env(&p, &c, &cx(&o)) {
+                Err(SpecError::Config(m)) => m,
+                other => panic!("expected a config error, got {other:?}"),
+            }
+        };
+        assert_eq!(
+            err(json!([{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "gone", "key": "k"}}}]), json!(null)),
+            "configmap \"gone\" not found"
+        );
+        assert_eq!(
+            err(json!([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}]), json!(null)),
+            "secret \"nope\" not found"
+        );
+        assert_eq!(
+            err(json!([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "k"}}}]), json!(null)),
+            "couldn't find key k in Secret shop/creds"
+        );
+        assert_eq!(err(json!(null), json!([{"secretRef": {"name": "nope"}}])), "secret \"nope\" not found");
+        // A name never fetched (API error) counts as not found for this attempt.
+        assert_eq!(
+            err(json!([{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "unread", "key": "k"}}}]), json!(null)),
+            "configmap \"unread\" not found"
+        );
+    }
+
+    #[test]
+    fn resource_fields_use_divisors_and_default_limits_to_the_node() {
+        let (p, c) = with_env(
+            json!([
+                {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+                {"name": "CPU_M", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}},
+                {"name": "MEM_MI", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                {"name": "REQ_MEM", "valueFrom": {"resourceFieldRef": {"resource": "requests.memory"}}}
+            ]),
+            json!(null),
+        );
+        let o = PodObjects::default();
+        let m: HashMap<_, _> = resolve_env(&p, &c, &cx(&o)).unwrap().into_iter().collect();
+        assert_eq!(m["CPU"], "1", "250m rounds up to one core");
+        assert_eq!(m["CPU_M"], "250");
+        assert_eq!(m["MEM_MI"], "32");
+        assert_eq!(m["REQ_MEM"], "33554432", "requests default to limits");
+        let mut c2 = c.clone();
+        c2.resources = None;
+        let m: HashMap<_, _> = resolve_env(&p, &c2, &cx(&o)).unwrap().into_iter().collect();
+        assert_eq!(m["CPU"], "2", "no limit: the node's allocatable");
+        assert_eq!(m["MEM_MI"], "4096");
+    }
+
+    #[test]
+    fn downward_api_field_paths_resolve() {
+        let (mut p, c) = with_env(
+            json!([
+                {"name": "UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+                {"name": "HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+                {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+                {"name": "NOTE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['team']"}}}
+            ]),
+            json!(null),
+        );
+        p.metadata.annotations = Some([("team".to_string(), "blue".to_string())].into());
+        p.spec.as_mut().unwrap().service_account_name = Some("robot".into());
+        let o = PodObjects::default();
+        let m: HashMap<_, _> = resolve_env(&p, &c, &cx(&o)).unwrap().into_iter().collect();
+        assert_eq!((m["UID"].as_str(), m["HOST"].as_str()), ("u-1", "192.0.2.1"));
+        assert_eq!((m["SA"].as_str(), m["NOTE"].as_str()), ("robot", "blue"));
     }
 
     #[test]

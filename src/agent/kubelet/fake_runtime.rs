@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
 
 use crate::agent::runtime::{
-    ContainerSpec, ContainerState, ContainerStatus, ExecOptions, ExecSession, ImageRef, PullPolicy, Result, Runtime,
-    RuntimeError, RuntimeEvent, Sandbox, SandboxSpec,
+    ContainerSpec, ContainerState, ContainerStatus, ExecOptions, ExecOutput, ExecSession, ImageRef, PullPolicy, Result,
+    Runtime, RuntimeError, RuntimeEvent, Sandbox, SandboxSpec,
 };
 use crate::config::Cidr;
 
@@ -25,6 +25,7 @@ pub enum Call {
     StartContainer { pod_uid: String, name: String, restart_count: u32 },
     StopContainer(String, Duration),
     RemoveContainer(String),
+    ExecSync(String, Vec<String>),
     Exec { container_id: String, command: Vec<String> },
     PortForward { pod_uid: String, port: u16 },
 }
@@ -39,6 +40,8 @@ struct State {
     failing_starts: HashSet<String>,
     calls: Vec<Call>,
     next: u32,
+    /// Scripted exec results by container name; the last one repeats. Default: exit 0.
+    exec_results: HashMap<String, Vec<ExecOutput>>,
 }
 
 pub struct FakeRuntime {
@@ -82,6 +85,12 @@ impl FakeRuntime {
     /// start_container of container `name` fails from now on.
     pub fn fail_starts(&self, name: &str) {
         self.lock().failing_starts.insert(name.to_string());
+    }
+
+    /// What exec_sync in containers named `name` returns from now on, in order; the last
+    /// result repeats.
+    pub fn script_exec(&self, name: &str, results: Vec<ExecOutput>) {
+        self.lock().exec_results.insert(name.to_string(), results);
     }
 
     /// Makes a running container exit with `code`, as if its process ended.
@@ -239,6 +248,22 @@ impl Runtime for FakeRuntime {
         self.events.subscribe()
     }
 
+    async fn exec_sync(&self, id: &str, cmd: &[String], _timeout: Duration) -> Result<ExecOutput> {
+        let mut st = self.lock();
+        st.calls.push(Call::ExecSync(id.to_string(), cmd.to_vec()));
+        let Some(c) = st.containers.iter().find(|c| c.id == id) else {
+            return Err(RuntimeError::NotFound(format!("container {id}")));
+        };
+        if !matches!(c.state, ContainerState::Running { .. }) {
+            return Err(RuntimeError::Containerd(format!("container {id} is not running")));
+        }
+        let name = c.name.clone();
+        Ok(match st.exec_results.get_mut(&name) {
+            Some(q) if q.len() > 1 => q.remove(0),
+            Some(q) => q.first().cloned().unwrap_or_default(),
+            None => ExecOutput::default(),
+        })
+    }
     /// A scripted process: `echo ARGS…` prints them, `exit N` exits with N, `cat` copies stdin
     /// to stdout (and, with a tty, prints the initial size and each resize as `WxH`), `stderr TEXT` prints to stderr.
     async fn exec(&self, container_id: &str, opts: &ExecOptions) -> Result<ExecSession> {

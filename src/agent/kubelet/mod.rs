@@ -16,15 +16,19 @@ pub mod fake_runtime;
 pub mod host_info;
 pub mod node;
 pub mod node_status;
+pub mod objects;
 pub mod pod_status;
 pub mod pod_sync;
 pub mod pod_workers;
 pub mod portforward;
+pub mod probes;
 pub mod resources;
 pub mod server;
 pub mod service_env;
 pub mod serving_cert;
 pub mod streaming;
+pub mod termination;
+pub mod volumes;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -176,11 +180,18 @@ impl Kubelet {
         tracing::info!(%cidr, "pod network ready");
         health_tx.send_modify(|h| h.network_ready = true);
 
+        let host = {
+            let dir = cfg.data_dir.clone();
+            tokio::task::spawn_blocking(move || host_info::gather(&dir)).await.unwrap_or_default()
+        };
         let sync_cfg = pod_sync::SyncConfig {
             node_ip: cfg.node_ip,
             cluster_dns: cfg.cluster_dns,
             cluster_domain: self.cluster_domain.clone(),
             log_root: self.log_root.clone(),
+            pods_dir: cfg.data_dir.join("agent").join("pods"),
+            node_cpu_millis: host.cpu_cores * 1000,
+            node_memory_bytes: host.memory_bytes,
         };
         pod_workers::run(self.client.clone(), self.runtime.clone(), sync_cfg, &cfg.node_name, recorder, tasks.clone())
             .await?;

@@ -2,6 +2,7 @@
 //! statuses, IPs, QoS class. Pure; the rules are the kubelet's `generateAPIPodStatus`,
 //! `getPhase` and `pkg/kubelet/status/generate.go`.
 
+use super::probes::ContainerProbes;
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
     HostIP, Pod, PodCondition, PodIP, PodStatus,
@@ -33,6 +34,8 @@ pub struct StatusInput<'a> {
     pub waiting: &'a HashMap<String, Waiting>,
     pub node_ip: IpAddr,
     pub now: Timestamp,
+    /// Probe results by runtime container id (readiness → `ready`, startup → `started`).
+    pub probes: &'a HashMap<String, ContainerProbes>,
 }
 
 pub fn time(t: SystemTime) -> Option<Time> {
@@ -101,6 +104,7 @@ fn container_status(
     waiting: Option<&Waiting>,
     default_reason: &str,
     init: bool,
+    probes: &HashMap<String, ContainerProbes>,
 ) -> ContainerStatus {
     let (latest, previous) = instances(containers, &spec.name);
     let image = spec.image.clone().unwrap_or_default();
@@ -131,10 +135,13 @@ fn container_status(
                 running: Some(ContainerStateRunning { started_at: time(*started_at) }),
                 ..Default::default()
             });
-            // No readiness probes yet: a running app container is ready; an init container is
-            // ready only once it has succeeded.
-            s.ready = !init;
-            s.started = Some(true);
+            // A running app container is ready when its readiness probe (if any) passes and its
+            // startup probe (if any) has passed (upstream `UpdatePodStatus`); an init
+            // container is ready only once it has succeeded.
+            let p = probes.get(&latest.id).cloned().unwrap_or_default();
+            let started = p.started.unwrap_or(true);
+            s.ready = !init && started && p.ready.unwrap_or(true);
+            s.started = Some(started);
             s.last_state = prev_terminated.map(|t| ContainerState { terminated: Some(t), ..Default::default() });
         }
         RtState::Exited { exit_code, .. } => {
@@ -281,14 +288,16 @@ pub fn compute(input: &StatusInput<'_>) -> PodStatus {
 
     let init_statuses: Vec<ContainerStatus> = inits
         .iter()
-        .map(|c| container_status(c, input.containers, input.waiting.get(&c.name), "PodInitializing", true))
+        .map(|c| {
+            container_status(c, input.containers, input.waiting.get(&c.name), "PodInitializing", true, input.probes)
+        })
         .collect();
     let initialized = init_statuses.iter().all(|s| s.ready);
     let app_default = if initialized { "ContainerCreating" } else { "PodInitializing" };
     let app_statuses: Vec<ContainerStatus> = spec
         .containers
         .iter()
-        .map(|c| container_status(c, input.containers, input.waiting.get(&c.name), app_default, false))
+        .map(|c| container_status(c, input.containers, input.waiting.get(&c.name), app_default, false, input.probes))
         .collect();
 
     // A terminal phase is final (upstream never moves a pod out of Succeeded or Failed).
@@ -434,6 +443,7 @@ mod tests {
             waiting: &w,
             node_ip: "192.0.2.1".parse().unwrap(),
             now: Timestamp::try_from(at(100)).unwrap(),
+            probes: &HashMap::new(),
         })
     }
 
@@ -549,6 +559,7 @@ mod tests {
             waiting: &w,
             node_ip: "192.0.2.1".parse().unwrap(),
             now: Timestamp::try_from(at(500)).unwrap(),
+            probes: &HashMap::new(),
         });
         assert_eq!(cond(&later, "Ready").last_transition_time, cond(&first, "Ready").last_transition_time);
         assert_eq!(later.start_time, first.start_time);

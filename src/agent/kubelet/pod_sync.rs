@@ -13,9 +13,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::backoff::{Backoff, INITIAL};
-use super::container_spec::{container_spec, pod_ref, pull_policy, sandbox_spec, SpecError};
+use super::container_spec::{container_spec, pod_ref, pull_policy, sandbox_spec, EnvContext, SpecError};
 use super::events::{EventSink, PodEvent};
+use super::objects::PodObjects;
 use super::pod_status::{instances, Waiting};
+use super::probes::{handler_action, run_action, ContainerProbes};
+
+/// Upper bound for a postStart hook (upstream has none but the pod's lifetime).
+const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+use super::termination;
+use super::volumes;
 use crate::agent::runtime::{ContainerState, ContainerStatus, PullPolicy, Runtime, RuntimeError, Sandbox};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +42,12 @@ pub struct SyncConfig {
     pub cluster_dns: IpAddr,
     pub cluster_domain: String,
     pub log_root: PathBuf,
+    /// `<data-dir>/agent/pods`: per-pod directories holding the pods' volumes.
+    pub pods_dir: PathBuf,
+    /// Node allocatable CPU and memory: the value of a `resourceFieldRef` to a limit the
+    /// container does not set.
+    pub node_cpu_millis: u64,
+    pub node_memory_bytes: u64,
 }
 
 /// What the kubelet remembers about a pod between syncs (the runtime holds the rest).
@@ -45,6 +58,10 @@ pub struct PodState {
     /// Why each not-running container waits; shown in its status.
     pub waiting: HashMap<String, Waiting>,
     pub sandbox: Option<Sandbox>,
+    /// Probe results by runtime container id, refreshed by the pod worker before each sync.
+    pub probes: HashMap<String, ContainerProbes>,
+    /// Termination messages of exited container instances, by runtime id (read once).
+    pub termination_messages: HashMap<String, String>,
 }
 
 /// The runtime's view after a sync, for the status, and when to sync again at the latest.
@@ -52,6 +69,9 @@ pub struct PodState {
 pub struct SyncOutcome {
     pub containers: Vec<ContainerStatus>,
     pub requeue_after: Option<Duration>,
+    /// `activeDeadlineSeconds` passed: the containers were stopped and the status must say
+    /// Failed/DeadlineExceeded.
+    pub deadline_exceeded: bool,
 }
 
 /// Go's `time.Duration.String()` for whole seconds (`10s`, `1m20s`, `5m0s`): upstream messages
@@ -99,6 +119,8 @@ struct Ctx<'a> {
     pod: &'a Pod,
     events: &'a dyn EventSink,
     service_env: &'a [(String, String)],
+    objects: &'a PodObjects,
+    volumes: &'a HashMap<String, PathBuf>,
     now: SystemTime,
 }
 
@@ -189,16 +211,24 @@ impl Ctx<'_> {
         };
 
         let restart_count = latest.map(|l| l.restart_count + 1).unwrap_or(0);
-        let spec = match container_spec(
-            self.pod,
-            c,
-            image_ref,
-            sandbox.ip,
-            self.cfg.node_ip,
-            restart_count,
-            &self.cfg.log_root,
-            self.service_env,
-        ) {
+        let cx = EnvContext {
+            pod_ip: sandbox.ip,
+            host_ip: self.cfg.node_ip,
+            service_env: self.service_env,
+            objects: self.objects,
+            node_cpu_millis: self.cfg.node_cpu_millis,
+            node_memory_bytes: self.cfg.node_memory_bytes,
+        };
+        let uid = self.pod.metadata.uid.as_deref().unwrap_or_default();
+        let spec = volumes::container_mounts(self.pod, c, self.volumes)
+            .map_err(|e| SpecError::Config(e.to_string()))
+            .and_then(|mut mounts| {
+                let t = termination::prepare(&self.cfg.pods_dir, uid, c, restart_count).map_err(SpecError::Config)?;
+                mounts.extend(t);
+                Ok(mounts)
+            })
+            .and_then(|mounts| container_spec(self.pod, c, image_ref, &cx, restart_count, &self.cfg.log_root, mounts));
+        let spec = match spec {
             Ok(s) => s,
             Err(e) => {
                 self.event(&field, "Warning", "Failed", format!("Error: {e}"));
@@ -216,10 +246,25 @@ impl Ctx<'_> {
             }
         }
         match self.rt.start_container(sandbox, &spec).await {
-            Ok(_) => {
+            Ok(id) => {
                 state.waiting.remove(name);
                 self.event(&field, "Normal", "Created", format!("Created container: {name}"));
                 self.event(&field, "Normal", "Started", format!("Started container {name}"));
+                // postStart runs right after the start; if it fails the container is killed
+                // and restarted per policy (upstream `startContainer`, FailedPostStartHook).
+                if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+                    let ip = sandbox.ip.unwrap_or(self.cfg.node_ip);
+                    let r = match handler_action(c, h) {
+                        Ok(a) => run_action(self.rt, &id, ip, &a, HOOK_TIMEOUT).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(msg) = r {
+                        self.event(&field, "Warning", "FailedPostStartHook", format!("PostStartHook failed: {msg}"));
+                        if let Err(e) = self.rt.stop_container(&id, grace_period(self.pod)).await {
+                            tracing::warn!(pod = %self.pod_desc(), container = name, error = %e, "stopping after a failed postStart hook failed");
+                        }
+                    }
+                }
                 None
             }
             Err(e) => {
@@ -239,7 +284,8 @@ async fn list_pod(rt: &dyn Runtime, uid: &str) -> Result<Vec<ContainerStatus>, R
 }
 
 /// Brings the runtime in line with a live (not deleted) pod. `service_env` holds the service
-/// variables for the pod (see `service_env`).
+/// variables for the pod (see `service_env`), `objects` the ConfigMaps, Secrets and tokens it
+/// refers to (see `objects`).
 #[allow(clippy::too_many_arguments)]
 pub async fn sync_pod(
     rt: &dyn Runtime,
@@ -248,12 +294,14 @@ pub async fn sync_pod(
     state: &mut PodState,
     events: &dyn EventSink,
     service_env: &[(String, String)],
+    objects: &PodObjects,
     now: SystemTime,
 ) -> Result<SyncOutcome, SyncError> {
     let r = pod_ref(pod)?;
     let spec = pod.spec.as_ref().ok_or(SpecError::Incomplete("spec"))?;
     let mine = list_pod(rt, &r.uid).await?;
-    let ctx = Ctx { rt, cfg, pod, events, service_env, now };
+    let no_volumes = HashMap::new();
+    let ctx = Ctx { rt, cfg, pod, events, service_env, objects, volumes: &no_volumes, now };
 
     // A pod in a terminal phase never runs again; stop whatever still runs (upstream
     // `SyncTerminatingPod` for a pod that reached Succeeded or Failed).
@@ -263,7 +311,31 @@ pub async fn sync_pod(
                 tracing::warn!(pod = %ctx.pod_desc(), container = %c.name, error = %e, "stopping container of a finished pod failed");
             }
         }
-        return Ok(SyncOutcome { containers: list_pod(rt, &r.uid).await?, requeue_after: None });
+        return Ok(SyncOutcome {
+            deadline_exceeded: false,
+            containers: list_pod(rt, &r.uid).await?,
+            requeue_after: None,
+        });
+    }
+
+    // activeDeadlineSeconds (upstream `activeDeadlineHandler`): past it, stop everything and
+    // let the status say Failed/DeadlineExceeded; before it, look again when it falls due.
+    let deadline = termination::deadline_left(pod, now);
+    if deadline == Some(Duration::ZERO) {
+        events.emit(PodEvent::new(
+            pod,
+            None,
+            "Normal",
+            termination::DEADLINE_REASON,
+            termination::DEADLINE_MESSAGE.to_string(),
+        ));
+        for c in mine.iter().filter(|c| matches!(c.state, ContainerState::Running { .. })) {
+            if let Err(e) = rt.stop_container(&c.id, grace_period(pod)).await {
+                tracing::warn!(pod = %ctx.pod_desc(), container = %c.name, error = %e, "stopping a container past the pod deadline failed");
+            }
+        }
+        let containers = list_pod(rt, &r.uid).await?;
+        return Ok(SyncOutcome { containers, requeue_after: None, deadline_exceeded: true });
     }
 
     let sb_spec = sandbox_spec(pod, cfg.cluster_dns, &cfg.cluster_domain)?;
@@ -279,14 +351,53 @@ pub async fn sync_pod(
                 format!("Failed to create pod sandbox: {e}"),
             ));
             let delay = state.backoff.next("sandbox", now);
-            return Ok(SyncOutcome { containers: mine, requeue_after: Some(delay) });
+            return Ok(SyncOutcome { deadline_exceeded: false, containers: mine, requeue_after: Some(delay) });
         }
     };
     state.backoff.reset("sandbox");
     state.sandbox = Some(sandbox.clone());
 
+    // Volumes before any container (upstream `WaitForAttachAndMount`); while one cannot be set
+    // up the containers keep waiting in ContainerCreating and a FailedMount event says why.
+    let vols = match volumes::setup(&cfg.pods_dir, pod, objects, cfg.node_cpu_millis, cfg.node_memory_bytes) {
+        Ok(v) => {
+            state.backoff.reset("volumes");
+            v
+        }
+        Err((name, e)) => {
+            tracing::warn!(pod = %ctx.pod_desc(), volume = %name, error = %e, "setting up a volume failed");
+            events.emit(PodEvent::new(
+                pod,
+                None,
+                "Warning",
+                "FailedMount",
+                format!("MountVolume.SetUp failed for volume {name:?} : {e}"),
+            ));
+            let delay = state.backoff.next("volumes", now);
+            return Ok(SyncOutcome { deadline_exceeded: false, containers: mine, requeue_after: Some(delay) });
+        }
+    };
+    let ctx = Ctx { volumes: &vols, ..ctx };
+
+    // A failed liveness or startup probe kills the container; the restart below follows the
+    // restart policy and back-off (upstream `computePodActions`: "Container c failed liveness
+    // probe, will be restarted").
+    let mut mine = mine;
+    let mut killed = false;
+    for c in mine.iter().filter(|c| matches!(c.state, ContainerState::Running { .. })) {
+        let Some(msg) = state.probes.get(&c.id).and_then(|p| p.kill.clone()) else { continue };
+        ctx.event(&format!("spec.containers{{{}}}", c.name), "Normal", "Killing", msg);
+        if let Err(e) = rt.stop_container(&c.id, grace_period(pod)).await {
+            tracing::warn!(pod = %ctx.pod_desc(), container = %c.name, error = %e, "stopping an unhealthy container failed");
+        }
+        killed = true;
+    }
+    if killed {
+        mine = list_pod(rt, &r.uid).await?;
+    }
+
     let policy = restart_policy(pod);
-    let mut requeue = None;
+    let mut requeue = deadline;
     // Init containers run one at a time, in order, each to success (computeInitContainerActions).
     let mut initialized = true;
     for c in spec.init_containers.iter().flatten() {
@@ -337,6 +448,21 @@ pub async fn sync_pod(
     }
 
     let after = list_pod(rt, &r.uid).await?;
+    for c in &after {
+        let ContainerState::Exited { exit_code, .. } = c.state else { continue };
+        if state.termination_messages.contains_key(&c.id) {
+            continue;
+        }
+        let Some(cs) = spec.containers.iter().chain(spec.init_containers.iter().flatten()).find(|s| s.name == c.name)
+        else {
+            continue;
+        };
+        let file = termination::message_file(&cfg.pods_dir, &r.uid, &c.name, c.restart_count);
+        let fallback = cs.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
+        let msg = termination::read_message(&file, fallback, exit_code, &c.log_path);
+        state.termination_messages.insert(c.id.clone(), msg);
+    }
+    state.termination_messages.retain(|id, _| after.iter().any(|c| &c.id == id));
     // Keep the newest instance of each container and the one before it (its lastState and
     // `logs --previous`), remove older dead ones, as the kubelet's container GC does with MaxPerPodContainer = 1.
     let mut by_name: HashMap<&str, Vec<&ContainerStatus>> = HashMap::new();
@@ -354,7 +480,7 @@ pub async fn sync_pod(
 
     let removed = by_name.values().any(|l| l.len() > 2);
     let containers = if removed { list_pod(rt, &r.uid).await? } else { after.clone() };
-    Ok(SyncOutcome { containers, requeue_after: requeue })
+    Ok(SyncOutcome { containers, requeue_after: requeue, deadline_exceeded: false })
 }
 
 /// Stops every container of pod `uid` with `grace`, removes them and the sandbox (upstream
@@ -370,6 +496,7 @@ pub async fn kill_pod(
     let mine = list_pod(rt, uid).await?;
     let running: Vec<&ContainerStatus> =
         mine.iter().filter(|c| matches!(c.state, ContainerState::Running { .. } | ContainerState::Created)).collect();
+    let pod_ip = pod.and_then(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok());
     for c in &running {
         if let Some(p) = pod {
             let field =
@@ -382,6 +509,29 @@ pub async fn kill_pod(
     }
     // Containers stop in parallel, each with the full grace period, as upstream kills them.
     let stops = running.iter().map(|c| async move {
+        // preStop runs first, within the grace period; SIGTERM gets what is left, at least
+        // 2 s (upstream `killContainer` / `executePreStopHook`).
+        let mut grace = grace;
+        let spec = pod.and_then(|p| p.spec.as_ref()?.containers.iter().find(|s| s.name == c.name));
+        if let (Some(p), Some(s), Some(ip)) = (pod, spec, pod_ip) {
+            if let Some(h) = s.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+                let t0 = Instant::now();
+                let r = match handler_action(s, h) {
+                    Ok(a) => run_action(rt, &c.id, ip, &a, grace).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(msg) = r {
+                    events.emit(PodEvent::new(
+                        p,
+                        Some(format!("spec.containers{{{}}}", c.name)),
+                        "Warning",
+                        "FailedPreStopHook",
+                        format!("PreStopHook failed: {msg}"),
+                    ));
+                }
+                grace = grace.saturating_sub(t0.elapsed()).max(Duration::from_secs(2));
+            }
+        }
         if let Err(e) = rt.stop_container(&c.id, grace).await {
             tracing::warn!(container = %c.id, error = %e, "stopping container failed");
         }
@@ -420,6 +570,7 @@ mod tests {
         cfg: SyncConfig,
         state: PodState,
         events: CollectingSink,
+        objects: PodObjects,
         dir: tempfile::TempDir,
     }
 
@@ -433,26 +584,36 @@ mod tests {
                     cluster_dns: "10.43.0.10".parse().unwrap(),
                     cluster_domain: "cluster.local".into(),
                     log_root: dir.path().to_path_buf(),
+                    pods_dir: dir.path().join("pods"),
+                    node_cpu_millis: 2000,
+                    node_memory_bytes: 4 << 30,
                 },
                 state: PodState::default(),
                 events: CollectingSink::default(),
+                objects: PodObjects::default(),
                 dir,
             }
         }
 
         async fn sync(&mut self, pod: &Pod, now: SystemTime) -> SyncOutcome {
-            sync_pod(&self.rt, &self.cfg, pod, &mut self.state, &self.events, &[], now).await.unwrap()
+            sync_pod(&self.rt, &self.cfg, pod, &mut self.state, &self.events, &[], &self.objects, now).await.unwrap()
         }
 
         fn status(&self, pod: &Pod, out: &SyncOutcome) -> k8s_openapi::api::core::v1::PodStatus {
-            compute(&StatusInput {
+            let mut st = compute(&StatusInput {
                 pod,
                 sandbox: self.state.sandbox.as_ref(),
                 containers: &out.containers,
                 waiting: &self.state.waiting,
                 node_ip: self.cfg.node_ip,
                 now: Timestamp::now(),
-            })
+                probes: &self.state.probes,
+            });
+            termination::apply(&mut st, &self.state.termination_messages);
+            if out.deadline_exceeded {
+                termination::fail_deadline(&mut st);
+            }
+            st
         }
 
         fn starts(&self) -> Vec<(String, u32)> {
@@ -690,6 +851,108 @@ mod tests {
         h.rt.exit(&h.rt.container("u1", "app").unwrap().id, 1);
         h.sync(&p, SystemTime::now()).await;
         assert_eq!(h.starts().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn readiness_gates_ready_and_a_failed_liveness_probe_restarts_the_container() {
+        let mut h = Harness::new();
+        let p = pod("Always", false);
+        h.sync(&p, SystemTime::now()).await;
+        let id = h.rt.container("u1", "app").unwrap().id;
+        h.state.probes.insert(id.clone(), ContainerProbes { ready: Some(false), started: None, kill: None });
+        let out = h.sync(&p, SystemTime::now()).await;
+        let st = h.status(&p, &out);
+        assert!(!st.container_statuses.as_ref().unwrap()[0].ready);
+        let ready = st.conditions.iter().flatten().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.status, "False");
+        h.state.probes.get_mut(&id).unwrap().ready = Some(true);
+        let out = h.sync(&p, SystemTime::now()).await;
+        let st = h.status(&p, &out);
+        assert!(st.container_statuses.as_ref().unwrap()[0].ready);
+
+        let msg = "Container app failed liveness probe, will be restarted";
+        h.state.probes.get_mut(&id).unwrap().kill = Some(msg.into());
+        h.sync(&p, SystemTime::now()).await;
+        assert_eq!(h.starts(), vec![("app".to_string(), 0), ("app".to_string(), 1)]);
+        assert!(h.rt.calls().iter().any(|c| matches!(c, Call::StopContainer(i, _) if *i == id)));
+        assert!(h.events.events().iter().any(|e| e.reason == "Killing" && e.message == msg));
+    }
+
+    #[tokio::test]
+    async fn lifecycle_hooks_run_after_start_and_before_stop() {
+        let mut h = Harness::new();
+        let mut p = pod("Always", false);
+        p.spec.as_mut().unwrap().containers[0].lifecycle = Some(
+            serde_json::from_value(json!({"postStart": {"exec": {"command": ["post"]}},
+                                          "preStop": {"exec": {"command": ["pre"]}}}))
+            .unwrap(),
+        );
+        p.status.as_mut().unwrap().pod_ip = Some("10.42.0.2".into());
+        h.sync(&p, SystemTime::now()).await;
+        let id = h.rt.container("u1", "app").unwrap().id;
+        kill_pod(&h.rt, "u1", Duration::from_secs(5), Some(&p), &h.events).await.unwrap();
+        let execs: Vec<Vec<String>> =
+            h.rt.calls()
+                .into_iter()
+                .filter_map(|c| match c {
+                    Call::ExecSync(i, cmd) if i == id => Some(cmd),
+                    _ => None,
+                })
+                .collect();
+        assert_eq!(execs, vec![vec!["post".to_string()], vec!["pre".to_string()]]);
+        let calls = h.rt.calls();
+        let pre = calls.iter().position(|c| matches!(c, Call::ExecSync(_, cmd) if cmd[0] == "pre")).unwrap();
+        let stop = calls.iter().position(|c| matches!(c, Call::StopContainer(..))).unwrap();
+        assert!(pre < stop, "preStop before SIGTERM");
+    }
+
+    #[tokio::test]
+    async fn a_failed_post_start_hook_kills_the_container_with_an_event() {
+        let mut h = Harness::new();
+        let mut p = pod("Always", false);
+        p.spec.as_mut().unwrap().containers[0].lifecycle =
+            Some(serde_json::from_value(json!({"postStart": {"exec": {"command": ["post"]}}})).unwrap());
+        h.rt.script_exec(
+            "app",
+            vec![crate::agent::runtime::ExecOutput { exit_code: 2, stdout: b"boom".to_vec(), ..Default::default() }],
+        );
+        h.sync(&p, SystemTime::now()).await;
+        assert!(h.events.events().iter().any(|e| e.reason == "FailedPostStartHook" && e.message.contains("boom")));
+        assert!(matches!(h.rt.container("u1", "app").unwrap().state, ContainerState::Exited { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_termination_message_reaches_the_terminated_state() {
+        let mut h = Harness::new();
+        let p = pod("Never", false);
+        h.sync(&p, SystemTime::now()).await;
+        let c = h.rt.container("u1", "app").unwrap();
+        let spec = h.rt.spec(&c.id).unwrap();
+        let m = spec.mounts.iter().find(|m| m.container_path == "/dev/termination-log").expect("message file mounted");
+        std::fs::write(&m.host_path, "bye").unwrap();
+        h.rt.exit(&c.id, 1);
+        let out = h.sync(&p, SystemTime::now()).await;
+        let st = h.status(&p, &out);
+        let t = st.container_statuses.unwrap()[0].state.clone().unwrap().terminated.unwrap();
+        assert_eq!(t.message.as_deref(), Some("bye"));
+    }
+
+    #[tokio::test]
+    async fn a_pod_past_its_active_deadline_is_stopped_and_failed() {
+        let mut h = Harness::new();
+        let mut p = pod("Always", false);
+        p.spec.as_mut().unwrap().active_deadline_seconds = Some(5);
+        p.status.as_mut().unwrap().start_time =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()));
+        let out = h.sync(&p, SystemTime::now()).await;
+        assert!(!out.deadline_exceeded);
+        assert!(out.requeue_after.is_some_and(|d| d <= Duration::from_secs(5)), "{:?}", out.requeue_after);
+        let out = h.sync(&p, after(6)).await;
+        assert!(out.deadline_exceeded);
+        assert!(h.rt.calls().iter().any(|c| matches!(c, Call::StopContainer(..))));
+        let st = h.status(&p, &out);
+        assert_eq!((st.phase.as_deref(), st.reason.as_deref()), (Some("Failed"), Some("DeadlineExceeded")));
+        assert!(h.events.reasons().contains(&"DeadlineExceeded"));
     }
 
     #[test]

@@ -20,9 +20,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::container_spec::pod_log_dir;
 use super::events::EventSink;
+use super::objects::{self, PodObjects};
 use super::pod_status::{compute, unchanged, StatusInput};
 use super::pod_sync::{grace_period, kill_pod, sync_pod, PodState, SyncConfig};
+use super::probes::ProbeManager;
 use super::service_env::service_env;
+use super::termination;
+use super::volumes;
 use crate::agent::runtime::{PodRef, Runtime, RuntimeEvent};
 
 /// How often every pod is synced even without a trigger (upstream `syncFrequency` is 1 min;
@@ -178,11 +182,32 @@ async fn housekeeping(inner: &Arc<Inner>) {
         Ok(c) => runtime_pods.extend(c.into_iter().map(|c| (c.pod.uid.clone(), c.pod))),
         Err(e) => tracing::warn!(error = %e, "listing containers failed"),
     }
+    // Volume directories of pods that are gone from both the API and the runtime (deleted
+    // while the agent was down): upstream `cleanupOrphanedPodDirs`.
+    if let Ok(entries) = std::fs::read_dir(&inner.cfg.pods_dir) {
+        let active: HashSet<String> = lock(&inner.workers).keys().cloned().collect();
+        for e in entries.flatten() {
+            let uid = e.file_name().to_string_lossy().into_owned();
+            if !known.contains(&uid) && !runtime_pods.contains_key(&uid) && !active.contains(&uid) {
+                tracing::info!(uid = %uid, "removing the volumes of a pod that no longer exists");
+                if let Err(err) = volumes::teardown(&inner.cfg.pods_dir, &uid) {
+                    tracing::warn!(uid = %uid, error = %err, "removing orphaned pod volumes failed");
+                }
+            }
+        }
+    }
     for (uid, pod) in runtime_pods {
         if !known.contains(&uid) {
             tracing::info!(pod = %pod.name, namespace = %pod.namespace, uid = %uid, "cleaning up pod no longer in the API");
             ensure_worker(inner, pod);
         }
+    }
+}
+
+/// Unmounts and removes the pod's volume directory once its containers are gone.
+fn remove_volumes(cfg: &SyncConfig, pod: &PodRef) {
+    if let Err(e) = volumes::teardown(&cfg.pods_dir, &pod.uid) {
+        tracing::warn!(pod = %pod.name, uid = %pod.uid, error = %e, "removing pod volumes failed");
     }
 }
 
@@ -197,6 +222,8 @@ async fn worker(inner: Arc<Inner>, pod_ref: PodRef, notify: Arc<Notify>) {
     let events = inner.events.as_ref();
     let api_for = |ns: &str| Api::<Pod>::namespaced(inner.client.clone(), ns);
     let mut state = PodState::default();
+    let mut objects = PodObjects::default();
+    let mut probes = ProbeManager::default();
     let mut last_pod: Option<Arc<Pod>> = None;
     // The status last written and the resourceVersion the store showed then: while the store
     // has not caught up with our own write, do not write the same status again.
@@ -215,6 +242,7 @@ async fn worker(inner: Arc<Inner>, pod_ref: PodRef, notify: Arc<Notify>) {
                     .unwrap_or(ORPHAN_GRACE);
                 match kill_pod(rt, &pod_ref.uid, grace, last_pod.as_deref(), events).await {
                     Ok(()) => {
+                        remove_volumes(&inner.cfg, &pod_ref);
                         let dir = pod_log_dir(&inner.cfg.log_root, &pod_ref);
                         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
                             if e.kind() != std::io::ErrorKind::NotFound {
@@ -236,6 +264,7 @@ async fn worker(inner: Arc<Inner>, pod_ref: PodRef, notify: Arc<Notify>) {
                 // pod of the same name is never deleted by mistake (kubelet status manager).
                 match kill_pod(rt, &pod_ref.uid, grace_period(&pod), Some(&pod), events).await {
                     Ok(()) => {
+                        remove_volumes(&inner.cfg, &pod_ref);
                         let dp = DeleteParams {
                             grace_period_seconds: Some(0),
                             preconditions: Some(Preconditions {
@@ -259,16 +288,33 @@ async fn worker(inner: Arc<Inner>, pod_ref: PodRef, notify: Arc<Notify>) {
             }
             Some(pod) => {
                 let env = service_env(&pod, &inner.services.state());
-                match sync_pod(rt, &inner.cfg, &pod, &mut state, events, &env, SystemTime::now()).await {
+                objects = objects::fetch(&inner.client, &pod, &objects, SystemTime::now()).await;
+                state.probes = probes.snapshot();
+                match sync_pod(rt, &inner.cfg, &pod, &mut state, events, &env, &objects, SystemTime::now()).await {
                     Ok(out) => {
-                        let status = compute(&StatusInput {
+                        let pod_ip = state.sandbox.as_ref().and_then(|s| s.ip).unwrap_or(inner.cfg.node_ip);
+                        probes.update(
+                            &pod,
+                            &out.containers,
+                            pod_ip,
+                            inner.runtime.clone(),
+                            inner.events.clone(),
+                            notify.clone(),
+                        );
+                        state.probes = probes.snapshot();
+                        let mut status = compute(&StatusInput {
                             pod: &pod,
                             sandbox: state.sandbox.as_ref(),
                             containers: &out.containers,
                             waiting: &state.waiting,
                             node_ip: inner.cfg.node_ip,
                             now: k8s_openapi::jiff::Timestamp::now(),
+                            probes: &state.probes,
                         });
+                        termination::apply(&mut status, &state.termination_messages);
+                        if out.deadline_exceeded {
+                            termination::fail_deadline(&mut status);
+                        }
                         let value = serde_json::to_value(&status).unwrap_or_default();
                         let rv = pod.metadata.resource_version.clone();
                         let stale_repeat = last_write.as_ref().is_some_and(|(v, at)| *v == value && *at == rv);

@@ -534,6 +534,11 @@ pub fn remove_pod_cgroups(cgroup_root: &str, uid: &str) {
 
 #[async_trait]
 impl Runtime for ContainerdRuntime {
+    /// Added by the kubelet for probes and hooks; the code lives in `exec_sync.rs`.
+    async fn exec_sync(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<ExecOutput> {
+        super::exec_sync::exec_sync(&self.inner.client, &self.inner.run_dir, id, cmd, timeout).await
+    }
+
     async fn set_pod_cidr(&self, cidr: Cidr) -> Result<()> {
         Ok(self.inner.network.set_pod_cidr(cidr).await?)
     }

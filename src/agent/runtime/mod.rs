@@ -6,6 +6,7 @@
 pub mod client;
 pub mod containerd;
 pub mod exec;
+pub mod exec_sync;
 pub mod images;
 pub mod logger;
 pub mod managed;
@@ -134,6 +135,17 @@ pub struct ContainerStatus {
     pub log_path: PathBuf,
 }
 
+/// What a command run with [`Runtime::exec_sync`] produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    /// Empty when the runtime merges stderr into stdout (containerd's `file://` IO does).
+    pub stderr: Vec<u8>,
+    /// The command ran past its timeout and was killed (`exit_code` is then meaningless).
+    pub timed_out: bool,
+}
+
 /// Something changed for a container; the kubelet re-syncs that pod.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RuntimeEvent {
@@ -183,6 +195,10 @@ pub trait Runtime: Send + Sync + 'static {
     async fn list_containers(&self) -> Result<Vec<ContainerStatus>>;
     /// Subscribe to container lifecycle events.
     fn events(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent>;
+    /// Runs `cmd` in running container `id` with the container's own process settings (env,
+    /// user, cwd), waits at most `timeout` (then kills it), and returns its exit code and
+    /// output (CRI `ExecSync`). For exec probes and lifecycle hooks.
+    async fn exec_sync(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<ExecOutput>;
     /// Runs a process in a running container (`kubectl exec`); see [`ExecSession`] for its
     /// streams. Dropping the session before the process exits kills it.
     async fn exec(&self, container_id: &str, opts: &ExecOptions) -> Result<ExecSession>;
