@@ -26,7 +26,15 @@ async fn concurrent_updates_succeed_once_each_or_conflict_and_generations_add_up
     for i in 0..20 {
         let (api, mut obj) = (api.clone(), created.clone());
         stale.push(tokio::spawn(async move {
-            obj.spec.as_mut().unwrap().template.metadata.get_or_insert_default().annotations.get_or_insert_default().insert("stale".into(), i.to_string());
+            obj.spec
+                .as_mut()
+                .unwrap()
+                .template
+                .metadata
+                .get_or_insert_default()
+                .annotations
+                .get_or_insert_default()
+                .insert("stale".into(), i.to_string());
             api.replace("hot", &PostParams::default(), &obj).await
         }));
     }
@@ -48,7 +56,15 @@ async fn concurrent_updates_succeed_once_each_or_conflict_and_generations_add_up
             let mut conflicts = 0;
             loop {
                 let mut obj = api.get("hot").await.unwrap();
-                obj.spec.as_mut().unwrap().template.metadata.get_or_insert_default().annotations.get_or_insert_default().insert(format!("w{i}"), "1".into());
+                obj.spec
+                    .as_mut()
+                    .unwrap()
+                    .template
+                    .metadata
+                    .get_or_insert_default()
+                    .annotations
+                    .get_or_insert_default()
+                    .insert(format!("w{i}"), "1".into());
                 match api.replace("hot", &PostParams::default(), &obj).await {
                     Ok(_) => return conflicts,
                     Err(kube::Error::Api(e)) if e.code == 409 => conflicts += 1,
@@ -66,7 +82,10 @@ async fn concurrent_updates_succeed_once_each_or_conflict_and_generations_add_up
     assert_eq!((0..100).filter(|i| annotations.contains_key(&format!("w{i}"))).count(), 100, "no update may be lost");
     assert_eq!(last.metadata.generation, Some(1 + 1 + 100), "generation counts every spec change");
     let last_rv: i64 = last.metadata.resource_version.unwrap().parse().unwrap();
-    assert!(last_rv >= first_rv + 101, "resourceVersion {last_rv} must have advanced at least once per write from {first_rv}");
+    assert!(
+        last_rv >= first_rv + 101,
+        "resourceVersion {last_rv} must have advanced at least once per write from {first_rv}"
+    );
     eprintln!("100 writers: {conflicts} conflicts retried");
     tokio::task::spawn_blocking(move || drop(s)).await.unwrap();
 }

@@ -5,7 +5,10 @@ use common::{must_run, TestServer};
 
 #[test]
 fn python_kubernetes_client_crud_selectors_and_resumed_watch() {
-    let has_client = std::process::Command::new("python3").args(["-c", "import kubernetes"]).output().is_ok_and(|o| o.status.success());
+    let has_client = std::process::Command::new("python3")
+        .args(["-c", "import kubernetes"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !has_client {
         assert!(!must_run(), "the Python kubernetes client is required in CI (pip install kubernetes)");
         eprintln!("skipping: python3 with the kubernetes package is not installed");
