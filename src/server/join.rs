@@ -500,7 +500,8 @@ pub async fn open_raft(
         let mut rc = RaftStoreConfig::new(dir.clone());
         rc.node_id = node_id;
         let info = raft::cluster_reset(&rc, &backup).await.with_context(|| format!("resetting {}", dir.display()))?;
-        let _ = std::fs::remove_file(node_id_path(data));
+        // Node 1 of its own cluster from now on, even if restarted with --server still set.
+        pki::write_file(&node_id_path(data), b"1", 0o644)?;
         tracing::info!(revision = info.revision, backup = %backup.display(), "cluster reset: this server is now a one-server cluster; restart it without --cluster-reset and rejoin the others with empty data dirs");
         return open_raft_inner(cfg, pki, port, 1, true).await;
     }

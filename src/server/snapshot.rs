@@ -113,12 +113,9 @@ pub fn restore(file: &Path, data_dir: &Path) -> anyhow::Result<SnapshotInfo> {
     }
     let info = restore_snapshot(file, &RaftStoreConfig::new(dir.clone()))
         .with_context(|| format!("restoring {} into {}", file.display(), dir.display()))?;
-    // The restored store is a new one-server cluster: this server is node 1 again.
-    match std::fs::remove_file(join::node_id_path(data_dir)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).context("removing the old node id"),
-    }
+    // The restored store is a new one-server cluster: this server is node 1 again (also if
+    // restarted with --server still set).
+    crate::pki::write_file(&join::node_id_path(data_dir), b"1", 0o644).context("writing the node id")?;
     Ok(info)
 }
 
