@@ -21,6 +21,9 @@ pub enum Command {
     Server(ServerArgs),
     /// Run a node agent that joins an existing server.
     Agent(AgentArgs),
+    /// Save, list and restore snapshots of the embedded store.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Container log writer started by containerd's shim (internal).
     #[command(hide = true)]
     Logger(LoggerArgs),
@@ -116,6 +119,36 @@ pub struct ServerArgs {
     /// Use an external etcd instead of the embedded store.
     #[arg(long, env = "SKIFF_DATASTORE_ENDPOINT")]
     pub datastore_endpoint: Option<String>,
+    /// Take store snapshots on this cron schedule (UTC; `M H DOM MON DOW`, `*`, `*/N`, `A-B`, lists).
+    #[arg(long, env = "SKIFF_SNAPSHOT_SCHEDULE_CRON")]
+    pub snapshot_schedule_cron: Option<String>,
+    /// How many scheduled snapshots to keep.
+    #[arg(long, env = "SKIFF_SNAPSHOT_RETENTION", default_value_t = 5)]
+    pub snapshot_retention: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Ask the running server for a snapshot (written to <data-dir>/server/snapshots).
+    Save {
+        /// Snapshot name prefix; the file is NAME-<node id>-<unix seconds>.
+        #[arg(long, default_value = "on-demand")]
+        name: String,
+        #[arg(long, env = "SKIFF_DATA_DIR", default_value = "/var/lib/skiff")]
+        data_dir: PathBuf,
+    },
+    /// List saved snapshots.
+    Ls {
+        #[arg(long, env = "SKIFF_DATA_DIR", default_value = "/var/lib/skiff")]
+        data_dir: PathBuf,
+    },
+    /// Restore a snapshot into a stopped server's data dir, as a new one-server cluster.
+    Restore {
+        /// Snapshot file.
+        file: PathBuf,
+        #[arg(long, env = "SKIFF_DATA_DIR", default_value = "/var/lib/skiff")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args, Clone)]

@@ -5,6 +5,32 @@ use skiff::{agent, cli, config, server};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+async fn snapshot_command(c: cli::SnapshotCommand) -> anyhow::Result<()> {
+    match c {
+        cli::SnapshotCommand::Save { name, data_dir } => {
+            let r = server::snapshot::save(&data_dir, &name).await?;
+            println!("{} (revision {}, {} records)", r.path, r.revision, r.records);
+        }
+        cli::SnapshotCommand::Ls { data_dir } => {
+            println!("{:<50} {:>12} CREATED", "NAME", "SIZE");
+            for l in server::snapshot::list(&data_dir)? {
+                let when = chrono::DateTime::from_timestamp(l.created, 0).map(|t| t.to_rfc3339()).unwrap_or_default();
+                println!("{:<50} {:>12} {when}", l.name, l.size);
+            }
+        }
+        cli::SnapshotCommand::Restore { file, data_dir } => {
+            let i = server::snapshot::restore(&file, &data_dir)?;
+            println!(
+                "restored revision {} ({} records); start `skiff server --data-dir {}`",
+                i.revision,
+                i.records,
+                data_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     if let cli::Command::Logger(args) = &cli.command {
@@ -32,7 +58,15 @@ fn main() -> anyhow::Result<()> {
         });
         let host = config::HostFacts { hostname: server::hostname(), first_ip: server::first_ip() };
         match cli.command {
-            cli::Command::Server(a) => server::run(config::resolve_server(&a, &host)?, shutdown).await,
+            cli::Command::Server(a) => {
+                if let Some(c) = &a.snapshot_schedule_cron {
+                    let cron = server::snapshot::Cron::parse(c).map_err(|e| anyhow::anyhow!("--snapshot-schedule-cron: {e}"))?;
+                    let (dir, keep, sd) = (a.node.data_dir.clone(), a.snapshot_retention, shutdown.clone());
+                    tokio::spawn(server::snapshot::run_schedule(dir, cron, keep, sd));
+                }
+                server::run(config::resolve_server(&a, &host)?, shutdown).await
+            }
+            cli::Command::Snapshot(c) => snapshot_command(c).await,
             cli::Command::Agent(a) => agent::run_standalone(config::resolve_agent(&a, &host)?, shutdown).await,
             cli::Command::Logger(_) => Ok(()),
         }

@@ -106,6 +106,8 @@ pub fn tls_config(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> anyhow:
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
+    // Server-to-server routes (Raft, joins): outside authn/RBAC, they check peers themselves.
+    let peers = state.store.peer_router().unwrap_or_default();
     Router::new()
         .route("/version", get(|| async { json_response(StatusCode::OK, &discovery::version()) }))
         .route("/healthz", get(health))
@@ -117,6 +119,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
+        .merge(peers)
 }
 
 fn is_resource_path(path: &str) -> bool {

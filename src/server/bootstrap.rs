@@ -27,6 +27,12 @@ fn req(st: &Arc<ApiState>, plural: &str, ns: Option<&str>) -> anyhow::Result<Req
 
 async fn ensure(st: &Arc<ApiState>, plural: &str, ns: Option<&str>, obj: Value) -> anyhow::Result<()> {
     let r = req(st, plural, ns)?;
+    // Already there (a restart, or a server joining an existing cluster): creating it again
+    // would fail in admission (its ClusterIP is taken) before the 409.
+    let name = obj.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("");
+    if objects::get(st.store.as_ref(), r.r, ns, name).await.is_ok() {
+        return Ok(());
+    }
     match handlers::create_object(&r, obj).await {
         Ok(_) => Ok(()),
         Err(e) if e.code == 409 => Ok(()),

@@ -3,6 +3,8 @@
 //! readiness explicitly; nothing sleeps to let another part start.
 
 pub mod bootstrap;
+pub mod join;
+pub mod snapshot;
 
 use anyhow::Context;
 use std::net::{IpAddr, Ipv4Addr};
@@ -32,15 +34,19 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     Ok(())
 }
 
-/// Opens the store the configuration asks for.
-async fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the store the configuration asks for: the embedded Raft store (alone, first of an HA
+/// group, or joined through [`join::prepare`]) with its peer routes on the HTTPS port.
+async fn open_store(
+    cfg: &ServerConfig,
+    pki: &ClusterPki,
+    listener: &tokio::net::TcpListener,
+    serving: (&str, &str),
+    node_id: u64,
+) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(ep) = &cfg.datastore_endpoint {
         anyhow::bail!("--datastore-endpoint {ep}: external etcd is not supported yet");
     }
-    let dir = cfg.node.data_dir.join("server/db");
-    let store = crate::store::raft::open(crate::store::raft::RaftStoreConfig::new(dir.clone()))
-        .await
-        .with_context(|| format!("opening the cluster store in {}", dir.display()))?;
+    let store = join::open_raft(cfg, pki, listener, serving, node_id).await?;
     Ok(store)
 }
 
@@ -52,6 +58,7 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let data = cfg.node.data_dir.clone();
     let port = listener.local_addr()?.port();
+    let node_id = join::prepare(&cfg, port).await?;
     let tls_dir = data.join("server/tls");
     let pki = ClusterPki::load_or_create(&tls_dir).context("creating the cluster PKI")?;
 
@@ -100,7 +107,7 @@ pub async fn start(
         pki::write_file(&token_path, secret.as_bytes(), 0o600)?;
     }
 
-    let store = open_store(&cfg).await?;
+    let store = open_store(&cfg, &pki, &listener, (&serving_cert, &serving_key), node_id).await?;
     let (kc_cert, kc_key) = pki.leaf(
         "client-kube-apiserver-kubelet",
         &Leaf::Client { cn: "kube-apiserver-kubelet-client".into(), groups: vec!["system:masters".into()] },

@@ -187,6 +187,12 @@ pub trait Store: Send + Sync + 'static {
     /// Discard history older than `revision`.
     async fn compact(&self, revision: i64) -> Result<()>;
 
+    /// Routes the API server mounts beside its own for other servers (Raft RPCs, joins). They
+    /// authenticate their callers themselves and skip the API's RBAC.
+    fn peer_router(&self) -> Option<axum::Router> {
+        None
+    }
+
     /// Read one key at the current revision.
     async fn get(&self, key: &[u8]) -> Result<(Option<KeyValue>, i64)> {
         let r = self.range(RangeRequest { prefix: key.to_vec(), limit: 0, ..Default::default() }).await?;

@@ -2,9 +2,10 @@
 //! revision counters) in one checksummed file, restorable into an empty data dir as a new
 //! one-server cluster with identical keys and revisions, like `etcdctl snapshot save/restore`.
 
-use super::{codec, open_engine, state_machine, Error, RaftStore, RaftStoreConfig};
+use super::{codec, open_engine, state_machine, Error, NoTransport, RaftStore, RaftStoreConfig};
 use crate::store::StoreError;
 use std::path::Path;
+use std::sync::Arc;
 
 /// What a saved snapshot holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,11 @@ impl RaftStore {
     /// Writes a consistent snapshot of the store to `path` (atomically: temp file, fsync, rename).
     pub async fn save_snapshot(&self, path: &Path) -> Result<SnapshotInfo, StoreError> {
         self.linearize().await?;
+        self.save_local(path)
+    }
+
+    /// Writes this server's applied state to `path` without asking the leader (cluster reset).
+    fn save_local(&self, path: &Path) -> Result<SnapshotInfo, StoreError> {
         let (data, info) = {
             let m = self.shared.lock();
             let records = m.records();
@@ -33,6 +39,9 @@ impl RaftStore {
                 SnapshotInfo { revision: m.revision(), compact_revision: m.compact_revision(), records: records.len() };
             (codec::encode_snapshot(info.revision, info.compact_revision, &records), info)
         };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+        }
         let tmp = path.with_extension("tmp");
         {
             use std::io::Write;
@@ -43,6 +52,37 @@ impl RaftStore {
         std::fs::rename(&tmp, path).map_err(io(format!("renaming {} to {}", tmp.display(), path.display())))?;
         Ok(info)
     }
+}
+
+/// `skiff server --cluster-reset`: turns a (stopped) member of an HA group into a one-server
+/// cluster keeping its data. Opens the store alone (no peers; Raft re-applies every committed
+/// entry at start-up), saves its state to `backup`, moves the old store directory aside to
+/// `<dir>.old-<unix seconds>` and restores the backup into a fresh store directory, which the
+/// next open initializes as a one-voter cluster with the same keys and revisions.
+pub async fn cluster_reset(cfg: &RaftStoreConfig, backup: &Path) -> Result<SnapshotInfo, StoreError> {
+    let mut alone = cfg.clone();
+    alone.bootstrap = false;
+    alone.transport = Arc::new(NoTransport);
+    let store = RaftStore::open(alone).await?;
+    let saved = store.save_local(backup);
+    store.shutdown().await?;
+    drop(store);
+    let info = saved?;
+    let old = cfg.dir.with_extension(format!("old-{}", super::now_ms() / 1000));
+    std::fs::rename(&cfg.dir, &old).map_err(io(format!(
+        "moving the old store {} aside to {}",
+        cfg.dir.display(),
+        old.display()
+    )))?;
+    tracing::info!(old = %old.display(), backup = %backup.display(), "old store moved aside");
+    let restored = restore_snapshot(backup, cfg)?;
+    if restored != info {
+        return Err(StoreError::Internal(format!(
+            "cluster reset restored {restored:?} but saved {info:?}; the old store is in {}",
+            old.display()
+        )));
+    }
+    Ok(info)
 }
 
 /// Restores a file written by [`RaftStore::save_snapshot`] into `cfg.dir` (the store directory,

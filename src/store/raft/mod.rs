@@ -38,7 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use backup::{restore_snapshot, SnapshotInfo};
+pub use backup::{cluster_reset, restore_snapshot, SnapshotInfo};
 pub use network::{HttpTransport, InProcessTransport, NoTransport, RaftTransport, TransportError};
 
 /// Raft node identifier.
@@ -207,6 +207,9 @@ pub struct RaftStore {
     marked: Mutex<Option<u64>>,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Routes the server mounts for peers (Raft behind peer authentication, server joins); set
+    /// once by the server, served through [`Store::peer_router`].
+    peer_routes: std::sync::OnceLock<axum::Router>,
 }
 
 /// Unix milliseconds now: stamped into txns by the proposer (restamped by the leader when
@@ -293,6 +296,7 @@ impl RaftStore {
             marked: Mutex::new(on_disk),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
+            peer_routes: std::sync::OnceLock::new(),
         });
         let tasks = vec![
             tokio::spawn(proposer_loop(Arc::downgrade(&store), proposals_rx, store.cancel.clone())),
@@ -318,6 +322,61 @@ impl RaftStore {
     /// The `/raft/...` routes for the API server to mount (peer traffic on the HTTPS port).
     pub fn raft_router(&self) -> axum::Router {
         network::router(self.raft.clone())
+    }
+
+    /// Sets the routes [`Store::peer_router`] returns (the server's authenticated Raft routes
+    /// and join endpoint). Only the first call counts.
+    pub fn set_peer_router(&self, router: axum::Router) {
+        let _ = self.peer_routes.set(router);
+    }
+
+    /// This server's Raft node id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Every member: (node id, Raft address, is a voter).
+    pub fn members(&self) -> Vec<(NodeId, String, bool)> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let voters: std::collections::BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        m.membership().nodes().map(|(id, n)| (*id, n.addr.clone(), voters.contains(id))).collect()
+    }
+
+    /// The leader's node id and Raft address, if one is known.
+    pub fn leader_addr(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+
+    /// First step of a server joining (call on the leader): gives the server at `addr` a node
+    /// id (its old one if that address is already a member) and adds it as a learner without
+    /// waiting, so the leader starts replicating as soon as the new server listens.
+    pub async fn add_learner_for(&self, addr: &str) -> Result<NodeId, StoreError> {
+        let members = self.members();
+        let id = match members.iter().find(|(_, a, _)| a == addr) {
+            Some((id, _, _)) => *id,
+            None => members.iter().map(|(id, _, _)| *id).max().unwrap_or(0) + 1,
+        };
+        self.raft
+            .add_learner(id, BasicNode { addr: addr.to_string() }, false)
+            .await
+            .map_err(unavailable("adding the server as a learner"))?;
+        Ok(id)
+    }
+
+    /// Waits up to the request timeout for a leader to be known (a fresh joiner waits for the
+    /// leader's first heartbeat; any server waits out an election).
+    async fn wait_for_leader(&self) {
+        if self.raft.metrics().borrow().current_leader.is_some() {
+            return;
+        }
+        let _ = self
+            .raft
+            .wait(Some(self.request_timeout))
+            .metrics(|m| m.current_leader.is_some(), "a raft leader is known")
+            .await;
     }
 
     /// The underlying Raft handle (membership changes, metrics).
@@ -402,6 +461,7 @@ impl RaftStore {
 
     /// Proposes one log entry now (forwarding it to the leader from a follower).
     async fn propose_now(&self, req: Request) -> Result<Response, StoreError> {
+        self.wait_for_leader().await;
         // Keep a copy only when a follower may have to forward it.
         let copy = (!self.is_leader()).then(|| req.clone());
         let written = tokio::time::timeout(self.request_timeout, self.raft.client_write(req)).await.map_err(|_| {
@@ -436,6 +496,7 @@ impl RaftStore {
     /// Makes the next local read linearizable: on the leader, openraft's ReadIndex; on a
     /// follower, the leader's read index, then wait until this server has applied that far.
     async fn linearize(&self) -> Result<(), StoreError> {
+        self.wait_for_leader().await;
         let confirmed =
             tokio::time::timeout(self.request_timeout, self.raft.ensure_linearizable()).await.map_err(|_| {
                 StoreError::Unavailable("leadership could not be confirmed for a read (no quorum?); retry".into())
@@ -482,7 +543,7 @@ impl RaftStore {
 }
 
 /// Opens the configured storage engine under the store directory.
-fn open_engine(cfg: &RaftStoreConfig) -> Result<Arc<dyn engine::Engine>, StoreError> {
+pub(crate) fn open_engine(cfg: &RaftStoreConfig) -> Result<Arc<dyn engine::Engine>, StoreError> {
     let other = match cfg.engine {
         EngineKind::Sled => cfg.dir.join("store.redb"),
         EngineKind::Redb => cfg.dir.join("sled"),
@@ -702,6 +763,10 @@ impl Store for RaftStore {
 
     async fn compact(&self, revision: i64) -> Result<()> {
         self.propose(Request::Compact { revision }).await.map(|_| ())
+    }
+
+    fn peer_router(&self) -> Option<axum::Router> {
+        self.peer_routes.get().cloned()
     }
 }
 

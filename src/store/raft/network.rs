@@ -136,12 +136,26 @@ impl RaftTransport for HttpTransport {
         use http_body_util::BodyExt;
         let unreachable = |reason: String| TransportError::Unreachable { target, addr: addr.to_string(), reason };
         let uri = format!("{}{path}", addr.trim_end_matches('/'));
-        let req = hyper::Request::post(&uri)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            .map_err(|e| unreachable(format!("bad request for {uri}: {e}")))?;
+        let body = bytes::Bytes::from(body);
+        let make = || {
+            hyper::Request::post(&uri)
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(http_body_util::Full::new(body.clone()))
+                .map_err(|e| unreachable(format!("bad request for {uri}: {e}")))
+        };
+        let req = make()?;
         let call = async {
-            let resp = self.client.request(req).await.map_err(|e| unreachable(e.to_string()))?;
+            let resp = match self.client.request(req).await {
+                Ok(r) => r,
+                // A pooled connection the peer closed while idle fails before any answer;
+                // try once more on a fresh one. (Raft RPCs are idempotent; forwarded writes
+                // are compare-and-swap transactions in practice.)
+                Err(e) if e.is_connect() || format!("{e:?}").contains("SendRequest") => {
+                    tracing::debug!(target, error = %e, "retrying a raft call on a new connection");
+                    self.client.request(make()?).await.map_err(|e| unreachable(e.to_string()))?
+                }
+                Err(e) => return Err(unreachable(e.to_string())),
+            };
             let status = resp.status();
             let bytes = resp.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
             if !status.is_success() {

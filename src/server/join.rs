@@ -1,0 +1,628 @@
+//! Servers joining an HA group, and the peer routes on the HTTPS port.
+//!
+//! A server started with `--cluster-init` initializes a one-voter Raft group whose member
+//! address is `https://<advertise-address>:<port>`. A server started with
+//! `--server https://HOST:6443 --token T`:
+//!
+//! 1. fetches the cluster's server CA (`GET /skiff/v1/cacerts`, public, like k3s' `/cacerts`);
+//!    a token of the form `K10<sha256 of the CA PEM>::<secret>` pins it, a bare secret trusts
+//!    the first answer (and says so in the log);
+//! 2. `POST /skiff/v1/join` over TLS verified with that CA, with the token: the leader checks it
+//!    against `<data-dir>/server/token`, assigns a node id, adds the joiner as a learner (without
+//!    waiting) and returns the CAs, their keys, the service-account key and the member list
+//!    (a follower answers 421 with the leader's URL instead, and the joiner retries there);
+//! 3. stores the PKI under its own `<data-dir>/server/tls/`, its node id in
+//!    `<data-dir>/server/node-id`, and opens its store with `bootstrap: false`;
+//! 4. once its API port serves, `POST /skiff/v1/promote`: the leader waits for the learner to
+//!    catch up and makes it a voter (Raft §4.2.1).
+//!
+//! Raft RPCs (`/raft/...`) are accepted only from clients presenting a certificate from the
+//! cluster's client CA with CN [`PEER_CN`]; each server's [`HttpTransport`] presents one. They are
+//! mounted outside the API's authentication and RBAC layers, so a bearer token never reaches
+//! them. `POST /skiff/v1/snapshot` (used by `skiff snapshot save`) needs a `system:masters`
+//! client certificate.
+
+use anyhow::Context;
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::api::User;
+use crate::config::ServerConfig;
+use crate::pki::{self, ClusterPki, Leaf};
+use crate::store::raft::{HttpTransport, NodeId, RaftStore};
+
+/// Common name of the client certificate Raft peers present to each other.
+pub const PEER_CN: &str = "skiff-raft-peer";
+pub const CACERTS_PATH: &str = "/skiff/v1/cacerts";
+pub const JOIN_PATH: &str = "/skiff/v1/join";
+pub const PROMOTE_PATH: &str = "/skiff/v1/promote";
+pub const SNAPSHOT_PATH: &str = "/skiff/v1/snapshot";
+pub const MEMBERS_PATH: &str = "/skiff/v1/members";
+
+/// Files of `<data-dir>/server/tls/` a joiner receives (the CAs and their keys, the
+/// service-account key), so every server issues and verifies the same certificates and tokens.
+const SHARED_PKI: [&str; 5] =
+    ["server-ca.crt", "server-ca.key", "client-ca.crt", "client-ca.key", "service-account.key"];
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token: String,
+    /// The joiner's Raft address, `https://host:port`.
+    pub addr: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub node_id: NodeId,
+    /// File name under `server/tls/` → contents.
+    pub pki: Vec<(String, String)>,
+    /// (node id, Raft address, voter).
+    pub members: Vec<(NodeId, String, bool)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    pub token: String,
+    pub node_id: NodeId,
+    pub addr: String,
+}
+
+/// Answer of a follower asked to do the leader's work.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NotLeader {
+    pub leader: Option<String>,
+}
+
+/// `GET /skiff/v1/members` (admins): the Raft membership as this server sees it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MembersResponse {
+    pub node_id: NodeId,
+    pub leader: Option<NodeId>,
+    /// (node id, Raft address, voter).
+    pub members: Vec<(NodeId, String, bool)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotResponse {
+    pub path: String,
+    pub revision: i64,
+    pub compact_revision: i64,
+    pub records: usize,
+}
+
+/// The secret part of a join token (`K10<hash>::server:<secret>`, `K10<hash>::<secret>` or a
+/// bare secret) and the CA hash it pins, if any.
+pub fn parse_token(token: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = token.strip_prefix("K10") {
+        if let Some((hash, secret)) = rest.split_once("::") {
+            let secret = secret.split_once(':').map(|(_, s)| s).unwrap_or(secret);
+            return (secret, Some(hash));
+        }
+    }
+    (token, None)
+}
+
+/// sha256 of the CA PEM, hex: what a `K10` token pins.
+pub fn ca_hash(ca_pem: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(ca_pem.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Where a server keeps its Raft node id once it has joined.
+pub fn node_id_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("server/node-id")
+}
+
+/// The server's Raft address.
+pub fn raft_addr(cfg: &ServerConfig, port: u16) -> String {
+    match cfg.advertise_address {
+        std::net::IpAddr::V6(a) => format!("https://[{a}]:{port}"),
+        a => format!("https://{a}:{port}"),
+    }
+}
+
+struct PeerState {
+    store: Arc<RaftStore>,
+    tls_dir: PathBuf,
+    token_path: PathBuf,
+    snapshot_dir: PathBuf,
+}
+
+impl PeerState {
+    fn token_ok(&self, presented: &str) -> bool {
+        let Ok(ours) = std::fs::read_to_string(&self.token_path) else { return false };
+        let (secret, _) = parse_token(presented);
+        let (ours, _) = parse_token(ours.trim());
+        constant_time_eq(secret.as_bytes(), ours.as_bytes())
+    }
+
+    /// 421 with the leader's URL when this server does not lead.
+    fn not_leader(&self) -> Option<Response> {
+        match self.store.leader_addr() {
+            Some((id, _)) if id == self.store.node_id() => None,
+            other => Some(
+                (StatusCode::MISDIRECTED_REQUEST, Json(NotLeader { leader: other.map(|(_, addr)| addr) }))
+                    .into_response(),
+            ),
+        }
+    }
+}
+
+fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, msg.into()).into_response()
+}
+
+/// Raft routes behind the peer check, plus the join, promote and snapshot endpoints.
+pub fn peer_router(store: Arc<RaftStore>, data_dir: &Path) -> Router {
+    let st = Arc::new(PeerState {
+        store: store.clone(),
+        tls_dir: data_dir.join("server/tls"),
+        token_path: data_dir.join("server/token"),
+        snapshot_dir: snapshot_dir(data_dir),
+    });
+    let raft = store.raft_router().layer(axum::middleware::from_fn(require_peer));
+    Router::new()
+        .route(CACERTS_PATH, get(cacerts))
+        .route(JOIN_PATH, post(join))
+        .route(PROMOTE_PATH, post(promote))
+        .route(SNAPSHOT_PATH, post(snapshot))
+        .route(MEMBERS_PATH, get(members))
+        .with_state(st)
+        .merge(raft)
+}
+
+/// Where `skiff snapshot save` and scheduled snapshots write (k3s: `server/db/snapshots`).
+pub fn snapshot_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("server/snapshots")
+}
+
+async fn require_peer(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    // The User extension comes from the TLS layer only (the verified client certificate); the
+    // API's bearer-token authentication does not run on these routes.
+    match req.extensions().get::<User>() {
+        Some(u) if u.name == PEER_CN => next.run(req).await,
+        other => {
+            let who = other.map(|u| u.name.clone()).unwrap_or_default();
+            tracing::warn!(user = %who, "refused a raft request without a peer certificate");
+            error(StatusCode::FORBIDDEN, format!("raft endpoints need a {PEER_CN} certificate from the cluster CA"))
+        }
+    }
+}
+
+async fn cacerts(State(st): State<Arc<PeerState>>) -> Response {
+    match std::fs::read_to_string(st.tls_dir.join("server-ca.crt")) {
+        Ok(pem) => pem.into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the server CA: {e}")),
+    }
+}
+
+async fn join(State(st): State<Arc<PeerState>>, Json(req): Json<JoinRequest>) -> Response {
+    if !st.token_ok(&req.token) {
+        tracing::warn!(addr = %req.addr, "refused a join with a wrong token");
+        return error(StatusCode::UNAUTHORIZED, "wrong join token; use the one in <data-dir>/server/token of a server");
+    }
+    if let Some(r) = st.not_leader() {
+        return r;
+    }
+    let mut files = Vec::new();
+    for name in SHARED_PKI {
+        match std::fs::read_to_string(st.tls_dir.join(name)) {
+            Ok(c) => files.push((name.to_string(), c)),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("reading {name}: {e}")),
+        }
+    }
+    let node_id = match st.store.add_learner_for(&req.addr).await {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    tracing::info!(node_id, addr = %req.addr, "server joining as a learner");
+    Json(JoinResponse { node_id, pki: files, members: st.store.members() }).into_response()
+}
+
+async fn promote(State(st): State<Arc<PeerState>>, Json(req): Json<PromoteRequest>) -> Response {
+    if !st.token_ok(&req.token) {
+        return error(StatusCode::UNAUTHORIZED, "wrong join token");
+    }
+    if let Some(r) = st.not_leader() {
+        return r;
+    }
+    if st.store.members().iter().any(|(id, _, voter)| *id == req.node_id && *voter) {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    match st.store.add_voter(req.node_id, req.addr.clone()).await {
+        Ok(()) => {
+            tracing::info!(node_id = req.node_id, addr = %req.addr, "server promoted to voter");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+fn is_admin(user: &Option<Extension<User>>) -> bool {
+    user.as_ref().is_some_and(|Extension(u)| u.groups.iter().any(|g| g == "system:masters"))
+}
+
+async fn members(State(st): State<Arc<PeerState>>, user: Option<Extension<User>>) -> Response {
+    if !is_admin(&user) {
+        return error(StatusCode::FORBIDDEN, "the member list needs a system:masters client certificate");
+    }
+    Json(MembersResponse {
+        node_id: st.store.node_id(),
+        leader: st.store.leader_addr().map(|(id, _)| id),
+        members: st.store.members(),
+    })
+    .into_response()
+}
+
+async fn snapshot(
+    State(st): State<Arc<PeerState>>,
+    user: Option<Extension<User>>,
+    Json(req): Json<SnapshotRequest>,
+) -> Response {
+    if !is_admin(&user) {
+        return error(StatusCode::FORBIDDEN, "snapshots need a system:masters client certificate (admin kubeconfig)");
+    }
+    match save_named(&st.store, &st.snapshot_dir, &req.name).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+/// Saves `<dir>/<name>-<node id>-<unix seconds>`.
+pub async fn save_named(store: &RaftStore, dir: &Path, name: &str) -> anyhow::Result<SnapshotResponse> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        anyhow::bail!("snapshot name {name:?} must be a plain file name");
+    }
+    let path = dir.join(format!("{name}-{}-{}", store.node_id(), chrono::Utc::now().timestamp()));
+    let info = store.save_snapshot(&path).await?;
+    tracing::info!(path = %path.display(), revision = info.revision, "snapshot saved");
+    Ok(SnapshotResponse {
+        path: path.display().to_string(),
+        revision: info.revision,
+        compact_revision: info.compact_revision,
+        records: info.records,
+    })
+}
+
+// ---- the joining side ----
+
+/// Accepts any server certificate: only for fetching the CA before we know it (the token's
+/// hash, when present, then checks what we got).
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A rustls client configuration trusting `ca_pem` (or anything, when None), presenting
+/// `identity` (certificate PEM, key PEM) if given.
+pub fn client_tls(ca_pem: Option<&str>, identity: Option<(&str, &str)>) -> anyhow::Result<rustls::ClientConfig> {
+    let b = rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let b = match ca_pem {
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut pem.as_bytes()) {
+                roots.add(c.context("parsing the cluster CA")?)?;
+            }
+            b.with_root_certificates(roots)
+        }
+        None => b.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider()))),
+    };
+    Ok(match identity {
+        Some((cert, key)) => {
+            let certs: Vec<_> = rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<_, _>>()?;
+            let key = rustls_pemfile::private_key(&mut key.as_bytes())?
+                .ok_or_else(|| anyhow::anyhow!("the client key PEM holds no private key"))?;
+            b.with_client_auth_cert(certs, key)?
+        }
+        None => b.with_no_client_auth(),
+    })
+}
+
+/// One HTTPS request; returns (status, body).
+pub async fn https_call(
+    tls: rustls::ClientConfig,
+    method: hyper::Method,
+    url: &str,
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<(StatusCode, Vec<u8>)> {
+    use http_body_util::BodyExt;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.unwrap_or_default())))
+        .with_context(|| format!("bad URL {url}"))?;
+    let call = async {
+        let resp = client.request(req).await.with_context(|| format!("cannot reach {url}"))?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.with_context(|| format!("reading the answer of {url}"))?;
+        anyhow::Ok((status, bytes.to_bytes().to_vec()))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), call)
+        .await
+        .map_err(|_| anyhow::anyhow!("{url} did not answer within 60s"))?
+}
+
+/// POSTs `body` as JSON to `path` at `server`, following a follower's 421 to the leader.
+async fn post_to_leader<T: Serialize>(
+    tls: &rustls::ClientConfig,
+    server: &str,
+    path: &str,
+    body: &T,
+) -> anyhow::Result<Vec<u8>> {
+    let body = serde_json::to_vec(body)?;
+    let mut target = server.trim_end_matches('/').to_string();
+    for _ in 0..5 {
+        let (status, answer) =
+            https_call(tls.clone(), hyper::Method::POST, &format!("{target}{path}"), Some(body.clone())).await?;
+        if status == StatusCode::MISDIRECTED_REQUEST {
+            let nl: NotLeader = serde_json::from_slice(&answer).unwrap_or(NotLeader { leader: None });
+            match nl.leader {
+                Some(l) => target = l,
+                None => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+            }
+            continue;
+        }
+        if !status.is_success() {
+            anyhow::bail!("{target}{path} answered {status}: {}", String::from_utf8_lossy(&answer));
+        }
+        return Ok(answer);
+    }
+    anyhow::bail!("{server} kept redirecting {path} to other servers; is the cluster electing a leader? retry")
+}
+
+/// Before the PKI is loaded: a server started with `--server` and not yet joined fetches the
+/// cluster's PKI and its node id from the group. Returns this server's node id (1 for a server
+/// that never joined anyone).
+pub async fn prepare(cfg: &ServerConfig, port: u16) -> anyhow::Result<NodeId> {
+    let data = &cfg.node.data_dir;
+    let id_path = node_id_path(data);
+    if let Ok(s) = std::fs::read_to_string(&id_path) {
+        return s.trim().parse().with_context(|| format!("{} does not hold a node id; remove it", id_path.display()));
+    }
+    let Some(server) = cfg.join_server.as_deref() else { return Ok(1) };
+    if data.join("server/db").exists() {
+        anyhow::bail!(
+            "{} holds a store but no node id: this data dir belongs to another cluster; use an empty --data-dir to join {server}",
+            data.join("server/db").display()
+        );
+    }
+    let token = cfg.token.as_deref().ok_or_else(|| {
+        anyhow::anyhow!("--server needs --token (the contents of <data-dir>/server/token on a server)")
+    })?;
+    let (_, pinned) = parse_token(token);
+    let (status, ca) =
+        https_call(client_tls(None, None)?, hyper::Method::GET, &format!("{server}{CACERTS_PATH}"), None)
+            .await
+            .context("fetching the cluster CA")?;
+    if !status.is_success() {
+        anyhow::bail!("{server}{CACERTS_PATH} answered {status}; is {server} a skiff server?");
+    }
+    let ca = String::from_utf8(ca).context("the cluster CA is not text")?;
+    match pinned {
+        Some(h) if !h.eq_ignore_ascii_case(&ca_hash(&ca)) => {
+            anyhow::bail!(
+                "the CA of {server} does not match the hash in the token: wrong server, or someone in between"
+            )
+        }
+        Some(_) => {}
+        None => {
+            tracing::warn!(%server, "the token pins no CA hash (K10<sha256>::secret); trusting the CA the server sent")
+        }
+    }
+    let tls = client_tls(Some(&ca), None)?;
+    let me = raft_addr(cfg, port);
+    let answer = post_to_leader(&tls, server, JOIN_PATH, &JoinRequest { token: token.to_string(), addr: me.clone() })
+        .await
+        .context("joining the server group")?;
+    let joined: JoinResponse = serde_json::from_slice(&answer).context("undecodable join answer")?;
+    let tls_dir = data.join("server/tls");
+    for (name, contents) in &joined.pki {
+        if !SHARED_PKI.contains(&name.as_str()) {
+            anyhow::bail!("the join answer holds an unexpected file {name:?}");
+        }
+        let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
+        pki::write_file(&tls_dir.join(name), contents.as_bytes(), mode)?;
+    }
+    pki::write_file(&id_path, joined.node_id.to_string().as_bytes(), 0o644)?;
+    tracing::info!(node_id = joined.node_id, members = ?joined.members, addr = %me, "joined the server group as a learner");
+    Ok(joined.node_id)
+}
+
+/// Opens the embedded store for `skiff server`: one server, the first of an HA group
+/// (`--cluster-init`), or a joiner (`--server`, after [`prepare`]). Also sets the peer routes
+/// and, on a joiner, starts asking the leader for promotion.
+pub async fn open_raft(
+    cfg: &ServerConfig,
+    pki: &ClusterPki,
+    listener: &tokio::net::TcpListener,
+    serving: (&str, &str),
+    node_id: NodeId,
+) -> anyhow::Result<Arc<RaftStore>> {
+    let port = listener.local_addr()?.port();
+    use crate::store::raft::{self, RaftStoreConfig};
+    let data = &cfg.node.data_dir;
+    let dir = data.join("server/db");
+    if cfg.cluster_reset {
+        let backup = snapshot_dir(data).join(format!("cluster-reset-{}", chrono::Utc::now().timestamp()));
+        let mut rc = RaftStoreConfig::new(dir.clone());
+        rc.node_id = node_id;
+        let info = raft::cluster_reset(&rc, &backup).await.with_context(|| format!("resetting {}", dir.display()))?;
+        // Node 1 of its own cluster from now on, even if restarted with --server still set.
+        pki::write_file(&node_id_path(data), b"1", 0o644)?;
+        tracing::info!(revision = info.revision, backup = %backup.display(), "cluster reset: this server is now a one-server cluster; restart it without --cluster-reset and rejoin the others with empty data dirs");
+        return open_raft_inner(cfg, pki, port, 1, true).await;
+    }
+    let joining = cfg.join_server.is_some() && node_id != 1;
+    let store = open_raft_inner(cfg, pki, port, node_id, !joining).await?;
+    if joining {
+        // The API server (and with it the peer routes) starts only once the store answers, but
+        // a joiner's store answers only once the leader has replicated to it: serve the peer
+        // routes alone on the API listener until this server is a caught-up voter.
+        let tls = crate::api::tls_config(serving.0, serving.1, &pki.client_ca.cert_pem)?;
+        let router = peer_router(store.clone(), &cfg.node.data_dir);
+        let s = store.clone();
+        let voter = async move {
+            loop {
+                if s.members().iter().any(|(id, _, v)| *id == s.node_id() && *v) && s.leader_addr().is_some() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(300), serve_until(listener, tls, router, voter))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "this server was not made a voter within 5 minutes; check that the leader can reach {} (--advertise-address, firewalls)",
+                    raft_addr(cfg, port)
+                )
+            })?;
+        tracing::info!(node_id, "caught up with the leader as a voter");
+    }
+    Ok(store)
+}
+
+/// Serves `router` over TLS on `listener` until `done` completes (connections accepted so far
+/// keep being served). The client certificate's identity goes into the request extensions as
+/// the API server does it, for [`require_peer`].
+async fn serve_until(
+    listener: &tokio::net::TcpListener,
+    tls: rustls::ServerConfig,
+    router: Router,
+    done: impl std::future::Future<Output = ()>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    tokio::pin!(done);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = &mut done => return,
+        };
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::api::user_from_cert(c.as_ref()))
+                .unwrap_or_else(User::anonymous);
+            let svc = hyper_util::service::TowerToHyperService::new(router.layer(Extension(user)));
+            let io = hyper_util::rt::TokioIo::new(tls);
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
+                tracing::debug!(%peer, error = %e, "peer connection ended with error");
+            }
+        });
+    }
+}
+
+async fn open_raft_inner(
+    cfg: &ServerConfig,
+    pki: &ClusterPki,
+    port: u16,
+    node_id: NodeId,
+    bootstrap: bool,
+) -> anyhow::Result<Arc<RaftStore>> {
+    use crate::store::raft::{self, RaftStoreConfig};
+    let data = &cfg.node.data_dir;
+    let dir = data.join("server/db");
+    let (cert, key) = pki.leaf("client-raft-peer", &Leaf::Client { cn: PEER_CN.into(), groups: vec![] })?;
+    let tls = client_tls(Some(&pki.server_ca.cert_pem), Some((&cert, &key)))?;
+    let mut rc = RaftStoreConfig::new(dir.clone());
+    rc.node_id = node_id;
+    rc.advertise_addr = raft_addr(cfg, port);
+    rc.transport = Arc::new(HttpTransport::new(tls, std::time::Duration::from_secs(10)));
+    rc.bootstrap = bootstrap;
+    let store = raft::open(rc).await.with_context(|| format!("opening the cluster store in {}", dir.display()))?;
+    store.set_peer_router(peer_router(store.clone(), data));
+    if !bootstrap {
+        if let (Some(server), Some(token)) = (cfg.join_server.clone(), cfg.token.clone()) {
+            let ca = pki.server_ca.cert_pem.clone();
+            let addr = raft_addr(cfg, port);
+            tokio::spawn(promote_until_voter(server, token, ca, node_id, addr));
+        }
+    }
+    Ok(store)
+}
+
+/// Asks the leader to make this server a voter, retrying until it is one.
+async fn promote_until_voter(server: String, token: String, ca: String, node_id: NodeId, addr: String) {
+    let tls = match client_tls(Some(&ca), None) {
+        Ok(t) => t,
+        Err(e) => return tracing::error!(error = %e, "cannot build a TLS client to ask for promotion"),
+    };
+    let req = PromoteRequest { token, node_id, addr };
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        match post_to_leader(&tls, &server, PROMOTE_PATH, &req).await {
+            Ok(_) => return tracing::info!(node_id, "this server is a voter"),
+            Err(e) => tracing::info!(error = %format!("{e:#}"), "promotion to voter not done yet; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(10));
+    }
+}

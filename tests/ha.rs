@@ -1,0 +1,307 @@
+//! Multi-process tests of the store's operations through the real `skiff` binary on loopback:
+//! three servers forming an HA group through the join endpoint (writes through a joiner are
+//! visible on the first server; killing the leader keeps writes going), and
+//! `skiff snapshot save|ls|restore` keeping contents and revisions.
+
+use skiff::server::join::{self, MembersResponse};
+use skiff::server::snapshot::admin_credentials;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `skiff server` child process, killed (by PID) when dropped.
+struct Proc {
+    child: Child,
+    data: PathBuf,
+    port: u16,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn spawn(root: &Path, name: &str, extra: &[String]) -> Proc {
+    let data = root.join(name);
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let port = free_port();
+    let log = std::fs::File::create(root.join(format!("{name}.log"))).expect("log");
+    let mut args: Vec<String> = [
+        "server",
+        "--disable-agent",
+        "--node-ip",
+        "127.0.0.1",
+        "--advertise-address",
+        "127.0.0.1",
+        "--bind-address",
+        "127.0.0.1",
+        "--node-name",
+        name,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        "--https-listen-port".into(),
+        port.to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--write-kubeconfig".into(),
+        data.join("kubeconfig.yaml").display().to_string(),
+    ]);
+    args.extend(extra.iter().cloned());
+    let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(&args)
+        .env("SKIFF_LOG", std::env::var("HA_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn skiff");
+    Proc { child, data, port }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Runtime::new().expect("runtime")
+}
+
+/// One admin request to a server; (status, body).
+async fn call(
+    p: &Proc,
+    method: hyper::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Option<(u16, serde_json::Value)> {
+    let (_, ca, cert, key) = admin_credentials(&p.data.join("server/cred/admin.kubeconfig")).ok()?;
+    let tls = join::client_tls(Some(&ca), Some((&cert, &key))).ok()?;
+    let url = format!("https://127.0.0.1:{}{path}", p.port);
+    let body = body.map(|b| serde_json::to_vec(&b).expect("json"));
+    let (status, bytes) =
+        tokio::time::timeout(Duration::from_secs(15), join::https_call(tls, method, &url, body)).await.ok()?.ok()?;
+    Some((status.as_u16(), serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
+}
+
+async fn wait_ready(p: &Proc, root: &Path, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some((200, _)) = call(p, hyper::Method::GET, "/api/v1/namespaces/default", None).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read_to_string(root.join(format!("{name}.log"))).unwrap_or_default();
+    panic!("{name} did not become ready; its log:\n{log}");
+}
+
+async fn members(p: &Proc) -> Option<MembersResponse> {
+    let (status, v) = call(p, hyper::Method::GET, join::MEMBERS_PATH, None).await?;
+    (status == 200).then(|| serde_json::from_value(v).ok()).flatten()
+}
+
+fn configmap(name: &str, value: &str) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"v": value}})
+}
+
+async fn create_cm(p: &Proc, name: &str, value: &str) -> Option<u16> {
+    call(p, hyper::Method::POST, "/api/v1/namespaces/default/configmaps", Some(configmap(name, value)))
+        .await
+        .map(|(s, _)| s)
+}
+
+async fn get_cm(p: &Proc, name: &str) -> Option<serde_json::Value> {
+    match call(p, hyper::Method::GET, &format!("/api/v1/namespaces/default/configmaps/{name}"), None).await {
+        Some((200, v)) => Some(v),
+        _ => None,
+    }
+}
+
+#[test]
+fn three_servers_join_through_the_https_port_and_survive_a_leader_kill() {
+    let root = tempfile::tempdir().expect("tempdir");
+    if std::env::var("HA_TEST_KEEP").is_ok() {
+        eprintln!("keeping {}", root.path().display());
+    }
+    let root = scopeguard_keep(root);
+    let token = "ha-test-secret".to_string();
+    rt().block_on(async {
+        let mut servers: Vec<Option<Proc>> = Vec::new();
+        let s1 = spawn(root.path(), "s1", &["--cluster-init".into(), "--token".into(), token.clone()]);
+        wait_ready(&s1, root.path(), "s1").await;
+        let url = format!("https://127.0.0.1:{}", s1.port);
+        servers.push(Some(s1));
+        for name in ["s2", "s3"] {
+            let s = spawn(root.path(), name, &["--server".into(), url.clone(), "--token".into(), token.clone()]);
+            wait_ready(&s, root.path(), name).await;
+            servers.push(Some(s));
+        }
+        // Wait for both joiners to be promoted.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = members(servers[0].as_ref().expect("s1")).await;
+            if m.as_ref().is_some_and(|m| m.members.iter().filter(|(_, _, v)| *v).count() == 3) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the joiners were not promoted to voters: {m:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The joiners share the cluster CA: s3's admin credentials work on s1, and the PKI
+        // files are identical.
+        for f in ["server-ca.crt", "client-ca.key", "service-account.key"] {
+            let a = std::fs::read(servers[0].as_ref().expect("s1").data.join("server/tls").join(f)).expect("read");
+            let b = std::fs::read(servers[2].as_ref().expect("s3").data.join("server/tls").join(f)).expect("read");
+            assert_eq!(a, b, "{f} differs between s1 and s3");
+        }
+
+        // A write through s3 (a follower, forwarded to the leader) is visible on s1.
+        assert_eq!(create_cm(servers[2].as_ref().expect("s3"), "from-s3", "hello").await, Some(201));
+        let seen = get_cm(servers[0].as_ref().expect("s1"), "from-s3").await.expect("visible on s1");
+        assert_eq!(seen["data"]["v"], "hello");
+
+        // Raft routes refuse callers without the peer certificate, even admins.
+        let (status, _) =
+            call(servers[0].as_ref().expect("s1"), hyper::Method::POST, "/raft/vote", Some(serde_json::json!({})))
+                .await
+                .expect("answer");
+        assert_eq!(status, 403);
+        // A join with the wrong token is refused.
+        let ca = std::fs::read_to_string(servers[0].as_ref().expect("s1").data.join("server/tls/server-ca.crt"))
+            .expect("ca");
+        let tls = join::client_tls(Some(&ca), None).expect("tls");
+        let body = serde_json::to_vec(&join::JoinRequest { token: "wrong".into(), addr: "https://127.0.0.9:1".into() })
+            .expect("json");
+        let (status, _) = join::https_call(tls, hyper::Method::POST, &format!("{url}{}", join::JOIN_PATH), Some(body))
+            .await
+            .expect("answer");
+        assert_eq!(status.as_u16(), 401);
+
+        // Kill -9 the leader; writes through a survivor succeed again within a few seconds.
+        let leader = members(servers[0].as_ref().expect("s1")).await.and_then(|m| m.leader).expect("a leader");
+        let leader_idx = {
+            let mut idx = None;
+            for (i, s) in servers.iter().enumerate() {
+                if members(s.as_ref().expect("server")).await.map(|m| m.node_id) == Some(leader) {
+                    idx = Some(i);
+                }
+            }
+            idx.expect("leader among the servers")
+        };
+        drop(servers[leader_idx].take());
+        let survivor = servers.iter().flatten().next().expect("a survivor");
+        let killed_at = Instant::now();
+        let mut n = 0;
+        loop {
+            n += 1;
+            if create_cm(survivor, &format!("after-kill-{n}"), "x").await == Some(201) {
+                break;
+            }
+            if killed_at.elapsed() > Duration::from_secs(20) {
+                let logs: Vec<String> = ["s1", "s2", "s3"]
+                    .iter()
+                    .map(|n| {
+                        let l = std::fs::read_to_string(root.path().join(format!("{n}.log"))).unwrap_or_default();
+                        let tail: Vec<&str> = l.lines().rev().take(15).collect();
+                        format!("--- {n}:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                    })
+                    .collect();
+                panic!("no write succeeded after killing leader {leader}:\n{}", logs.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("first write after the leader kill took {:?}", killed_at.elapsed());
+        // Both survivors see it and the earlier write.
+        for s in servers.iter().flatten() {
+            assert!(get_cm(s, &format!("after-kill-{n}")).await.is_some());
+            assert!(get_cm(s, "from-s3").await.is_some());
+        }
+    });
+}
+
+/// Keeps the test directory (logs) when HA_TEST_KEEP is set.
+fn scopeguard_keep(d: tempfile::TempDir) -> KeepOr {
+    if std::env::var("HA_TEST_KEEP").is_ok() {
+        KeepOr::Kept(d.keep())
+    } else {
+        KeepOr::Temp(d)
+    }
+}
+
+enum KeepOr {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl KeepOr {
+    fn path(&self) -> &Path {
+        match self {
+            KeepOr::Temp(d) => d.path(),
+            KeepOr::Kept(p) => p,
+        }
+    }
+}
+
+fn skiff(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff")).args(args).output().expect("run skiff");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn snapshot_save_ls_restore_through_the_cli_keeps_contents_and_revisions() {
+    let root = tempfile::tempdir().expect("tempdir");
+    rt().block_on(async {
+        let s = spawn(root.path(), "one", &[]);
+        wait_ready(&s, root.path(), "one").await;
+        for i in 0..20 {
+            assert_eq!(create_cm(&s, &format!("cm-{i}"), &format!("v{i}")).await, Some(201));
+        }
+        let (_, before) =
+            call(&s, hyper::Method::GET, "/api/v1/namespaces/default/configmaps", None).await.expect("list");
+        let data = s.data.display().to_string();
+        let (ok, out) = skiff(&["snapshot", "save", "--name", "test", "--data-dir", &data]);
+        assert!(ok, "snapshot save failed: {out}");
+        let (ok, listed) = skiff(&["snapshot", "ls", "--data-dir", &data]);
+        assert!(ok && listed.contains("test-1-"), "snapshot ls: {listed}");
+        let file = skiff::server::snapshot::list(&s.data).expect("list")[0].path.clone();
+        drop(s);
+
+        // Restore into a new data dir and start a server on it.
+        let restored_dir = root.path().join("restored");
+        let (ok, out) = skiff(&[
+            "snapshot",
+            "restore",
+            &file.display().to_string(),
+            "--data-dir",
+            &restored_dir.display().to_string(),
+        ]);
+        assert!(ok, "snapshot restore failed: {out}");
+        let r = spawn(root.path(), "restored", &[]);
+        wait_ready(&r, root.path(), "restored").await;
+        let (_, after) =
+            call(&r, hyper::Method::GET, "/api/v1/namespaces/default/configmaps", None).await.expect("list");
+        let items = |v: &serde_json::Value| -> Vec<(String, String, serde_json::Value)> {
+            let mut out: Vec<_> = v["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .filter(|i| i["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("cm-")))
+                .map(|i| {
+                    (
+                        i["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                        i["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string(),
+                        i["data"].clone(),
+                    )
+                })
+                .collect();
+            out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            out
+        };
+        assert_eq!(items(&before).len(), 20);
+        assert_eq!(items(&before), items(&after), "restored contents or revisions differ");
+    });
+}
