@@ -83,7 +83,28 @@ pub fn decode_body(ct: &str, body: &[u8]) -> ApiResult<Value> {
 
 /// Reads the body, enforcing the size limit.
 pub async fn read_body(st: &ApiState, body: Body) -> ApiResult<bytes::Bytes> {
-    axum::body::to_bytes(body, st.max_body).await.map_err(|_| ApiError::too_large(st.max_body))
+    use http_body_util::BodyExt;
+    // Past the limit the rest is read and discarded (up to a cap), so the client gets the 413
+    // Status instead of a connection torn down while it is still sending.
+    const DRAIN_CAP: usize = 64 << 20;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= st.max_body {
+                buf.extend_from_slice(&data);
+            } else if seen > DRAIN_CAP {
+                break;
+            }
+        }
+    }
+    if seen > st.max_body {
+        return Err(ApiError::too_large(st.max_body));
+    }
+    Ok(buf.freeze())
 }
 
 /// Checks apiVersion/kind against the URL, fills them in, and checks namespace and name.
