@@ -254,7 +254,13 @@ async fn a_pod_that_fits_nowhere_is_marked_unschedulable_with_the_upstream_messa
         let pods = pods.clone();
         async move {
             let p = pods.get("huge").await.ok()?;
-            p.status?.conditions?.into_iter().find(|c| c.type_ == "PodScheduled" && c.status == "False")
+            // The scheduler may judge the pod before its cache has both nodes; it retries on
+            // node changes, so wait for the verdict over both.
+            p.status?.conditions?.into_iter().find(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.message.as_deref().is_some_and(|m| m.starts_with("0/2 "))
+            })
         }
     })
     .await;

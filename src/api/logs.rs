@@ -20,11 +20,13 @@ pub type KubeletHttp = Client<
     http_body_util::Empty<bytes::Bytes>,
 >;
 
-/// Accepts any kubelet serving certificate: upstream kube-apiserver does not verify kubelet
-/// serving certificates unless `--kubelet-certificate-authority` is given; skiff's kubelets
-/// self-sign theirs. (Verification against the cluster CA comes with kubelet serving CSRs.)
+/// Accepts any server certificate. Used where nothing better is possible: for kubelet serving
+/// certificates (upstream kube-apiserver does not verify them unless
+/// `--kubelet-certificate-authority` is given; skiff's kubelets self-sign theirs), and by a
+/// joining server fetching the cluster CA before it knows it (the join token's CA hash, when
+/// present, then checks what it got).
 #[derive(Debug)]
-struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+pub struct AnyServerCert(pub Arc<rustls::crypto::CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
     fn verify_server_cert(

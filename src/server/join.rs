@@ -301,43 +301,6 @@ pub async fn save_named(store: &RaftStore, dir: &Path, name: &str) -> anyhow::Re
 
 // ---- the joining side ----
 
-/// Accepts any server certificate: only for fetching the CA before we know it (the token's
-/// hash, when present, then checks what we got).
-#[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -354,7 +317,7 @@ pub fn client_tls(ca_pem: Option<&str>, identity: Option<(&str, &str)>) -> anyho
             }
             b.with_root_certificates(roots)
         }
-        None => b.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider()))),
+        None => b.dangerous().with_custom_certificate_verifier(Arc::new(crate::api::logs::AnyServerCert(provider()))),
     };
     Ok(match identity {
         Some((cert, key)) => {
