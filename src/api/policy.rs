@@ -353,21 +353,38 @@ pub async fn evict(req: &Req, body: &[u8]) -> ApiResult<axum::response::Response
                     &format!("The disruption budget {pname} is still being processed by the server."),
                 ));
             }
-            let allowed = pdb.pointer("/status/disruptionsAllowed").and_then(|a| a.as_i64()).unwrap_or(0);
-            if allowed <= 0 {
-                let needed = pdb.pointer("/status/desiredHealthy").and_then(|a| a.as_i64()).unwrap_or(0);
-                let healthy = pdb.pointer("/status/currentHealthy").and_then(|a| a.as_i64()).unwrap_or(0);
-                return Err(too_many(
-                    "Cannot evict pod as it would violate the pod's disruption budget.".into(),
-                    &format!("The disruption budget {pname} needs {needed} healthy pods and has {healthy} currently"),
-                ));
+            // Decide on a fresh read and write it back with compare-and-swap: concurrent
+            // evictions (kubectl drain evicts in parallel) must not both spend one disruption.
+            let mut spent = false;
+            for _ in 0..10 {
+                let cur = objects::get(req.st.store.as_ref(), pdbs, Some(&ns), &pname).await?;
+                let allowed = cur.obj.pointer("/status/disruptionsAllowed").and_then(|a| a.as_i64()).unwrap_or(0);
+                if allowed <= 0 {
+                    let needed = cur.obj.pointer("/status/desiredHealthy").and_then(|a| a.as_i64()).unwrap_or(0);
+                    let healthy = cur.obj.pointer("/status/currentHealthy").and_then(|a| a.as_i64()).unwrap_or(0);
+                    return Err(too_many(
+                        "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+                        &format!(
+                            "The disruption budget {pname} needs {needed} healthy pods and has {healthy} currently"
+                        ),
+                    ));
+                }
+                let mut next = cur.obj.clone();
+                next["status"]["disruptionsAllowed"] = json!(allowed - 1);
+                next["status"]["disruptedPods"][&name] =
+                    json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                match objects::update(req.st.store.as_ref(), pdbs, Some(&ns), &pname, next, cur.rev, None).await {
+                    Ok(_) => {
+                        spent = true;
+                        break;
+                    }
+                    Err(e) if e.code == 409 => continue,
+                    Err(e) => return Err(e),
+                }
             }
-            let cur = objects::get(req.st.store.as_ref(), pdbs, Some(&ns), &pname).await?;
-            let mut next = cur.obj.clone();
-            next["status"]["disruptionsAllowed"] = json!(allowed - 1);
-            next["status"]["disruptedPods"][&name] =
-                json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-            objects::update(req.st.store.as_ref(), pdbs, Some(&ns), &pname, next, cur.rev, None).await?;
+            if !spent {
+                return Err(ApiError::stale(pdbs, &pname));
+            }
         }
     }
     let opts = ev.get("deleteOptions").cloned().unwrap_or(json!({}));

@@ -741,8 +741,10 @@ mod tests {
             ],
         )
         .await;
-        // The first size (split over two messages) starts the process; later ones resize it.
-        assert!(out.starts_with("80x24\n") && out.contains("100x30") && out.contains('x'), "{out:?}");
+        // The first size (split over two messages) starts the process. Whether the later resize
+        // reaches the fake before stdin closes is a race in this test, so only the first size is
+        // asserted here; later resizes are covered by resizes_split_or_batched_across_messages_all_decode.
+        assert!(out.starts_with("80x24\n") && out.contains('x'), "{out:?}");
         assert!(err.is_empty());
         assert!(status.contains("Success"));
     }
