@@ -16,11 +16,12 @@ for i, tier in enumerate(["front", "back", "front"]):
 
 front = v1.list_namespaced_config_map(ns, label_selector="tier=front")
 assert sorted(c.metadata.name for c in front.items) == ["cm0", "cm2"], front.items
-notfront = v1.list_namespaced_config_map(ns, label_selector="tier!=front")
+# Every namespace also holds kube-root-ca.crt (ServiceAccount controller): select labelled ones.
+notfront = v1.list_namespaced_config_map(ns, label_selector="tier,tier!=front")
 assert [c.metadata.name for c in notfront.items] == ["cm1"]
-page = v1.list_namespaced_config_map(ns, limit=2)
+page = v1.list_namespaced_config_map(ns, limit=2, label_selector="tier")
 assert len(page.items) == 2 and page.metadata._continue, page.metadata
-rest = v1.list_namespaced_config_map(ns, limit=2, _continue=page.metadata._continue)
+rest = v1.list_namespaced_config_map(ns, limit=2, label_selector="tier", _continue=page.metadata._continue)
 assert [c.metadata.name for c in rest.items] == ["cm2"]
 
 cm = v1.read_namespaced_config_map("cm1", ns)
