@@ -212,10 +212,17 @@ pub async fn status_loop(
             }
         };
         let host = host_info(cfg.data_dir.clone()).await;
-        let status = node_status(&cfg, &host, &h, posted.as_ref().or(base.as_ref()), Timestamp::now());
+        // The node lifecycle controller marks a node whose lease lapsed (a server restart, a
+        // network cut) Ready=Unknown; the kubelet puts its own view back at once rather than at
+        // the next periodic report, as upstream's kubelet does by diffing against the Node it
+        // reads.
+        let on_server = api.get(&cfg.node_name).await.ok().and_then(|n| n.status);
+        let drifted = on_server.as_ref().is_some_and(|s| ready_of(s) != ready_of_posted(posted.as_ref()));
+        let prev = if drifted { on_server.as_ref() } else { posted.as_ref().or(base.as_ref()) };
+        let status = node_status(&cfg, &host, &h, prev, Timestamp::now());
         let due = last_post.is_none_or(|t| t.elapsed() >= STATUS_REPORT_INTERVAL);
         let mut retry = false;
-        if due || meaningfully_changed(posted.as_ref(), &status) {
+        if due || drifted || meaningfully_changed(posted.as_ref(), &status) {
             let patch = json!({ "status": status });
             match api.patch_status(&cfg.node_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(n) => {
@@ -236,6 +243,15 @@ pub async fn status_loop(
             r = health.changed() => if r.is_err() { return },
         }
     }
+}
+
+/// The status of a node's Ready condition ("True", "False", "Unknown").
+fn ready_of(s: &NodeStatus) -> Option<String> {
+    s.conditions.iter().flatten().find(|c| c.type_ == "Ready").map(|c| c.status.clone())
+}
+
+fn ready_of_posted(s: Option<&NodeStatus>) -> Option<String> {
+    s.and_then(ready_of)
 }
 
 /// Waits until the Node has `spec.podCIDR` (set by the node IPAM controller) and returns it;
@@ -280,5 +296,64 @@ mod tests {
         assert_eq!(spec.lease_duration_seconds, Some(40));
         let owner = &l.metadata.owner_references.unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("Node", "n1", "uid-1"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_marked_unknown_by_the_controller_is_put_back_at_once() {
+        use crate::agent::kubelet::fake_api::FakeApi;
+        use crate::agent::kubelet::fake_runtime::FakeRuntime;
+        let fake = FakeApi::start().await;
+        let cfg = crate::agent::kubelet::node_status::tests::cfg();
+        let mut data = cfg.clone();
+        let dir = tempfile::tempdir().expect("tempdir");
+        data.data_dir = dir.path().to_path_buf();
+        fake.put(
+            "nodes",
+            "",
+            &data.node_name,
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": data.node_name}}),
+        );
+        let health = Health { runtime_version: "fake".into(), network_ready: true, runtime_ready: true };
+        let (tx, rx) = watch::channel(health.clone());
+        let shutdown = CancellationToken::new();
+        let ready = |fake: &FakeApi| {
+            fake.get("nodes", "", "n1").and_then(|n| {
+                n.pointer("/status/conditions")?
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Ready")
+                    .and_then(|c| c["status"].as_str().map(String::from))
+            })
+        };
+        let task =
+            tokio::spawn(status_loop(fake.client(), Arc::new(FakeRuntime::new()), data, None, rx, shutdown.clone()));
+        let wait_for = |want: &'static str| {
+            let fake = &fake;
+            async move {
+                for _ in 0..100 {
+                    if ready(fake).as_deref() == Some(want) {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                false
+            }
+        };
+        assert!(wait_for("True").await, "the first status is posted");
+        // The node lifecycle controller's verdict after a lapsed lease.
+        let mut node = fake.get("nodes", "", "n1").expect("node");
+        for c in node["status"]["conditions"].as_array_mut().expect("conditions") {
+            if c["type"] == "Ready" {
+                c["status"] = json!("Unknown");
+                c["reason"] = json!("NodeStatusUnknown");
+            }
+        }
+        fake.put("nodes", "", "n1", node);
+        // Nothing changed on the node itself; the next pass (woken here instead of waiting
+        // the update interval) must still repost.
+        tx.send_replace(health);
+        assert!(wait_for("True").await, "the kubelet puts Ready=True back: {:?}", ready(&fake));
+        shutdown.cancel();
+        let _ = task.await;
     }
 }

@@ -243,7 +243,7 @@ pub fn meaningfully_changed(old: Option<&NodeStatus>, new: &NodeStatus) -> bool 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{Cidr, Taint as CfgTaint};
     use std::path::PathBuf;
