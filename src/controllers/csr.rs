@@ -505,7 +505,8 @@ mod tests {
         let Outcome::Issued(cert) = handle(&c, &keys, SystemTime::now()).unwrap() else { panic!("not issued") };
         let der = pem_der_cert(&cert).unwrap();
         let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
-        let (_, sca) = x509_parser::parse_x509_certificate(&pem_der_cert(&keys.server_ca_cert).unwrap()).unwrap();
+        let sca_der = pem_der_cert(&keys.server_ca_cert).unwrap();
+        let (_, sca) = x509_parser::parse_x509_certificate(&sca_der).unwrap();
         x.verify_signature(Some(sca.public_key())).unwrap();
         assert_eq!(x.validity().not_after.timestamp() - x.validity().not_before.timestamp(), 3600 + 300);
     }
