@@ -121,6 +121,12 @@ pub fn set_condition(conds: &mut Vec<Condition>, new: Condition) {
     }
 }
 
+/// The budget's generation; an object stored without one counts as generation 1, as the
+/// eviction handler reads it.
+fn generation(pdb: &PodDisruptionBudget) -> i64 {
+    pdb.metadata.generation.unwrap_or(1)
+}
+
 /// The new status (upstream `updatePdbStatus`).
 pub fn compute_status(
     pdb: &PodDisruptionBudget,
@@ -145,7 +151,7 @@ pub fn compute_status(
             reason: reason.into(),
             message: String::new(),
             last_transition_time: Time(now),
-            observed_generation: pdb.metadata.generation,
+            observed_generation: Some(generation(pdb)),
         },
     );
     PodDisruptionBudgetStatus {
@@ -154,7 +160,7 @@ pub fn compute_status(
         disruptions_allowed: allowed,
         expected_pods: expected,
         disrupted_pods: if disrupted.is_empty() { None } else { Some(disrupted) },
-        observed_generation: pdb.metadata.generation,
+        observed_generation: Some(generation(pdb)),
         conditions: Some(conds),
     }
 }
