@@ -52,7 +52,15 @@ fn drain_evicts_only_what_disruption_budgets_allow() {
     assert!(s.ok(&["get", "node", "n1"]).contains("SchedulingDisabled"), "drain cordons first");
     // Both pods become Ready (the kubelet's part): the disruption controller allows one eviction.
     for p in ["a", "b"] {
-        s.ok(&["patch", "pod", p, "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#]);
+        s.ok(&[
+            "patch",
+            "pod",
+            p,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#,
+        ]);
     }
     for _ in 0..100 {
         if s.ok(&["get", "pdb", "x", "-o", "jsonpath={.status.disruptionsAllowed}"]) == "1" {

@@ -16,7 +16,10 @@ fn wait_for(s: &TestServer, what: &str, args: &[&str], ok: impl Fn(&str) -> bool
         if ok(&out) {
             return out;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: kubectl {args:?}\nstdout: {out}\nstderr: {err}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: kubectl {args:?}\nstdout: {out}\nstderr: {err}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -62,10 +65,7 @@ fn static_volumes_bind_smallest_first_and_follow_their_reclaim_policy_after_the_
     assert_eq!(get(&s, "pv", "pv-small", "{.spec.claimRef.uid}"), get(&s, "pvc", "small", "{.metadata.uid}"));
 
     // A claim pre-bound to a volume by name gets it even though a smaller one would fit.
-    s.ok_stdin(
-        &["apply", "-f", "-"],
-        &format!("{}  volumeName: pv-del\n", claim("named", "1Gi", Some(""))),
-    );
+    s.ok_stdin(&["apply", "-f", "-"], &format!("{}  volumeName: pv-del\n", claim("named", "1Gi", Some(""))));
     wait_for(&s, "claim named Bound", &["get", "pvc", "named", "-o", "jsonpath={.status.phase}"], |o| o == "Bound");
     assert_eq!(get(&s, "pvc", "named", "{.spec.volumeName}"), "pv-del");
 
@@ -83,14 +83,15 @@ fn static_volumes_bind_smallest_first_and_follow_their_reclaim_policy_after_the_
         o == "Released"
     });
     wait_for(&s, "pv-del Failed", &["get", "pv", "pv-del", "-o", "jsonpath={.status.phase}"], |o| o == "Failed");
-    wait_for(&s, "the VolumeFailedDelete event", &["get", "events", "--field-selector", "involvedObject.name=pv-del"], |o| {
-        o.contains("VolumeFailedDelete")
-    });
+    wait_for(
+        &s,
+        "the VolumeFailedDelete event",
+        &["get", "events", "--field-selector", "involvedObject.name=pv-del"],
+        |o| o.contains("VolumeFailedDelete"),
+    );
     // A Released volume is not handed to a new claim.
     s.ok_stdin(&["apply", "-f", "-"], &claim("again", "1Gi", Some("")));
-    wait_for(&s, "claim again Bound", &["get", "pvc", "again", "-o", "jsonpath={.spec.volumeName}"], |o| {
-        o == "pv-big"
-    });
+    wait_for(&s, "claim again Bound", &["get", "pvc", "again", "-o", "jsonpath={.spec.volumeName}"], |o| o == "pv-big");
     assert_eq!(get(&s, "pv", "pv-small", "{.status.phase}"), "Released");
     s.ok(&["delete", "pvc", "again", "huge"]);
     s.ok(&["delete", "pv", "pv-big", "pv-small", "pv-del"]);
@@ -109,9 +110,12 @@ fn wait_for_first_consumer_claims_are_provisioned_on_the_selected_node_and_delet
     );
     // No class given: the default (local-path) applies, and nothing happens before a consumer.
     s.ok_stdin(&["apply", "-f", "-"], &claim("data", "2Gi", None));
-    wait_for(&s, "the WaitForFirstConsumer event", &["get", "events", "--field-selector", "involvedObject.name=data"], |o| {
-        o.contains("WaitForFirstConsumer") && o.contains("waiting for first consumer to be created before binding")
-    });
+    wait_for(
+        &s,
+        "the WaitForFirstConsumer event",
+        &["get", "events", "--field-selector", "involvedObject.name=data"],
+        |o| o.contains("WaitForFirstConsumer") && o.contains("waiting for first consumer to be created before binding"),
+    );
     assert_eq!(get(&s, "pvc", "data", "{.status.phase}"), "Pending");
     assert_eq!(s.ok(&["get", "pv", "-o", "name"]), "", "nothing provisioned yet");
 
@@ -130,18 +134,26 @@ fn wait_for_first_consumer_claims_are_provisioned_on_the_selected_node_and_delet
         get(&s, "pv", &pv, "{.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]}"),
         "n1"
     );
-    assert!(get(&s, "pv", &pv, "{.metadata.annotations}").contains(r#""pv.kubernetes.io/provisioned-by":"rancher.io/local-path""#));
+    assert!(get(&s, "pv", &pv, "{.metadata.annotations}")
+        .contains(r#""pv.kubernetes.io/provisioned-by":"rancher.io/local-path""#));
     assert!(get(&s, "pvc", "data", "{.metadata.annotations}")
         .contains(r#""volume.kubernetes.io/storage-provisioner":"rancher.io/local-path""#));
-    wait_for(&s, "the ProvisioningSucceeded event", &["get", "events", "--field-selector", "involvedObject.name=data"], |o| {
-        o.contains("ProvisioningSucceeded") && o.contains(&pv)
-    });
+    wait_for(
+        &s,
+        "the ProvisioningSucceeded event",
+        &["get", "events", "--field-selector", "involvedObject.name=data"],
+        |o| o.contains("ProvisioningSucceeded") && o.contains(&pv),
+    );
 
     // A node that does not announce a storage dir gets the server's `<data-dir>/storage`.
-    s.ok_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: Node\nmetadata:\n  name: n2\n  labels: {kubernetes.io/hostname: n2}\n");
     s.ok_stdin(
         &["apply", "-f", "-"],
-        &claim("other", "1Gi", None).replace("  name: other\n", "  name: other\n  annotations: {volume.kubernetes.io/selected-node: n2}\n"),
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: n2\n  labels: {kubernetes.io/hostname: n2}\n",
+    );
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &claim("other", "1Gi", None)
+            .replace("  name: other\n", "  name: other\n  annotations: {volume.kubernetes.io/selected-node: n2}\n"),
     );
     wait_for(&s, "claim other Bound", &["get", "pvc", "other", "-o", "jsonpath={.status.phase}"], |o| o == "Bound");
     let other_pv = get(&s, "pvc", "other", "{.spec.volumeName}");
@@ -203,12 +215,16 @@ fn disruption_budget_status_follows_pods_becoming_ready() {
     }
     wait_for(&s, "three healthy", &["get", "pdb", "min2", "-o", "jsonpath={.status.currentHealthy}"], |o| o == "3");
     assert_eq!(status("min2"), "3 2 3 1 1 DisruptionAllowed=True/SufficientPods");
-    wait_for(&s, "three healthy (half)", &["get", "pdb", "half", "-o", "jsonpath={.status.currentHealthy}"], |o| o == "3");
+    wait_for(&s, "three healthy (half)", &["get", "pdb", "half", "-o", "jsonpath={.status.currentHealthy}"], |o| {
+        o == "3"
+    });
     assert_eq!(status("half"), "3 1 3 2 1 DisruptionAllowed=True/SufficientPods");
 
     // Changing the budget: the controller catches up.
     s.ok(&["patch", "pdb", "min2", "--type=merge", "-p", r#"{"spec":{"minAvailable":3}}"#]);
-    wait_for(&s, "minAvailable 3 observed", &["get", "pdb", "min2", "-o", "jsonpath={.status.desiredHealthy}"], |o| o == "3");
+    wait_for(&s, "minAvailable 3 observed", &["get", "pdb", "min2", "-o", "jsonpath={.status.desiredHealthy}"], |o| {
+        o == "3"
+    });
     let generation = get(&s, "pdb", "min2", "{.metadata.generation}");
     let generation = if generation.is_empty() { "1".to_string() } else { generation };
     assert_eq!(status("min2"), format!("3 3 3 0 {generation} DisruptionAllowed=False/InsufficientPods"));
@@ -247,7 +263,10 @@ fn an_approved_csr_gets_a_certificate_that_chains_to_the_client_ca_and_authentic
     let Some(()) = require_kubectl() else { return };
     let s = TestServer::start(&[]);
     let (pem, key) = request("alice", &["devs"]);
-    s.ok_stdin(&["apply", "-f", "-"], &csr_manifest("alice", "kubernetes.io/kube-apiserver-client", "[client auth]", &pem));
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &csr_manifest("alice", "kubernetes.io/kube-apiserver-client", "[client auth]", &pem),
+    );
     s.ok(&["certificate", "approve", "alice"]);
     assert_eq!(get(&s, "csr", "alice", "{.status.conditions[0].type}"), "Approved");
     let b64 = wait_for(&s, "the certificate", &["get", "csr", "alice", "-o", "jsonpath={.status.certificate}"], |o| {
@@ -285,16 +304,27 @@ fn an_approved_csr_gets_a_certificate_that_chains_to_the_client_ca_and_authentic
 
     // Denied: no certificate. A kubelet-client request from a non-node: Failed.
     let (pem, _) = request("bob", &[]);
-    s.ok_stdin(&["apply", "-f", "-"], &csr_manifest("bob", "kubernetes.io/kube-apiserver-client", "[client auth]", &pem));
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &csr_manifest("bob", "kubernetes.io/kube-apiserver-client", "[client auth]", &pem),
+    );
     s.ok(&["certificate", "deny", "bob"]);
     s.ok_stdin(
         &["apply", "-f", "-"],
-        &csr_manifest("mallory", "kubernetes.io/kube-apiserver-client-kubelet", "[digital signature, client auth]", &pem),
+        &csr_manifest(
+            "mallory",
+            "kubernetes.io/kube-apiserver-client-kubelet",
+            "[digital signature, client auth]",
+            &pem,
+        ),
     );
     s.ok(&["certificate", "approve", "mallory"]);
-    wait_for(&s, "mallory Failed", &["get", "csr", "mallory", "-o", "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}"], |o| {
-        o == "SignerValidationFailure"
-    });
+    wait_for(
+        &s,
+        "mallory Failed",
+        &["get", "csr", "mallory", "-o", "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}"],
+        |o| o == "SignerValidationFailure",
+    );
     assert!(get(&s, "csr", "mallory", "{.status.conditions}").contains("subject organization is not system:nodes"));
     assert_eq!(get(&s, "csr", "mallory", "{.status.certificate}"), "");
     assert_eq!(get(&s, "csr", "bob", "{.status.certificate}"), "");

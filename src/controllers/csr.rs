@@ -164,9 +164,12 @@ pub fn validate(signer: &str, r: &Request, usages: &[String]) -> Result<bool, Cs
             if r.uris > 0 {
                 return inv("URI subjectAltNames are not allowed");
             }
-            let ok = [vec!["client auth", "digital signature", "key encipherment"], vec!["client auth", "digital signature"]]
-                .iter()
-                .any(|want| want.iter().copied().collect::<std::collections::BTreeSet<_>>() == set);
+            let ok = [
+                vec!["client auth", "digital signature", "key encipherment"],
+                vec!["client auth", "digital signature"],
+            ]
+            .iter()
+            .any(|want| want.iter().copied().collect::<std::collections::BTreeSet<_>>() == set);
             if !ok {
                 return inv("usages did not match [client auth digital signature key encipherment]");
             }
@@ -183,9 +186,12 @@ pub fn validate(signer: &str, r: &Request, usages: &[String]) -> Result<bool, Cs
             if r.uris > 0 {
                 return inv("URI subjectAltNames are not allowed");
             }
-            let ok = [vec!["digital signature", "key encipherment", "server auth"], vec!["digital signature", "server auth"]]
-                .iter()
-                .any(|want| want.iter().copied().collect::<std::collections::BTreeSet<_>>() == set);
+            let ok = [
+                vec!["digital signature", "key encipherment", "server auth"],
+                vec!["digital signature", "server auth"],
+            ]
+            .iter()
+            .any(|want| want.iter().copied().collect::<std::collections::BTreeSet<_>>() == set);
             if !ok {
                 return inv("usages did not match [digital signature key encipherment server auth]");
             }
@@ -274,7 +280,8 @@ pub fn sign(
 }
 
 fn pem_der_cert(pem: &str) -> Result<Vec<u8>, CsrError> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| CsrError::Sign(format!("CA certificate: {e}")))?;
+    let (_, p) =
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| CsrError::Sign(format!("CA certificate: {e}")))?;
     Ok(p.contents)
 }
 
@@ -429,7 +436,10 @@ mod tests {
         assert_eq!(r.organizations, vec!["system:nodes"]);
         assert_eq!(r.dns, vec!["n1.example"]);
         assert_eq!(r.ips, 1);
-        assert!(matches!(parse(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), Err(CsrError::Parse(_))));
+        assert!(matches!(
+            parse(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+            Err(CsrError::Parse(_))
+        ));
         assert!(matches!(parse(b"garbage"), Err(CsrError::Parse(_))));
     }
 
@@ -516,11 +526,17 @@ mod tests {
         let (_d, keys) = keys();
         let pem = request("alice", &[], &[]);
         let now = SystemTime::now();
-        assert_eq!(handle(&csr(KUBE_APISERVER_CLIENT, &pem, &["client auth"], json!([])), &keys, now), Ok(Outcome::Skip));
+        assert_eq!(
+            handle(&csr(KUBE_APISERVER_CLIENT, &pem, &["client auth"], json!([])), &keys, now),
+            Ok(Outcome::Skip)
+        );
         let denied = json!([{"type": "Approved", "status": "True"}, {"type": "Denied", "status": "True"}]);
         assert_eq!(handle(&csr(KUBE_APISERVER_CLIENT, &pem, &["client auth"], denied), &keys, now), Ok(Outcome::Skip));
         let approved = json!([{"type": "Approved", "status": "True"}]);
-        assert_eq!(handle(&csr("example.com/x", &pem, &["client auth"], approved.clone()), &keys, now), Ok(Outcome::Skip));
+        assert_eq!(
+            handle(&csr("example.com/x", &pem, &["client auth"], approved.clone()), &keys, now),
+            Ok(Outcome::Skip)
+        );
         assert_eq!(
             handle(&csr(KUBE_APISERVER_CLIENT_KUBELET, &pem, &["client auth"], approved), &keys, now),
             Ok(Outcome::Fail("subject organization is not system:nodes".into()))

@@ -41,10 +41,9 @@ pub fn scaled(v: &IntOrString, total: i32, round_up: bool) -> Result<i32, String
     match v {
         IntOrString::Int(i) => Ok(*i),
         IntOrString::String(s) => {
-            let p = s
-                .strip_suffix('%')
-                .and_then(|n| n.parse::<i64>().ok())
-                .ok_or_else(|| format!("invalid value for IntOrString: invalid type: string is not a percentage ({s:?})"))?;
+            let p = s.strip_suffix('%').and_then(|n| n.parse::<i64>().ok()).ok_or_else(|| {
+                format!("invalid value for IntOrString: invalid type: string is not a percentage ({s:?})")
+            })?;
             let x = p * i64::from(total);
             let v = if round_up { (x + 99).div_euclid(100) } else { x.div_euclid(100) };
             Ok(v as i32)
@@ -328,7 +327,12 @@ async fn sync(ctx: &Context, pdb: &PodDisruptionBudget) -> Result<(), kube::Erro
 pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     let notify = Arc::new(Notify::new());
     let ctx = Context {
-        budgets: passes::cache(Api::<PodDisruptionBudget>::all(client.clone()), notify.clone(), shutdown.clone(), COMPONENT),
+        budgets: passes::cache(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            notify.clone(),
+            shutdown.clone(),
+            COMPONENT,
+        ),
         pods: passes::cache(Api::<Pod>::all(client.clone()), notify.clone(), shutdown.clone(), COMPONENT),
         recorder: Recorder::new(client.clone(), COMPONENT, shutdown.clone()),
         no_pods: Default::default(),
@@ -425,7 +429,10 @@ mod tests {
         assert_eq!((st.current_healthy, st.desired_healthy, st.expected_pods, st.disruptions_allowed), (3, 2, 3, 1));
         assert_eq!(st.observed_generation, Some(2));
         let c = &st.conditions.as_ref().unwrap()[0];
-        assert_eq!((c.type_.as_str(), c.status.as_str(), c.reason.as_str()), ("DisruptionAllowed", "True", "SufficientPods"));
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            ("DisruptionAllowed", "True", "SufficientPods")
+        );
         let st = compute_status(&b, 1, 2, 3, BTreeMap::new(), now);
         assert_eq!(st.disruptions_allowed, 0);
         assert_eq!(st.conditions.as_ref().unwrap()[0].reason, "InsufficientPods");

@@ -218,7 +218,10 @@ mod tests {
         assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Delete"));
         assert_eq!(spec.storage_class_name.as_deref(), Some("local-path"));
         let r = spec.claim_ref.unwrap();
-        assert_eq!((r.namespace.as_deref(), r.name.as_deref(), r.uid.as_deref()), (Some("shop"), Some("data"), Some("1234-abcd")));
+        assert_eq!(
+            (r.namespace.as_deref(), r.name.as_deref(), r.uid.as_deref()),
+            (Some("shop"), Some("data"), Some("1234-abcd"))
+        );
         let term = &spec.node_affinity.unwrap().required.unwrap().node_selector_terms[0];
         let e = &term.match_expressions.as_ref().unwrap()[0];
         assert_eq!((e.key.as_str(), e.values.as_deref()), ("kubernetes.io/hostname", Some(&["n1".to_string()][..])));
@@ -226,10 +229,7 @@ mod tests {
 
     #[test]
     fn directory_names_round_trip_and_strangers_are_ignored() {
-        assert_eq!(
-            parse_dir_name(&dir_name(&claim())),
-            Some(("pvc-1234-abcd".into(), "shop".into(), "data".into()))
-        );
+        assert_eq!(parse_dir_name(&dir_name(&claim())), Some(("pvc-1234-abcd".into(), "shop".into(), "data".into())));
         for s in ["lost+found", "pvc-_a_b", "pvc-x_a", "pvc-x_a_b_c", "other_a_b", "pvc-x__b"] {
             assert_eq!(parse_dir_name(s), None, "{s}");
         }

@@ -322,7 +322,12 @@ impl Context {
     }
 }
 
-async fn set_pv_phase(ctx: &Context, v: &PersistentVolume, phase: &str, message: Option<&str>) -> Result<(), BindingError> {
+async fn set_pv_phase(
+    ctx: &Context,
+    v: &PersistentVolume,
+    phase: &str,
+    message: Option<&str>,
+) -> Result<(), BindingError> {
     if phase_pv(v) == phase {
         return Ok(());
     }
@@ -359,11 +364,8 @@ async fn bind(ctx: &Context, v: &PersistentVolume, c: &PersistentVolumeClaim) ->
     let pp = PatchParams::default();
 
     // 1. The volume's claimRef (with the claim's uid).
-    let has_uid_ref = v
-        .spec
-        .as_ref()
-        .and_then(|s| s.claim_ref.as_ref())
-        .is_some_and(|r| r.uid.is_some() && r.uid == c.metadata.uid);
+    let has_uid_ref =
+        v.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).is_some_and(|r| r.uid.is_some() && r.uid == c.metadata.uid);
     let v = if has_uid_ref {
         v.clone()
     } else {
@@ -385,10 +387,7 @@ async fn bind(ctx: &Context, v: &PersistentVolume, c: &PersistentVolumeClaim) ->
         }
         let patch = json!({"metadata": {"resourceVersion": c.metadata.resource_version, "annotations": ann},
             "spec": {"volumeName": name}});
-        pvc_api
-            .patch(&c.name_any(), &pp, &Patch::Merge(&patch))
-            .await
-            .map_err(api_err("binding claim", &key(c)))?
+        pvc_api.patch(&c.name_any(), &pp, &Patch::Merge(&patch)).await.map_err(api_err("binding claim", &key(c)))?
     } else {
         c.clone()
     };
@@ -396,8 +395,7 @@ async fn bind(ctx: &Context, v: &PersistentVolume, c: &PersistentVolumeClaim) ->
     let spec = v.spec.clone().unwrap_or_default();
     let st = c.status.clone().unwrap_or_default();
     if st.phase.as_deref() != Some("Bound") || st.capacity != spec.capacity || st.access_modes != spec.access_modes {
-        let patch =
-            json!({"status": {"phase": "Bound", "capacity": spec.capacity, "accessModes": spec.access_modes}});
+        let patch = json!({"status": {"phase": "Bound", "capacity": spec.capacity, "accessModes": spec.access_modes}});
         pvc_api
             .patch_status(&c.name_any(), &pp, &Patch::Merge(&patch))
             .await
@@ -426,11 +424,8 @@ async fn sync_volume(ctx: &Context, v: &PersistentVolume) -> Result<(), BindingE
         // Pre-bound by an admin to a claim name: Available until that claim comes.
         return set_pv_phase(ctx, v, "Available", None).await;
     }
-    let cached = ctx
-        .claims
-        .state()
-        .into_iter()
-        .find(|c| c.namespace().as_deref() == Some(ns.as_str()) && c.name_any() == cname);
+    let cached =
+        ctx.claims.state().into_iter().find(|c| c.namespace().as_deref() == Some(ns.as_str()) && c.name_any() == cname);
     let claim = match cached.filter(|c| c.metadata.uid.as_deref() == Some(uid.as_str())) {
         Some(c) => Some(c),
         None => {
@@ -574,7 +569,14 @@ async fn sync_claim(ctx: &Context, c: &PersistentVolumeClaim, taken: &mut HashSe
     let node = selected.as_deref().and_then(|n| ctx.node(n));
     // A class with WaitForFirstConsumer matches against the selected node; a node that is not
     // (yet) in the cache is waited for.
-    if delay && selected.is_some() && node.is_none() {
+    if let (true, Some(name), None) = (delay, selected.as_deref(), node.as_ref()) {
+        ctx.once(
+            &ctx.recorder,
+            object_ref(c),
+            true,
+            "ProvisioningFailed",
+            format!("failed to get target node: node {name:?} not found"),
+        );
         return Ok(());
     }
     // Volumes named by other claims' volumeName are theirs.
@@ -732,8 +734,7 @@ mod tests {
     }
 
     fn node(name: &str) -> Node {
-        serde_json::from_value(json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}))
-            .unwrap()
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}})).unwrap()
     }
 
     fn names(v: Option<&Arc<PersistentVolume>>) -> Option<String> {

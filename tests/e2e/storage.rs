@@ -11,7 +11,8 @@ use std::time::Duration;
 const READY: Duration = Duration::from_secs(60);
 
 fn claim(name: &str, node: Option<&str>) -> String {
-    let ann = node.map(|n| format!("  annotations:\n    volume.kubernetes.io/selected-node: {n}\n")).unwrap_or_default();
+    let ann =
+        node.map(|n| format!("  annotations:\n    volume.kubernetes.io/selected-node: {n}\n")).unwrap_or_default();
     format!(
         "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: {name}\n{ann}spec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 10Mi\n"
     )
@@ -101,7 +102,16 @@ fn a_local_path_volume_keeps_data_across_pods_and_is_removed_with_its_claim() {
         }
     });
     assert!(path.starts_with(&storage), "{} is under {}", path.display(), storage.display());
-    assert_eq!(n.kubectl_ok(&["get", "node", &node, "-o", "jsonpath={.metadata.annotations.skiff\\.io/local-path-storage-dir}"]), storage.to_string_lossy());
+    assert_eq!(
+        n.kubectl_ok(&[
+            "get",
+            "node",
+            &node,
+            "-o",
+            "jsonpath={.metadata.annotations.skiff\\.io/local-path-storage-dir}"
+        ]),
+        storage.to_string_lossy()
+    );
 
     // A pod writes; the file lands in the volume's directory on the node.
     apply(n, "writer.yaml", &pod("writer", &node, "data", false, "echo hello-from-writer > /data/greeting"));
@@ -113,7 +123,13 @@ fn a_local_path_volume_keeps_data_across_pods_and_is_removed_with_its_claim() {
     apply(
         n,
         "reader.yaml",
-        &pod("reader", &node, "data", true, "cat /data/greeting; touch /data/x 2>/dev/null && echo writable || echo read-only"),
+        &pod(
+            "reader",
+            &node,
+            "data",
+            true,
+            "cat /data/greeting; touch /data/x 2>/dev/null && echo writable || echo read-only",
+        ),
     );
     let logs = finished(n, "reader");
     assert_eq!(logs, "hello-from-writer\nread-only\n");

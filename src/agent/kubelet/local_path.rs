@@ -11,7 +11,8 @@
 //! deleted one (the kubelet only creates a directory for a volume it has read). A node may read
 //! PersistentVolumes (Node authorizer), so this needs no permission a kubelet lacks. A directory
 //! still used by a pod on this node (a claim deleted under a running pod) is kept until the pod
-//! is gone. The sweep runs when a PersistentVolume is deleted and every minute.
+//! is gone. The sweep (and the announcement) run when a PersistentVolume is deleted and every
+//! minute.
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, Pod};
@@ -96,7 +97,9 @@ pub async fn sweep(client: &kube::Client, node_name: &str, dir: &Path) -> Result
                 removed.push(path);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "removing a local-path volume directory failed"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "removing a local-path volume directory failed")
+            }
         }
     }
     Ok(removed)
@@ -144,6 +147,10 @@ pub async fn run(client: kube::Client, node_name: String, data_dir: PathBuf, shu
                 }
             },
         }
+        // Re-announce now and then: a Node deleted and registered again starts without it.
+        if let Err(e) = announce(&client, &node_name, &dir).await {
+            tracing::debug!(error = %e, "announcing the local-path storage dir failed; retrying");
+        }
         if let Err(e) = sweep(&client, &node_name, &dir).await {
             tracing::warn!(error = %e, "sweeping local-path volume directories failed; retrying");
         }
@@ -156,8 +163,10 @@ mod tests {
 
     #[test]
     fn only_directories_of_deleted_unused_volumes_are_removed() {
-        let entries: Vec<String> =
-            ["pvc-a_ns_one", "pvc-b_ns_two", "pvc-c_ns_three", "lost+found", "mine"].iter().map(|s| s.to_string()).collect();
+        let entries: Vec<String> = ["pvc-a_ns_one", "pvc-b_ns_two", "pvc-c_ns_three", "lost+found", "mine"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let existing: HashSet<String> = ["pvc-a".to_string()].into();
         let in_use: HashSet<(String, String)> = [("ns".to_string(), "three".to_string())].into();
         assert_eq!(removable(&entries, &existing, &in_use), vec!["pvc-b_ns_two".to_string()]);

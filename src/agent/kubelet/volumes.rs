@@ -907,16 +907,25 @@ mod tests {
         assert_eq!(name, "data");
         assert_eq!(e.to_string(), "error processing PVC ns/data: PVC is not bound");
         // A volume type the kubelet cannot mount says so.
-        o.claims.insert("data".into(), bound(json!({"metadata": {"name": "nfs-1"},
-            "spec": {"nfs": {"server": "x", "path": "/"}}})));
+        o.claims.insert(
+            "data".into(),
+            bound(json!({"metadata": {"name": "nfs-1"},
+            "spec": {"nfs": {"server": "x", "path": "/"}}})),
+        );
         let (_, e) = setup(d.path(), &p, &o, 1, 1).unwrap_err();
         assert!(e.to_string().contains("hostPath and local are supported"), "{e}");
         // A local volume must already exist.
-        o.claims.insert("data".into(), bound(json!({"metadata": {"name": "l"},
-            "spec": {"local": {"path": d.path().join("missing").to_string_lossy()}}})));
+        o.claims.insert(
+            "data".into(),
+            bound(json!({"metadata": {"name": "l"},
+            "spec": {"local": {"path": d.path().join("missing").to_string_lossy()}}})),
+        );
         assert!(setup(d.path(), &p, &o, 1, 1).is_err());
-        o.claims.insert("data".into(), bound(json!({"metadata": {"name": "l"},
-            "spec": {"local": {"path": d.path().to_string_lossy()}}})));
+        o.claims.insert(
+            "data".into(),
+            bound(json!({"metadata": {"name": "l"},
+            "spec": {"local": {"path": d.path().to_string_lossy()}}})),
+        );
         assert_eq!(setup(d.path(), &p, &o, 1, 1).unwrap()["data"], d.path());
     }
 
