@@ -82,6 +82,12 @@ impl Ca {
         Ok(Ca { cert_pem: cert.pem(), key: kp })
     }
 
+    /// The CA's private key (PEM), for signers that issue certificates on request (the CSR
+    /// controller).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
     /// Issues a leaf certificate; returns (certificate PEM, key PEM).
     pub fn issue(&self, leaf: &Leaf) -> Result<(String, String)> {
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;

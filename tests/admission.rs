@@ -46,11 +46,28 @@ fn drain_evicts_only_what_disruption_budgets_allow() {
         s.ok_stdin(&["apply", "-f", "-"], &manifest);
     }
     s.ok(&["create", "pdb", "x", "--selector=app=x", "--min-available=1"]);
-    // The budget has no status from a controller yet: upstream refuses evictions then.
+    // No pod is Ready yet (no kubelet): the budget allows no disruption.
     let (ok, _, err) = s.kubectl(&["drain", "n1", "--force", "--grace-period=0", "--timeout=3s"]);
     assert!(!ok && err.contains("disruption budget"), "{err}");
     assert!(s.ok(&["get", "node", "n1"]).contains("SchedulingDisabled"), "drain cordons first");
-    s.ok(&["patch", "pdb", "x", "--subresource=status", "--type=merge", "-p", r#"{"status":{"observedGeneration":1,"disruptionsAllowed":1,"currentHealthy":2,"desiredHealthy":1,"expectedPods":2}}"#]);
+    // Both pods become Ready (the kubelet's part): the disruption controller allows one eviction.
+    for p in ["a", "b"] {
+        s.ok(&[
+            "patch",
+            "pod",
+            p,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#,
+        ]);
+    }
+    for _ in 0..100 {
+        if s.ok(&["get", "pdb", "x", "-o", "jsonpath={.status.disruptionsAllowed}"]) == "1" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let (ok, _, err) = s.kubectl(&["drain", "n1", "--force", "--grace-period=0", "--timeout=4s"]);
     assert!(!ok, "only one eviction is allowed: {err}");
     let left = s.ok(&["get", "pods", "-o", "name"]);

@@ -8,25 +8,33 @@
 //!   ServiceAccount and `kube-root-ca.crt` ConfigMap in every namespace; `node_lifecycle.rs`:
 //!   unreachable nodes tainted and their pods evicted; `job.rs`: Jobs and their TTL;
 //!   `cronjob.rs` (with `cron_schedule.rs`): Jobs on a cron schedule; `resourcequota.rs`: quota
-//!   `status.used`.
+//!   `status.used`; `volume_binding.rs`:
+//!   PersistentVolume/Claim binding and reclaim, with the built-in local-path provisioner in
+//!   `local_path.rs`; `disruption.rs`: PodDisruptionBudget status; `csr.rs`: the signer of
+//!   approved CertificateSigningRequests. `passes.rs` holds the cache-and-wake loop these share.
 //! - `leader.rs`: Lease-based leader election, so one server of an HA group runs them.
 //! - `events.rs` writes the core/v1 Events `kubectl describe` shows; `podutil.rs` holds the pure
 //!   helpers (readiness, selectors, owner references) the workload controllers share.
 
 pub mod cron_schedule;
 pub mod cronjob;
+pub mod csr;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod job;
 pub mod leader;
+pub mod local_path;
 pub mod node_ipam;
 pub mod node_lifecycle;
+pub mod passes;
 pub mod podutil;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod serviceaccount;
+pub mod volume_binding;
 
 use crate::config::Cidr;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +52,11 @@ pub struct ControllerConfig {
     pub disabled: Vec<String>,
     /// Node monitor grace period and period (upstream's 40 s and 5 s).
     pub node_lifecycle: node_lifecycle::Timings,
+    /// The local-path storage directory of nodes that do not announce their own
+    /// (`<data-dir>/storage`).
+    pub local_path_dir: std::path::PathBuf,
+    /// The CA keys the CSR signer issues certificates with; without them the signer is off.
+    pub csr_signing: Option<std::sync::Arc<csr::SigningKeys>>,
 }
 
 /// The names `--disable` accepts for controllers (upstream kube-controller-manager's).
@@ -59,12 +72,22 @@ pub const NAMES: &[&str] = &[
     "job",
     "cronjob",
     "resourcequota",
+    "persistentvolume-binder",
+    "disruption",
+    "csrsigning",
 ];
 
 impl ControllerConfig {
     /// The configuration with every controller enabled.
     pub fn new(cluster_cidr: Cidr, server_ca_pem: String, disabled: Vec<String>) -> ControllerConfig {
-        ControllerConfig { cluster_cidr, server_ca_pem, disabled, node_lifecycle: node_lifecycle::Timings::default() }
+        ControllerConfig {
+            cluster_cidr,
+            server_ca_pem,
+            disabled,
+            node_lifecycle: node_lifecycle::Timings::default(),
+            local_path_dir: std::path::PathBuf::from("/var/lib/skiff/storage"),
+            csr_signing: None,
+        }
     }
 
     /// Whether the controller called `name` (one of [`NAMES`]) should run.
@@ -102,7 +125,13 @@ pub async fn run_all(client: kube::Client, cfg: ControllerConfig, shutdown: Canc
         ("cronjob", cronjob::run(c(), sd()).boxed()),
         ("nodelifecycle", node_lifecycle::run(c(), cfg.node_lifecycle, sd()).boxed()),
         ("resourcequota", resourcequota::run(c(), sd()).boxed()),
+        ("persistentvolume-binder", volume_binding::run(c(), cfg.local_path_dir.clone(), sd()).boxed()),
+        ("disruption", disruption::run(c(), sd()).boxed()),
     ];
+    let mut all = all;
+    if let Some(keys) = cfg.csr_signing.clone() {
+        all.push(("csrsigning", csr::run(c(), keys, sd()).boxed()));
+    }
     let sa_on = cfg.enabled("serviceaccount") && cfg.enabled("root-ca-cert-publisher");
     let run: Vec<_> = all
         .into_iter()

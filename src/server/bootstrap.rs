@@ -1,6 +1,6 @@
 //! Objects every cluster has from its first start: the `default`, `kube-system`,
 //! `kube-public` and `kube-node-lease` namespaces, and the `kubernetes` Service in `default`
-//! with its Endpoints pointing at the API server.
+//! with its Endpoints pointing at the API server, and the default `local-path` StorageClass.
 
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
@@ -40,6 +40,20 @@ async fn ensure(st: &Arc<ApiState>, plural: &str, ns: Option<&str>, obj: Value) 
     }
 }
 
+async fn ensure_storage_class(st: &Arc<ApiState>) -> anyhow::Result<()> {
+    let r = registry::find("storage.k8s.io", "v1", "storageclasses")
+        .ok_or_else(|| anyhow::anyhow!("storageclasses not registered"))?;
+    if objects::get(st.store.as_ref(), r, None, crate::controllers::local_path::CLASS).await.is_ok() {
+        return Ok(());
+    }
+    let req = Req { r, ..req(st, "namespaces", None)? };
+    match handlers::create_object(&req, crate::controllers::local_path::storage_class()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 409 => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
+}
+
 pub async fn objects(st: &Arc<ApiState>, cfg: &ServerConfig, service_ip: Ipv4Addr, port: u16) -> anyhow::Result<()> {
     let (roles, bindings) = crate::api::auth::defaults::objects();
     for r in roles {
@@ -61,6 +75,11 @@ pub async fn objects(st: &Arc<ApiState>, cfg: &ServerConfig, service_ip: Ipv4Add
             "spec": {"clusterIP": service_ip.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}}),
     )
     .await?;
+    // The default StorageClass of the built-in local-path provisioner (k3s ships the same, and
+    // skips it with `--disable local-storage`).
+    if !cfg.disable.iter().any(|d| d == "local-storage") {
+        ensure_storage_class(st).await?;
+    }
     // Endpoints always point at this server's advertised address (one server for now).
     let ep = json!({"apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},

@@ -168,11 +168,18 @@ pub async fn start(
     let sched_kc = client_for("system:kube-scheduler", vec![], "client-scheduler")?;
     let cm = kube::Client::try_from(kube_config(&cm_kc).await?)?;
     let sched = kube::Client::try_from(kube_config(&sched_kc).await?)?;
-    let ccfg = crate::controllers::ControllerConfig::new(
+    let mut ccfg = crate::controllers::ControllerConfig::new(
         cfg.node.cluster_cidr,
         pki.server_ca.cert_pem.clone(),
         cfg.disable.clone(),
     );
+    ccfg.local_path_dir = data.join("storage");
+    ccfg.csr_signing = Some(Arc::new(crate::controllers::csr::SigningKeys {
+        client_ca_cert: pki.client_ca.cert_pem.clone(),
+        client_ca_key: pki.client_ca.key_pem(),
+        server_ca_cert: pki.server_ca.cert_pem.clone(),
+        server_ca_key: pki.server_ca.key_pem(),
+    }));
     let sd = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = crate::controllers::run(cm, ccfg, sd).await {

@@ -13,4 +13,5 @@ mod harness;
 mod pod_features;
 mod selftest;
 mod skeleton;
+mod storage;
 mod streaming;

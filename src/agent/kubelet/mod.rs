@@ -14,6 +14,7 @@ pub mod events;
 mod fake_api;
 pub mod fake_runtime;
 pub mod host_info;
+pub mod local_path;
 pub mod node;
 pub mod node_status;
 pub mod objects;
@@ -154,6 +155,8 @@ impl Kubelet {
             runtime_ready: true,
         });
         tokio::spawn(node::lease_loop(self.client.clone(), cfg.node_name.clone(), uid, tasks.clone()));
+        // The node's half of the local-path provisioner (storage dir, volume directory cleanup).
+        tokio::spawn(local_path::run(self.client.clone(), cfg.node_name.clone(), cfg.data_dir.clone(), tasks.clone()));
         tokio::spawn(node::status_loop(
             self.client.clone(),
             self.runtime.clone(),

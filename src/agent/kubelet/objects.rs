@@ -22,6 +22,8 @@ pub struct PodObjects {
     pub secrets: HashMap<String, Option<Secret>>,
     /// Service-account tokens by (audience, expirationSeconds).
     pub tokens: HashMap<(String, i64), Token>,
+    /// persistentVolumeClaim volumes: each claim (by name) and its bound volume.
+    pub claims: HashMap<String, super::volumes::Claim>,
 }
 
 /// A bound service-account token (TokenRequest status).
@@ -127,6 +129,7 @@ pub async fn fetch(client: &kube::Client, pod: &Pod, previous: &PodObjects, now:
             Err(e) => tracing::warn!(namespace = %ns, secret = %name, error = %e, "reading Secret failed"),
         }
     }
+    out.claims = super::volumes::fetch_claims(client, pod, &ns).await;
     for key in tokens {
         if let Some(t) = previous.tokens.get(&key).filter(|t| !t.needs_refresh(now)) {
             out.tokens.insert(key, t.clone());

@@ -4,6 +4,11 @@
 //!
 //! - `emptyDir`: a directory; `medium: Memory` is a tmpfs sized by `sizeLimit`.
 //! - `hostPath`: the node path itself, after upstream's `type` checks.
+//! - `persistentVolumeClaim`: the claim's bound PersistentVolume (read by [`fetch_claims`]),
+//!   whose `hostPath` or `local` path is bind-mounted like a hostPath; a claim that is not
+//!   bound yet keeps the pod waiting (upstream "error processing PVC ns/name: PVC is not
+//!   bound"). Directories of local-path volumes are created world-writable (0777), as k3s'
+//!   provisioner creates them, so non-root containers can write.
 //! - `configMap`, `secret`, `downwardAPI`, `projected` (with `serviceAccountToken`, the
 //!   `kube-api-access-*` shape): their files are computed purely ([`payload`]) and written by
 //!   the [`atomic_write`]r the way upstream's `AtomicWriter` does — a fresh `..<timestamp>`
@@ -14,7 +19,10 @@
 //! Secret and projected volumes live on a tmpfs, as upstream's memory-backed wrappers do.
 //! [`teardown`] unmounts whatever the kubelet mounted under the pod directory and removes it.
 
-use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, KeyToPath, Pod, Volume};
+use k8s_openapi::api::core::v1::{
+    Container, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim,
+    PersistentVolumeClaimVolumeSource, Pod, Volume,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -41,6 +49,108 @@ pub enum VolumeError {
 
 fn io(what: &str, p: &Path, e: std::io::Error) -> VolumeError {
     VolumeError::Io(format!("{what} {}: {e}", p.display()))
+}
+
+/// What the kubelet found for one persistentVolumeClaim of a pod, by claim name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// Bound, and this is its volume.
+    Bound(Box<PersistentVolume>),
+    /// Not usable yet; upstream's reason (without the "error processing PVC" prefix).
+    Waiting(String),
+}
+
+/// Reads the claims a pod's volumes name and their volumes (upstream
+/// `desiredStateOfWorldPopulator.getPVCExtractPV` and `getPVSpec`).
+pub async fn fetch_claims(client: &kube::Client, pod: &Pod, ns: &str) -> HashMap<String, Claim> {
+    use kube::api::Api;
+    let mut out = HashMap::new();
+    let names: std::collections::BTreeSet<String> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone()))
+        .collect();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    for name in names {
+        let state = match pvcs.get_opt(&name).await {
+            Err(e) => Claim::Waiting(format!("failed to fetch PVC from API server: {e}")),
+            Ok(None) => Claim::Waiting(format!(
+                "failed to fetch PVC from API server: persistentvolumeclaims {name:?} not found"
+            )),
+            Ok(Some(c)) => claim_volume(&c, &pvs).await,
+        };
+        out.insert(name, state);
+    }
+    out
+}
+
+async fn claim_volume(c: &PersistentVolumeClaim, pvs: &kube::api::Api<PersistentVolume>) -> Claim {
+    if c.metadata.deletion_timestamp.is_some() {
+        return Claim::Waiting("can't start pod because PVC is being deleted".into());
+    }
+    let bound = c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    let vn = c.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap_or_default();
+    if !bound || vn.is_empty() {
+        return Claim::Waiting("PVC is not bound".into());
+    }
+    match pvs.get_opt(&vn).await {
+        Err(e) => Claim::Waiting(format!("failed to fetch PV {vn} from API server: {e}")),
+        Ok(None) => {
+            Claim::Waiting(format!("failed to fetch PV {vn} from API server: persistentvolumes {vn:?} not found"))
+        }
+        Ok(Some(pv)) => {
+            let ref_uid = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.clone());
+            if ref_uid.is_none() || ref_uid != c.metadata.uid {
+                return Claim::Waiting(format!(
+                    "found PV object {vn:?} but it has a ClaimRef that does not point to the PVC's UID"
+                ));
+            }
+            Claim::Bound(Box::new(pv))
+        }
+    }
+}
+
+/// The node path of a persistentVolumeClaim volume, creating a DirectoryOrCreate directory.
+fn claim_path(objects: &PodObjects, ns: &str, src: &PersistentVolumeClaimVolumeSource) -> Result<PathBuf, VolumeError> {
+    let name = &src.claim_name;
+    let waiting = |m: &str| VolumeError::Config(format!("error processing PVC {ns}/{name}: {m}"));
+    let pv = match objects.claims.get(name) {
+        None => return Err(waiting("the claim could not be read yet")),
+        Some(Claim::Waiting(m)) => return Err(waiting(m)),
+        Some(Claim::Bound(pv)) => pv,
+    };
+    let pv_name = pv.metadata.name.clone().unwrap_or_default();
+    let spec = pv.spec.clone().unwrap_or_default();
+    if let Some(h) = &spec.host_path {
+        let local_path = pv
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("pv.kubernetes.io/provisioned-by"))
+            .is_some_and(|p| p == crate::controllers::local_path::PROVISIONER);
+        let p = Path::new(&h.path);
+        if local_path && std::fs::symlink_metadata(p).is_err() {
+            std::fs::create_dir_all(p).map_err(|e| io("creating", p, e))?;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).map_err(|e| io("chmod", p, e))?;
+        }
+        check_host_path(&h.path, h.type_.as_deref().unwrap_or(""))?;
+        return Ok(PathBuf::from(&h.path));
+    }
+    if let Some(l) = &spec.local {
+        // Upstream local volumes must exist; they are never created.
+        if std::fs::metadata(&l.path).is_err() {
+            return Err(VolumeError::Config(format!(
+                "path {:?} of local PersistentVolume {pv_name} does not exist on this node",
+                l.path
+            )));
+        }
+        return Ok(PathBuf::from(&l.path));
+    }
+    Err(VolumeError::Config(format!(
+        "PersistentVolume {pv_name} is of a type this kubelet cannot mount (hostPath and local are supported)"
+    )))
 }
 
 /// `<pods_dir>/<uid>`.
@@ -477,11 +587,16 @@ pub fn setup(
     node_memory_bytes: u64,
 ) -> Result<HashMap<String, PathBuf>, (String, VolumeError)> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let mut out = HashMap::new();
     for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         let fail = |e| (v.name.clone(), e);
+        if let Some(src) = &v.persistent_volume_claim {
+            out.insert(v.name.clone(), claim_path(objects, &ns, src).map_err(fail)?);
+            continue;
+        }
         let Some(path) = volume_path(pods_dir, &uid, v) else {
-            // Unsupported kinds (persistentVolumeClaim, csi, …) are skipped; a container that
+            // Unsupported kinds (csi, ephemeral, …) are skipped; a container that
             // mounts one fails with a clear message in `container_mounts`.
             continue;
         };
@@ -538,10 +653,15 @@ pub fn container_mounts(pod: &Pod, c: &Container, vols: &HashMap<String, PathBuf
                 std::fs::create_dir_all(&host_path).map_err(|e| io("creating subPath", &host_path, e))?;
             }
         }
+        // A claim mounted readOnly in the pod's volume is read-only in every container.
+        let claim_ro = volumes
+            .get(m.name.as_str())
+            .and_then(|v| v.persistent_volume_claim.as_ref())
+            .is_some_and(|c| c.read_only == Some(true));
         out.push(Mount {
             container_path: m.mount_path.clone(),
             host_path,
-            read_only: m.read_only.unwrap_or(false) || api_data,
+            read_only: m.read_only.unwrap_or(false) || api_data || claim_ro,
         });
     }
     Ok(out)
@@ -735,6 +855,78 @@ mod tests {
         assert!(check_host_path(&newdir, "DirectoryOrCreate").is_ok());
         assert!(Path::new(&newdir).is_dir());
         assert!(check_host_path(&d.path().join("nope").to_string_lossy(), "Socket").is_err());
+    }
+
+    fn bound(pv: serde_json::Value) -> Claim {
+        Claim::Bound(Box::new(serde_json::from_value(pv).unwrap()))
+    }
+
+    #[test]
+    fn a_bound_claim_mounts_its_host_path_volume_and_honours_read_only() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("storage/pvc-1_ns_data");
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}},
+                                 {"name": "ro", "persistentVolumeClaim": {"claimName": "data", "readOnly": true}}],
+                     "containers": [{"name": "c", "volumeMounts": [{"name": "data", "mountPath": "/data"},
+                                                                  {"name": "ro", "mountPath": "/ro"}]}]}
+        }))
+        .unwrap();
+        let mut o = PodObjects::default();
+        o.claims.insert(
+            "data".into(),
+            bound(json!({"metadata": {"name": "pvc-1",
+                "annotations": {"pv.kubernetes.io/provisioned-by": "rancher.io/local-path"}},
+                "spec": {"hostPath": {"path": dir.to_string_lossy(), "type": "DirectoryOrCreate"}}})),
+        );
+        let vols = setup(d.path(), &p, &o, 1, 1).unwrap();
+        assert_eq!(vols["data"], dir);
+        assert!(dir.is_dir());
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o777);
+        let mounts = container_mounts(&p, &p.spec.as_ref().unwrap().containers[0], &vols).unwrap();
+        assert_eq!(mounts[0], Mount { container_path: "/data".into(), host_path: dir.clone(), read_only: false });
+        assert!(mounts[1].read_only);
+        // Tearing the pod down leaves the volume's data alone.
+        teardown(d.path(), "u1").unwrap();
+        assert!(dir.is_dir());
+    }
+
+    #[test]
+    fn a_claim_that_is_not_bound_keeps_the_pod_waiting_with_upstreams_reason() {
+        let d = tempfile::tempdir().unwrap();
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+                     "containers": [{"name": "c"}]}
+        }))
+        .unwrap();
+        let mut o = PodObjects::default();
+        o.claims.insert("data".into(), Claim::Waiting("PVC is not bound".into()));
+        let (name, e) = setup(d.path(), &p, &o, 1, 1).unwrap_err();
+        assert_eq!(name, "data");
+        assert_eq!(e.to_string(), "error processing PVC ns/data: PVC is not bound");
+        // A volume type the kubelet cannot mount says so.
+        o.claims.insert(
+            "data".into(),
+            bound(json!({"metadata": {"name": "nfs-1"},
+            "spec": {"nfs": {"server": "x", "path": "/"}}})),
+        );
+        let (_, e) = setup(d.path(), &p, &o, 1, 1).unwrap_err();
+        assert!(e.to_string().contains("hostPath and local are supported"), "{e}");
+        // A local volume must already exist.
+        o.claims.insert(
+            "data".into(),
+            bound(json!({"metadata": {"name": "l"},
+            "spec": {"local": {"path": d.path().join("missing").to_string_lossy()}}})),
+        );
+        assert!(setup(d.path(), &p, &o, 1, 1).is_err());
+        o.claims.insert(
+            "data".into(),
+            bound(json!({"metadata": {"name": "l"},
+            "spec": {"local": {"path": d.path().to_string_lossy()}}})),
+        );
+        assert_eq!(setup(d.path(), &p, &o, 1, 1).unwrap()["data"], d.path());
     }
 
     #[test]
