@@ -68,7 +68,7 @@ fn forbidden(r: &Resource, name: &str, why: String) -> ApiError {
 /// Mutating admission on create (after defaulting, before validation).
 pub async fn mutate(req: &Req, o: &mut Value) -> ApiResult<()> {
     let ns = req.ns.clone().unwrap_or_default();
-    match (req.r.group, req.r.kind) {
+    match (&*req.r.group, &*req.r.kind) {
         ("", "Pod") => {
             for lr in list_in(req, "", "limitranges", &ns).await? {
                 for item in lr.pointer("/spec/limits").and_then(|l| l.as_array()).into_iter().flatten() {
@@ -186,7 +186,7 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
                         if let (Some(max), Some(l)) = (qty(item.pointer(&format!("/max/{res}"))), limit) {
                             if l > max {
                                 return Err(forbidden(
-                                    req.r,
+                                    &req.r,
                                     &name,
                                     format!(
                                         "maximum {res} usage per Container is {}, but limit is {}",
@@ -199,7 +199,7 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
                         if let (Some(min), Some(r)) = (qty(item.pointer(&format!("/min/{res}"))), request) {
                             if r < min {
                                 return Err(forbidden(
-                                    req.r,
+                                    &req.r,
                                     &name,
                                     format!(
                                         "minimum {res} usage per Container is {}, but request is {}",
@@ -220,7 +220,7 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
     }
     // What this object would add, per quota resource name.
     let mut adds: Vec<(String, f64)> = vec![(format!("count/{}", req.r.qualified_plural()), 1.0)];
-    let legacy = match req.r.kind {
+    let legacy = match &*req.r.kind {
         "Pod" => Some("pods"),
         "Service" => Some("services"),
         "ConfigMap" => Some("configmaps"),
@@ -240,7 +240,7 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
             }
         }
     }
-    let existing = list_in(req, req.r.group, req.r.plural, &ns).await?;
+    let existing = list_in(req, &req.r.group, &req.r.plural, &ns).await?;
     let live: Vec<&Value> = existing.iter().filter(|x| !(req.r.kind == "Pod" && terminal(x))).collect();
     for q in quotas {
         let qname = q.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("");
@@ -265,7 +265,7 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
                     .collect();
                 if !missing.is_empty() {
                     return Err(forbidden(
-                        req.r,
+                        &req.r,
                         &name,
                         format!("failed quota: {qname}: must specify {full} for: {}", missing.join(",")),
                     ));
@@ -301,7 +301,7 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
         }
         if !requested.is_empty() {
             return Err(forbidden(
-                req.r,
+                &req.r,
                 &name,
                 format!(
                     "exceeded quota: {qname}, requested: {}, used: {}, limited: {}",
@@ -320,7 +320,7 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
 pub async fn evict(req: &Req, body: &[u8]) -> ApiResult<axum::response::Response> {
     let ns = req.ns.clone().unwrap_or_default();
     let name = req.name.clone().unwrap_or_default();
-    let pod = objects::get(req.st.store.as_ref(), req.r, Some(&ns), &name).await?;
+    let pod = objects::get(req.st.store.as_ref(), &req.r, Some(&ns), &name).await?;
     let ev = if body.iter().all(|b| b.is_ascii_whitespace()) {
         json!({})
     } else {
@@ -390,7 +390,7 @@ pub async fn evict(req: &Req, body: &[u8]) -> ApiResult<axum::response::Response
     let opts = ev.get("deleteOptions").cloned().unwrap_or(json!({}));
     let sub = Req {
         st: req.st.clone(),
-        r: req.r,
+        r: req.r.clone(),
         ns: req.ns.clone(),
         name: req.name.clone(),
         sub: None,

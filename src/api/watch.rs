@@ -51,7 +51,7 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
             if exact_key && kv.key != prefix.as_bytes() {
                 continue;
             }
-            let o = objects::decode(kv)?;
+            let o = objects::decode_as(&req.r, kv)?;
             if sel.matches(&o) {
                 initial.push(o);
             }
@@ -63,7 +63,7 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
         Err(StoreError::Compacted { .. }) => None,
         Err(e) => return Err(e.into()),
     };
-    let r = req.r;
+    let r = req.r.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(64);
     tokio::spawn(async move {
         let mut first_table = true;
@@ -78,11 +78,11 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
                 "kind": "Table",
                 "apiVersion": "meta.k8s.io/v1",
                 "metadata": {"resourceVersion": o.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))},
-                "rows": [{"cells": crate::registry::tables::row(r, o, chrono::Utc::now().timestamp()),
+                "rows": [{"cells": crate::registry::tables::row(&r, o, chrono::Utc::now().timestamp()),
                           "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))}}],
             });
             if *first {
-                t["columnDefinitions"] = json!(crate::registry::tables::column_definitions(r));
+                t["columnDefinitions"] = json!(crate::registry::tables::column_definitions(&r));
                 *first = false;
             } else {
                 t["columnDefinitions"] = json!([]);
@@ -139,7 +139,7 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
             for ev in evs_filter(&events, exact_key, prefix.as_bytes()) {
                 let rev = ev.kv.mod_revision;
                 let old = match &ev.prev_kv {
-                    Some(p) => match objects::decode(p) {
+                    Some(p) => match objects::decode_as(&r, p) {
                         Ok(mut o) => {
                             objects::set_rv(&mut o, rev);
                             Some(o)
@@ -150,7 +150,7 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
                 };
                 let (ty, obj) = match ev.kind {
                     EventKind::Put => {
-                        let Ok(new) = objects::decode(&ev.kv) else { continue };
+                        let Ok(new) = objects::decode_as(&r, &ev.kv) else { continue };
                         let new_m = sel.matches(&new);
                         let old_m = old.as_ref().is_some_and(|o| sel.matches(o));
                         match (old.is_some(), old_m, new_m) {
