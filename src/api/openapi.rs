@@ -13,8 +13,8 @@ use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 
-use crate::registry::typed::{with_type, KindVisitor};
 use super::ApiState;
+use crate::registry::typed::{with_type, KindVisitor};
 use crate::registry::{self, Registry, Resource, BUILTIN};
 
 struct Register<'a>(&'a mut schemars::SchemaGenerator);
@@ -493,7 +493,10 @@ mod tests {
         assert!(v["components"]["schemas"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"].is_object());
         assert!(v["paths"]["/apis/stable.example.com/v1/namespaces/{namespace}/crontabs/{name}/scale"].is_object());
         assert!(d.v3_index.contains("apis/stable.example.com/v1"));
-        assert!(d.v2.contains("#/definitions/com.example.stable.v1.CronTab") || d.v2.contains("com.example.stable.v1.CronTab"));
+        assert!(
+            d.v2.contains("#/definitions/com.example.stable.v1.CronTab")
+                || d.v2.contains("com.example.stable.v1.CronTab")
+        );
         reg.set_crds(&[]);
         assert!(!docs(&reg).v3.contains_key("apis/stable.example.com/v1"));
     }

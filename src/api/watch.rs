@@ -34,6 +34,8 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
     };
     let exact_key = sel.fields.exact_name().is_some() && (req.ns.is_some() || !req.r.namespaced);
     let table = req.wants_table();
+    // A Table row carries the object as includeObject asks (kubectl's custom-columns -w wants it whole).
+    let include = req.q.get("includeObject").unwrap_or("Metadata").to_string();
     let metadata_only = req.wants_metadata();
     let store = req.st.store.clone();
 
@@ -79,7 +81,11 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
                 "apiVersion": "meta.k8s.io/v1",
                 "metadata": {"resourceVersion": o.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))},
                 "rows": [{"cells": crate::registry::tables::row(&r, o, chrono::Utc::now().timestamp()),
-                          "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))}}],
+                          "object": match include.as_str() {
+                              "Object" => o.clone(),
+                              "None" => Value::Null,
+                              _ => super::handlers::partial(o),
+                          }}],
             });
             if *first {
                 t["columnDefinitions"] = json!(crate::registry::tables::column_definitions(&r));

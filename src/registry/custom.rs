@@ -223,7 +223,11 @@ pub fn validate_crd(crd: &Value) -> Vec<Cause> {
     }
     let storage = versions.iter().filter(|v| v.get("storage") == Some(&Value::Bool(true))).count();
     if !versions.is_empty() && storage != 1 {
-        out.push(Cause::invalid("spec.versions", &Value::Array(versions.clone()), "must have exactly one version marked as storage version"));
+        out.push(Cause::invalid(
+            "spec.versions",
+            &Value::Array(versions.clone()),
+            "must have exactly one version marked as storage version",
+        ));
     }
     let mut seen = Vec::new();
     for (i, v) in versions.iter().enumerate() {
@@ -242,7 +246,11 @@ pub fn validate_crd(crd: &Value) -> Vec<Cause> {
             Some(sch) => {
                 let base = format!("spec.versions[{i}].schema.openAPIV3Schema");
                 if sch.get("type").and_then(|t| t.as_str()) != Some("object") {
-                    out.push(Cause::invalid(format!("{base}.type"), sch.get("type").unwrap_or(&Value::Null), "must be object at the root"));
+                    out.push(Cause::invalid(
+                        format!("{base}.type"),
+                        sch.get("type").unwrap_or(&Value::Null),
+                        "must be object at the root",
+                    ));
                 }
                 super::schema::check_structural(sch, &base, true, &mut out);
             }
@@ -253,13 +261,21 @@ pub fn validate_crd(crd: &Value) -> Vec<Cause> {
                 if p.is_empty() {
                     out.push(Cause::required(format!("spec.versions[{i}].subresources.scale.{k}")));
                 } else if !p.starts_with('.') {
-                    out.push(Cause::invalid(format!("spec.versions[{i}].subresources.scale.{k}"), &json!(p), "should be a json path under .spec or .status"));
+                    out.push(Cause::invalid(
+                        format!("spec.versions[{i}].subresources.scale.{k}"),
+                        &json!(p),
+                        "should be a json path under .spec or .status",
+                    ));
                 }
             }
         }
     }
     if !versions.iter().any(|v| v.get("served") == Some(&Value::Bool(true))) && !versions.is_empty() {
-        out.push(Cause::invalid("spec.versions", &Value::Array(versions.clone()), "must have at least one version marked as served"));
+        out.push(Cause::invalid(
+            "spec.versions",
+            &Value::Array(versions.clone()),
+            "must have at least one version marked as served",
+        ));
     }
     out
 }
@@ -268,7 +284,9 @@ pub fn validate_crd(crd: &Value) -> Vec<Cause> {
 /// in `status.storedVersions` may not be removed.
 pub fn validate_crd_update(old: &Value, new: &Value) -> Vec<Cause> {
     let mut out = validate_crd(new);
-    for (p, f) in [("/spec/group", "spec.group"), ("/spec/scope", "spec.scope"), ("/spec/names/plural", "spec.names.plural")] {
+    for (p, f) in
+        [("/spec/group", "spec.group"), ("/spec/scope", "spec.scope"), ("/spec/names/plural", "spec.names.plural")]
+    {
         if old.pointer(p) != new.pointer(p) {
             out.push(Cause::invalid(f, new.pointer(p).unwrap_or(&Value::Null), "field is immutable"));
         }
@@ -281,11 +299,7 @@ pub fn validate_crd_update(old: &Value, new: &Value) -> Vec<Cause> {
     for sv in old.pointer("/status/storedVersions").and_then(|v| v.as_array()).into_iter().flatten() {
         if let Some(sv) = sv.as_str() {
             if !names.iter().any(|n| n == sv) {
-                out.push(Cause::invalid(
-                    "status.storedVersions",
-                    &json!(sv),
-                    "must appear in spec.versions",
-                ));
+                out.push(Cause::invalid("status.storedVersions", &json!(sv), "must appear in spec.versions"));
             }
         }
     }
@@ -400,7 +414,14 @@ pub fn compute_status(crd: &Value, others: &[Value], now: &str) -> Value {
         }
     }
     if crd.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null()) {
-        set_condition(&mut conds, "Terminating", "True", "InstanceDeletionInProgress", "CustomResource deletion is in progress", now);
+        set_condition(
+            &mut conds,
+            "Terminating",
+            "True",
+            "InstanceDeletionInProgress",
+            "CustomResource deletion is in progress",
+            now,
+        );
     }
     status["conditions"] = json!(conds);
     let storage = crd

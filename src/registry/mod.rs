@@ -151,7 +151,17 @@ pub static BUILTIN: &[Resource] = &[
     res!("", "v1", "Secret", "secrets", "secret", true, NONE, NONE, NONE),
     res!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, names!("sa"), NONE, names!("token")),
     res!("", "v1", "Event", "events", "event", true, names!("ev"), NONE, NONE),
-    res!("", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", false, names!("pv"), NONE, names!("status")),
+    res!(
+        "",
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        "persistentvolume",
+        false,
+        names!("pv"),
+        NONE,
+        names!("status")
+    ),
     res!(
         "",
         "v1",
@@ -177,9 +187,29 @@ pub static BUILTIN: &[Resource] = &[
     res!("", "v1", "ResourceQuota", "resourcequotas", "resourcequota", true, names!("quota"), NONE, names!("status")),
     res!("", "v1", "LimitRange", "limitranges", "limitrange", true, names!("limits"), NONE, NONE),
     res!("", "v1", "PodTemplate", "podtemplates", "podtemplate", true, NONE, NONE, NONE),
-    res!("apps", "v1", "Deployment", "deployments", "deployment", true, names!("deploy"), ALL, names!("status", "scale")),
+    res!(
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        "deployment",
+        true,
+        names!("deploy"),
+        ALL,
+        names!("status", "scale")
+    ),
     res!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, names!("rs"), ALL, names!("status", "scale")),
-    res!("apps", "v1", "StatefulSet", "statefulsets", "statefulset", true, names!("sts"), ALL, names!("status", "scale")),
+    res!(
+        "apps",
+        "v1",
+        "StatefulSet",
+        "statefulsets",
+        "statefulset",
+        true,
+        names!("sts"),
+        ALL,
+        names!("status", "scale")
+    ),
     res!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, names!("ds"), ALL, names!("status")),
     res!("apps", "v1", "ControllerRevision", "controllerrevisions", "controllerrevision", true, NONE, NONE, NONE),
     res!("batch", "v1", "Job", "jobs", "job", true, NONE, ALL, names!("status")),
@@ -210,7 +240,17 @@ pub static BUILTIN: &[Resource] = &[
     ),
     res!("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", true, names!("ing"), NONE, names!("status")),
     res!("networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", false, NONE, NONE, NONE),
-    res!("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", "networkpolicy", true, names!("netpol"), NONE, NONE),
+    res!(
+        "networking.k8s.io",
+        "v1",
+        "NetworkPolicy",
+        "networkpolicies",
+        "networkpolicy",
+        true,
+        names!("netpol"),
+        NONE,
+        NONE
+    ),
     res!("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", false, NONE, NONE, NONE),
     res!(
         "rbac.authorization.k8s.io",
@@ -250,7 +290,17 @@ pub static BUILTIN: &[Resource] = &[
         NONE,
         NONE
     ),
-    res!("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", false, names!("pc"), NONE, NONE),
+    res!(
+        "scheduling.k8s.io",
+        "v1",
+        "PriorityClass",
+        "priorityclasses",
+        "priorityclass",
+        false,
+        names!("pc"),
+        NONE,
+        NONE
+    ),
     res!(
         "certificates.k8s.io",
         "v1",

@@ -729,9 +729,13 @@ pub fn column_definitions(r: &Resource) -> Vec<Value> {
 /// A custom resource's columns: NAME and its `additionalPrinterColumns`, or NAME and AGE when
 /// it has none (apiextensions-apiserver's tableconvertor).
 fn custom_column_definitions(c: &CustomInfo) -> Vec<Value> {
-    let mut out = vec![json!({"name": NAME.name, "type": NAME.ty, "format": NAME.format, "description": NAME.description, "priority": 0})];
+    let mut out = vec![
+        json!({"name": NAME.name, "type": NAME.ty, "format": NAME.format, "description": NAME.description, "priority": 0}),
+    ];
     if c.printer_columns.is_empty() {
-        out.push(json!({"name": AGE.name, "type": "date", "format": "", "description": AGE.description, "priority": 0}));
+        out.push(
+            json!({"name": AGE.name, "type": "date", "format": "", "description": AGE.description, "priority": 0}),
+        );
     }
     for p in &c.printer_columns {
         out.push(json!({"name": p.name, "type": p.ty, "format": p.format, "description": p.description, "priority": p.priority}));
@@ -749,7 +753,14 @@ fn custom_row(c: &CustomInfo, o: &Value, now: i64) -> Vec<Value> {
         let cell = match found.as_slice() {
             [] => Value::Null,
             [one] => (*one).clone(),
-            many => json!(many.iter().map(|v| match v { Value::String(s) => s.clone(), v => v.to_string() }).collect::<Vec<_>>().join(",")),
+            many => json!(many
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(",")),
         };
         // Dates print as ages; other values as they are (kubectl formats numbers and booleans).
         let cell = match (p.ty.as_str(), &cell) {
