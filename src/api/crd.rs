@@ -66,12 +66,8 @@ pub async fn on_write(req: &Req, old: Option<&Value>, obj: &mut Value) -> ApiRes
 /// The `autoscaling/v1` Scale of a custom resource, from its CRD's scale paths.
 pub fn scale_of(sc: &ScalePaths, o: &Value) -> Value {
     let first = |p: &str| custom::json_path(o, p).first().map(|v| (*v).clone());
-    let selector = sc
-        .label_selector
-        .as_deref()
-        .and_then(|p| first(p))
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default();
+    let selector =
+        sc.label_selector.as_deref().and_then(&first).and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",

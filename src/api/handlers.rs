@@ -707,7 +707,7 @@ pub async fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
         return Err(ApiError::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"),
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
         ));
     }
     let patch_body = decode_body(req.content_type(), body)?;
@@ -772,7 +772,7 @@ async fn server_side_apply(req: &Req, body: &Value, part: Part) -> ApiResult<Res
         return Err(ApiError::new(
             422,
             "Invalid",
-            format!("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Too long: may not be more than 128 bytes"),
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Too long: may not be more than 128 bytes",
         ));
     }
     let force = req.q.flag("force");

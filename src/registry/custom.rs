@@ -177,9 +177,7 @@ pub fn validate_crd(crd: &Value) -> Vec<Cause> {
     }
     if group.is_empty() {
         out.push(Cause::required("spec.group"));
-    } else if !is_dns1123_subdomain(&group) {
-        out.push(Cause::invalid("spec.group", &json!(group), "should be a domain with at least one dot"));
-    } else if !group.contains('.') {
+    } else if !is_dns1123_subdomain(&group) || !group.contains('.') {
         out.push(Cause::invalid("spec.group", &json!(group), "should be a domain with at least one dot"));
     }
     match spec.get("scope").and_then(|x| x.as_str()) {
@@ -479,7 +477,7 @@ pub fn json_path<'a>(v: &'a Value, path: &str) -> Vec<&'a Value> {
                     .filter(|e| {
                         json_path(e, &format!(".{field}")).first().is_some_and(|v| match v {
                             Value::String(s) => s == want,
-                            other => other.to_string() == want,
+                            other => serde_json::to_string(other).is_ok_and(|t| t == want),
                         })
                     })
                     .collect();
