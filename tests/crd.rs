@@ -290,6 +290,19 @@ fn a_crd_is_served_validated_and_cleaned_up_like_upstream() {
         "crontab.stable.example.com/my-cron"
     );
 
+    // Server-side apply records its manager; deletecollection honours the label selector.
+    let ssa = CR.replace("my-cron", "ssa-cron");
+    assert!(ok_stdin(&s, &["apply", "--server-side", "-f", "-"], &ssa).contains("serverside-applied"));
+    let managers = ok(
+        &s,
+        &["get", "ct", "ssa-cron", "--show-managed-fields", "-o", "jsonpath={.metadata.managedFields[*].manager}"],
+    );
+    assert!(managers.contains("kubectl"), "{managers}");
+    ok(&s, &["label", "ct", "ssa-cron", "tier=x"]);
+    ok(&s, &["delete", "--raw", "/apis/stable.example.com/v1/namespaces/default/crontabs?labelSelector=tier%3Dx"]);
+    let left = ok(&s, &["get", "ct", "-o", "name"]);
+    assert!(left.contains("my-cron") && !left.contains("ssa-cron") && !left.contains("other-cron"), "{left}");
+
     // Deleting the CRD deletes its objects, then the CRD.
     ok(&s, &["delete", "crd", "crontabs.stable.example.com", "--timeout=30s"]);
     eventually("the CRD to go", || {

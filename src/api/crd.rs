@@ -111,6 +111,9 @@ pub async fn start(st: Arc<ApiState>) -> ApiResult<()> {
             let mut w = match st.store.watch(CRD_PREFIX.as_bytes().to_vec(), from).await {
                 Ok(w) => w,
                 Err(e) => {
+                    if Arc::strong_count(&st) == 1 {
+                        return;
+                    }
                     tracing::debug!(error = %e, "CRD watch failed; re-listing");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     match all_crds(st.store.as_ref()).await {

@@ -141,20 +141,6 @@ impl Registry {
         }
         out
     }
-
-    /// Resources sharing a group and plural (every served version of one kind).
-    pub fn versions_of(&self, group: &str, plural: &str) -> Vec<ResRef> {
-        self.all().into_iter().filter(|r| r.group == group && r.plural == plural).collect()
-    }
-
-    /// The resource a storage key belongs to is not needed; this names the storage version of
-    /// a custom kind (its objects are kept in that version's apiVersion).
-    pub fn storage_version_of(&self, group: &str, plural: &str) -> Option<String> {
-        self.custom()
-            .iter()
-            .find(|r| r.group == group && r.plural == plural)
-            .and_then(|r| r.custom.as_ref().map(|c| c.storage_version.clone()))
-    }
 }
 
 #[cfg(test)]
