@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use crate::registry::{self, Resource, BUILTIN};
+use crate::registry::{Registry, Resource};
 
 pub const KUBE_VERSION: &str = "v1.33.0+skiff";
 
@@ -33,9 +33,10 @@ pub fn version() -> Value {
 const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
 /// (verbs, group, version, kind) of a subresource.
-fn sub_info(r: &Resource, sub: &str) -> (Vec<&'static str>, &'static str, &'static str, &'static str) {
+fn sub_info<'a>(r: &'a Resource, sub: &str) -> (Vec<&'static str>, &'a str, &'a str, &'a str) {
+    let (group, version, kind): (&str, &str, &str) = (&r.group, &r.version, &r.kind);
     match sub {
-        "status" => (vec!["get", "patch", "update"], r.group, r.version, r.kind),
+        "status" => (vec!["get", "patch", "update"], group, version, kind),
         "scale" => (vec!["get", "patch", "update"], "autoscaling", "v1", "Scale"),
         "binding" => (vec!["create"], "", "v1", "Binding"),
         "eviction" => (vec!["create"], "policy", "v1", "Eviction"),
@@ -47,7 +48,7 @@ fn sub_info(r: &Resource, sub: &str) -> (Vec<&'static str>, &'static str, &'stat
             vec!["create", "delete", "get", "patch", "update"],
             "",
             "v1",
-            match r.kind {
+            match kind {
                 "Node" => "NodeProxyOptions",
                 "Service" => "ServiceProxyOptions",
                 _ => "PodProxyOptions",
@@ -55,8 +56,8 @@ fn sub_info(r: &Resource, sub: &str) -> (Vec<&'static str>, &'static str, &'stat
         ),
         "token" => (vec!["create"], "authentication.k8s.io", "v1", "TokenRequest"),
         "finalize" => (vec!["update"], "", "v1", "Namespace"),
-        "approval" => (vec!["get", "patch", "update"], r.group, r.version, r.kind),
-        _ => (vec!["get"], r.group, r.version, r.kind),
+        "approval" => (vec!["get", "patch", "update"], group, version, kind),
+        _ => (vec!["get"], group, version, kind),
     }
 }
 
@@ -68,13 +69,14 @@ fn verbs_of(r: &Resource) -> Vec<&'static str> {
 }
 
 /// `/api/v1` or `/apis/<g>/<v>`: an APIResourceList.
-pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let rs: Vec<&Resource> = BUILTIN.iter().filter(|r| r.group == group && r.version == version).collect();
+pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value> {
+    let rs: Vec<_> = reg.all().into_iter().filter(|r| r.group == group && r.version == version).collect();
     if rs.is_empty() {
         return None;
     }
     let mut out = Vec::new();
-    for r in rs {
+    for r in &rs {
+        let r: &Resource = r;
         let mut e = json!({
             "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind,
             "verbs": verbs_of(r),
@@ -86,10 +88,10 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             e["categories"] = json!(r.categories);
         }
         out.push(e);
-        for s in r.subresources {
+        for s in r.subresources.iter() {
             let (verbs, g, v, k) = sub_info(r, s);
             let mut e = json!({"name": format!("{}/{s}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": k, "verbs": verbs});
-            if g != r.group || v != r.version {
+            if g != &*r.group || v != &*r.version {
                 e["group"] = json!(g);
                 e["version"] = json!(v);
             }
@@ -100,21 +102,53 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}))
 }
 
-fn group_entry(group: &str) -> Value {
-    let versions: Vec<Value> = registry::group_versions()
+/// Kubernetes version priority (`v2` > `v1` > `v1beta2` > `v1beta1` > `v1alpha1` > others by
+/// name), as upstream orders a group's versions; the first is the preferred one.
+fn version_key(v: &str) -> (u8, i64, i64, String) {
+    let parse = |s: &str| -> Option<(i64, u8, i64)> {
+        let rest = s.strip_prefix('v')?;
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let major: i64 = digits.parse().ok()?;
+        let tail = &rest[digits.len()..];
+        if tail.is_empty() {
+            return Some((major, 3, 0));
+        }
+        let (stage, n) = if let Some(n) = tail.strip_prefix("beta") {
+            (2, n)
+        } else if let Some(n) = tail.strip_prefix("alpha") {
+            (1, n)
+        } else {
+            return None;
+        };
+        Some((major, stage, n.parse().ok()?))
+    };
+    match parse(v) {
+        Some((major, stage, minor)) => (4 - stage, -major, -minor, String::new()),
+        None => (9, 0, 0, v.to_string()),
+    }
+}
+
+/// A group's versions, preferred first.
+fn versions_of_group(reg: &Registry, group: &str) -> Vec<String> {
+    let mut vs: Vec<String> = reg.group_versions().into_iter().filter(|(g, _)| g == group).map(|(_, v)| v).collect();
+    vs.sort_by_key(|v| version_key(v));
+    vs
+}
+
+fn group_entry(reg: &Registry, group: &str) -> Value {
+    let versions: Vec<Value> = versions_of_group(reg, group)
         .into_iter()
-        .filter(|(g, _)| *g == group)
-        .map(|(g, v)| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
         .collect();
     json!({"name": group, "versions": versions, "preferredVersion": versions.first().cloned().unwrap_or(json!({}))})
 }
 
 /// `/apis/<group>`: an APIGroup.
-pub fn group(group: &str) -> Option<Value> {
-    if group.is_empty() || !BUILTIN.iter().any(|r| r.group == group) {
+pub fn group(reg: &Registry, group: &str) -> Option<Value> {
+    if group.is_empty() || !reg.all().iter().any(|r| r.group == group) {
         return None;
     }
-    let mut g = group_entry(group);
+    let mut g = group_entry(reg, group);
     g["kind"] = json!("APIGroup");
     g["apiVersion"] = json!("v1");
     Some(g)
@@ -124,34 +158,35 @@ pub fn api_versions(server_address: &str) -> Value {
     json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}]})
 }
 
-pub fn api_group_list() -> Value {
-    let mut groups: Vec<&str> = Vec::new();
-    for (g, _) in registry::group_versions() {
+pub fn api_group_list(reg: &Registry) -> Value {
+    let mut groups: Vec<String> = Vec::new();
+    for (g, _) in reg.group_versions() {
         if !g.is_empty() && !groups.contains(&g) {
             groups.push(g);
         }
     }
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups.iter().map(|g| group_entry(g)).collect::<Vec<_>>()})
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups.iter().map(|g| group_entry(reg, g)).collect::<Vec<_>>()})
 }
 
 /// Aggregated discovery for the core group (`/api`) or all named groups (`/apis`).
-pub fn aggregated(core: bool) -> Value {
+pub fn aggregated(reg: &Registry, core: bool) -> Value {
     let mut items = Vec::new();
-    let mut groups: Vec<&str> = Vec::new();
-    for (g, _) in registry::group_versions() {
+    let mut groups: Vec<String> = Vec::new();
+    let all = reg.all();
+    for (g, _) in reg.group_versions() {
         if (g.is_empty() == core) && !groups.contains(&g) {
             groups.push(g);
         }
     }
     for g in groups {
-        let versions: Vec<Value> = registry::group_versions()
+        let versions: Vec<Value> = versions_of_group(reg, &g)
             .into_iter()
-            .filter(|(gg, _)| *gg == g)
-            .map(|(_, v)| {
-                let resources: Vec<Value> = BUILTIN
+            .map(|v| {
+                let resources: Vec<Value> = all
                     .iter()
                     .filter(|r| r.group == g && r.version == v)
                     .map(|r| {
+                        let r: &Resource = r;
                         let subs: Vec<Value> = r
                             .subresources
                             .iter()
@@ -192,11 +227,11 @@ pub fn wants_aggregated(accept: &str) -> bool {
     accept.split(',').any(|a| a.contains("as=APIGroupDiscoveryList") && a.contains("v=v2") && !a.contains("v=v2beta1"))
 }
 
-pub fn aggregated_response(core: bool) -> Response {
+pub fn aggregated_response(reg: &Registry, core: bool) -> Response {
     (
         StatusCode::OK,
         [("content-type", "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")],
-        aggregated(core).to_string(),
+        aggregated(reg, core).to_string(),
     )
         .into_response()
 }
@@ -207,7 +242,7 @@ mod tests {
 
     #[test]
     fn core_resource_list_has_pods_with_subresources() {
-        let l = resource_list("", "v1").unwrap();
+        let l = resource_list(&Registry::new(), "", "v1").unwrap();
         let names: Vec<&str> = l["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
         assert!(names.contains(&"pods") && names.contains(&"pods/log") && names.contains(&"namespaces/finalize"));
         let pods = l["resources"].as_array().unwrap().iter().find(|r| r["name"] == "pods").unwrap();
@@ -216,7 +251,7 @@ mod tests {
 
     #[test]
     fn aggregated_discovery_lists_apps_deployments_with_scale() {
-        let a = aggregated(false);
+        let a = aggregated(&Registry::new(), false);
         let apps = a["items"].as_array().unwrap().iter().find(|g| g["metadata"]["name"] == "apps").unwrap();
         let d = apps["versions"][0]["resources"]
             .as_array()
@@ -230,6 +265,13 @@ mod tests {
             .unwrap()
             .iter()
             .any(|s| s["subresource"] == "scale" && s["responseKind"]["kind"] == "Scale"));
+    }
+
+    #[test]
+    fn versions_sort_by_kubernetes_priority() {
+        let mut vs = vec!["v1alpha1", "v1", "v2beta1", "foo", "v1beta2", "v2", "v1beta1"];
+        vs.sort_by_key(|v| version_key(v));
+        assert_eq!(vs, vec!["v2", "v1", "v2beta1", "v1beta2", "v1beta1", "v1alpha1", "foo"]);
     }
 
     #[test]

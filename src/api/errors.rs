@@ -59,7 +59,7 @@ impl ApiError {
     }
 
     pub fn invalid(r: &Resource, name: &str, causes: &[Cause]) -> ApiError {
-        let msg = crate::registry::validation::invalid_message(r.kind, name, causes);
+        let msg = crate::registry::validation::invalid_message(&r.kind, name, causes);
         let mut d = json!({
             "name": name,
             "kind": r.kind,

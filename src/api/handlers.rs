@@ -15,13 +15,13 @@ use super::patch::{self, PatchKind};
 use super::query::Query;
 use super::selector::{FieldSelector, LabelSelector};
 use super::ApiState;
-use crate::registry::{self, defaults, typed, validation, Resource};
+use crate::registry::{self, defaults, typed, validation, ResRef, Resource};
 use crate::store::RangeRequest;
 
 /// Everything a resource handler needs about the request.
 pub struct Req {
     pub st: Arc<ApiState>,
-    pub r: &'static Resource,
+    pub r: ResRef,
     pub ns: Option<String>,
     pub name: Option<String>,
     pub sub: Option<String>,
@@ -109,7 +109,7 @@ pub async fn read_body(st: &ApiState, body: Body) -> ApiResult<bytes::Bytes> {
 
 /// Checks apiVersion/kind against the URL, fills them in, and checks namespace and name.
 fn check_identity(req: &Req, obj: &mut Value, name_from_url: Option<&str>) -> ApiResult<()> {
-    let r = req.r;
+    let r = &req.r;
     let Some(o) = obj.as_object_mut() else {
         return Err(ApiError::bad_request(format!("the body of the request must be a {} object", r.kind)));
     };
@@ -169,7 +169,7 @@ fn check_identity(req: &Req, obj: &mut Value, name_from_url: Option<&str>) -> Ap
 
 /// Typed normalisation with `fieldValidation` handling. Returns warnings for `Warn`.
 fn normalize(req: &Req, obj: Value) -> ApiResult<(Value, Vec<String>)> {
-    let n = typed::normalize(req.r, obj).map_err(ApiError::bad_request)?;
+    let n = typed::normalize(&req.r, obj).map_err(ApiError::bad_request)?;
     let mut warnings = Vec::new();
     if !n.unknown_fields.is_empty() {
         let msgs: Vec<String> = n.unknown_fields.iter().map(|f| format!("unknown field {f:?}")).collect();
@@ -192,9 +192,19 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
     resp
 }
 
-/// Kinds whose `generation` tracks spec changes.
+/// Kinds whose `generation` tracks spec changes (custom resources always have one).
 fn has_generation(r: &Resource) -> bool {
-    matches!(r.group, "apps" | "batch") || matches!(r.kind, "ReplicationController" | "Pod")
+    matches!(&*r.group, "apps" | "batch" | "apiextensions.k8s.io")
+        || matches!(&*r.kind, "ReplicationController" | "Pod")
+        || r.is_custom()
+}
+
+/// The list kind of a resource (`PodList`, or a CRD's `spec.names.listKind`).
+pub fn list_kind(r: &Resource) -> String {
+    match &r.custom {
+        Some(c) if !c.list_kind.is_empty() => c.list_kind.clone(),
+        _ => format!("{}List", r.kind),
+    }
 }
 
 fn status_subresource(r: &Resource) -> bool {
@@ -242,7 +252,7 @@ pub fn partial(o: &Value) -> Value {
 }
 
 pub async fn get(req: &Req) -> ApiResult<Response> {
-    let s = objects::get(req.st.store.as_ref(), req.r, req.ns(), req.name()).await?;
+    let s = objects::get(req.st.store.as_ref(), &req.r, req.ns(), req.name()).await?;
     if req.wants_metadata() {
         return Ok(json_response(StatusCode::OK, &partial(&s.obj)));
     }
@@ -264,7 +274,7 @@ pub fn table(req: &Req, objs: &[Value], rv: &str, cont: Option<&str>) -> Value {
                 "None" => Value::Null,
                 _ => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))}),
             };
-            json!({"cells": registry::tables::row(req.r, o, now), "object": object})
+            json!({"cells": registry::tables::row(&req.r, o, now), "object": object})
         })
         .collect();
     let mut meta = json!({"resourceVersion": rv});
@@ -275,7 +285,7 @@ pub fn table(req: &Req, objs: &[Value], rv: &str, cont: Option<&str>) -> Value {
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": meta,
-        "columnDefinitions": registry::tables::column_definitions(req.r),
+        "columnDefinitions": registry::tables::column_definitions(&req.r),
         "rows": rows,
     })
 }
@@ -308,7 +318,7 @@ impl Selectors {
     pub fn from(req: &Req) -> ApiResult<Selectors> {
         Ok(Selectors {
             labels: LabelSelector::parse(req.q.get("labelSelector").unwrap_or("")).map_err(ApiError::bad_request)?,
-            fields: FieldSelector::parse(req.q.get("fieldSelector").unwrap_or(""), req.r.kind)
+            fields: FieldSelector::parse(req.q.get("fieldSelector").unwrap_or(""), &req.r.kind)
                 .map_err(ApiError::bad_request)?,
         })
     }
@@ -377,7 +387,7 @@ pub async fn list_objects(req: &Req) -> ApiResult<(Vec<Value>, i64, Option<Strin
             if exact && kv.key != prefix.as_bytes() {
                 continue;
             }
-            let o = objects::decode(kv)?;
+            let o = objects::decode_as(&req.r, kv)?;
             if sel.matches(&o) {
                 items.push(o);
             }
@@ -442,7 +452,7 @@ pub async fn list(req: &Req) -> ApiResult<Response> {
     }
     Ok(json_response(
         StatusCode::OK,
-        &json!({"kind": format!("{}List", req.r.kind), "apiVersion": req.r.api_version(), "metadata": meta, "items": items}),
+        &json!({"kind": list_kind(&req.r), "apiVersion": req.r.api_version(), "metadata": meta, "items": items}),
     ))
 }
 
@@ -467,7 +477,7 @@ pub async fn create_object(req: &Req, obj: Value) -> ApiResult<(Value, Vec<Strin
 
 /// Creates an object; `record` false means its managedFields were already computed (apply).
 async fn create_object_as(req: &Req, obj: Value, record: bool) -> ApiResult<(Value, Vec<String>)> {
-    let r = req.r;
+    let r = &req.r;
     let (mut obj, warnings) = normalize(req, obj)?;
     {
         let meta = obj
@@ -507,7 +517,7 @@ async fn create_object_as(req: &Req, obj: Value, record: bool) -> ApiResult<(Val
             meta.remove("generation");
         }
     }
-    if status_subresource(r) && !matches!(r.kind, "Node" | "Namespace" | "PersistentVolume") {
+    if status_subresource(r) && !matches!(&*r.kind, "Node" | "Namespace" | "PersistentVolume") {
         if let Some(o) = obj.as_object_mut() {
             o.remove("status");
         }
@@ -521,6 +531,7 @@ async fn create_object_as(req: &Req, obj: Value, record: bool) -> ApiResult<(Val
         return Err(ApiError::invalid(r, &name, &causes));
     }
     super::policy::validate(req, &obj).await?;
+    super::crd::on_write(req, None, &mut obj).await?;
     super::admission::on_create(req, &mut obj).await?;
     if record {
         super::apply::record_update(None, &mut obj, &manager(req), &r.api_version(), None);
@@ -583,11 +594,16 @@ fn prepare_update(r: &Resource, old: &Value, mut new: Value, part: Part) -> Valu
         }
     }
     if has_generation(r) {
+        // Upstream: everything outside metadata (and status, when it is a subresource) counts;
+        // custom resources without a status subresource bump on status changes too.
+        let keep_status = r.is_custom() && !status_subresource(r);
         let strip = |v: &Value| {
             let mut v = v.clone();
             if let Some(o) = v.as_object_mut() {
                 o.remove("metadata");
-                o.remove("status");
+                if !keep_status {
+                    o.remove("status");
+                }
             }
             v
         };
@@ -608,7 +624,7 @@ async fn write_update(
     part: Part,
     record: bool,
 ) -> ApiResult<(Value, Vec<String>)> {
-    let r = req.r;
+    let r = &req.r;
     let (new, warnings) = normalize(req, new)?;
     let mut new = prepare_update(r, &old.obj, new, part);
     defaults::apply(r, &mut new, false);
@@ -616,6 +632,7 @@ async fn write_update(
     if !causes.is_empty() {
         return Err(ApiError::invalid(r, req.name(), &causes));
     }
+    super::crd::on_write(req, Some(&old.obj), &mut new).await?;
     super::admission::on_update(req, &old.obj, &mut new)?;
     if record {
         let sub = (part == Part::Status).then_some("status");
@@ -667,10 +684,10 @@ pub async fn update(req: &Req, body: &[u8]) -> ApiResult<Response> {
         }
     };
     check_identity(req, &mut obj, Some(&name))?;
-    let old = objects::get(req.st.store.as_ref(), req.r, req.ns(), &name).await?;
+    let old = objects::get(req.st.store.as_ref(), &req.r, req.ns(), &name).await?;
     if let Some(rv) = obj.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).filter(|v| !v.is_empty()) {
         if rv != old.rev.to_string() {
-            return Err(ApiError::stale(req.r, &name));
+            return Err(ApiError::stale(&req.r, &name));
         }
     }
     if req.sub.as_deref() == Some("finalize") {
@@ -685,6 +702,14 @@ pub async fn update(req: &Req, body: &[u8]) -> ApiResult<Response> {
 pub async fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
     let kind = PatchKind::from_content_type(req.content_type())
         .ok_or_else(|| ApiError::unsupported_media_type(req.content_type()))?;
+    if kind == PatchKind::Strategic && req.r.is_custom() {
+        // Custom resources have no patch strategy metadata: upstream refuses SMP with a 415.
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+        ));
+    }
     let patch_body = decode_body(req.content_type(), body)?;
     let name = req.name().to_string();
     let part = match req.sub.as_deref() {
@@ -710,9 +735,9 @@ pub async fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
                 other => return other,
             }
         }
-        let old = objects::get(req.st.store.as_ref(), req.r, req.ns(), &name).await?;
+        let old = objects::get(req.st.store.as_ref(), &req.r, req.ns(), &name).await?;
         let scale_patch = req.sub.as_deref() == Some("scale");
-        let mut target = if scale_patch { scale_of(req.r, &old.obj)? } else { old.obj.clone() };
+        let mut target = if scale_patch { scale_of(&req.r, &old.obj)? } else { old.obj.clone() };
         patch::apply_standard(kind, &mut target, &patch_body).map_err(|e| ApiError::new(422, "Invalid", e))?;
         if scale_patch {
             return write_scale(req, &old, &target).await;
@@ -721,7 +746,7 @@ pub async fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
         let pinned = patch_body.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).filter(|v| !v.is_empty());
         if let Some(rv) = pinned {
             if rv != old.rev.to_string() {
-                return Err(ApiError::stale(req.r, &name));
+                return Err(ApiError::stale(&req.r, &name));
             }
         }
         match write_update(req, &old, target, part, true).await {
@@ -730,7 +755,7 @@ pub async fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
             Err(e) => return Err(e),
         }
     }
-    Err(ApiError::stale(req.r, &name))
+    Err(ApiError::stale(&req.r, &name))
 }
 
 /// One attempt at a server-side apply (`application/apply-patch+yaml`).
@@ -747,7 +772,7 @@ async fn server_side_apply(req: &Req, body: &Value, part: Part) -> ApiResult<Res
         return Err(ApiError::new(
             422,
             "Invalid",
-            format!("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Too long: may not be more than 128 bytes"),
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Too long: may not be more than 128 bytes",
         ));
     }
     let force = req.q.flag("force");
@@ -766,7 +791,7 @@ async fn server_side_apply(req: &Req, body: &Value, part: Part) -> ApiResult<Res
         e.details = Some(d);
         e
     };
-    match objects::get(req.st.store.as_ref(), req.r, req.ns(), &name).await {
+    match objects::get(req.st.store.as_ref(), &req.r, req.ns(), &name).await {
         Err(e) if e.code == 404 && part == Part::Main => {
             let obj = super::apply::apply(None, &applied, manager, &api_version, force).map_err(conflict)?;
             let (out, w) = create_object_as(req, obj, false).await?;
@@ -798,6 +823,9 @@ fn scale_of(r: &Resource, o: &Value) -> ApiResult<Value> {
     if !r.has_subresource("scale") {
         return Err(ApiError::not_found(r, "scale"));
     }
+    if let Some(sc) = r.custom.as_ref().and_then(|c| c.scale.as_ref()) {
+        return Ok(super::crd::scale_of(sc, o));
+    }
     let sel = o.pointer("/spec/selector").cloned().unwrap_or(json!({}));
     let selector = match sel.get("matchLabels").or(if r.kind == "ReplicationController" { Some(&sel) } else { None }) {
         Some(m) => m
@@ -822,8 +850,8 @@ fn scale_of(r: &Resource, o: &Value) -> ApiResult<Value> {
 }
 
 pub async fn get_scale(req: &Req) -> ApiResult<Response> {
-    let s = objects::get(req.st.store.as_ref(), req.r, req.ns(), req.name()).await?;
-    Ok(json_response(StatusCode::OK, &scale_of(req.r, &s.obj)?))
+    let s = objects::get(req.st.store.as_ref(), &req.r, req.ns(), req.name()).await?;
+    Ok(json_response(StatusCode::OK, &scale_of(&req.r, &s.obj)?))
 }
 
 async fn write_scale(req: &Req, old: &Stored, scale: &Value) -> ApiResult<Response> {
@@ -833,17 +861,20 @@ async fn write_scale(req: &Req, old: &Stored, scale: &Value) -> ApiResult<Respon
     }
     if let Some(rv) = scale.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).filter(|v| !v.is_empty()) {
         if rv != old.rev.to_string() {
-            return Err(ApiError::stale(req.r, req.name()));
+            return Err(ApiError::stale(&req.r, req.name()));
         }
     }
     let mut new = old.obj.clone();
-    new["spec"]["replicas"] = json!(replicas);
+    match req.r.custom.as_ref().and_then(|c| c.scale.as_ref()) {
+        Some(sc) => registry::custom::set_path(&mut new, &sc.spec_replicas, json!(replicas)),
+        None => new["spec"]["replicas"] = json!(replicas),
+    }
     let (out, _) = write_update(req, old, new, Part::Main, true).await?;
-    Ok(json_response(StatusCode::OK, &scale_of(req.r, &out)?))
+    Ok(json_response(StatusCode::OK, &scale_of(&req.r, &out)?))
 }
 
 async fn update_scale(req: &Req, scale: Value) -> ApiResult<Response> {
-    let old = objects::get(req.st.store.as_ref(), req.r, req.ns(), req.name()).await?;
+    let old = objects::get(req.st.store.as_ref(), &req.r, req.ns(), req.name()).await?;
     write_scale(req, &old, &scale).await
 }
 
@@ -855,13 +886,13 @@ pub async fn bind(req: &Req, body: &[u8]) -> ApiResult<Response> {
         ApiError::new(422, "Invalid", format!("Binding.core {:?} is invalid: target.name: Required value", req.name()))
     })?;
     for _ in 0..5 {
-        let old = objects::get(req.st.store.as_ref(), req.r, req.ns(), req.name()).await?;
+        let old = objects::get(req.st.store.as_ref(), &req.r, req.ns(), req.name()).await?;
         if old.obj.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null()) {
-            return Err(ApiError::conflict(req.r, req.name(), "pod is being deleted, cannot be assigned to a host"));
+            return Err(ApiError::conflict(&req.r, req.name(), "pod is being deleted, cannot be assigned to a host"));
         }
         if let Some(cur) = old.obj.pointer("/spec/nodeName").and_then(|n| n.as_str()).filter(|n| !n.is_empty()) {
             return Err(ApiError::conflict(
-                req.r,
+                &req.r,
                 req.name(),
                 &format!("pod {} is already assigned to node {cur:?}", req.name()),
             ));
@@ -872,7 +903,7 @@ pub async fn bind(req: &Req, body: &[u8]) -> ApiResult<Response> {
         let mut conds: Vec<Value> = conds.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
         conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()}));
         new["status"]["conditions"] = json!(conds);
-        match objects::update(req.st.store.as_ref(), req.r, req.ns(), req.name(), new, old.rev, None).await {
+        match objects::update(req.st.store.as_ref(), &req.r, req.ns(), req.name(), new, old.rev, None).await {
             Ok(_) => {
                 return Ok(json_response(
                     StatusCode::CREATED,
@@ -883,7 +914,7 @@ pub async fn bind(req: &Req, body: &[u8]) -> ApiResult<Response> {
             Err(e) => return Err(e),
         }
     }
-    Err(ApiError::stale(req.r, req.name()))
+    Err(ApiError::stale(&req.r, req.name()))
 }
 
 // ---------- delete ----------
@@ -937,7 +968,7 @@ pub async fn delete(req: &Req, body: &[u8]) -> ApiResult<Response> {
 }
 
 async fn delete_one(req: &Req, name: &str, opts: &DeleteOptions) -> ApiResult<(StatusCode, Value)> {
-    let r = req.r;
+    let r = &req.r;
     for _ in 0..10 {
         let old = objects::get(req.st.store.as_ref(), r, req.ns(), name).await?;
         if let Some(uid) = &opts.uid {
@@ -970,6 +1001,7 @@ async fn delete_one(req: &Req, name: &str, opts: &DeleteOptions) -> ApiResult<(S
                 "Orphan" if !finalizers.contains(&json!("orphan")) => finalizers.push(json!("orphan")),
                 _ => {}
             }
+            super::crd::add_cleanup_finalizer(r, &mut finalizers);
         }
         let graceful_pod = r.kind == "Pod" && pod_needs_kubelet(&old.obj);
         let spec_grace = old.obj.pointer("/spec/terminationGracePeriodSeconds").and_then(|g| g.as_i64()).unwrap_or(30);
@@ -1006,6 +1038,7 @@ async fn delete_one(req: &Req, name: &str, opts: &DeleteOptions) -> ApiResult<(S
         if namespace_kind {
             new["status"]["phase"] = json!("Terminating");
         }
+        super::crd::mark_terminating(r, &mut new);
         if req.q.dry_run()? {
             return Ok((StatusCode::ACCEPTED, new));
         }
@@ -1032,7 +1065,7 @@ pub async fn delete_collection(req: &Req, body: &[u8]) -> ApiResult<Response> {
         let ns = o.pointer("/metadata/namespace").and_then(|n| n.as_str()).map(String::from);
         let sub = Req {
             st: req.st.clone(),
-            r: req.r,
+            r: req.r.clone(),
             ns: ns.or(req.ns.clone()),
             name: Some(name.clone()),
             sub: None,
@@ -1048,7 +1081,7 @@ pub async fn delete_collection(req: &Req, body: &[u8]) -> ApiResult<Response> {
     }
     Ok(json_response(
         StatusCode::OK,
-        &json!({"kind": format!("{}List", req.r.kind), "apiVersion": req.r.api_version(), "metadata": {"resourceVersion": rev.to_string()}, "items": out}),
+        &json!({"kind": list_kind(&req.r), "apiVersion": req.r.api_version(), "metadata": {"resourceVersion": rev.to_string()}, "items": out}),
     ))
 }
 

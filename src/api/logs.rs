@@ -90,7 +90,7 @@ pub async fn kubelet_address(req: &Req, node: &str) -> ApiResult<(String, i64)> 
 
 pub async fn pod_log(req: &Req) -> ApiResult<Response> {
     let pod =
-        objects::get(req.st.store.as_ref(), req.r, req.ns.as_deref(), req.name.as_deref().unwrap_or("")).await?.obj;
+        objects::get(req.st.store.as_ref(), &req.r, req.ns.as_deref(), req.name.as_deref().unwrap_or("")).await?.obj;
     let name = req.name.clone().unwrap_or_default();
     let names: Vec<String> = ["containers", "initContainers", "ephemeralContainers"]
         .iter()

@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod apply;
 pub mod auth;
+pub mod crd;
 pub mod discovery;
 pub mod errors;
 pub mod handlers;
@@ -55,6 +56,8 @@ pub struct ApiState {
     pub authz: auth::Authorizer,
     /// Signs and verifies service-account tokens.
     pub sa_signer: auth::tokens::Signer,
+    /// Built-in and custom resources (kept current from the CRDs in the store).
+    pub registry: Arc<crate::registry::Registry>,
 }
 
 /// Who made a request.
@@ -122,8 +125,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(peers)
 }
 
-fn is_resource_path(path: &str) -> bool {
-    matches!(request::parse(path), Some(request::Parsed::Resource(_)))
+fn is_resource_path(reg: &crate::registry::Registry, path: &str) -> bool {
+    matches!(request::parse(reg, path), Some(request::Parsed::Resource(_)))
 }
 
 /// Resolves the caller (client certificate from the TLS layer, or a bearer token), and
@@ -148,7 +151,7 @@ async fn authenticate(
         }
     }
     let path = req.uri().path().to_string();
-    if !is_resource_path(&path) {
+    if !is_resource_path(&st.registry, &path) {
         let a = auth::rbac::Attributes {
             verb: req.method().as_str().to_lowercase(),
             path: Some(path),
@@ -256,27 +259,27 @@ async fn dispatch(
     match path.as_str() {
         "/api" | "/api/" => {
             return if discovery::wants_aggregated(&accept) {
-                discovery::aggregated_response(true)
+                discovery::aggregated_response(&st.registry, true)
             } else {
                 json_response(StatusCode::OK, &discovery::api_versions(&st.advertise))
             }
         }
         "/apis" | "/apis/" => {
             return if discovery::wants_aggregated(&accept) {
-                discovery::aggregated_response(false)
+                discovery::aggregated_response(&st.registry, false)
             } else {
-                json_response(StatusCode::OK, &discovery::api_group_list())
+                json_response(StatusCode::OK, &discovery::api_group_list(&st.registry))
             }
         }
         _ => {}
     }
-    let parsed = match request::parse(&path) {
+    let parsed = match request::parse(&st.registry, &path) {
         Some(p) => p,
         None => return (StatusCode::NOT_FOUND, "404 page not found\n").into_response(),
     };
     let t = match parsed {
         request::Parsed::Group(g) => {
-            return match discovery::group(&g) {
+            return match discovery::group(&st.registry, &g) {
                 Some(v) => json_response(StatusCode::OK, &v),
                 None => {
                     ApiError::new(404, "NotFound", "the server could not find the requested resource").into_response()
@@ -284,7 +287,7 @@ async fn dispatch(
             }
         }
         request::Parsed::GroupVersion { group, version } => {
-            return match discovery::resource_list(&group, &version) {
+            return match discovery::resource_list(&st.registry, &group, &version) {
                 Some(v) => json_response(StatusCode::OK, &v),
                 None => {
                     ApiError::new(404, "NotFound", "the server could not find the requested resource").into_response()
@@ -309,8 +312,8 @@ async fn dispatch(
     // Subresources like pods/exec are checked with their verb on the subresource.
     let a = auth::rbac::Attributes {
         verb: verb_of(&req).into(),
-        group: req.r.group.into(),
-        resource: req.r.plural.into(),
+        group: req.r.group.to_string(),
+        resource: req.r.plural.to_string(),
         // `proxy/<path>` is authorized as the `proxy` subresource.
         subresource: req.sub.as_deref().map(|s| s.split('/').next().unwrap_or(s).to_string()).unwrap_or_default(),
         namespace: req.ns.clone().unwrap_or_default(),
@@ -320,7 +323,7 @@ async fn dispatch(
     if let Err(e) = st.authz.authorize(st.store.as_ref(), &user, &a).await {
         return e.into_response();
     }
-    let span = tracing::debug_span!("request", verb = %method, resource = req.r.plural, ns = ?req.ns, name = ?req.name, user = %user.name);
+    let span = tracing::debug_span!("request", verb = %method, resource = %req.r.plural, ns = ?req.ns, name = ?req.name, user = %user.name);
     let _e = span.enter();
     match resource_request(req, body, &user, upgrade.map(|u| u.0)).await {
         Ok(r) => r,

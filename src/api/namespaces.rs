@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::handlers::{self, Req};
 use super::objects;
 use super::ApiState;
-use crate::registry::{self, BUILTIN};
+use crate::registry;
 
 /// Starts finalising namespace `name` in the background.
 pub fn finalize_later(st: Arc<ApiState>, name: String) {
@@ -49,7 +49,14 @@ pub async fn resume(st: Arc<ApiState>) {
 /// One pass: delete what is left; returns true once the namespace itself is gone.
 async fn finalize_round(st: &Arc<ApiState>, ns: &str) -> Result<bool, super::errors::ApiError> {
     let mut remaining = 0;
-    for r in BUILTIN.iter().filter(|r| r.namespaced) {
+    // Every namespaced kind, custom ones once (their versions share one storage prefix).
+    let mut kinds: Vec<crate::registry::ResRef> = Vec::new();
+    for r in st.registry.all().into_iter().filter(|r| r.namespaced) {
+        if !kinds.iter().any(|k| k.group == r.group && k.plural == r.plural) {
+            kinds.push(r);
+        }
+    }
+    for r in kinds {
         let prefix = r.key_prefix_in(Some(ns));
         let resp =
             st.store.range(crate::store::RangeRequest { prefix: prefix.into_bytes(), ..Default::default() }).await?;
@@ -62,7 +69,7 @@ async fn finalize_round(st: &Arc<ApiState>, ns: &str) -> Result<bool, super::err
             let name = o.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
             let req = Req {
                 st: st.clone(),
-                r,
+                r: r.clone(),
                 ns: Some(ns.to_string()),
                 name: Some(name),
                 sub: None,

@@ -24,6 +24,35 @@ pub fn decode(kv: &KeyValue) -> ApiResult<Value> {
     Ok(v)
 }
 
+/// Decodes a stored object of resource `r`, in `r`'s version (custom resources are stored in
+/// their CRD's storage version; conversion strategy None only rewrites apiVersion).
+pub fn decode_as(r: &Resource, kv: &KeyValue) -> ApiResult<Value> {
+    let mut v = decode(kv)?;
+    convert(r, &mut v);
+    Ok(v)
+}
+
+/// Rewrites a custom object's apiVersion to `r`'s version (conversion strategy None).
+pub fn convert(r: &Resource, v: &mut Value) {
+    if r.is_custom() {
+        if let Some(o) = v.as_object_mut() {
+            o.insert("apiVersion".into(), Value::String(r.api_version()));
+        }
+    }
+}
+
+/// The bytes to store for an object of `r`: custom objects in their storage version.
+fn encode_for(r: &Resource, v: &Value) -> Vec<u8> {
+    match r.custom.as_ref().filter(|c| !c.storage_version.is_empty() && c.storage_version != *r.version) {
+        Some(c) => {
+            let mut v = v.clone();
+            v["apiVersion"] = Value::String(format!("{}/{}", r.group, c.storage_version));
+            encode(&v)
+        }
+        None => encode(v),
+    }
+}
+
 pub fn set_rv(v: &mut Value, rev: i64) {
     if let Some(m) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
         m.insert("resourceVersion".into(), Value::String(rev.to_string()));
@@ -42,7 +71,7 @@ pub fn encode(v: &Value) -> Vec<u8> {
 pub async fn get(store: &dyn Store, r: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Stored> {
     let (kv, _) = store.get(r.key(ns, name).as_bytes()).await?;
     match kv {
-        Some(kv) => Ok(Stored { obj: decode(&kv)?, rev: kv.mod_revision }),
+        Some(kv) => Ok(Stored { obj: decode_as(r, &kv)?, rev: kv.mod_revision }),
         None => Err(ApiError::not_found(r, name)),
     }
 }
@@ -56,7 +85,7 @@ pub async fn create(
     mut obj: Value,
     ttl: Option<u64>,
 ) -> ApiResult<Value> {
-    let resp = store.txn(txn::create(r.key(ns, name).as_bytes(), encode(&obj), ttl)).await?;
+    let resp = store.txn(txn::create(r.key(ns, name).as_bytes(), encode_for(r, &obj), ttl)).await?;
     if !resp.succeeded {
         return Err(ApiError::already_exists(r, name));
     }
@@ -74,7 +103,7 @@ pub async fn update(
     expected: i64,
     ttl: Option<u64>,
 ) -> ApiResult<Value> {
-    let resp = store.txn(txn::update(r.key(ns, name).as_bytes(), encode(&obj), expected, ttl)).await?;
+    let resp = store.txn(txn::update(r.key(ns, name).as_bytes(), encode_for(r, &obj), expected, ttl)).await?;
     if !resp.succeeded {
         return match resp.responses.first() {
             Some(OpResponse::Get { kv: None }) => Err(ApiError::not_found(r, name)),

@@ -6,15 +6,16 @@
 //! and each path's operations list the `dryRun`/`fieldManager`/`fieldValidation` parameters
 //! kubectl checks for before it relies on server-side field validation.
 
-use axum::extract::{Path, RawQuery};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
+use super::ApiState;
 use crate::registry::typed::{with_type, KindVisitor};
-use crate::registry::{self, Resource, BUILTIN};
+use crate::registry::{self, Registry, Resource, BUILTIN};
 
 struct Register<'a>(&'a mut schemars::SchemaGenerator);
 
@@ -31,6 +32,13 @@ pub struct Docs {
     pub v3: BTreeMap<String, (String, String)>,
     pub v3_index: String,
     pub v2: String,
+}
+
+/// The built-in part, computed once: definitions (OpenAPI 3 form) and v2 paths.
+struct Base {
+    defs: Map<String, Value>,
+    v3: BTreeMap<String, (String, String)>,
+    v2_paths: Map<String, Value>,
 }
 
 /// The patch metadata of a list property: (merge key, strategy); the key is empty for a
@@ -221,6 +229,50 @@ fn paths_for(r: &Resource, schema: &str, v3: bool) -> Map<String, Value> {
                 "delete": mk("delete", "delete", vec![param("dryRun", v3), param("gracePeriodSeconds", v3), param("propagationPolicy", v3)], false, false),
             }),
         );
+        if r.has_subresource("scale") && r.is_custom() {
+            let scale_ref = if v3 {
+                "#/components/schemas/io.k8s.api.autoscaling.v1.Scale"
+            } else {
+                "#/definitions/io.k8s.api.autoscaling.v1.Scale"
+            };
+            let scale_body = if v3 {
+                json!({"content": {"*/*": {"schema": {"$ref": scale_ref}}}, "required": true})
+            } else {
+                json!({"name": "body", "in": "body", "required": true, "schema": {"$ref": scale_ref}})
+            };
+            let scale_gvk = json!({"group": "autoscaling", "kind": "Scale", "version": "v1"});
+            let resp = if v3 {
+                json!({"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": scale_ref}}}}})
+            } else {
+                json!({"200": {"description": "OK", "schema": {"$ref": scale_ref}}})
+            };
+            let op = |verb: &str, action: &str, with_body: bool| -> Value {
+                let mut op = json!({
+                    "operationId": format!("{verb}{}Scale", op_id("", r, namespaced, false)),
+                    "x-kubernetes-action": action,
+                    "x-kubernetes-group-version-kind": scale_gvk,
+                    "parameters": if with_body { write_params(&[]) } else { vec![] },
+                    "responses": resp,
+                });
+                if with_body {
+                    if v3 {
+                        op["requestBody"] = scale_body.clone();
+                    } else if let Some(p) = op["parameters"].as_array_mut() {
+                        p.push(scale_body.clone());
+                    }
+                }
+                op
+            };
+            out.insert(
+                format!("{base}/{{name}}/scale"),
+                json!({
+                    "parameters": item_params,
+                    "get": op("read", "get", false),
+                    "put": op("replace", "put", true),
+                    "patch": op("patch", "patch", true),
+                }),
+            );
+        }
         if r.has_subresource("status") {
             out.insert(
                 format!("{base}/{{name}}/status"),
@@ -236,7 +288,7 @@ fn paths_for(r: &Resource, schema: &str, v3: bool) -> Map<String, Value> {
     out
 }
 
-fn build() -> Docs {
+fn build_base() -> Base {
     let mut gen = schemars::generate::SchemaSettings::openapi3().into_generator();
     let mut names: Vec<(&'static Resource, String)> = Vec::new();
     for r in BUILTIN {
@@ -254,7 +306,7 @@ fn build() -> Docs {
         }
     }
     add_patch_extensions(&mut defs);
-    let info = json!({"title": "Kubernetes", "version": crate::api::discovery::KUBE_VERSION});
+    let info = info();
     let mut v3 = BTreeMap::new();
     for (g, v) in registry::group_versions() {
         let in_gv: Vec<&(&Resource, String)> = names.iter().filter(|(r, _)| r.group == g && r.version == v).collect();
@@ -265,10 +317,7 @@ fn build() -> Docs {
         let roots: Vec<String> = in_gv.iter().map(|(_, n)| n.clone()).collect();
         let doc = json!({"openapi": "3.0.0", "info": info, "paths": paths, "components": {"schemas": reachable(&defs, &roots)}});
         let text = doc.to_string();
-        let hash = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(text.as_bytes())).to_uppercase()
-        };
+        let hash = hash_of(&text);
         let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
         v3.insert(key, (text, hash));
     }
@@ -276,19 +325,97 @@ fn build() -> Docs {
         .iter()
         .map(|(k, (_, h))| (k.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{k}?hash={h}")})))
         .collect();
+    let _ = index;
     let mut v2_paths = Map::new();
     for (r, n) in &names {
         v2_paths.extend(paths_for(r, n, false));
     }
-    let v2_defs = Value::Object(defs).to_string().replace("#/components/schemas/", "#/definitions/");
+    Base { defs, v3, v2_paths }
+}
+
+fn base() -> &'static Base {
+    static BASE: OnceLock<Base> = OnceLock::new();
+    BASE.get_or_init(build_base)
+}
+
+fn info() -> Value {
+    json!({"title": "Kubernetes", "version": crate::api::discovery::KUBE_VERSION})
+}
+
+fn hash_of(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes())).to_uppercase()
+}
+
+/// The definition name upstream gives a custom kind: the reversed group, version and kind
+/// (`com.example.stable.v1.CronTab`).
+fn custom_def_name(r: &Resource) -> String {
+    let mut g: Vec<&str> = r.group.split('.').collect();
+    g.reverse();
+    format!("{}.{}.{}", g.join("."), r.version, r.kind)
+}
+
+/// A custom kind's definition: its CRD schema, with `metadata` as ObjectMeta and the
+/// apiVersion/kind fields described, tagged with its group/version/kind.
+fn custom_def(r: &Resource, meta_ref: &str) -> Value {
+    let mut d = r.custom.as_ref().map(|c| c.schema.clone()).unwrap_or(Value::Null);
+    if !d.is_object() {
+        d = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    }
+    if !d.get("properties").is_some_and(|p| p.is_object()) {
+        d["properties"] = json!({});
+    }
+    d["properties"]["apiVersion"] = json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources"});
+    d["properties"]["kind"] = json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"});
+    d["properties"]["metadata"] = json!({"allOf": [{"$ref": meta_ref}], "description": "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"});
+    d["x-kubernetes-group-version-kind"] = json!([{"group": r.group, "kind": r.kind, "version": r.version}]);
+    d
+}
+
+/// Every document for the resources `reg` serves now (built-ins plus CRDs).
+fn build(reg: &Registry) -> Docs {
+    let base = base();
+    let custom = reg.custom();
+    let mut v3 = base.v3.clone();
+    const META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
+    const SCALE: &str = "io.k8s.api.autoscaling.v1.Scale";
+    let mut groups: Vec<(String, String)> = Vec::new();
+    for r in custom.iter() {
+        let gv = (r.group.to_string(), r.version.to_string());
+        if !groups.contains(&gv) {
+            groups.push(gv);
+        }
+    }
+    let mut v2_paths = base.v2_paths.clone();
+    let mut v2_defs = base.defs.clone();
+    for (g, v) in &groups {
+        let mut paths = Map::new();
+        let mut schemas = reachable(&base.defs, &[META.to_string(), SCALE.to_string()]);
+        for r in custom.iter().filter(|r| &*r.group == g && &*r.version == v) {
+            let name = custom_def_name(r);
+            paths.extend(paths_for(r, &name, true));
+            schemas.insert(name.clone(), custom_def(r, &format!("#/components/schemas/{META}")));
+            v2_paths.extend(paths_for(r, &name, false));
+            v2_defs.insert(name, custom_def(r, &format!("#/components/schemas/{META}")));
+        }
+        let doc = json!({"openapi": "3.0.0", "info": info(), "paths": paths, "components": {"schemas": schemas}});
+        let text = doc.to_string();
+        let hash = hash_of(&text);
+        v3.insert(format!("apis/{g}/{v}"), (text, hash));
+    }
+    let index: Map<String, Value> = v3
+        .iter()
+        .map(|(k, (_, h))| (k.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{k}?hash={h}")})))
+        .collect();
+    let v2_defs = Value::Object(v2_defs).to_string().replace("#/components/schemas/", "#/definitions/");
     let v2_defs: Value = serde_json::from_str(&v2_defs).unwrap_or(json!({}));
-    let v2 = json!({"swagger": "2.0", "info": info, "paths": v2_paths, "definitions": v2_defs});
+    let v2 = json!({"swagger": "2.0", "info": info(), "paths": v2_paths, "definitions": v2_defs});
     Docs { v3, v3_index: json!({"paths": index}).to_string(), v2: v2.to_string() }
 }
 
-pub fn docs() -> &'static Docs {
-    static DOCS: OnceLock<Docs> = OnceLock::new();
-    DOCS.get_or_init(build)
+/// The documents for what `reg` serves, rebuilt when its CRDs change.
+pub fn docs(reg: &Registry) -> Arc<Docs> {
+    reg.cached(build)
 }
 
 fn json_text(body: String, immutable: bool) -> Response {
@@ -296,16 +423,16 @@ fn json_text(body: String, immutable: bool) -> Response {
     (StatusCode::OK, [("content-type", "application/json"), ("cache-control", cache)], body).into_response()
 }
 
-pub async fn v2() -> Response {
-    json_text(docs().v2.clone(), false)
+pub async fn v2(State(st): State<Arc<ApiState>>) -> Response {
+    json_text(docs(&st.registry).v2.clone(), false)
 }
 
-pub async fn v3_index() -> Response {
-    json_text(docs().v3_index.clone(), false)
+pub async fn v3_index(State(st): State<Arc<ApiState>>) -> Response {
+    json_text(docs(&st.registry).v3_index.clone(), false)
 }
 
-pub async fn v3_group(Path(p): Path<String>, RawQuery(q): RawQuery) -> Response {
-    match docs().v3.get(p.trim_matches('/')) {
+pub async fn v3_group(State(st): State<Arc<ApiState>>, Path(p): Path<String>, RawQuery(q): RawQuery) -> Response {
+    match docs(&st.registry).v3.get(p.trim_matches('/')) {
         Some((doc, hash)) => json_text(doc.clone(), q.is_some_and(|q| q.contains(hash.as_str()))),
         None => super::errors::ApiError::new(
             404,
@@ -322,7 +449,7 @@ mod tests {
 
     #[test]
     fn v3_documents_carry_gvk_patch_params_and_merge_keys() {
-        let d = docs();
+        let d = docs(&Registry::new());
         let (apps, _) = d.v3.get("apis/apps/v1").unwrap();
         let v: Value = serde_json::from_str(apps).unwrap();
         let dep = &v["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
@@ -338,7 +465,39 @@ mod tests {
 
     #[test]
     fn v2_refs_point_at_definitions() {
-        assert!(!docs().v2.contains("#/components/schemas/"));
-        assert!(docs().v2.contains("#/definitions/io.k8s.api.core.v1.PodSpec"));
+        let d = docs(&Registry::new());
+        assert!(!d.v2.contains("#/components/schemas/"));
+        assert!(d.v2.contains("#/definitions/io.k8s.api.core.v1.PodSpec"));
+    }
+
+    #[test]
+    fn crd_schemas_appear_in_both_documents_and_follow_crd_changes() {
+        let reg = Registry::new();
+        let mut crd = json!({
+            "metadata": {"name": "crontabs.stable.example.com"},
+            "spec": {"group": "stable.example.com", "scope": "Namespaced",
+                "names": {"plural": "crontabs", "kind": "CronTab"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "subresources": {"scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas"}},
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {"type": "object", "description": "the spec", "properties": {"cronSpec": {"type": "string"}}}}}}}]}
+        });
+        crd["status"] = crate::registry::custom::compute_status(&crd, &[], "t");
+        assert!(!docs(&reg).v3.contains_key("apis/stable.example.com/v1"));
+        reg.set_crds(&[crd]);
+        let d = docs(&reg);
+        let (text, _) = d.v3.get("apis/stable.example.com/v1").expect("CRD group document");
+        let v: Value = serde_json::from_str(text).unwrap();
+        let def = &v["components"]["schemas"]["com.example.stable.v1.CronTab"];
+        assert_eq!(def["x-kubernetes-group-version-kind"][0]["kind"], "CronTab");
+        assert_eq!(def["properties"]["spec"]["description"], "the spec");
+        assert!(v["components"]["schemas"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"].is_object());
+        assert!(v["paths"]["/apis/stable.example.com/v1/namespaces/{namespace}/crontabs/{name}/scale"].is_object());
+        assert!(d.v3_index.contains("apis/stable.example.com/v1"));
+        assert!(
+            d.v2.contains("#/definitions/com.example.stable.v1.CronTab")
+                || d.v2.contains("com.example.stable.v1.CronTab")
+        );
+        reg.set_crds(&[]);
+        assert!(!docs(&reg).v3.contains_key("apis/stable.example.com/v1"));
     }
 }

@@ -69,7 +69,7 @@ fn forbidden(r: &Resource, name: &str, why: String) -> ApiError {
 /// Mutating admission on create (after defaulting, before validation).
 pub async fn mutate(req: &Req, o: &mut Value) -> ApiResult<()> {
     let ns = req.ns.clone().unwrap_or_default();
-    match (req.r.group, req.r.kind) {
+    match (&*req.r.group, &*req.r.kind) {
         ("", "Pod") => {
             for lr in list_in(req, "", "limitranges", &ns).await? {
                 for item in lr.pointer("/spec/limits").and_then(|l| l.as_array()).into_iter().flatten() {
@@ -187,7 +187,7 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
                         if let (Some(max), Some(l)) = (qty(item.pointer(&format!("/max/{res}"))), limit) {
                             if l > max {
                                 return Err(forbidden(
-                                    req.r,
+                                    &req.r,
                                     &name,
                                     format!(
                                         "maximum {res} usage per Container is {}, but limit is {}",
@@ -200,7 +200,7 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
                         if let (Some(min), Some(r)) = (qty(item.pointer(&format!("/min/{res}"))), request) {
                             if r < min {
                                 return Err(forbidden(
-                                    req.r,
+                                    &req.r,
                                     &name,
                                     format!(
                                         "minimum {res} usage per Container is {}, but request is {}",
@@ -265,7 +265,7 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
 /// objects of that kind.
 pub fn quota_usage(r: &Resource, objects: &[Value], hard_keys: &[String]) -> Vec<(String, f64)> {
     let live: Vec<&Value> = objects.iter().filter(|x| !(r.kind == "Pod" && terminal(x))).collect();
-    let legacy = legacy_quota_name(r.kind);
+    let legacy = legacy_quota_name(&r.kind);
     let mut out = Vec::new();
     for k in hard_keys {
         let v = if *k == format!("count/{}", r.qualified_plural()) || legacy == Some(k.as_str()) {
@@ -327,7 +327,7 @@ pub fn format_quantity(key: &str, v: f64) -> String {
 async fn quota_charges(req: &Req, o: &Value, name: &str, ns: &str, quotas: Vec<Value>) -> ApiResult<Vec<Value>> {
     // What this object would add, per quota resource name.
     let mut adds: Vec<(String, f64)> = vec![(format!("count/{}", req.r.qualified_plural()), 1.0)];
-    let legacy = legacy_quota_name(req.r.kind);
+    let legacy = legacy_quota_name(&req.r.kind);
     if let Some(l) = legacy {
         adds.push((l.to_string(), 1.0));
     }
@@ -351,7 +351,7 @@ async fn quota_charges(req: &Req, o: &Value, name: &str, ns: &str, quotas: Vec<V
             _ => {}
         }
     }
-    let existing = list_in(req, req.r.group, req.r.plural, ns).await?;
+    let existing = list_in(req, &req.r.group, &req.r.plural, ns).await?;
     let mut charges = Vec::new();
     for mut q in quotas {
         let qname = q.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
@@ -376,7 +376,7 @@ async fn quota_charges(req: &Req, o: &Value, name: &str, ns: &str, quotas: Vec<V
                     .collect();
                 if !missing.is_empty() {
                     return Err(forbidden(
-                        req.r,
+                        &req.r,
                         name,
                         format!("failed quota: {qname}: must specify {full} for: {}", missing.join(",")),
                     ));
@@ -387,7 +387,7 @@ async fn quota_charges(req: &Req, o: &Value, name: &str, ns: &str, quotas: Vec<V
         if tracked.is_empty() {
             continue;
         }
-        let live = quota_usage(req.r, &existing, &tracked);
+        let live = quota_usage(&req.r, &existing, &tracked);
         let mut requested = Vec::new();
         let mut used_s = Vec::new();
         let mut limited = Vec::new();
@@ -410,7 +410,7 @@ async fn quota_charges(req: &Req, o: &Value, name: &str, ns: &str, quotas: Vec<V
         }
         if !requested.is_empty() {
             return Err(forbidden(
-                req.r,
+                &req.r,
                 name,
                 format!(
                     "exceeded quota: {qname}, requested: {}, used: {}, limited: {}",
@@ -440,7 +440,7 @@ async fn quota_charges(req: &Req, o: &Value, name: &str, ns: &str, quotas: Vec<V
 pub async fn evict(req: &Req, body: &[u8]) -> ApiResult<axum::response::Response> {
     let ns = req.ns.clone().unwrap_or_default();
     let name = req.name.clone().unwrap_or_default();
-    let pod = objects::get(req.st.store.as_ref(), req.r, Some(&ns), &name).await?;
+    let pod = objects::get(req.st.store.as_ref(), &req.r, Some(&ns), &name).await?;
     let ev = if body.iter().all(|b| b.is_ascii_whitespace()) {
         json!({})
     } else {
@@ -510,7 +510,7 @@ pub async fn evict(req: &Req, body: &[u8]) -> ApiResult<axum::response::Response
     let opts = ev.get("deleteOptions").cloned().unwrap_or(json!({}));
     let sub = Req {
         st: req.st.clone(),
-        r: req.r,
+        r: req.r.clone(),
         ns: req.ns.clone(),
         name: req.name.clone(),
         sub: None,

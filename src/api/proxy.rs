@@ -49,7 +49,7 @@ fn relay(status: u16, headers: &hyper::HeaderMap, body: Body) -> Response {
 pub async fn proxy(req: &Req, body: Body) -> ApiResult<Response> {
     let name = req.name.clone().unwrap_or_default();
     let path = rest_and_query(req);
-    match req.r.kind {
+    match &*req.r.kind {
         "Node" => {
             if req.method != Method::GET && req.method != Method::HEAD {
                 return Err(ApiError::method_not_allowed("skiff proxies only GET and HEAD to kubelets"));
@@ -79,7 +79,7 @@ pub async fn proxy(req: &Req, body: Body) -> ApiResult<Response> {
                 return Err(ApiError::bad_request("skiff proxies services over plain HTTP only"));
             }
             let ns = req.ns.clone().unwrap_or_default();
-            let svc_obj = objects::get(req.st.store.as_ref(), req.r, Some(&ns), &svc).await?.obj;
+            let svc_obj = objects::get(req.st.store.as_ref(), &req.r, Some(&ns), &svc).await?.obj;
             let ports = svc_obj.pointer("/spec/ports").and_then(|p| p.as_array()).cloned().unwrap_or_default();
             let sp = if port.is_empty() {
                 ports.first().cloned()

@@ -1,11 +1,11 @@
 //! Turns a request path into what it addresses (k8s.io/apiserver's RequestInfo): the
 //! resource, namespace, name and subresource, for `/api/v1/...` and `/apis/<g>/<v>/...`.
 
-use crate::registry::{self, Resource};
+use crate::registry::{Registry, ResRef};
 
 #[derive(Debug, PartialEq)]
 pub struct Target {
-    pub resource: &'static Resource,
+    pub resource: ResRef,
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub subresource: Option<String>,
@@ -43,7 +43,7 @@ fn decode(seg: &str) -> String {
 }
 
 /// Parses `path` (without query). Returns None for paths outside `/api` and `/apis`.
-pub fn parse(path: &str) -> Option<Parsed> {
+pub fn parse(reg: &Registry, path: &str) -> Option<Parsed> {
     let segs: Vec<String> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).map(decode).collect();
     let (group, version, rest) = match segs.first().map(|s| s.as_str()) {
         Some("api") => match segs.get(1) {
@@ -60,7 +60,7 @@ pub fn parse(path: &str) -> Option<Parsed> {
     if rest.is_empty() {
         return Some(Parsed::GroupVersion { group, version });
     }
-    let find = |plural: &str| registry::find(&group, &version, plural);
+    let find = |plural: &str| reg.find(&group, &version, plural);
     // namespaces/{ns}/{resource}/... addresses a namespaced resource, unless the third segment
     // is not a resource (namespaces/{name}/status, /finalize).
     if rest[0] == "namespaces" && rest.len() >= 3 {
@@ -88,6 +88,10 @@ pub fn parse(path: &str) -> Option<Parsed> {
 mod tests {
     use super::*;
 
+    fn parse(p: &str) -> Option<Parsed> {
+        super::parse(&Registry::new(), p)
+    }
+
     fn target(p: &str) -> Target {
         match parse(p) {
             Some(Parsed::Resource(t)) => t,
@@ -103,13 +107,13 @@ mod tests {
         assert_eq!(t.name.as_deref(), Some("web"));
         assert_eq!(t.subresource.as_deref(), Some("log"));
         let t = target("/apis/apps/v1/namespaces/x/deployments");
-        assert_eq!((t.resource.kind, t.name), ("Deployment", None));
+        assert_eq!((&*t.resource.kind, t.name), ("Deployment", None));
     }
 
     #[test]
     fn namespace_items_and_their_subresources_parse() {
         let t = target("/api/v1/namespaces/foo");
-        assert_eq!((t.resource.plural, t.name.as_deref()), ("namespaces", Some("foo")));
+        assert_eq!((&*t.resource.plural, t.name.as_deref()), ("namespaces", Some("foo")));
         let t = target("/api/v1/namespaces/foo/status");
         assert_eq!((t.name.as_deref(), t.subresource.as_deref()), (Some("foo"), Some("status")));
     }

@@ -128,7 +128,7 @@ pub async fn pod_stream(req: &Req, user: &User, upgrade: Option<OnUpgrade>) -> A
         };
         req.st.authz.authorize(req.st.store.as_ref(), user, &a).await?;
     }
-    let pod = objects::get(req.st.store.as_ref(), req.r, Some(&ns), &name).await?.obj;
+    let pod = objects::get(req.st.store.as_ref(), &req.r, Some(&ns), &name).await?.obj;
     let phase = pod.pointer("/status/phase").and_then(|p| p.as_str()).unwrap_or("Pending");
     let container = if sub == "portforward" {
         if phase != "Running" {

@@ -34,6 +34,8 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
     };
     let exact_key = sel.fields.exact_name().is_some() && (req.ns.is_some() || !req.r.namespaced);
     let table = req.wants_table();
+    // A Table row carries the object as includeObject asks (kubectl's custom-columns -w wants it whole).
+    let include = req.q.get("includeObject").unwrap_or("Metadata").to_string();
     let metadata_only = req.wants_metadata();
     let store = req.st.store.clone();
 
@@ -51,7 +53,7 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
             if exact_key && kv.key != prefix.as_bytes() {
                 continue;
             }
-            let o = objects::decode(kv)?;
+            let o = objects::decode_as(&req.r, kv)?;
             if sel.matches(&o) {
                 initial.push(o);
             }
@@ -63,7 +65,7 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
         Err(StoreError::Compacted { .. }) => None,
         Err(e) => return Err(e.into()),
     };
-    let r = req.r;
+    let r = req.r.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(64);
     tokio::spawn(async move {
         let mut first_table = true;
@@ -78,11 +80,15 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
                 "kind": "Table",
                 "apiVersion": "meta.k8s.io/v1",
                 "metadata": {"resourceVersion": o.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))},
-                "rows": [{"cells": crate::registry::tables::row(r, o, chrono::Utc::now().timestamp()),
-                          "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))}}],
+                "rows": [{"cells": crate::registry::tables::row(&r, o, chrono::Utc::now().timestamp()),
+                          "object": match include.as_str() {
+                              "Object" => o.clone(),
+                              "None" => Value::Null,
+                              _ => super::handlers::partial(o),
+                          }}],
             });
             if *first {
-                t["columnDefinitions"] = json!(crate::registry::tables::column_definitions(r));
+                t["columnDefinitions"] = json!(crate::registry::tables::column_definitions(&r));
                 *first = false;
             } else {
                 t["columnDefinitions"] = json!([]);
@@ -139,7 +145,7 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
             for ev in evs_filter(&events, exact_key, prefix.as_bytes()) {
                 let rev = ev.kv.mod_revision;
                 let old = match &ev.prev_kv {
-                    Some(p) => match objects::decode(p) {
+                    Some(p) => match objects::decode_as(&r, p) {
                         Ok(mut o) => {
                             objects::set_rv(&mut o, rev);
                             Some(o)
@@ -150,7 +156,7 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
                 };
                 let (ty, obj) = match ev.kind {
                     EventKind::Put => {
-                        let Ok(new) = objects::decode(&ev.kv) else { continue };
+                        let Ok(new) = objects::decode_as(&r, &ev.kv) else { continue };
                         let new_m = sel.matches(&new);
                         let old_m = old.as_ref().is_some_and(|o| sel.matches(o));
                         match (old.is_some(), old_m, new_m) {

@@ -52,7 +52,7 @@ pub fn resource_of(key: &str) -> Option<&'static Resource> {
         "cpu" | "memory" | "requests.cpu" | "requests.memory" | "limits.cpu" | "limits.memory" => builtin("", "pods"),
         "requests.storage" => builtin("", "persistentvolumeclaims"),
         "services.nodeports" | "services.loadbalancers" => builtin("", "services"),
-        other => registry::BUILTIN.iter().find(|r| r.group.is_empty() && legacy_quota_name(r.kind) == Some(other)),
+        other => registry::BUILTIN.iter().find(|r| r.group.is_empty() && legacy_quota_name(&r.kind) == Some(other)),
     }
 }
 
@@ -68,8 +68,8 @@ pub struct Context {
 }
 
 async fn list_values(client: &kube::Client, r: &Resource, ns: &str) -> Result<Vec<serde_json::Value>, kube::Error> {
-    let gvk = GroupVersionKind::gvk(r.group, r.version, r.kind);
-    let ar = ApiResource::from_gvk_with_plural(&gvk, r.plural);
+    let gvk = GroupVersionKind::gvk(&r.group, &r.version, &r.kind);
+    let ar = ApiResource::from_gvk_with_plural(&gvk, &r.plural);
     let api: Api<DynamicObject> =
         if r.namespaced { Api::namespaced_with(client.clone(), ns, &ar) } else { Api::all_with(client.clone(), &ar) };
     let list = api.list(&ListParams::default()).await?;

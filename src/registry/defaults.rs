@@ -110,7 +110,11 @@ fn template(v: &mut Value) {
 
 /// Applies the kind's defaults. `create` is true for new objects (admission defaults apply).
 pub fn apply(r: &Resource, v: &mut Value, create: bool) {
-    match (r.group, r.kind) {
+    if let Some(c) = &r.custom {
+        super::schema::default(&c.schema, v);
+        return;
+    }
+    match (&*r.group, &*r.kind) {
         ("", "Pod") => {
             if let Some(spec) = v.get_mut("spec") {
                 pod_spec(spec);

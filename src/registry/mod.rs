@@ -1,26 +1,45 @@
 //! Per-kind strategy: the resources skiff serves (the table discovery, routing and storage
 //! keys are derived from), and for each kind its normalisation, defaulting, validation and
 //! table columns. Pure functions over JSON.
+//!
+//! Built-in resources live in a static table; custom resources (one per served version of each
+//! established CustomResourceDefinition) live in a [`dynamic::Registry`] that the API server keeps
+//! current from the store. Both are [`Resource`]s: built-ins borrow `'static` strings, custom
+//! ones own theirs (behind an `Arc`, freed when a CRD update replaces them).
 
+pub mod custom;
 pub mod defaults;
+pub mod dynamic;
+pub mod schema;
 pub mod tables;
 pub mod typed;
 pub mod validation;
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
+pub use dynamic::{Registry, ResRef};
+
+/// A name: borrowed for built-ins, owned for custom resources.
+pub type Str = Cow<'static, str>;
+
 /// One served resource (a kind at one group/version).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub struct Resource {
     /// API group; "" for core.
-    pub group: &'static str,
-    pub version: &'static str,
-    pub kind: &'static str,
-    pub plural: &'static str,
-    pub singular: &'static str,
+    pub group: Str,
+    pub version: Str,
+    pub kind: Str,
+    pub plural: Str,
+    pub singular: Str,
     pub namespaced: bool,
-    pub short_names: &'static [&'static str],
-    pub categories: &'static [&'static str],
+    pub short_names: Cow<'static, [Str]>,
+    pub categories: Cow<'static, [Str]>,
     /// Subresources served under `{name}/…`.
-    pub subresources: &'static [&'static str],
+    pub subresources: Cow<'static, [Str]>,
+    /// What a CustomResourceDefinition says about this version (schema, columns, scale);
+    /// None for built-in kinds.
+    pub custom: Option<Arc<custom::CustomInfo>>,
 }
 
 impl Resource {
@@ -52,7 +71,7 @@ impl Resource {
 
     /// Storage key prefix: `/registry/<group>/<plural>/` (group `core` for the core group).
     pub fn key_prefix(&self) -> String {
-        let g = if self.group.is_empty() { "core" } else { self.group };
+        let g: &str = if self.group.is_empty() { "core" } else { &self.group };
         format!("/registry/{g}/{}/", self.plural)
     }
 
@@ -73,37 +92,48 @@ impl Resource {
 
     /// Create-only resources that are computed, never stored (access and token reviews).
     pub fn is_virtual(&self) -> bool {
-        matches!(self.group, "authorization.k8s.io" | "authentication.k8s.io")
+        matches!(&*self.group, "authorization.k8s.io" | "authentication.k8s.io")
     }
 
     pub fn has_subresource(&self, s: &str) -> bool {
-        self.subresources.contains(&s)
+        self.subresources.iter().any(|x| x == s)
+    }
+
+    /// A custom resource (served from a CustomResourceDefinition).
+    pub fn is_custom(&self) -> bool {
+        self.custom.is_some()
     }
 }
 
-const ALL: &[&str] = &["all"];
-const NONE: &[&str] = &[];
+const ALL: &[Str] = &[Cow::Borrowed("all")];
+const NONE: &[Str] = &[];
+
+/// `&["a", "b"]` as a static list of borrowed names.
+macro_rules! names {
+    ($($n:expr),* $(,)?) => { &[$(Cow::Borrowed($n)),*] };
+}
 
 macro_rules! res {
     ($g:expr, $v:expr, $kind:expr, $plural:expr, $singular:expr, $ns:expr, $short:expr, $cat:expr, $sub:expr) => {
         Resource {
-            group: $g,
-            version: $v,
-            kind: $kind,
-            plural: $plural,
-            singular: $singular,
+            group: Cow::Borrowed($g),
+            version: Cow::Borrowed($v),
+            kind: Cow::Borrowed($kind),
+            plural: Cow::Borrowed($plural),
+            singular: Cow::Borrowed($singular),
             namespaced: $ns,
-            short_names: $short,
-            categories: $cat,
-            subresources: $sub,
+            short_names: Cow::Borrowed($short),
+            categories: Cow::Borrowed($cat),
+            subresources: Cow::Borrowed($sub),
+            custom: None,
         }
     };
 }
 
 /// Every built-in resource skiff serves. Discovery, routing and storage follow this table.
 pub static BUILTIN: &[Resource] = &[
-    res!("", "v1", "Namespace", "namespaces", "namespace", false, &["ns"], NONE, &["status", "finalize"]),
-    res!("", "v1", "Node", "nodes", "node", false, &["no"], NONE, &["status", "proxy"]),
+    res!("", "v1", "Namespace", "namespaces", "namespace", false, names!("ns"), NONE, names!("status", "finalize")),
+    res!("", "v1", "Node", "nodes", "node", false, names!("no"), NONE, names!("status", "proxy")),
     res!(
         "",
         "v1",
@@ -111,17 +141,27 @@ pub static BUILTIN: &[Resource] = &[
         "pods",
         "pod",
         true,
-        &["po"],
+        names!("po"),
         ALL,
-        &["status", "binding", "eviction", "log", "exec", "attach", "portforward"]
+        names!("status", "binding", "eviction", "log", "exec", "attach", "portforward")
     ),
-    res!("", "v1", "Service", "services", "service", true, &["svc"], ALL, &["status", "proxy"]),
-    res!("", "v1", "Endpoints", "endpoints", "endpoints", true, &["ep"], NONE, NONE),
-    res!("", "v1", "ConfigMap", "configmaps", "configmap", true, &["cm"], NONE, NONE),
+    res!("", "v1", "Service", "services", "service", true, names!("svc"), ALL, names!("status", "proxy")),
+    res!("", "v1", "Endpoints", "endpoints", "endpoints", true, names!("ep"), NONE, NONE),
+    res!("", "v1", "ConfigMap", "configmaps", "configmap", true, names!("cm"), NONE, NONE),
     res!("", "v1", "Secret", "secrets", "secret", true, NONE, NONE, NONE),
-    res!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, &["sa"], NONE, &["token"]),
-    res!("", "v1", "Event", "events", "event", true, &["ev"], NONE, NONE),
-    res!("", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", false, &["pv"], NONE, &["status"]),
+    res!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, names!("sa"), NONE, names!("token")),
+    res!("", "v1", "Event", "events", "event", true, names!("ev"), NONE, NONE),
+    res!(
+        "",
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        "persistentvolume",
+        false,
+        names!("pv"),
+        NONE,
+        names!("status")
+    ),
     res!(
         "",
         "v1",
@@ -129,9 +169,9 @@ pub static BUILTIN: &[Resource] = &[
         "persistentvolumeclaims",
         "persistentvolumeclaim",
         true,
-        &["pvc"],
+        names!("pvc"),
         NONE,
-        &["status"]
+        names!("status")
     ),
     res!(
         "",
@@ -140,20 +180,40 @@ pub static BUILTIN: &[Resource] = &[
         "replicationcontrollers",
         "replicationcontroller",
         true,
-        &["rc"],
+        names!("rc"),
         ALL,
-        &["status", "scale"]
+        names!("status", "scale")
     ),
-    res!("", "v1", "ResourceQuota", "resourcequotas", "resourcequota", true, &["quota"], NONE, &["status"]),
-    res!("", "v1", "LimitRange", "limitranges", "limitrange", true, &["limits"], NONE, NONE),
+    res!("", "v1", "ResourceQuota", "resourcequotas", "resourcequota", true, names!("quota"), NONE, names!("status")),
+    res!("", "v1", "LimitRange", "limitranges", "limitrange", true, names!("limits"), NONE, NONE),
     res!("", "v1", "PodTemplate", "podtemplates", "podtemplate", true, NONE, NONE, NONE),
-    res!("apps", "v1", "Deployment", "deployments", "deployment", true, &["deploy"], ALL, &["status", "scale"]),
-    res!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, &["rs"], ALL, &["status", "scale"]),
-    res!("apps", "v1", "StatefulSet", "statefulsets", "statefulset", true, &["sts"], ALL, &["status", "scale"]),
-    res!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, &["ds"], ALL, &["status"]),
+    res!(
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        "deployment",
+        true,
+        names!("deploy"),
+        ALL,
+        names!("status", "scale")
+    ),
+    res!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, names!("rs"), ALL, names!("status", "scale")),
+    res!(
+        "apps",
+        "v1",
+        "StatefulSet",
+        "statefulsets",
+        "statefulset",
+        true,
+        names!("sts"),
+        ALL,
+        names!("status", "scale")
+    ),
+    res!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, names!("ds"), ALL, names!("status")),
     res!("apps", "v1", "ControllerRevision", "controllerrevisions", "controllerrevision", true, NONE, NONE, NONE),
-    res!("batch", "v1", "Job", "jobs", "job", true, NONE, ALL, &["status"]),
-    res!("batch", "v1", "CronJob", "cronjobs", "cronjob", true, &["cj"], ALL, &["status"]),
+    res!("batch", "v1", "Job", "jobs", "job", true, NONE, ALL, names!("status")),
+    res!("batch", "v1", "CronJob", "cronjobs", "cronjob", true, names!("cj"), ALL, names!("status")),
     res!("coordination.k8s.io", "v1", "Lease", "leases", "lease", true, NONE, NONE, NONE),
     res!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", true, NONE, NONE, NONE),
     res!(
@@ -163,9 +223,9 @@ pub static BUILTIN: &[Resource] = &[
         "horizontalpodautoscalers",
         "horizontalpodautoscaler",
         true,
-        &["hpa"],
+        names!("hpa"),
         ALL,
-        &["status"]
+        names!("status")
     ),
     res!(
         "policy",
@@ -174,13 +234,23 @@ pub static BUILTIN: &[Resource] = &[
         "poddisruptionbudgets",
         "poddisruptionbudget",
         true,
-        &["pdb"],
+        names!("pdb"),
         NONE,
-        &["status"]
+        names!("status")
     ),
-    res!("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", true, &["ing"], NONE, &["status"]),
+    res!("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", true, names!("ing"), NONE, names!("status")),
     res!("networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", false, NONE, NONE, NONE),
-    res!("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", "networkpolicy", true, &["netpol"], NONE, NONE),
+    res!(
+        "networking.k8s.io",
+        "v1",
+        "NetworkPolicy",
+        "networkpolicies",
+        "networkpolicy",
+        true,
+        names!("netpol"),
+        NONE,
+        NONE
+    ),
     res!("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", false, NONE, NONE, NONE),
     res!(
         "rbac.authorization.k8s.io",
@@ -195,7 +265,7 @@ pub static BUILTIN: &[Resource] = &[
     ),
     res!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", true, NONE, NONE, NONE),
     res!("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", true, NONE, NONE, NONE),
-    res!("storage.k8s.io", "v1", "StorageClass", "storageclasses", "storageclass", false, &["sc"], NONE, NONE),
+    res!("storage.k8s.io", "v1", "StorageClass", "storageclasses", "storageclass", false, names!("sc"), NONE, NONE),
     res!("storage.k8s.io", "v1", "CSIDriver", "csidrivers", "csidriver", false, NONE, NONE, NONE),
     res!("storage.k8s.io", "v1", "CSINode", "csinodes", "csinode", false, NONE, NONE, NONE),
     res!(
@@ -207,7 +277,7 @@ pub static BUILTIN: &[Resource] = &[
         false,
         NONE,
         NONE,
-        &["status"]
+        names!("status")
     ),
     res!(
         "storage.k8s.io",
@@ -220,7 +290,17 @@ pub static BUILTIN: &[Resource] = &[
         NONE,
         NONE
     ),
-    res!("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", false, &["pc"], NONE, NONE),
+    res!(
+        "scheduling.k8s.io",
+        "v1",
+        "PriorityClass",
+        "priorityclasses",
+        "priorityclass",
+        false,
+        names!("pc"),
+        NONE,
+        NONE
+    ),
     res!(
         "certificates.k8s.io",
         "v1",
@@ -228,9 +308,9 @@ pub static BUILTIN: &[Resource] = &[
         "certificatesigningrequests",
         "certificatesigningrequest",
         false,
-        &["csr"],
+        names!("csr"),
         NONE,
-        &["status", "approval"]
+        names!("status", "approval")
     ),
     res!("node.k8s.io", "v1", "RuntimeClass", "runtimeclasses", "runtimeclass", false, NONE, NONE, NONE),
     res!(
@@ -296,9 +376,9 @@ pub static BUILTIN: &[Resource] = &[
         "customresourcedefinitions",
         "customresourcedefinition",
         false,
-        &["crd", "crds"],
-        &["api-extensions"],
-        &["status"]
+        names!("crd", "crds"),
+        names!("api-extensions"),
+        names!("status")
     ),
 ];
 
@@ -312,12 +392,13 @@ pub fn find_kind(group: &str, kind: &str) -> Option<&'static Resource> {
     BUILTIN.iter().find(|r| r.group == group && r.kind == kind)
 }
 
-/// The served group/versions, core first, in discovery order.
+/// The built-in group/versions, core first, in discovery order.
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {
-    let mut out: Vec<(&str, &str)> = Vec::new();
+    let mut out: Vec<(&'static str, &'static str)> = Vec::new();
     for r in BUILTIN {
-        if !out.contains(&(r.group, r.version)) {
-            out.push((r.group, r.version));
+        let (Cow::Borrowed(g), Cow::Borrowed(v)) = (&r.group, &r.version) else { continue };
+        if !out.contains(&(*g, *v)) {
+            out.push((*g, *v));
         }
     }
     out

@@ -4,6 +4,7 @@
 
 use serde_json::{json, Value};
 
+use super::custom::CustomInfo;
 use super::Resource;
 
 pub struct Column {
@@ -35,7 +36,7 @@ const AGE: Column = Column {
 
 /// Column definitions for a kind.
 pub fn columns(r: &Resource) -> Vec<Column> {
-    match (r.group, r.kind) {
+    match (&*r.group, &*r.kind) {
         ("", "Pod") => vec![
             NAME,
             col("Ready", "string", 0),
@@ -353,9 +354,12 @@ pub fn pod_status_reason(p: &Value) -> (String, i64, i64, Option<String>) {
 
 /// The cells of one row.
 pub fn row(r: &Resource, o: &Value, now: i64) -> Vec<Value> {
+    if let Some(c) = &r.custom {
+        return custom_row(c, o, now);
+    }
     let name = json!(s(o.pointer("/metadata/name")));
     let age = json!(since(o.pointer("/metadata/creationTimestamp"), now));
-    match (r.group, r.kind) {
+    match (&*r.group, &*r.kind) {
         ("", "Pod") => {
             let (reason, ready, restarts, last) = pod_status_reason(o);
             let total = o.pointer("/spec/containers").and_then(|c| c.as_array()).map(|c| c.len()).unwrap_or(0);
@@ -713,10 +717,60 @@ pub fn row(r: &Resource, o: &Value, now: i64) -> Vec<Value> {
 
 /// The Table's column definitions as JSON.
 pub fn column_definitions(r: &Resource) -> Vec<Value> {
+    if let Some(c) = &r.custom {
+        return custom_column_definitions(c);
+    }
     columns(r)
         .iter()
         .map(|c| json!({"name": c.name, "type": c.ty, "format": c.format, "description": c.description, "priority": c.priority}))
         .collect()
+}
+
+/// A custom resource's columns: NAME and its `additionalPrinterColumns`, or NAME and AGE when
+/// it has none (apiextensions-apiserver's tableconvertor).
+fn custom_column_definitions(c: &CustomInfo) -> Vec<Value> {
+    let mut out = vec![
+        json!({"name": NAME.name, "type": NAME.ty, "format": NAME.format, "description": NAME.description, "priority": 0}),
+    ];
+    if c.printer_columns.is_empty() {
+        out.push(
+            json!({"name": AGE.name, "type": "date", "format": "", "description": AGE.description, "priority": 0}),
+        );
+    }
+    for p in &c.printer_columns {
+        out.push(json!({"name": p.name, "type": p.ty, "format": p.format, "description": p.description, "priority": p.priority}));
+    }
+    out
+}
+
+fn custom_row(c: &CustomInfo, o: &Value, now: i64) -> Vec<Value> {
+    let mut out = vec![json!(s(o.pointer("/metadata/name")))];
+    if c.printer_columns.is_empty() {
+        out.push(json!(since(o.pointer("/metadata/creationTimestamp"), now)));
+    }
+    for p in &c.printer_columns {
+        let found = super::custom::json_path(o, &p.json_path);
+        let cell = match found.as_slice() {
+            [] => Value::Null,
+            [one] => (*one).clone(),
+            many => json!(many
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(",")),
+        };
+        // Dates print as ages; other values as they are (kubectl formats numbers and booleans).
+        let cell = match (p.ty.as_str(), &cell) {
+            ("date", Value::String(_)) => json!(since(Some(&cell), now)),
+            (_, Value::Object(_) | Value::Array(_)) => json!(cell.to_string()),
+            _ => cell,
+        };
+        out.push(cell);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ pub fn with_type<V: KindVisitor>(r: &Resource, v: V) -> Option<V::Out> {
         scheduling::v1 as sched, storage::v1 as storage,
     };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
-    Some(match (r.group, r.kind) {
+    Some(match (&*r.group, &*r.kind) {
         ("", "Namespace") => v.visit::<core::Namespace>(),
         ("", "Node") => v.visit::<core::Node>(),
         ("", "Pod") => v.visit::<core::Pod>(),
@@ -107,6 +107,12 @@ impl KindVisitor for Roundtrip {
 /// Decodes and re-encodes an object of resource `r`. Errors carry upstream's wording:
 /// `Pod in version "v1" cannot be handled as a Pod: …`.
 pub fn normalize(r: &Resource, v: Value) -> Result<Normalized, String> {
+    if let Some(c) = &r.custom {
+        // Custom resources: the CRD's structural schema prunes (no typed struct to decode into).
+        let mut v = v;
+        let unknown_fields = super::schema::prune(&c.schema, &mut v);
+        return Ok(Normalized { value: v, unknown_fields });
+    }
     let orig = v.clone();
     let out = with_type(r, Roundtrip(v))
         .unwrap_or_else(|| Ok(orig.clone()))

@@ -62,7 +62,7 @@ pub fn is_dns1035_label(s: &str) -> bool {
 /// Checks a name against the rule of its kind. Returns the cause if it breaks it.
 pub fn validate_name(r: &Resource, name: &str, field: &str) -> Option<Cause> {
     let v = Value::String(name.to_string());
-    let (ok, msg, max) = match (r.group, r.kind) {
+    let (ok, msg, max) = match (&*r.group, &*r.kind) {
         ("", "Namespace") => (is_dns1123_label(name), DNS1123_LABEL_MSG, 63),
         ("", "Service") => (is_dns1035_label(name), DNS1035_LABEL_MSG, 63),
         // Events and a few others accept any path segment name.
@@ -215,7 +215,12 @@ pub fn validate(r: &Resource, v: &Value) -> Vec<Cause> {
         out.extend(validate_name(r, name, "metadata.name"));
     }
     validate_labels(v.pointer("/metadata/labels"), "metadata.labels", &mut out);
-    match (r.group, r.kind) {
+    if let Some(c) = &r.custom {
+        out.extend(super::schema::validate(&c.schema, v));
+        return out;
+    }
+    match (&*r.group, &*r.kind) {
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => out.extend(super::custom::validate_crd(v)),
         ("", "Pod") => match v.get("spec") {
             Some(spec) => validate_containers(spec, "spec", &mut out),
             None => out.push(Cause::required("spec.containers")),

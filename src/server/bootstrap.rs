@@ -15,7 +15,7 @@ fn req(st: &Arc<ApiState>, plural: &str, ns: Option<&str>) -> anyhow::Result<Req
     let group = if plural.starts_with("cluster") { "rbac.authorization.k8s.io" } else { "" };
     Ok(Req {
         st: st.clone(),
-        r: registry::find(group, "v1", plural).ok_or_else(|| anyhow::anyhow!("{plural} not registered"))?,
+        r: registry::find(group, "v1", plural).ok_or_else(|| anyhow::anyhow!("{plural} not registered"))?.into(),
         ns: ns.map(String::from),
         name: None,
         sub: None,
@@ -30,7 +30,7 @@ async fn ensure(st: &Arc<ApiState>, plural: &str, ns: Option<&str>, obj: Value) 
     // Already there (a restart, or a server joining an existing cluster): creating it again
     // would fail in admission (its ClusterIP is taken) before the 409.
     let name = obj.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("");
-    if objects::get(st.store.as_ref(), r.r, ns, name).await.is_ok() {
+    if objects::get(st.store.as_ref(), &r.r, ns, name).await.is_ok() {
         return Ok(());
     }
     match handlers::create_object(&r, obj).await {
@@ -46,11 +46,11 @@ async fn ensure_storage_class(st: &Arc<ApiState>) -> anyhow::Result<()> {
     if objects::get(st.store.as_ref(), r, None, crate::controllers::local_path::CLASS).await.is_ok() {
         return Ok(());
     }
-    let req = Req { r, ..req(st, "namespaces", None)? };
+    let req = Req { r: registry::dynamic::ResRef::Builtin(r), ..req(st, "namespaces", None)? };
     match handlers::create_object(&req, crate::controllers::local_path::storage_class()).await {
         Ok(_) => Ok(()),
         Err(e) if e.code == 409 => Ok(()),
-        Err(e) => Err(anyhow::anyhow!("{e}")),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -85,12 +85,12 @@ pub async fn objects(st: &Arc<ApiState>, cfg: &ServerConfig, service_ip: Ipv4Add
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
         "subsets": [{"addresses": [{"ip": cfg.advertise_address.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]});
     let r = req(st, "endpoints", Some("default"))?;
-    match objects::get(st.store.as_ref(), r.r, Some("default"), "kubernetes").await {
+    match objects::get(st.store.as_ref(), &r.r, Some("default"), "kubernetes").await {
         Ok(cur) => {
             if cur.obj.get("subsets") != ep.get("subsets") {
                 let mut new = cur.obj.clone();
                 new["subsets"] = ep["subsets"].clone();
-                objects::update(st.store.as_ref(), r.r, Some("default"), "kubernetes", new, cur.rev, None).await?;
+                objects::update(st.store.as_ref(), &r.r, Some("default"), "kubernetes", new, cur.rev, None).await?;
             }
         }
         Err(_) => ensure(st, "endpoints", Some("default"), ep).await?,

@@ -133,7 +133,9 @@ pub async fn start(
         kubelet: crate::api::logs::kubelet_client(&kc_cert, &kc_key)?,
         max_body: 3 * 1024 * 1024,
         advertise,
+        registry: Arc::new(crate::registry::Registry::new()),
     });
+    crate::api::crd::start(state.clone()).await.context("loading the CustomResourceDefinitions")?;
     let tls = crate::api::tls_config(&serving_cert, &serving_key, &pki.client_ca.cert_pem)?;
     let mut tasks = Vec::new();
     let (st, sd) = (state.clone(), shutdown.clone());

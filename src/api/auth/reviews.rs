@@ -41,7 +41,7 @@ fn attrs_from(spec: &Value) -> Attributes {
 pub async fn create(req: &Req, user: &User, body: &[u8]) -> ApiResult<Response> {
     let ct = req.headers.get("content-type").and_then(|c| c.to_str().ok()).unwrap_or("application/json");
     let mut obj = decode_body(ct, body)?;
-    let kind = req.r.kind;
+    let kind: &str = &req.r.kind;
     obj["apiVersion"] = json!(req.r.api_version());
     obj["kind"] = json!(kind);
     if obj.get("metadata").is_none() {
@@ -119,7 +119,7 @@ pub async fn token_request(req: &Req, body: &[u8]) -> ApiResult<Response> {
     let mut tr = decode_body(ct, body)?;
     let ns = req.ns.clone().unwrap_or_default();
     let name = req.name.clone().unwrap_or_default();
-    let sa = objects::get(req.st.store.as_ref(), req.r, Some(&ns), &name).await?;
+    let sa = objects::get(req.st.store.as_ref(), &req.r, Some(&ns), &name).await?;
     let sa_uid = sa.obj.pointer("/metadata/uid").and_then(|u| u.as_str()).unwrap_or("").to_string();
     let ttl = tr.pointer("/spec/expirationSeconds").and_then(|e| e.as_i64()).unwrap_or(3600);
     if ttl < 600 {

@@ -1,0 +1,360 @@
+//! CustomResourceDefinitions driven by real kubectl 1.32 against an in-process server: a CRD
+//! with two versions, short names, categories, printer columns and status/scale subresources;
+//! custom resources created, validated, pruned, defaulted, explained, scaled, watched, and
+//! removed with their CRD.
+
+mod common;
+use common::{kubectl_path, require_kubectl, TestServer};
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: crontabs.stable.example.com
+spec:
+  group: stable.example.com
+  scope: Namespaced
+  names:
+    plural: crontabs
+    singular: crontab
+    kind: CronTab
+    shortNames: [ct]
+    categories: [all]
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            description: CronTabSpec says when the job runs and with which image.
+            required: [cronSpec]
+            properties:
+              cronSpec:
+                type: string
+                description: The schedule in cron format.
+                pattern: '^(\d+|\*)(/\d+)?(\s+(\d+|\*)(/\d+)?){4}$'
+              image:
+                type: string
+              replicas:
+                type: integer
+                minimum: 0
+                default: 1
+              mode:
+                type: string
+                enum: [fast, slow]
+                default: slow
+          status:
+            type: object
+            properties:
+              replicas:
+                type: integer
+              selector:
+                type: string
+    subresources:
+      status: {}
+      scale:
+        specReplicasPath: .spec.replicas
+        statusReplicasPath: .status.replicas
+        labelSelectorPath: .status.selector
+    additionalPrinterColumns:
+    - name: Spec
+      type: string
+      jsonPath: .spec.cronSpec
+    - name: Replicas
+      type: integer
+      jsonPath: .spec.replicas
+    - name: Age
+      type: date
+      jsonPath: .metadata.creationTimestamp
+  - name: v1beta1
+    served: true
+    storage: false
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+"#;
+
+const CR: &str = r#"
+apiVersion: stable.example.com/v1
+kind: CronTab
+metadata:
+  name: my-cron
+spec:
+  cronSpec: "* * * * */5"
+  image: my-awesome-cron-image
+"#;
+
+/// kubectl with its own discovery cache, so no other test's cache leaks in.
+fn k(s: &TestServer, args: &[&str]) -> (bool, String, String) {
+    k_stdin(s, args, None)
+}
+
+fn k_stdin(s: &TestServer, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let cache = s.dir.path().join("kcache");
+    let cache_arg = format!("--cache-dir={}", cache.display());
+    let mut all = vec![cache_arg.as_str()];
+    all.extend_from_slice(args);
+    s.kubectl_stdin(&all, stdin)
+}
+
+fn ok(s: &TestServer, args: &[&str]) -> String {
+    let (ok, out, err) = k(s, args);
+    assert!(ok, "kubectl {args:?} failed:\nstdout: {out}\nstderr: {err}");
+    out
+}
+
+fn ok_stdin(s: &TestServer, args: &[&str], stdin: &str) -> String {
+    let (ok, out, err) = k_stdin(s, args, Some(stdin));
+    assert!(ok, "kubectl {args:?} failed:\nstdout: {out}\nstderr: {err}");
+    out
+}
+
+/// Retries `f` until it returns Some (the registry follows CRDs through a store watch).
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn install_crd(s: &TestServer) {
+    let out = ok_stdin(s, &["apply", "-f", "-"], CRD);
+    assert!(out.contains("customresourcedefinition.apiextensions.k8s.io/crontabs.stable.example.com"), "{out}");
+    ok(s, &["wait", "--for=condition=Established", "crd/crontabs.stable.example.com", "--timeout=20s"]);
+    eventually("crontabs in api-resources", || {
+        let (_, out, _) = k(s, &["api-resources", "--api-group=stable.example.com"]);
+        out.contains("crontabs").then_some(())
+    });
+}
+
+#[test]
+fn a_crd_is_served_validated_and_cleaned_up_like_upstream() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    install_crd(&s);
+
+    // Status set by the server.
+    let st = ok(
+        &s,
+        &[
+            "get",
+            "crd",
+            "crontabs.stable.example.com",
+            "-o",
+            "jsonpath={.status.acceptedNames.kind} {.status.storedVersions} {.status.conditions[?(@.type==\"NamesAccepted\")].status}",
+        ],
+    );
+    assert_eq!(st, "CronTab [\"v1\"] True");
+
+    // Discovery: short name and category, both versions.
+    let res = ok(&s, &["api-resources", "--api-group=stable.example.com", "-o", "wide"]);
+    let line = res.lines().find(|l| l.starts_with("crontabs")).unwrap_or_else(|| panic!("{res}"));
+    for want in ["ct", "stable.example.com/v1", "true", "CronTab", "all"] {
+        assert!(line.split_whitespace().any(|w| w == want), "api-resources line lacks {want}: {line}");
+    }
+    let groups = ok(&s, &["get", "--raw", "/apis/stable.example.com"]);
+    assert!(groups.contains("\"preferredVersion\":{\"groupVersion\":\"stable.example.com/v1\""), "{groups}");
+    assert!(ok(&s, &["get", "--raw", "/apis/stable.example.com/v1beta1"]).contains("\"name\":\"crontabs\""));
+
+    // Create through apply (YAML) and create; defaults are filled in.
+    assert!(ok_stdin(&s, &["apply", "-f", "-"], CR).contains("crontab.stable.example.com/my-cron created"));
+    assert!(ok_stdin(&s, &["apply", "-f", "-"], CR).contains("crontab.stable.example.com/my-cron unchanged"));
+    let second = CR.replace("my-cron", "other-cron").replace("stable.example.com/v1", "stable.example.com/v1beta1");
+    assert!(ok_stdin(&s, &["create", "-f", "-"], &second).contains("crontab.stable.example.com/other-cron created"));
+    assert_eq!(
+        ok(&s, &["get", "ct", "my-cron", "-o", "jsonpath={.spec.replicas} {.spec.mode} {.metadata.generation}"]),
+        "1 slow 1"
+    );
+    // Stored in the storage version, served in every served version (conversion None).
+    assert_eq!(
+        ok(&s, &["get", "crontabs.v1beta1.stable.example.com", "my-cron", "-o", "jsonpath={.apiVersion}"]),
+        "stable.example.com/v1beta1"
+    );
+    assert_eq!(ok(&s, &["get", "ct", "other-cron", "-o", "jsonpath={.apiVersion}"]), "stable.example.com/v1");
+
+    // Printer columns through the short name, and `get all` through the category.
+    let table = ok(&s, &["get", "ct"]);
+    let header: Vec<&str> = table.lines().next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(header, vec!["NAME", "SPEC", "REPLICAS", "AGE"], "{table}");
+    let row = table.lines().find(|l| l.starts_with("my-cron")).unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("* * * * */5") && row.split_whitespace().any(|w| w == "1"), "{row}");
+    assert!(ok(&s, &["get", "all"]).contains("crontab.stable.example.com/my-cron"));
+
+    // A wrong type is a 422 with the field cause in upstream form.
+    let bad = CR.replace("my-cron", "bad-cron").replace("image: my-awesome-cron-image", "replicas: three");
+    let (okk, _, err) = k_stdin(&s, &["apply", "-f", "-"], Some(&bad));
+    assert!(!okk, "an invalid CronTab was accepted");
+    assert!(
+        err.contains(
+            r#"spec.replicas: Invalid value: "string": spec.replicas in body must be of type integer: "string""#
+        ),
+        "{err}"
+    );
+    let bad = CR.replace("my-cron", "bad-cron").replace("\"* * * * */5\"", "nonsense");
+    let (_, _, err) = k_stdin(&s, &["create", "-f", "-"], Some(&bad));
+    assert!(err.contains("spec.cronSpec in body should match"), "{err}");
+
+    // Unknown fields: kubectl's default (Strict) refuses, --validate=false prunes.
+    let extra = CR.replace("my-cron", "extra-cron").replace("image: my-awesome-cron-image", "image: x\n  bogus: 1");
+    let (okk, _, err) = k_stdin(&s, &["create", "-f", "-"], Some(&extra));
+    assert!(!okk && err.contains("unknown field \"spec.bogus\""), "{err}");
+    ok_stdin(&s, &["create", "--validate=false", "-f", "-"], &extra);
+    assert!(!ok(&s, &["get", "ct", "extra-cron", "-o", "jsonpath={.spec}"]).contains("bogus"));
+    // Strategic merge patch has no meaning for custom resources.
+    let (okk, _, err) = k(&s, &["patch", "ct", "extra-cron", "--type=strategic", "-p", "{\"spec\":{\"image\":\"y\"}}"]);
+    assert!(!okk && err.contains("UnsupportedMediaType") || err.contains("unknown format"), "{err}");
+
+    // Explain reads the CRD's schema from /openapi.
+    let ex = ok(&s, &["explain", "ct.spec"]);
+    assert!(ex.contains("cronSpec") && ex.contains("The schedule in cron format."), "{ex}");
+
+    // Watch sees the changes that follow.
+    let kubectl = kubectl_path().expect("kubectl");
+    let mut watch = Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(&s.kubeconfig)
+        .arg(format!("--cache-dir={}", s.dir.path().join("kcache").display()))
+        .args(["get", "ct", "my-cron", "-w", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl get -w");
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Scale through the scale subresource; status through the status subresource.
+    ok(&s, &["scale", "ct", "my-cron", "--replicas=3"]);
+    assert_eq!(ok(&s, &["get", "ct", "my-cron", "-o", "jsonpath={.spec.replicas} {.metadata.generation}"]), "3 2");
+    ok(
+        &s,
+        &[
+            "patch",
+            "ct",
+            "my-cron",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            "{\"status\":{\"replicas\":3,\"selector\":\"app=cron\"}}",
+        ],
+    );
+    let scale = ok(&s, &["get", "--raw", "/apis/stable.example.com/v1/namespaces/default/crontabs/my-cron/scale"]);
+    assert!(scale.contains("\"selector\":\"app=cron\"") && scale.contains("\"replicas\":3"), "{scale}");
+    // The main resource ignores status, and a status write does not bump generation.
+    ok(&s, &["patch", "ct", "my-cron", "--type=merge", "-p", "{\"status\":{\"replicas\":9}}"]);
+    assert_eq!(ok(&s, &["get", "ct", "my-cron", "-o", "jsonpath={.status.replicas} {.metadata.generation}"]), "3 2");
+    // JSON patch works on the main resource.
+    ok(
+        &s,
+        &[
+            "patch",
+            "ct",
+            "my-cron",
+            "--type=json",
+            "-p",
+            "[{\"op\":\"replace\",\"path\":\"/spec/mode\",\"value\":\"fast\"}]",
+        ],
+    );
+    assert_eq!(ok(&s, &["get", "ct", "my-cron", "-o", "jsonpath={.spec.mode}"]), "fast");
+
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = watch.kill();
+    let mut seen = String::new();
+    if let Some(mut out) = watch.stdout.take() {
+        let _ = out.read_to_string(&mut seen);
+    }
+    let _ = watch.wait();
+    assert!(seen.contains("ADDED") && seen.contains("MODIFIED"), "watch output:\n{seen}");
+    // Rows carry the printer columns: EVENT NAME SPEC REPLICAS AGE.
+    assert!(
+        seen.lines()
+            .any(|l| l.starts_with("MODIFIED") && l.contains("my-cron") && l.split_whitespace().any(|w| w == "3")),
+        "{seen}"
+    );
+
+    // Selectors and deletecollection.
+    ok(&s, &["label", "ct", "other-cron", "tier=x"]);
+    assert_eq!(ok(&s, &["get", "ct", "-l", "tier=x", "-o", "name"]).trim(), "crontab.stable.example.com/other-cron");
+    assert_eq!(
+        ok(&s, &["get", "ct", "--field-selector", "metadata.name=my-cron", "-o", "name"]).trim(),
+        "crontab.stable.example.com/my-cron"
+    );
+
+    // Server-side apply records its manager; deletecollection honours the label selector.
+    let ssa = CR.replace("my-cron", "ssa-cron");
+    assert!(ok_stdin(&s, &["apply", "--server-side", "-f", "-"], &ssa).contains("serverside-applied"));
+    let managers = ok(
+        &s,
+        &["get", "ct", "ssa-cron", "--show-managed-fields", "-o", "jsonpath={.metadata.managedFields[*].manager}"],
+    );
+    assert!(managers.contains("kubectl"), "{managers}");
+    ok(&s, &["label", "ct", "ssa-cron", "tier=x"]);
+    ok(&s, &["delete", "--raw", "/apis/stable.example.com/v1/namespaces/default/crontabs?labelSelector=tier%3Dx"]);
+    let left = ok(&s, &["get", "ct", "-o", "name"]);
+    assert!(left.contains("my-cron") && !left.contains("ssa-cron") && !left.contains("other-cron"), "{left}");
+
+    // Deleting the CRD deletes its objects, then the CRD.
+    ok(&s, &["delete", "crd", "crontabs.stable.example.com", "--timeout=30s"]);
+    eventually("the CRD to go", || {
+        let (_, _, err) = k(&s, &["get", "crd", "crontabs.stable.example.com"]);
+        err.contains("NotFound").then_some(())
+    });
+    install_crd(&s);
+    eventually("a fresh CRD with no objects", || {
+        let (okk, out, err) = k(&s, &["get", "ct", "-A", "-o", "name"]);
+        (okk && out.trim().is_empty() && !err.contains("error")).then_some(())
+    });
+    ok(&s, &["delete", "crd", "crontabs.stable.example.com"]);
+}
+
+#[test]
+fn crd_definitions_are_validated_and_name_conflicts_are_reported() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    // Name must be <plural>.<group>; exactly one storage version; a schema is required.
+    let wrong = CRD.replace("name: crontabs.stable.example.com", "name: wrong.stable.example.com");
+    let (okk, _, err) = k_stdin(&s, &["create", "-f", "-"], Some(&wrong));
+    assert!(
+        !okk && err.contains("metadata.name") && err.contains("must be spec.names.plural+\".\"+spec.group"),
+        "{err}"
+    );
+    let two = CRD.replace("storage: false", "storage: true");
+    let (okk, _, err) = k_stdin(&s, &["create", "-f", "-"], Some(&two));
+    assert!(!okk && err.contains("must have exactly one version marked as storage version"), "{err}");
+    let scope = CRD.replace("scope: Namespaced", "scope: Everywhere");
+    let (okk, _, err) = k_stdin(&s, &["create", "-f", "-"], Some(&scope));
+    assert!(!okk && err.contains("spec.scope: Unsupported value: \"Everywhere\""), "{err}");
+
+    install_crd(&s);
+    // A second CRD claiming the same kind in the group is not accepted.
+    let clash = CRD
+        .replace("crontabs.stable.example.com", "crontabs2.stable.example.com")
+        .replace("plural: crontabs", "plural: crontabs2")
+        .replace("singular: crontab", "singular: crontab2")
+        .replace("shortNames: [ct]", "shortNames: [ct2]");
+    ok_stdin(&s, &["create", "-f", "-"], &clash);
+    let st = ok(
+        &s,
+        &[
+            "get",
+            "crd",
+            "crontabs2.stable.example.com",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"NamesAccepted\")].status} {.status.conditions[?(@.type==\"NamesAccepted\")].message}",
+        ],
+    );
+    assert!(st.starts_with("False") && st.contains("\"CronTab\" is already in use"), "{st}");
+    let (_, out, _) = k(&s, &["api-resources", "--api-group=stable.example.com"]);
+    assert!(!out.contains("crontabs2"), "a CRD whose names were refused is not served:\n{out}");
+    ok(&s, &["delete", "crd", "crontabs2.stable.example.com", "crontabs.stable.example.com"]);
+}
