@@ -300,7 +300,8 @@ pub fn unschedulable_message(total_nodes: usize, failures: &[Vec<String>]) -> St
 
 /// Upstream `FitError.Error()`: a PreFilter rejection replaces the per-node histogram, and the
 /// preemption (PostFilter) outcome follows, e.g. `0/3 nodes are available: 3 Insufficient cpu.
-/// preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.`
+/// preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod..`
+/// (the doubled full stop is upstream's: the nested message ends in one already).
 pub fn fit_error(
     total_nodes: usize,
     prefilter: Option<&str>,

@@ -96,7 +96,8 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// The FailedScheduling message, with the preemption outcome when one is given.
+    /// The FailedScheduling message, with the preemption outcome when one is given. Like
+    /// upstream, a preemption message that ends in a full stop gets another one ("pod..").
     pub fn message(&self, postfilter: Option<&str>) -> String {
         let reasons: Vec<Vec<String>> = self.failures.iter().map(|(_, r)| r.clone()).collect();
         let post = postfilter.map(|p| format!("preemption: {p}"));
@@ -180,7 +181,17 @@ pub fn schedule(pod: &Pod, cache: &Cache) -> Decision {
     let total = cache.node_count();
     let (info, failure) = match PodInfo::prepare(pod, cache) {
         Err(m) => {
-            let all = (0..total).map(|_| (String::new(), vec![preemption::NOT_HELPFUL.to_string()])).collect();
+            // Preemption dry-runs each node with the PreFilter verdict standing: nodes without
+            // lower-priority pods report no victims, the others the same rejection again.
+            let prio = cache::priority(pod);
+            let all = cache
+                .nodes()
+                .map(|n| {
+                    let lower = n.pods.iter().filter_map(|k| cache.pod(k)).any(|p| p.priority < prio);
+                    let why = if lower { m.clone() } else { preemption::NO_VICTIMS.to_string() };
+                    (n.name().to_string(), vec![why])
+                })
+                .collect();
             (None, Failure { total, prefilter: Some(m), failures: all })
         }
         Ok(info) => match filter_and_score(&info, cache) {
@@ -891,5 +902,78 @@ mod tests {
         assert_eq!(b.metadata.name.as_deref(), Some("a"));
         assert_eq!(b.target.kind.as_deref(), Some("Node"));
         assert_eq!(b.target.name.as_deref(), Some("n1"));
+    }
+
+    fn with_priority(mut p: Pod, prio: i32) -> Pod {
+        if let Some(s) = p.spec.as_mut() {
+            s.priority = Some(prio);
+        }
+        p
+    }
+
+    fn bound(p: Pod, node: &str) -> Pod {
+        let mut p = p;
+        if let Some(s) = p.spec.as_mut() {
+            s.node_name = Some(node.into());
+        }
+        p
+    }
+
+    #[test]
+    fn the_message_ends_with_the_preemption_verdict() {
+        let mut c = Cache::default();
+        c.set_node(node("a", "1"));
+        c.set_node(node("b", "1"));
+        assert_eq!(
+            schedule(&pod("big", "8"), &c),
+            Decision::Unschedulable {
+                message: "0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod..".into(),
+                preemption: None,
+            }
+        );
+    }
+
+    #[test]
+    fn a_prefilter_rejection_is_reported_once_and_preemption_cannot_help() {
+        let mut c = Cache::default();
+        c.set_node(node("a", "1"));
+        c.set_node(node("b", "1"));
+        let mut p = pod("p", "100m");
+        if let Some(s) = p.spec.as_mut() {
+            s.volumes = Some(vec![k8s_openapi::api::core::v1::Volume {
+                name: "data".into(),
+                persistent_volume_claim: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource {
+                    claim_name: "missing".into(),
+                    read_only: None,
+                }),
+                ..Default::default()
+            }]);
+        }
+        let Decision::Unschedulable { message, .. } = schedule(&p, &c) else { panic!("scheduled") };
+        assert_eq!(
+            message,
+            "0/2 nodes are available: persistentvolumeclaim \"missing\" not found. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod.."
+        );
+    }
+
+    #[test]
+    fn a_higher_priority_pod_preempts_then_its_room_is_reserved() {
+        let mut c = Cache::default();
+        c.set_node(node("a", "1"));
+        let low = bound(with_priority(pod("low", "1"), 0), "a");
+        c.update_pod(&low);
+        let high = with_priority(pod("high", "1"), 1000);
+        let Decision::Unschedulable { message, preemption: Some(cand) } = schedule(&high, &c) else {
+            panic!("expected a preemption")
+        };
+        assert_eq!(message, "0/1 nodes are available: 1 Insufficient cpu.");
+        assert_eq!(cand.node, "a");
+        assert_eq!(cand.victims.len(), 1);
+        c.nominate(&high, "a");
+        c.remove_pod(&low);
+        // A less important pod must not take the room the victim left.
+        let mid = with_priority(pod("mid", "1"), 10);
+        assert!(matches!(schedule(&mid, &c), Decision::Unschedulable { .. }));
+        assert_eq!(schedule(&high, &c), Decision::Bind { node: "a".into(), volumes: vec![] });
     }
 }
