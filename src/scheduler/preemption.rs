@@ -101,8 +101,14 @@ fn split_by_pdb<'a>(
     (violating, ok)
 }
 
-/// Dry-runs preemption on one node: the victims, or the node's status message(s).
-fn select_victims(info: &PodInfo<'_>, cache: &Cache, node: &NodeInfo) -> Result<Candidate, Vec<String>> {
+/// Dry-runs preemption on one node the filters rejected for `reasons`: the victims, or the
+/// node's status message(s).
+fn select_victims(
+    info: &PodInfo<'_>,
+    cache: &Cache,
+    node: &NodeInfo,
+    reasons: &[String],
+) -> Result<Candidate, Vec<String>> {
     let prio = priority(info.pod);
     let mut potential: Vec<(&str, &PlacedPod)> = node
         .pods
@@ -112,6 +118,9 @@ fn select_victims(info: &PodInfo<'_>, cache: &Cache, node: &NodeInfo) -> Result<
         .collect();
     if potential.is_empty() {
         return Err(vec![NO_VICTIMS.into()]);
+    }
+    if !resource_reasons(reasons) {
+        return Err(reasons.to_vec());
     }
     let mut sim = node.clone();
     for (_, p) in &potential {
@@ -155,11 +164,7 @@ pub fn preempt(info: &PodInfo<'_>, cache: &Cache, failures: &[(String, Vec<Strin
                 continue;
             }
         };
-        if !resource_reasons(reasons) {
-            statuses.push(reasons.clone());
-            continue;
-        }
-        match select_victims(info, cache, node) {
+        match select_victims(info, cache, node, reasons) {
             Err(r) => statuses.push(r),
             Ok(c) => {
                 let rank = |c: &Candidate| {
