@@ -862,13 +862,40 @@ mod tests {
     fn scheduling_throughput() {
         let mut c = Cache::default();
         for i in 0..1000 {
-            c.set_node(node(&format!("n{i}"), "32"));
+            let mut n = node(&format!("n{i}"), "32");
+            n.metadata.labels = Some([("kubernetes.io/hostname".to_string(), format!("n{i}"))].into());
+            c.set_node(n);
         }
         let start = std::time::Instant::now();
-        let n = 2000;
+        let n: usize = std::env::var("SCHED_PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
         for i in 0..n {
-            let p = pod(&format!("p{i}"), "100m");
-            let node = select_node(&p, &c).expect("fits");
+            let mut p = pod(&format!("p{i}"), "100m");
+            // Like the benchmark: groups of labels, every tenth pod with anti-affinity.
+            let app = if i % 10 == 0 { format!("spread-{}", i % 20) } else { format!("group-{}", i % 50) };
+            p.metadata.labels = Some([("app".to_string(), app.clone())].into());
+            if i % 10 == 0 {
+                if let Some(s) = p.spec.as_mut() {
+                    s.affinity = Some(k8s_openapi::api::core::v1::Affinity {
+                        pod_anti_affinity: Some(k8s_openapi::api::core::v1::PodAntiAffinity {
+                            required_during_scheduling_ignored_during_execution: Some(vec![
+                                k8s_openapi::api::core::v1::PodAffinityTerm {
+                                    label_selector: Some(
+                                        k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                                            match_labels: Some([("app".to_string(), app)].into()),
+                                            ..Default::default()
+                                        },
+                                    ),
+                                    topology_key: "kubernetes.io/hostname".into(),
+                                    ..Default::default()
+                                },
+                            ]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                }
+            }
+            let Decision::Bind { node, .. } = schedule(&p, &c) else { panic!("fits") };
             c.assume(&p, &node);
         }
         let secs = start.elapsed().as_secs_f64();

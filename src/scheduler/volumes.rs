@@ -207,8 +207,9 @@ mod tests {
     use super::*;
     use crate::scheduler::labels::tests::labels;
     use k8s_openapi::api::core::v1::{
-        Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimSpec,
-        PersistentVolumeClaimVolumeSource, PersistentVolumeSpec, PodSpec, Volume, VolumeNodeAffinity,
+        Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaim,
+        PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PersistentVolumeSpec, PodSpec, Volume,
+        VolumeNodeAffinity,
     };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use kube::api::ObjectMeta;
