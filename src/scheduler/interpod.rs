@@ -202,7 +202,7 @@ pub fn filter(st: &State, node_labels: &Labels) -> Verdict {
             }
         }
         // The first pod of a group with affinity to itself may go anywhere with the labels.
-        if !pods_exist && !(st.affinity_counts.is_empty() && st.self_matches) {
+        if !pods_exist && (!st.affinity_counts.is_empty() || !st.self_matches) {
             return Err(vec![ERR_AFFINITY.into()]);
         }
     }

@@ -63,10 +63,9 @@ fn resource_reasons(reasons: &[String]) -> bool {
 
 /// Splits victims (most important first) into those whose eviction would exceed a
 /// PodDisruptionBudget's allowance and the rest (upstream `filterPodsWithPDBViolation`).
-fn split_by_pdb<'a>(
-    cache: &Cache,
-    victims: Vec<(&'a str, &'a PlacedPod)>,
-) -> (Vec<(&'a str, &'a PlacedPod)>, Vec<(&'a str, &'a PlacedPod)>) {
+type Victims<'a> = Vec<(&'a str, &'a PlacedPod)>;
+
+fn split_by_pdb<'a>(cache: &Cache, victims: Victims<'a>) -> (Victims<'a>, Victims<'a>) {
     let mut allowed: Vec<(String, &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector, i32)> = cache
         .pdbs
         .values()

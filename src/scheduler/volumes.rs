@@ -28,13 +28,13 @@ const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
 #[derive(Debug, Clone)]
 enum Claim {
     /// Bound to a PV (`None` if the PV is gone).
-    Bound(Option<PersistentVolume>),
+    Bound(Option<Box<PersistentVolume>>),
     /// Waiting for the first consumer: decided per node.
     Delayed {
         namespace: String,
         name: String,
         uid: String,
-        class: StorageClass,
+        class: Box<StorageClass>,
         request: i128,
         candidates: Vec<PersistentVolume>,
     },
@@ -103,7 +103,7 @@ pub fn prepare(pod: &Pod, cache: &Cache) -> Result<State, String> {
         }
         let spec = pvc.spec.as_ref();
         if let Some(vol) = spec.and_then(|s| s.volume_name.as_deref()).filter(|v| !v.is_empty()) {
-            claims.push(Claim::Bound(cache.pvs.get(vol).cloned()));
+            claims.push(Claim::Bound(cache.pvs.get(vol).cloned().map(Box::new)));
             continue;
         }
         let class_name = spec.and_then(|s| s.storage_class_name.clone()).unwrap_or_default();
@@ -131,7 +131,7 @@ pub fn prepare(pod: &Pod, cache: &Cache) -> Result<State, String> {
                     namespace: ns.to_string(),
                     name: name.clone(),
                     uid,
-                    class: c.clone(),
+                    class: Box::new(c.clone()),
                     request,
                     candidates,
                 });
