@@ -9,6 +9,14 @@
 //! fits nowhere gets `PodScheduled=False/Unschedulable` and a `FailedScheduling` event, then waits
 //! in the queue for the cluster to change. In an HA group only the holder of the
 //! `kube-system/kube-scheduler` Lease schedules (see `controllers::leader`).
+//!
+//! Plugins with cluster-wide state (`interpod.rs`, `spread.rs`, `volumes.rs`) have a PreFilter
+//! step run once per attempt ([`filter::PodInfo::prepare`]) over counts the cache keeps per label
+//! group and node, so a pod costs O(groups + nodes), not O(pods × nodes). When a pod fits
+//! nowhere, `preemption.rs` looks for victims; the loop deletes them, records
+//! `status.nominatedNodeName` and keeps the room reserved until the pod is retried. A pod with
+//! an unbound WaitForFirstConsumer claim is bound right after its claim gets
+//! `volume.kubernetes.io/selected-node` (the kubelet waits for the claim to be bound).
 
 pub mod cache;
 pub mod filter;
