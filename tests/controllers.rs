@@ -265,7 +265,10 @@ async fn a_pod_that_fits_nowhere_is_marked_unschedulable_with_the_upstream_messa
     })
     .await;
     assert_eq!(cond.reason.as_deref(), Some("Unschedulable"));
-    assert_eq!(cond.message.as_deref(), Some("0/2 nodes are available: 2 Insufficient cpu."));
+    assert_eq!(
+        cond.message.as_deref(),
+        Some("0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod..")
+    );
     let events: Api<Event> = Api::namespaced(s.client.clone(), "default");
     let ev = eventually("a FailedScheduling event", 10, || {
         let events = events.clone();

@@ -95,9 +95,74 @@ pub async fn service_account_token_volume(req: &Req, o: &mut Value) -> ApiResult
     Ok(())
 }
 
+/// The Priority admission plugin: resolves `spec.priorityClassName` (or the `globalDefault`
+/// PriorityClass with the highest value, or 0) into `spec.priority` and `spec.preemptionPolicy`.
+/// An unknown class, or a pod that sets a different priority or policy itself, is Forbidden
+/// with upstream's messages.
+pub async fn pod_priority(req: &Req, o: &mut Value) -> ApiResult<()> {
+    let Some(pcr) = crate::registry::find("scheduling.k8s.io", "v1", "priorityclasses") else { return Ok(()) };
+    let store = req.st.store.as_ref();
+    let pod = o.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
+    let forbidden = |msg: String| ApiError::forbidden(format!("pods \"{pod}\" is forbidden: {msg}"));
+    let class_name = o.pointer("/spec/priorityClassName").and_then(|c| c.as_str()).unwrap_or("").to_string();
+    let (name, value, policy) = if class_name.is_empty() {
+        let range = crate::store::RangeRequest { prefix: pcr.key_prefix().into_bytes(), ..Default::default() };
+        let classes = store.range(range).await?;
+        let default = classes
+            .kvs
+            .iter()
+            .filter_map(|kv| super::objects::decode(kv).ok())
+            .filter(|c| c["globalDefault"] == Value::Bool(true))
+            .max_by_key(|c| c["value"].as_i64().unwrap_or(0));
+        match default {
+            Some(c) => (
+                c.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string(),
+                c["value"].as_i64().unwrap_or(0),
+                c["preemptionPolicy"].as_str().unwrap_or("PreemptLowerPriority").to_string(),
+            ),
+            None => (String::new(), 0, "PreemptLowerPriority".to_string()),
+        }
+    } else {
+        match super::objects::get(store, pcr, None, &class_name).await {
+            Ok(c) => (
+                class_name.clone(),
+                c.obj["value"].as_i64().unwrap_or(0),
+                c.obj["preemptionPolicy"].as_str().unwrap_or("PreemptLowerPriority").to_string(),
+            ),
+            Err(e) if e.code == 404 => {
+                return Err(forbidden(format!("no PriorityClass with name {class_name} was found")));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    // Pod defaulting (registry/defaults.rs) already wrote priority 0 and PreemptLowerPriority,
+    // so those values cannot be told from a client's and are overridden rather than refused.
+    if let Some(p) = o.pointer("/spec/priority").and_then(|p| p.as_i64()).filter(|p| *p != 0) {
+        if p != value {
+            return Err(forbidden(format!("the integer value of priority ({p}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name")));
+        }
+    }
+    if let Some(p) =
+        o.pointer("/spec/preemptionPolicy").and_then(|p| p.as_str()).filter(|p| *p != "PreemptLowerPriority")
+    {
+        if p != policy {
+            return Err(forbidden(format!("the string value of PreemptionPolicy ({p}) must not be provided in pod spec; priority admission controller computed {policy} from the given PriorityClass name")));
+        }
+    }
+    if let Some(spec) = o.get_mut("spec").and_then(|s| s.as_object_mut()) {
+        if !name.is_empty() {
+            spec.insert("priorityClassName".into(), json!(name));
+        }
+        spec.insert("priority".into(), json!(value));
+        spec.insert("preemptionPolicy".into(), json!(policy));
+    }
+    Ok(())
+}
+
 /// Allocates what a new object needs. Runs after validation, before the write.
 pub async fn on_create(req: &Req, o: &mut Value) -> ApiResult<()> {
     if req.r.kind == "Pod" {
+        pod_priority(req, o).await?;
         return service_account_token_volume(req, o).await;
     }
     if req.r.kind != "Service" || req.q.dry_run()? {

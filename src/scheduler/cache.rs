@@ -5,9 +5,13 @@
 //!
 //! Pure data: fed by watch events in `mod.rs`, read by the filter and score plugins.
 
+use super::labels::Labels;
 use super::resources::{self, Resources};
-use k8s_openapi::api::core::v1::{Node, Pod};
-use std::collections::{BTreeMap, HashMap};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, PodAffinity, PodAntiAffinity};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::ObjectMeta;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// A host port a pod claims: (protocol, host IP, port). An empty IP or `0.0.0.0` means all.
@@ -74,6 +78,10 @@ pub struct NodeInfo {
     pub nonzero_requested: (i128, i128),
     pub pod_count: usize,
     pub used_ports: Vec<HostPort>,
+    /// Keys of the pods placed here (for preemption).
+    pub pods: BTreeSet<String>,
+    /// Normalised image name → size in bytes, from `status.images`.
+    pub images: HashMap<String, i64>,
 }
 
 impl NodeInfo {
@@ -86,7 +94,13 @@ impl NodeInfo {
         &self.allocatable
     }
 
-    fn add(&mut self, u: &PodUsage) {
+    /// The node's labels (empty while the node is unknown).
+    pub fn labels(&self) -> &Labels {
+        static EMPTY: Labels = Labels::new();
+        self.node.as_ref().and_then(|n| n.metadata.labels.as_ref()).unwrap_or(&EMPTY)
+    }
+
+    pub(crate) fn add(&mut self, u: &PodUsage) {
         resources::add(&mut self.requested, &u.requests);
         self.nonzero_requested.0 += u.nonzero.0;
         self.nonzero_requested.1 += u.nonzero.1;
@@ -94,7 +108,7 @@ impl NodeInfo {
         self.used_ports.extend(u.ports.iter().cloned());
     }
 
-    fn remove(&mut self, u: &PodUsage) {
+    pub(crate) fn remove(&mut self, u: &PodUsage) {
         for (k, v) in &u.requests {
             if let Some(e) = self.requested.get_mut(k) {
                 *e -= v;
@@ -121,18 +135,89 @@ pub fn allocatable_of(node: &Node) -> Resources {
     }
 }
 
-#[derive(Debug, Clone)]
-struct PlacedPod {
-    node: String,
-    usage: PodUsage,
-    assumed: bool,
+/// An image name as the kubelet reports it: a name without a tag or digest means `:latest`
+/// (upstream ImageLocality's `normalizedImageName`).
+pub fn normalized_image(name: &str) -> String {
+    if name.rfind(':').unwrap_or(0) <= name.rfind('/').unwrap_or(0) && !name.contains('@') {
+        format!("{name}:latest")
+    } else {
+        name.to_string()
+    }
 }
 
-/// Nodes and the pods placed on them.
+fn images_of(node: &Node) -> HashMap<String, i64> {
+    let mut out = HashMap::new();
+    for img in node.status.as_ref().and_then(|s| s.images.as_ref()).into_iter().flatten() {
+        for n in img.names.iter().flatten() {
+            out.insert(normalized_image(n), img.size_bytes.unwrap_or(0));
+        }
+    }
+    out
+}
+
+/// Pods with the same namespace and labels are counted together, so affinity and spreading
+/// match a selector once per group rather than once per pod (a Deployment's pods share one).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GroupKey {
+    pub namespace: String,
+    pub labels: Labels,
+    /// Terminating pods still count for inter-pod affinity, not for topology spreading.
+    pub terminating: bool,
+}
+
+/// How many pods of one [`GroupKey`] each node holds.
+#[derive(Debug, Clone, Default)]
+pub struct LabelGroup {
+    pub per_node: HashMap<String, u32>,
+}
+
+/// Pods sharing namespace, labels and pod (anti-)affinity terms, per node: the existing pods
+/// whose terms the incoming pod is checked against (upstream's `PodsWithAffinity` and
+/// `PodsWithRequiredAntiAffinity`).
+#[derive(Debug, Clone)]
+pub struct AffinityGroup {
+    pub namespace: String,
+    pub labels: Labels,
+    pub pod_affinity: Option<PodAffinity>,
+    pub pod_anti_affinity: Option<PodAntiAffinity>,
+    pub per_node: HashMap<String, u32>,
+}
+
+/// A pod placed on a node.
+#[derive(Debug, Clone)]
+pub struct PlacedPod {
+    pub node: String,
+    pub usage: PodUsage,
+    pub assumed: bool,
+    pub name: String,
+    pub uid: String,
+    pub priority: i32,
+    pub group: Arc<GroupKey>,
+    pub affinity: Option<Arc<str>>,
+}
+
+/// A pod that preempted others and waits for room on `node` (`status.nominatedNodeName`).
+#[derive(Debug, Clone)]
+pub struct Nominated {
+    pub node: String,
+    pub priority: i32,
+    pub usage: PodUsage,
+}
+
+/// Nodes and the pods placed on them, and the other objects the plugins read.
 #[derive(Debug, Default)]
 pub struct Cache {
     nodes: BTreeMap<String, NodeInfo>,
     pods: HashMap<String, PlacedPod>,
+    groups: HashMap<Arc<GroupKey>, LabelGroup>,
+    affinity: HashMap<Arc<str>, AffinityGroup>,
+    image_nodes: HashMap<String, usize>,
+    pub namespaces: HashMap<String, Labels>,
+    pub pvcs: HashMap<String, PersistentVolumeClaim>,
+    pub pvs: HashMap<String, PersistentVolume>,
+    pub classes: HashMap<String, StorageClass>,
+    pub pdbs: HashMap<String, PodDisruptionBudget>,
+    nominated: HashMap<String, Nominated>,
 }
 
 /// `namespace/name`, the key pods are tracked by.
@@ -140,21 +225,68 @@ pub fn pod_key(pod: &Pod) -> String {
     format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""))
 }
 
+/// `namespace/name` for any namespaced object.
+pub fn meta_key(meta: &ObjectMeta) -> String {
+    format!("{}/{}", meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or(""))
+}
+
 /// A pod in phase Succeeded or Failed no longer holds resources (upstream skips terminal pods).
 pub fn is_terminal(pod: &Pod) -> bool {
     matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
+/// `spec.priority`, set by the Priority admission step (0 when absent).
+pub fn priority(pod: &Pod) -> i32 {
+    pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+}
+
+/// The identity of a pod's (anti-)affinity group, `None` for pods without pod affinity terms.
+fn affinity_signature(pod: &Pod) -> Option<(Arc<str>, AffinityGroup)> {
+    let a = pod.spec.as_ref()?.affinity.as_ref()?;
+    if a.pod_affinity.is_none() && a.pod_anti_affinity.is_none() {
+        return None;
+    }
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let sig = serde_json::to_string(&(&namespace, &labels, &a.pod_affinity, &a.pod_anti_affinity)).ok()?;
+    Some((
+        Arc::from(sig),
+        AffinityGroup {
+            namespace,
+            labels,
+            pod_affinity: a.pod_affinity.clone(),
+            pod_anti_affinity: a.pod_anti_affinity.clone(),
+            per_node: HashMap::new(),
+        },
+    ))
+}
+
 impl Cache {
     pub fn set_node(&mut self, node: Node) {
         let Some(name) = node.metadata.name.clone() else { return };
+        let images = images_of(&node);
         let info = self.nodes.entry(name).or_default();
+        for img in info.images.keys() {
+            if let Some(n) = self.image_nodes.get_mut(img) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        for img in images.keys() {
+            *self.image_nodes.entry(img.clone()).or_default() += 1;
+        }
+        info.images = images;
         info.allocatable = allocatable_of(&node);
         info.node = Some(Arc::new(node));
     }
 
     pub fn remove_node(&mut self, name: &str) {
         if let Some(info) = self.nodes.get_mut(name) {
+            for img in info.images.keys() {
+                if let Some(n) = self.image_nodes.get_mut(img) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            info.images.clear();
             info.node = None;
             if info.pod_count == 0 {
                 self.nodes.remove(name);
@@ -170,10 +302,14 @@ impl Cache {
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
         match node {
             Some(node) if !is_terminal(pod) => {
+                self.nominated.remove(&key);
                 self.remove_key(&key);
-                self.place(key, node, PodUsage::of(pod), false);
+                self.place(key, node, pod, false);
             }
-            Some(_) => self.remove_key(&key),
+            Some(_) => {
+                self.nominated.remove(&key);
+                self.remove_key(&key)
+            }
             None => {
                 if self.pods.get(&key).is_some_and(|p| !p.assumed) {
                     self.remove_key(&key);
@@ -183,14 +319,17 @@ impl Cache {
     }
 
     pub fn remove_pod(&mut self, pod: &Pod) {
-        self.remove_key(&pod_key(pod));
+        let key = pod_key(pod);
+        self.nominated.remove(&key);
+        self.remove_key(&key);
     }
 
     /// Places `pod` on `node` before the binding is visible.
     pub fn assume(&mut self, pod: &Pod, node: &str) {
         let key = pod_key(pod);
+        self.nominated.remove(&key);
         self.remove_key(&key);
-        self.place(key, node.to_string(), PodUsage::of(pod), true);
+        self.place(key, node.to_string(), pod, true);
     }
 
     /// Undoes [`Cache::assume`] after a failed binding.
@@ -205,18 +344,101 @@ impl Cache {
         self.pods.get(&pod_key(pod)).is_some_and(|p| p.assumed)
     }
 
-    fn place(&mut self, key: String, node: String, usage: PodUsage, assumed: bool) {
-        self.nodes.entry(node.clone()).or_default().add(&usage);
-        self.pods.insert(key, PlacedPod { node, usage, assumed });
+    /// Records that `pod` preempted pods on `node` and waits for them to go.
+    pub fn nominate(&mut self, pod: &Pod, node: &str) {
+        self.nominated.insert(
+            pod_key(pod),
+            Nominated { node: node.to_string(), priority: priority(pod), usage: PodUsage::of(pod) },
+        );
+    }
+
+    /// The node `pod` was nominated to, by us or in its status.
+    pub fn nominated_node(&self, pod: &Pod) -> Option<String> {
+        self.nominated
+            .get(&pod_key(pod))
+            .map(|n| n.node.clone())
+            .or_else(|| pod.status.as_ref().and_then(|s| s.nominated_node_name.clone()).filter(|n| !n.is_empty()))
+    }
+
+    /// Pods other than `key` nominated to `node` with at least `priority`: their room is
+    /// reserved (upstream `addNominatedPods`).
+    pub fn nominated_on<'a>(
+        &'a self,
+        node: &'a str,
+        key: &'a str,
+        priority: i32,
+    ) -> impl Iterator<Item = &'a Nominated> {
+        self.nominated
+            .iter()
+            .filter(move |(k, n)| n.node == node && k.as_str() != key && n.priority >= priority)
+            .map(|(_, n)| n)
+    }
+
+    pub fn has_nominations(&self) -> bool {
+        !self.nominated.is_empty()
+    }
+
+    fn place(&mut self, key: String, node: String, pod: &Pod, assumed: bool) {
+        let usage = PodUsage::of(pod);
+        let group = Arc::new(GroupKey {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+        });
+        let group = match self.groups.get_key_value(&group) {
+            Some((k, _)) => k.clone(),
+            None => group,
+        };
+        *self.groups.entry(group.clone()).or_default().per_node.entry(node.clone()).or_default() += 1;
+        let affinity = affinity_signature(pod).map(|(sig, g)| {
+            let e = self.affinity.entry(sig.clone()).or_insert(g);
+            *e.per_node.entry(node.clone()).or_default() += 1;
+            sig
+        });
+        let info = self.nodes.entry(node.clone()).or_default();
+        info.add(&usage);
+        info.pods.insert(key.clone());
+        let placed = PlacedPod {
+            node,
+            usage,
+            assumed,
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            priority: priority(pod),
+            group,
+            affinity,
+        };
+        self.pods.insert(key, placed);
     }
 
     fn remove_key(&mut self, key: &str) {
-        if let Some(p) = self.pods.remove(key) {
-            if let Some(info) = self.nodes.get_mut(&p.node) {
-                info.remove(&p.usage);
-                if info.node.is_none() && info.pod_count == 0 {
-                    self.nodes.remove(&p.node);
+        let Some(p) = self.pods.remove(key) else { return };
+        fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, k: &K) -> bool {
+            if let Some(n) = map.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(k);
                 }
+            }
+            map.is_empty()
+        }
+        if let Some(g) = self.groups.get_mut(&p.group) {
+            if dec(&mut g.per_node, &p.node) {
+                self.groups.remove(&p.group);
+            }
+        }
+        if let Some(sig) = &p.affinity {
+            if let Some(g) = self.affinity.get_mut(sig) {
+                if dec(&mut g.per_node, &p.node) {
+                    self.affinity.remove(sig);
+                }
+            }
+        }
+        if let Some(info) = self.nodes.get_mut(&p.node) {
+            info.remove(&p.usage);
+            info.pods.remove(key);
+            if info.node.is_none() && info.pod_count == 0 {
+                self.nodes.remove(&p.node);
             }
         }
     }
@@ -228,6 +450,29 @@ impl Cache {
 
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
         self.nodes.get(name).filter(|n| n.node.is_some())
+    }
+
+    pub fn pod(&self, key: &str) -> Option<&PlacedPod> {
+        self.pods.get(key)
+    }
+
+    /// Placed pods grouped by namespace and labels.
+    pub fn groups(&self) -> impl Iterator<Item = (&GroupKey, &LabelGroup)> {
+        self.groups.iter().map(|(k, g)| (k.as_ref(), g))
+    }
+
+    /// Placed pods that carry pod affinity or anti-affinity terms, grouped.
+    pub fn affinity_groups(&self) -> impl Iterator<Item = &AffinityGroup> {
+        self.affinity.values()
+    }
+
+    /// On how many nodes an image (normalised name) is present.
+    pub fn image_spread(&self, image: &str) -> usize {
+        self.image_nodes.get(image).copied().unwrap_or(0)
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes().count()
     }
 }
 

@@ -6,8 +6,9 @@
 //! node's reasons, as `RunFilterPlugins` does; one plugin may report several reasons
 //! (NodeResourcesFit reports every insufficient resource).
 
-use super::cache::{HostPort, NodeInfo};
+use super::cache::{Cache, HostPort, NodeInfo};
 use super::resources::Resources;
+use super::{interpod, spread, volumes};
 use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration};
 use std::collections::BTreeMap;
 
@@ -22,18 +23,47 @@ pub const ERR_TOO_MANY_PODS: &str = "Too many pods";
 /// A plugin's verdict: `Err` carries the reasons this node was rejected.
 pub type Verdict = Result<(), Vec<String>>;
 
-/// What the filters need to know about the pod, computed once per scheduling attempt.
+/// What the filters need to know about the pod, computed once per scheduling attempt: its
+/// requests and ports, and the cluster-wide counts of the plugins that have a PreFilter step
+/// (`None` when the pod does not use them).
 #[derive(Debug, Clone)]
 pub struct PodInfo<'a> {
     pub pod: &'a Pod,
     pub requests: Resources,
     pub ports: Vec<HostPort>,
+    pub volumes: Option<volumes::State>,
+    pub spread: Option<spread::State>,
+    pub interpod: Option<interpod::State>,
 }
 
 impl<'a> PodInfo<'a> {
     pub fn new(pod: &'a Pod) -> Self {
-        PodInfo { pod, requests: super::resources::pod_requests(pod), ports: super::cache::host_ports(pod) }
+        PodInfo {
+            pod,
+            requests: super::resources::pod_requests(pod),
+            ports: super::cache::host_ports(pod),
+            volumes: None,
+            spread: None,
+            interpod: None,
+        }
     }
+
+    /// Runs the PreFilter steps against the cache; `Err` is a PreFilter rejection, which
+    /// applies to every node (upstream reports it once instead of per node).
+    pub fn prepare(pod: &'a Pod, cache: &Cache) -> Result<Self, String> {
+        let mut info = PodInfo::new(pod);
+        if volumes::relevant(pod) {
+            info.volumes = Some(volumes::prepare(pod, cache)?);
+        }
+        if spread::relevant(pod) {
+            info.spread = Some(spread::prepare(&info, cache));
+        }
+        if interpod::relevant(pod, cache) {
+            info.interpod = Some(interpod::prepare(pod, cache));
+        }
+        Ok(info)
+    }
+
     fn tolerations(&self) -> &[Toleration] {
         self.pod.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or(&[])
     }
@@ -52,7 +82,33 @@ pub fn run_filters(pod: &PodInfo<'_>, node: &NodeInfo) -> Verdict {
     node_affinity(pod, n)?;
     node_ports(pod, node)?;
     node_resources_fit(pod, node)?;
+    if let Some(v) = &pod.volumes {
+        volumes::filter(v, node)?;
+    }
+    if let Some(s) = &pod.spread {
+        spread::filter(s, n)?;
+    }
+    if let Some(i) = &pod.interpod {
+        interpod::filter(i, node.labels())?;
+    }
     node_ready(pod, n)
+}
+
+/// Whether evicting pods cannot help with this reason (upstream's UnschedulableAndUnresolvable
+/// statuses, for which preemption reports "Preemption is not helpful for scheduling").
+pub fn is_unresolvable(reason: &str) -> bool {
+    matches!(
+        reason,
+        ERR_NODE_NAME
+            | ERR_UNSCHEDULABLE
+            | ERR_AFFINITY
+            | ERR_NOT_READY
+            | interpod::ERR_AFFINITY
+            | spread::ERR_SPREAD_LABEL
+            | volumes::ERR_NODE_CONFLICT
+            | volumes::ERR_BIND_CONFLICT
+            | volumes::ERR_PV_NOT_EXIST
+    ) || reason.starts_with("node(s) had untolerated taint")
 }
 
 /// NodeName: `spec.nodeName` pins a pod to one node. (The scheduler normally never sees such
@@ -239,22 +295,46 @@ pub fn node_ready(pod: &PodInfo<'_>, node: &Node) -> Verdict {
 /// Upstream `FitError.Error()` without the preemption part: reasons counted over nodes, each
 /// rendered "<count> <reason>", sorted as strings, joined with ", ", ended with a full stop.
 pub fn unschedulable_message(total_nodes: usize, failures: &[Vec<String>]) -> String {
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for reasons in failures {
-        for r in reasons {
-            *counts.entry(r.as_str()).or_default() += 1;
-        }
-    }
-    let mut parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
-    parts.sort();
+    fit_error(total_nodes, None, failures, None)
+}
+
+/// Upstream `FitError.Error()`: a PreFilter rejection replaces the per-node histogram, and the
+/// preemption (PostFilter) outcome follows, e.g. `0/3 nodes are available: 3 Insufficient cpu.
+/// preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod..`
+/// (the doubled full stop is upstream's: the nested message ends in one already).
+pub fn fit_error(
+    total_nodes: usize,
+    prefilter: Option<&str>,
+    failures: &[Vec<String>],
+    postfilter: Option<&str>,
+) -> String {
     if total_nodes == 0 {
         // Upstream fails before filtering with `ErrNoNodesAvailable`.
-        "no nodes available to schedule pods".to_string()
-    } else if parts.is_empty() {
-        format!("0/{total_nodes} nodes are available.")
-    } else {
-        format!("0/{total_nodes} nodes are available: {}.", parts.join(", "))
+        return "no nodes available to schedule pods".to_string();
     }
+    let mut msg = format!("0/{total_nodes} nodes are available");
+    match prefilter {
+        Some(p) => msg.push_str(&format!(": {p}.")),
+        None => {
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for reasons in failures {
+                for r in reasons {
+                    *counts.entry(r.as_str()).or_default() += 1;
+                }
+            }
+            let mut parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            parts.sort();
+            if parts.is_empty() {
+                msg.push('.');
+            } else {
+                msg.push_str(&format!(": {}.", parts.join(", ")));
+            }
+        }
+    }
+    if let Some(p) = postfilter {
+        msg.push_str(&format!(" {p}."));
+    }
+    msg
 }
 
 #[cfg(test)]

@@ -9,18 +9,35 @@
 //! fits nowhere gets `PodScheduled=False/Unschedulable` and a `FailedScheduling` event, then waits
 //! in the queue for the cluster to change. In an HA group only the holder of the
 //! `kube-system/kube-scheduler` Lease schedules (see `controllers::leader`).
+//!
+//! Plugins with cluster-wide state (`interpod.rs`, `spread.rs`, `volumes.rs`) have a PreFilter
+//! step run once per attempt ([`filter::PodInfo::prepare`]) over counts the cache keeps per label
+//! group and node, so a pod costs O(groups + nodes), not O(pods × nodes). When a pod fits
+//! nowhere, `preemption.rs` looks for victims; the loop deletes them, records
+//! `status.nominatedNodeName` and keeps the room reserved until the pod is retried. A pod with
+//! an unbound WaitForFirstConsumer claim is bound right after its claim gets
+//! `volume.kubernetes.io/selected-node` (the kubelet waits for the claim to be bound).
 
 pub mod cache;
 pub mod filter;
+pub mod interpod;
+pub mod labels;
+pub mod preemption;
 pub mod queue;
 pub mod resources;
 pub mod score;
+pub mod spread;
+pub mod volumes;
 
 use crate::controllers::events::{object_ref, Recorder};
 use cache::{pod_key, Cache};
 use filter::PodInfo;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{
+    Binding, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, PodCondition,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
@@ -78,38 +95,140 @@ pub fn feasible_nodes_to_find(total: usize) -> usize {
     (total * pct / 100).max(100)
 }
 
+/// Why no node was found: a PreFilter rejection, or each rejected node with its reasons.
+#[derive(Debug, Clone, Default)]
+pub struct Failure {
+    pub total: usize,
+    pub prefilter: Option<String>,
+    pub failures: Vec<(String, Vec<String>)>,
+}
+
+impl Failure {
+    /// The FailedScheduling message, with the preemption outcome when one is given. Like
+    /// upstream, a preemption message that ends in a full stop gets another one ("pod..").
+    pub fn message(&self, postfilter: Option<&str>) -> String {
+        let reasons: Vec<Vec<String>> = self.failures.iter().map(|(_, r)| r.clone()).collect();
+        let post = postfilter.map(|p| format!("preemption: {p}"));
+        filter::fit_error(self.total, self.prefilter.as_deref(), &reasons, post.as_deref())
+    }
+}
+
+/// The outcome of one scheduling attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Bind to `node` after the volume writes.
+    Bind { node: String, volumes: Vec<volumes::Action> },
+    /// Fits nowhere; `preemption` names victims whose eviction makes room.
+    Unschedulable { message: String, preemption: Option<preemption::Candidate> },
+}
+
 /// Filters nodes, starting at a random one and stopping once enough feasible nodes are found,
 /// then scores those and picks the best, breaking ties at random (upstream `findNodesThatFit`
-/// and `selectHost`). `Err` carries the FailedScheduling message; it is only produced after
-/// every node was tried, so its counts cover the whole cluster.
-pub fn select_node(pod: &Pod, cache: &Cache) -> Result<String, String> {
-    let info = PodInfo::new(pod);
+/// and `selectHost`). The failure lists every node, since it is only produced after every node
+/// was tried. Room reserved by pods nominated to a node (after preempting there) with at least
+/// this pod's priority is counted as taken.
+fn filter_and_score(info: &PodInfo<'_>, cache: &Cache) -> Result<String, Failure> {
     let nodes: Vec<&cache::NodeInfo> = cache.nodes().collect();
     let total = nodes.len();
     let want = feasible_nodes_to_find(total);
     let start = if total > 0 { rand::thread_rng().gen_range(0..total) } else { 0 };
-    let mut feasible = vec![];
+    let key = pod_key(info.pod);
+    let prio = cache::priority(info.pod);
+    let nominations = cache.has_nominations();
+    let mut feasible: Vec<std::borrow::Cow<'_, cache::NodeInfo>> = vec![];
     let mut failures = vec![];
     for i in 0..total {
         let node = nodes[(start + i) % total];
-        match filter::run_filters(&info, node) {
+        let node: std::borrow::Cow<'_, cache::NodeInfo> = if nominations {
+            let reserved: Vec<&cache::Nominated> = cache.nominated_on(node.name(), &key, prio).collect();
+            if reserved.is_empty() {
+                std::borrow::Cow::Borrowed(node)
+            } else {
+                let mut n = node.clone();
+                for r in reserved {
+                    n.add(&r.usage);
+                }
+                std::borrow::Cow::Owned(n)
+            }
+        } else {
+            std::borrow::Cow::Borrowed(node)
+        };
+        match filter::run_filters(info, &node) {
             Ok(()) => {
                 feasible.push(node);
                 if feasible.len() >= want {
                     break;
                 }
             }
-            Err(reasons) => failures.push(reasons),
+            Err(reasons) => failures.push((node.name().to_string(), reasons)),
         }
     }
     if feasible.is_empty() {
-        return Err(filter::unschedulable_message(total, &failures));
+        return Err(Failure { total, prefilter: None, failures });
     }
-    let scores = score::total(pod, resources::pod_nonzero_requests(pod), &feasible);
+    let refs: Vec<&cache::NodeInfo> = feasible.iter().map(|c| c.as_ref()).collect();
+    let scores = score::total_with(info, Some(cache), &refs);
     let best = scores.iter().copied().max().unwrap_or(0);
-    let top: Vec<&str> = feasible.iter().zip(&scores).filter(|(_, s)| **s == best).map(|(n, _)| n.name()).collect();
+    let top: Vec<&str> = refs.iter().zip(&scores).filter(|(_, s)| **s == best).map(|(n, _)| n.name()).collect();
     let pick = if top.len() > 1 { rand::thread_rng().gen_range(0..top.len()) } else { 0 };
     Ok(top.get(pick).copied().unwrap_or_default().to_string())
+}
+
+/// Filter and score only (no preemption): the chosen node, or the FailedScheduling message.
+pub fn select_node(pod: &Pod, cache: &Cache) -> Result<String, String> {
+    let total = cache.node_count();
+    match PodInfo::prepare(pod, cache) {
+        Err(m) => Err(Failure { total, prefilter: Some(m), failures: vec![] }.message(None)),
+        Ok(info) => filter_and_score(&info, cache).map_err(|f| f.message(None)),
+    }
+}
+
+/// One scheduling cycle: PreFilter, Filter, Score, and PostFilter (preemption) when the pod
+/// fits nowhere, as upstream `schedulingCycle` runs them.
+pub fn schedule(pod: &Pod, cache: &Cache) -> Decision {
+    let total = cache.node_count();
+    let (info, failure) = match PodInfo::prepare(pod, cache) {
+        Err(m) => {
+            // Preemption dry-runs each node with the PreFilter verdict standing: nodes without
+            // lower-priority pods report no victims, the others the same rejection again.
+            let prio = cache::priority(pod);
+            let all = cache
+                .nodes()
+                .map(|n| {
+                    let lower = n.pods.iter().filter_map(|k| cache.pod(k)).any(|p| p.priority < prio);
+                    let why = if lower { m.clone() } else { preemption::NO_VICTIMS.to_string() };
+                    (n.name().to_string(), vec![why])
+                })
+                .collect();
+            (None, Failure { total, prefilter: Some(m), failures: all })
+        }
+        Ok(info) => match filter_and_score(&info, cache) {
+            Ok(node) => {
+                let volumes = match (&info.volumes, cache.node(&node)) {
+                    (Some(v), Some(n)) => volumes::plan(v, n),
+                    _ => vec![],
+                };
+                return Decision::Bind { node, volumes };
+            }
+            Err(f) => (Some(info), f),
+        },
+    };
+    if total == 0 {
+        return Decision::Unschedulable { message: failure.message(None), preemption: None };
+    }
+    let post = match &info {
+        Some(info) => preemption::preempt(info, cache, &failure.failures),
+        None => Err(preemption::eligible(pod, cache).err().unwrap_or_else(|| {
+            let statuses: Vec<Vec<String>> = failure.failures.iter().map(|(_, r)| r.clone()).collect();
+            filter::fit_error(total, None, &statuses, None)
+        })),
+    };
+    let reasons =
+        Failure { failures: if failure.prefilter.is_some() { vec![] } else { failure.failures.clone() }, ..failure };
+    match post {
+        Ok(c) => Decision::Unschedulable { message: reasons.message(None), preemption: Some(c) },
+        Err(m) => Decision::Unschedulable { message: reasons.message(Some(&m)), preemption: None },
+    }
 }
 
 /// Whether an update to a waiting pod may change where it fits. Like upstream `isPodUpdated`,
@@ -214,9 +333,106 @@ pub async fn run_unelected(client: kube::Client, shutdown: CancellationToken) {
     let recorder = Recorder::new(client.clone(), SCHEDULER_NAME, shutdown.clone());
     let nodes = tokio::spawn(watch_nodes(client.clone(), shared.clone(), shutdown.clone()));
     let pods = tokio::spawn(watch_pods(client.clone(), shared.clone(), shutdown.clone()));
+    let (c, sh, sd) = (&client, &shared, &shutdown);
+    let others = vec![
+        tokio::spawn(watch_objects::<Namespace>(c.clone(), sh.clone(), sd.clone(), false, |cache, key, o| match o {
+            Some(ns) => {
+                cache.namespaces.insert(key, ns.metadata.labels.unwrap_or_default());
+            }
+            None => {
+                cache.namespaces.remove(&key);
+            }
+        })),
+        tokio::spawn(watch_objects::<PersistentVolumeClaim>(
+            c.clone(),
+            sh.clone(),
+            sd.clone(),
+            true,
+            |cache, key, o| upsert(&mut cache.pvcs, key, o),
+        )),
+        tokio::spawn(watch_objects::<PersistentVolume>(c.clone(), sh.clone(), sd.clone(), false, |cache, key, o| {
+            upsert(&mut cache.pvs, key, o)
+        })),
+        tokio::spawn(watch_objects::<StorageClass>(c.clone(), sh.clone(), sd.clone(), false, |cache, key, o| {
+            upsert(&mut cache.classes, key, o)
+        })),
+        tokio::spawn(watch_objects::<PodDisruptionBudget>(c.clone(), sh.clone(), sd.clone(), true, |cache, key, o| {
+            upsert(&mut cache.pdbs, key, o)
+        })),
+    ];
     schedule_loop(client, shared, recorder, shutdown).await;
     nodes.abort();
     pods.abort();
+    for t in others {
+        t.abort();
+    }
+}
+
+fn upsert<K>(map: &mut HashMap<String, K>, key: String, o: Option<K>) {
+    match o {
+        Some(o) => {
+            map.insert(key, o);
+        }
+        None => {
+            map.remove(&key);
+        }
+    }
+}
+
+/// Mirrors one kind the plugins read (namespaces, claims, volumes, classes, budgets) into the
+/// cache; any change may make waiting pods schedulable. Keys are `namespace/name` for
+/// namespaced kinds and the name otherwise.
+async fn watch_objects<K>(
+    client: kube::Client,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    namespaced: bool,
+    apply: fn(&mut Cache, String, Option<K>),
+) where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let api: Api<K> = Api::all(client);
+    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let key_of = |m: &ObjectMeta| if namespaced { cache::meta_key(m) } else { m.name.clone().unwrap_or_default() };
+    let (mut seen, mut known): (HashSet<String>, HashSet<String>) = Default::default();
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = stream.next() => match ev { Some(ev) => ev, None => return },
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(error = %e, kind = %K::kind(&()), "scheduler: watch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut st = shared.lock();
+        match ev {
+            watcher::Event::Init => seen.clear(),
+            watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
+                let key = key_of(o.meta());
+                seen.insert(key.clone());
+                known.insert(key.clone());
+                apply(&mut st.cache, key, Some(o));
+            }
+            watcher::Event::Delete(o) => {
+                let key = key_of(o.meta());
+                known.remove(&key);
+                apply(&mut st.cache, key, None);
+            }
+            watcher::Event::InitDone => {
+                for gone in known.difference(&seen).cloned().collect::<Vec<_>>() {
+                    known.remove(&gone);
+                    apply(&mut st.cache, gone, None);
+                }
+            }
+        }
+        st.queue.cluster_changed(Instant::now());
+        drop(st);
+        shared.wake.notify_one();
+    }
 }
 
 async fn watch_nodes(client: kube::Client, shared: Arc<Shared>, shutdown: CancellationToken) {
@@ -353,9 +569,11 @@ async fn schedule_loop(client: kube::Client, shared: Arc<Shared>, recorder: Reco
                     continue;
                 }
                 Some(pod) => {
-                    let d = select_node(&pod, &st.cache);
-                    if let Ok(node) = &d {
-                        st.cache.assume(&pod, node);
+                    let d = schedule(&pod, &st.cache);
+                    match &d {
+                        Decision::Bind { node, .. } => st.cache.assume(&pod, node),
+                        Decision::Unschedulable { preemption: Some(c), .. } => st.cache.nominate(&pod, &c.node),
+                        Decision::Unschedulable { .. } => {}
                     }
                     (pod, d)
                 }
@@ -366,11 +584,86 @@ async fn schedule_loop(client: kube::Client, shared: Arc<Shared>, recorder: Reco
         tokio::spawn(async move {
             let _permit = permit;
             match decision {
-                (pod, Ok(node)) => bind(client, shared, recorder, attempt, pod, node).await,
-                (pod, Err(message)) => unschedulable(client, shared, recorder, attempt, pod, message).await,
+                (pod, Decision::Bind { node, volumes }) => {
+                    bind(client, shared, recorder, attempt, pod, node, volumes).await
+                }
+                (pod, Decision::Unschedulable { message, preemption }) => {
+                    if let Some(c) = preemption {
+                        preempt(client.clone(), &recorder, &pod, c).await;
+                    }
+                    unschedulable(client, shared, recorder, attempt, pod, message).await
+                }
             }
         });
     }
+}
+
+/// Carries out a preemption: the preemptor's `status.nominatedNodeName`, then each victim gets
+/// the `DisruptionTarget` condition, a `Preempted` event and a graceful delete (upstream
+/// `prepareCandidate`).
+async fn preempt(client: kube::Client, recorder: &Recorder, pod: &Pod, c: preemption::Candidate) {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let nominated = serde_json::json!({"status": {"nominatedNodeName": c.node}});
+    if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&nominated)).await {
+        tracing::warn!(error = %e, pod = %format!("{ns}/{name}"), "could not record the nominated node");
+    }
+    for v in &c.victims {
+        let vapi: Api<Pod> = Api::namespaced(client.clone(), &v.namespace);
+        let cond = serde_json::json!({"status": {"conditions": [{
+            "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+            "message": format!("{SCHEDULER_NAME}: preempting to accommodate a higher priority pod"),
+            "lastTransitionTime": Timestamp::now().to_string(),
+        }]}});
+        if let Err(e) = vapi.patch_status(&v.name, &PatchParams::default(), &Patch::Strategic(&cond)).await {
+            tracing::debug!(error = %e, victim = %v.name, "could not add DisruptionTarget");
+        }
+        let dp = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions { uid: Some(v.uid.clone()), resource_version: None }),
+            ..Default::default()
+        };
+        match vapi.delete(&v.name, &dp).await {
+            Ok(_) => {
+                let victim = ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    namespace: Some(v.namespace.clone()),
+                    name: Some(v.name.clone()),
+                    uid: Some(v.uid.clone()),
+                    ..Default::default()
+                };
+                recorder.normal(victim, "Preempted", format!("Preempted by pod {uid} on node {}", c.node));
+                tracing::info!(victim = %format!("{}/{}", v.namespace, v.name), preemptor = %format!("{ns}/{name}"), node = %c.node, "preempted");
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => tracing::warn!(error = %e, victim = %v.name, "could not delete preemption victim"),
+        }
+    }
+}
+
+/// The PVC and PV writes that go before a binding (upstream VolumeBinding's PreBind).
+async fn bind_volumes(client: &kube::Client, actions: &[volumes::Action]) -> Result<(), kube::Error> {
+    for a in actions {
+        match a {
+            volumes::Action::SelectNode { namespace, claim, node } => {
+                let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+                let patch = serde_json::json!({"metadata": {"annotations": {volumes::SELECTED_NODE: node}}});
+                api.patch(claim, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            }
+            volumes::Action::ReservePv { pv, namespace, claim, uid } => {
+                let api: Api<PersistentVolume> = Api::all(client.clone());
+                let patch = serde_json::json!({
+                    "metadata": {"annotations": {"pv.kubernetes.io/bound-by-controller": "yes"}},
+                    "spec": {"claimRef": {"kind": "PersistentVolumeClaim", "apiVersion": "v1",
+                        "namespace": namespace, "name": claim, "uid": uid}},
+                });
+                api.patch(pv, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn bind(
@@ -380,12 +673,19 @@ async fn bind(
     attempt: Attempt,
     pod: Arc<Pod>,
     node: String,
+    volume_actions: Vec<volumes::Action>,
 ) {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(client, &ns);
-    let result: Result<serde_json::Value, kube::Error> =
-        api.create_subresource("binding", &name, &PostParams::default(), &binding(&pod, &node)).await;
+    // Binding the pod right after the claim writes: the kubelet waits for its claims to be
+    // bound before starting it, so the provisioner may finish meanwhile.
+    let result: Result<serde_json::Value, kube::Error> = match bind_volumes(&client, &volume_actions).await {
+        Err(e) => Err(e),
+        Ok(()) => {
+            let api: Api<Pod> = Api::namespaced(client, &ns);
+            api.create_subresource("binding", &name, &PostParams::default(), &binding(&pod, &node)).await
+        }
+    };
     match result {
         Ok(_) => {
             shared.lock().queue.done(&attempt);
@@ -570,13 +870,40 @@ mod tests {
     fn scheduling_throughput() {
         let mut c = Cache::default();
         for i in 0..1000 {
-            c.set_node(node(&format!("n{i}"), "32"));
+            let mut n = node(&format!("n{i}"), "32");
+            n.metadata.labels = Some([("kubernetes.io/hostname".to_string(), format!("n{i}"))].into());
+            c.set_node(n);
         }
         let start = std::time::Instant::now();
-        let n = 2000;
+        let n: usize = std::env::var("SCHED_PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
         for i in 0..n {
-            let p = pod(&format!("p{i}"), "100m");
-            let node = select_node(&p, &c).expect("fits");
+            let mut p = pod(&format!("p{i}"), "100m");
+            // Like the benchmark: groups of labels, every tenth pod with anti-affinity.
+            let app = if i % 10 == 0 { format!("spread-{}", i % 20) } else { format!("group-{}", i % 50) };
+            p.metadata.labels = Some([("app".to_string(), app.clone())].into());
+            if i % 10 == 0 {
+                if let Some(s) = p.spec.as_mut() {
+                    s.affinity = Some(k8s_openapi::api::core::v1::Affinity {
+                        pod_anti_affinity: Some(k8s_openapi::api::core::v1::PodAntiAffinity {
+                            required_during_scheduling_ignored_during_execution: Some(vec![
+                                k8s_openapi::api::core::v1::PodAffinityTerm {
+                                    label_selector: Some(
+                                        k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                                            match_labels: Some([("app".to_string(), app)].into()),
+                                            ..Default::default()
+                                        },
+                                    ),
+                                    topology_key: "kubernetes.io/hostname".into(),
+                                    ..Default::default()
+                                },
+                            ]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                }
+            }
+            let Decision::Bind { node, .. } = schedule(&p, &c) else { panic!("fits") };
             c.assume(&p, &node);
         }
         let secs = start.elapsed().as_secs_f64();
@@ -610,5 +937,78 @@ mod tests {
         assert_eq!(b.metadata.name.as_deref(), Some("a"));
         assert_eq!(b.target.kind.as_deref(), Some("Node"));
         assert_eq!(b.target.name.as_deref(), Some("n1"));
+    }
+
+    fn with_priority(mut p: Pod, prio: i32) -> Pod {
+        if let Some(s) = p.spec.as_mut() {
+            s.priority = Some(prio);
+        }
+        p
+    }
+
+    fn bound(p: Pod, node: &str) -> Pod {
+        let mut p = p;
+        if let Some(s) = p.spec.as_mut() {
+            s.node_name = Some(node.into());
+        }
+        p
+    }
+
+    #[test]
+    fn the_message_ends_with_the_preemption_verdict() {
+        let mut c = Cache::default();
+        c.set_node(node("a", "1"));
+        c.set_node(node("b", "1"));
+        assert_eq!(
+            schedule(&pod("big", "8"), &c),
+            Decision::Unschedulable {
+                message: "0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod..".into(),
+                preemption: None,
+            }
+        );
+    }
+
+    #[test]
+    fn a_prefilter_rejection_is_reported_once_and_preemption_cannot_help() {
+        let mut c = Cache::default();
+        c.set_node(node("a", "1"));
+        c.set_node(node("b", "1"));
+        let mut p = pod("p", "100m");
+        if let Some(s) = p.spec.as_mut() {
+            s.volumes = Some(vec![k8s_openapi::api::core::v1::Volume {
+                name: "data".into(),
+                persistent_volume_claim: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource {
+                    claim_name: "missing".into(),
+                    read_only: None,
+                }),
+                ..Default::default()
+            }]);
+        }
+        let Decision::Unschedulable { message, .. } = schedule(&p, &c) else { panic!("scheduled") };
+        assert_eq!(
+            message,
+            "0/2 nodes are available: persistentvolumeclaim \"missing\" not found. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod.."
+        );
+    }
+
+    #[test]
+    fn a_higher_priority_pod_preempts_then_its_room_is_reserved() {
+        let mut c = Cache::default();
+        c.set_node(node("a", "1"));
+        let low = bound(with_priority(pod("low", "1"), 0), "a");
+        c.update_pod(&low);
+        let high = with_priority(pod("high", "1"), 1000);
+        let Decision::Unschedulable { message, preemption: Some(cand) } = schedule(&high, &c) else {
+            panic!("expected a preemption")
+        };
+        assert_eq!(message, "0/1 nodes are available: 1 Insufficient cpu.");
+        assert_eq!(cand.node, "a");
+        assert_eq!(cand.victims.len(), 1);
+        c.nominate(&high, "a");
+        c.remove_pod(&low);
+        // A less important pod must not take the room the victim left.
+        let mid = with_priority(pod("mid", "1"), 10);
+        assert!(matches!(schedule(&mid, &c), Decision::Unschedulable { .. }));
+        assert_eq!(schedule(&high, &c), Decision::Bind { node: "a".into(), volumes: vec![] });
     }
 }

@@ -2,8 +2,9 @@
 //! node 0..=100 per plugin; [`total`] weighs them as upstream's default profile does
 //! (TaintToleration 3, NodeAffinity 2, NodeResourcesFit 1, NodeResourcesBalancedAllocation 1).
 
-use super::cache::NodeInfo;
-use super::filter::{term_matches, tolerates};
+use super::cache::{normalized_image, Cache, NodeInfo};
+use super::filter::{term_matches, tolerates, PodInfo};
+use super::{interpod, resources, spread};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use std::collections::BTreeMap;
 
@@ -98,18 +99,83 @@ pub fn normalize(raw: &[i64], reverse: bool) -> Vec<i64> {
         .collect()
 }
 
-/// Weighted total of every score plugin for each feasible node, in the order given.
+/// Weighted total of every score plugin for each feasible node, in the order given, for a pod
+/// without PreFilter state (see [`total_with`]).
 pub fn total(pod: &Pod, pod_nonzero: (i128, i128), nodes: &[&NodeInfo]) -> Vec<i64> {
+    let _ = pod_nonzero;
+    total_with(&PodInfo::new(pod), None, nodes)
+}
+
+const MB: i64 = 1024 * 1024;
+/// Upstream ImageLocality thresholds: images below 23 MB score nothing, and the score saturates
+/// at 1000 MB per container.
+const MIN_THRESHOLD: i64 = 23 * MB;
+const MAX_CONTAINER_THRESHOLD: i64 = 1000 * MB;
+
+/// ImageLocality: the sizes of the pod's images already on the node, each scaled by the share of
+/// nodes holding it (so an image everywhere does not pull every pod to one node), mapped
+/// between the thresholds to 0..=100 (`calculatePriority`).
+pub fn image_locality(pod: &Pod, node: &NodeInfo, cache: &Cache, total_nodes: usize) -> i64 {
+    let Some(spec) = pod.spec.as_ref() else { return 0 };
+    let containers: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .map(|c| c.image.as_deref().unwrap_or(""))
+        .collect();
+    if containers.is_empty() || total_nodes == 0 {
+        return 0;
+    }
+    let mut sum: i64 = 0;
+    for image in &containers {
+        let name = normalized_image(image);
+        if let Some(size) = node.images.get(&name) {
+            let spread = cache.image_spread(&name) as f64 / total_nodes as f64;
+            sum += (*size as f64 * spread) as i64;
+        }
+    }
+    let max = MAX_CONTAINER_THRESHOLD * containers.len() as i64;
+    let sum = sum.clamp(MIN_THRESHOLD, max);
+    MAX_NODE_SCORE * (sum - MIN_THRESHOLD) / (max - MIN_THRESHOLD)
+}
+
+/// Weighted total of every score plugin for each feasible node, as upstream's default profile
+/// weighs them: TaintToleration 3, NodeAffinity 2, PodTopologySpread 2, InterPodAffinity 2,
+/// NodeResourcesFit 1, NodeResourcesBalancedAllocation 1, ImageLocality 1.
+pub fn total_with(info: &PodInfo<'_>, cache: Option<&Cache>, nodes: &[&NodeInfo]) -> Vec<i64> {
+    let pod = info.pod;
+    let pod_nonzero = resources::pod_nonzero_requests(pod);
     let raw_taint: Vec<i64> =
         nodes.iter().map(|n| n.node.as_deref().map_or(0, |node| intolerable_prefer_no_schedule(pod, node))).collect();
     let raw_aff: Vec<i64> =
         nodes.iter().map(|n| n.node.as_deref().map_or(0, |node| preferred_affinity(pod, node))).collect();
     let taint = normalize(&raw_taint, true);
     let aff = normalize(&raw_aff, false);
+    let spread = match &info.spread {
+        Some(st) if spread::has_soft(st) => spread::normalize(
+            &nodes.iter().map(|n| n.node.as_deref().and_then(|node| spread::raw_score(st, node))).collect::<Vec<_>>(),
+        ),
+        _ => vec![0; nodes.len()],
+    };
+    let inter = match &info.interpod {
+        Some(st) => interpod::normalize(&nodes.iter().map(|n| interpod::raw_score(st, n.labels())).collect::<Vec<_>>()),
+        None => vec![0; nodes.len()],
+    };
+    let total_nodes = cache.map_or(0, |c| c.node_count());
     nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| 3 * taint[i] + 2 * aff[i] + least_allocated(pod_nonzero, n) + balanced_allocation(pod_nonzero, n))
+        .map(|(i, n)| {
+            let image = cache.map_or(0, |c| image_locality(pod, n, c, total_nodes));
+            3 * taint[i]
+                + 2 * aff[i]
+                + 2 * spread[i]
+                + 2 * inter[i]
+                + least_allocated(pod_nonzero, n)
+                + balanced_allocation(pod_nonzero, n)
+                + image
+        })
         .collect()
 }
 
@@ -245,5 +311,45 @@ mod tests {
         let busy = node_info("b", "4", "8Gi", Some(("3", "2Gi")));
         let s = total(&Pod::default(), (100, 200 * 1024 * 1024 * 1000), &[&empty, &busy]);
         assert!(s[0] > s[1], "{s:?}");
+    }
+
+    #[test]
+    fn image_locality_favours_nodes_holding_big_images_that_few_nodes_have() {
+        use k8s_openapi::api::core::v1::{Container, ContainerImage, NodeStatus};
+        let with_image = |name: &str, size: i64| Node {
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            status: Some(NodeStatus {
+                images: Some(vec![ContainerImage {
+                    names: Some(vec!["docker.io/app/big:1".into()]),
+                    size_bytes: Some(size),
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut c = Cache::default();
+        c.set_node(with_image("a", 500 * MB));
+        c.set_node(Node {
+            metadata: ObjectMeta { name: Some("b".into()), ..Default::default() },
+            ..Default::default()
+        });
+        let pod = Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "c".into(),
+                    image: Some("docker.io/app/big:1".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let a = c.node("a").cloned().unwrap_or_default();
+        let b = c.node("b").cloned().unwrap_or_default();
+        // 500 MB on 1 of 2 nodes scales to 250 MB: (250-23)/(1000-23) of 100.
+        assert_eq!(image_locality(&pod, &a, &c, 2), 23);
+        assert_eq!(image_locality(&pod, &b, &c, 2), 0);
+        assert_eq!(normalized_image("busybox"), "busybox:latest");
+        assert_eq!(normalized_image("localhost:5000/busybox"), "localhost:5000/busybox:latest");
     }
 }

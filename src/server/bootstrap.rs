@@ -12,7 +12,11 @@ use crate::config::ServerConfig;
 use crate::registry;
 
 fn req(st: &Arc<ApiState>, plural: &str, ns: Option<&str>) -> anyhow::Result<Req> {
-    let group = if plural.starts_with("cluster") { "rbac.authorization.k8s.io" } else { "" };
+    let group = match plural {
+        "priorityclasses" => "scheduling.k8s.io",
+        p if p.starts_with("cluster") => "rbac.authorization.k8s.io",
+        _ => "",
+    };
     Ok(Req {
         st: st.clone(),
         r: registry::find(group, "v1", plural).ok_or_else(|| anyhow::anyhow!("{plural} not registered"))?.into(),
@@ -61,6 +65,15 @@ pub async fn objects(st: &Arc<ApiState>, cfg: &ServerConfig, service_ip: Ipv4Add
     }
     for b in bindings {
         ensure(st, "clusterrolebindings", None, b).await?;
+    }
+    // Upstream's built-in PriorityClasses (the Priority admission plugin creates them).
+    for (name, value, what) in [
+        ("system-node-critical", 2000001000, "Used for system critical pods that must not be moved from their current node."),
+        ("system-cluster-critical", 2000000000, "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."),
+    ] {
+        let pc = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
+            "value": value, "globalDefault": false, "description": what, "preemptionPolicy": "PreemptLowerPriority"});
+        ensure(st, "priorityclasses", None, pc).await?;
     }
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         ensure(st, "namespaces", None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))

@@ -207,6 +207,8 @@ pub fn objects() -> (Vec<Value>, Vec<Value>) {
                 rule(&[""], &["pods"], &["delete", "get", "list", "watch", "patch", "update"]),
                 rule(&[""], &["bindings", "pods/binding"], &["create"]),
                 rule(&[""], &["pods/status"], &["patch", "update"]),
+                // Upstream's system:volume-scheduler: selected-node on claims, claimRef on volumes.
+                rule(&[""], &["persistentvolumeclaims", "persistentvolumes"], &["patch", "update"]),
                 rule(&["apps"], &["replicasets", "statefulsets"], READ),
                 rule(&["policy"], &["poddisruptionbudgets"], READ),
                 rule(
