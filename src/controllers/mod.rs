@@ -7,13 +7,16 @@
 //!   background garbage collection by ownerReferences; `serviceaccount.rs`: the `default`
 //!   ServiceAccount and `kube-root-ca.crt` ConfigMap in every namespace; `node_lifecycle.rs`:
 //!   unreachable nodes tainted and their pods evicted; `job.rs`: Jobs and their TTL;
-//!   `cronjob.rs` (with `cron_schedule.rs`): Jobs on a cron schedule.
+//!   `cronjob.rs` (with `cron_schedule.rs`): Jobs on a cron schedule; `statefulset.rs` and
+//!   `daemonset.rs` with their ControllerRevision history in `revision.rs`;
+//!   `replicationcontroller.rs`: the ReplicaSet logic behind an equality selector.
 //! - `leader.rs`: Lease-based leader election, so one server of an HA group runs them.
 //! - `events.rs` writes the core/v1 Events `kubectl describe` shows; `podutil.rs` holds the pure
 //!   helpers (readiness, selectors, owner references) the workload controllers share.
 
 pub mod cron_schedule;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
@@ -24,7 +27,10 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod podutil;
 pub mod replicaset;
+pub mod replicationcontroller;
+pub mod revision;
 pub mod serviceaccount;
+pub mod statefulset;
 
 use crate::config::Cidr;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +62,9 @@ pub const NAMES: &[&str] = &[
     "nodelifecycle",
     "job",
     "cronjob",
+    "statefulset",
+    "daemonset",
+    "replicationcontroller",
 ];
 
 impl ControllerConfig {
@@ -98,6 +107,9 @@ pub async fn run_all(client: kube::Client, cfg: ControllerConfig, shutdown: Canc
         ("job", job::run(c(), sd()).boxed()),
         ("cronjob", cronjob::run(c(), sd()).boxed()),
         ("nodelifecycle", node_lifecycle::run(c(), cfg.node_lifecycle, sd()).boxed()),
+        ("statefulset", statefulset::run(c(), sd()).boxed()),
+        ("daemonset", daemonset::run(c(), sd()).boxed()),
+        ("replicationcontroller", replicationcontroller::run(c(), sd()).boxed()),
     ];
     let sa_on = cfg.enabled("serviceaccount") && cfg.enabled("root-ca-cert-publisher");
     let run: Vec<_> = all
