@@ -778,3 +778,264 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
         })
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::podutil::tests::{ready, ts};
+    use k8s_openapi::api::apps::v1::{
+        RollingUpdateStatefulSetStrategy, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+        StatefulSetUpdateStrategy,
+    };
+    use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    fn set(replicas: i32) -> StatefulSet {
+        let labels: BTreeMap<String, String> = [("app".to_string(), "db".to_string())].into();
+        StatefulSet {
+            metadata: ObjectMeta {
+                name: Some("db".into()),
+                namespace: Some("default".into()),
+                uid: Some("sts-uid".into()),
+                generation: Some(4),
+                ..Default::default()
+            },
+            spec: Some(StatefulSetSpec {
+                replicas: Some(replicas),
+                service_name: Some("db-headless".into()),
+                selector: LabelSelector { match_labels: Some(labels.clone()), ..Default::default() },
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+                    spec: Some(PodSpec {
+                        volumes: Some(vec![Volume { name: "data".into(), ..Default::default() }]),
+                        ..Default::default()
+                    }),
+                },
+                volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                    metadata: ObjectMeta {
+                        name: Some("data".into()),
+                        labels: Some([("tier".to_string(), "storage".to_string())].into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn healthy(name: &str, rev: &str) -> PodState {
+        PodState {
+            name: name.into(),
+            uid: format!("{name}-uid"),
+            revision: rev.into(),
+            terminating: false,
+            finished: false,
+            healthy: true,
+        }
+    }
+
+    fn unhealthy(name: &str, rev: &str) -> PodState {
+        PodState { healthy: false, ..healthy(name, rev) }
+    }
+
+    fn del(ordinal: i32) -> Step {
+        Step::Delete { ordinal, name: format!("db-{ordinal}"), uid: format!("db-{ordinal}-uid") }
+    }
+
+    fn rolling(update_min: usize, max_unavailable: i32) -> Rolling {
+        Rolling { update_min, max_unavailable, update: "new".into() }
+    }
+
+    #[test]
+    fn ordinals_are_parsed_from_names_of_the_form_set_dash_number() {
+        assert_eq!(ordinal_of("db", "db-0"), Some(0));
+        assert_eq!(ordinal_of("db", "db-12"), Some(12));
+        assert_eq!(ordinal_of("db", "db-"), None);
+        assert_eq!(ordinal_of("db", "db-x"), None);
+        assert_eq!(ordinal_of("db", "db-01"), None, "not a name the controller would make");
+        assert_eq!(ordinal_of("db", "dba-1"), None);
+        assert_eq!(ordinal_of("web-db", "web-db-3"), Some(3));
+        assert_eq!(claim_name("data", "db", 2), "data-db-2");
+    }
+
+    #[test]
+    fn ordinals_start_at_spec_ordinals_start() {
+        let mut s = set(3);
+        assert_eq!(ordinal_range(&s), (0, 3));
+        if let Some(spec) = s.spec.as_mut() {
+            spec.ordinals = Some(k8s_openapi::api::apps::v1::StatefulSetOrdinals { start: Some(5) });
+        }
+        assert_eq!(ordinal_range(&s), (5, 3));
+    }
+
+    #[test]
+    fn a_pod_gets_a_stable_identity_and_its_claims_as_volumes() {
+        let s = set(3);
+        let tpl = s.spec.as_ref().map(|x| x.template.clone()).unwrap_or_default();
+        let p = new_pod(&s, 2, &tpl, "db-abc");
+        assert_eq!(p.metadata.name.as_deref(), Some("db-2"));
+        let labels = p.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get(POD_NAME_LABEL).map(String::as_str), Some("db-2"));
+        assert_eq!(labels.get(POD_INDEX_LABEL).map(String::as_str), Some("2"));
+        assert_eq!(labels.get(revision::HASH_LABEL).map(String::as_str), Some("db-abc"));
+        assert_eq!(labels.get("app").map(String::as_str), Some("db"));
+        let spec = p.spec.clone().unwrap_or_default();
+        assert_eq!(spec.hostname.as_deref(), Some("db-2"));
+        assert_eq!(spec.subdomain.as_deref(), Some("db-headless"));
+        let vols = spec.volumes.unwrap_or_default();
+        assert_eq!(vols.len(), 1, "the claim replaces the template volume of the same name");
+        assert_eq!(vols[0].persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()), Some("data-db-2"));
+        let owner = p.metadata.owner_references.and_then(|o| o.into_iter().next()).unwrap_or_default();
+        assert_eq!((owner.kind.as_str(), owner.controller), ("StatefulSet", Some(true)));
+    }
+
+    #[test]
+    fn claims_carry_template_and_selector_labels() {
+        let c = claims_for(&set(1), 0);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].metadata.name.as_deref(), Some("data-db-0"));
+        let l = c[0].metadata.labels.clone().unwrap_or_default();
+        assert_eq!(l.get("tier").map(String::as_str), Some("storage"));
+        assert_eq!(l.get("app").map(String::as_str), Some("db"));
+    }
+
+    #[test]
+    fn ordered_ready_creates_one_pod_at_a_time_and_waits_for_readiness() {
+        let none: Vec<(i32, Option<PodState>)> = (0..3).map(|o| (o, None)).collect();
+        assert_eq!(plan(&none, &[], true, None), vec![Step::Create(0)]);
+        let waiting = vec![(0, Some(unhealthy("db-0", "r"))), (1, None), (2, None)];
+        assert_eq!(plan(&waiting, &[], true, None), vec![], "db-1 waits for db-0");
+        let next = vec![(0, Some(healthy("db-0", "r"))), (1, None), (2, None)];
+        assert_eq!(plan(&next, &[], true, None), vec![Step::Create(1)]);
+    }
+
+    #[test]
+    fn parallel_creates_every_missing_pod_at_once() {
+        let slots = vec![(0, Some(unhealthy("db-0", "r"))), (1, None), (2, None)];
+        assert_eq!(plan(&slots, &[], false, None), vec![Step::Create(1), Step::Create(2)]);
+    }
+
+    #[test]
+    fn scale_down_removes_the_highest_ordinal_first_one_at_a_time() {
+        let slots = vec![(0, Some(healthy("db-0", "r")))];
+        let condemned = vec![(2, healthy("db-2", "r")), (1, healthy("db-1", "r"))];
+        assert_eq!(plan(&slots, &condemned, true, None), vec![del(2)]);
+        let terminating = vec![(2, PodState { terminating: true, ..healthy("db-2", "r") }), (1, healthy("db-1", "r"))];
+        assert_eq!(plan(&slots, &terminating, true, None), vec![], "db-1 waits for db-2 to be gone");
+        assert_eq!(plan(&slots, &condemned, false, None), vec![del(2), del(1)], "Parallel deletes all");
+    }
+
+    #[test]
+    fn an_unhealthy_replica_blocks_ordered_scale_down() {
+        let slots = vec![(0, Some(unhealthy("db-0", "r")))];
+        assert_eq!(plan(&slots, &[(1, healthy("db-1", "r"))], true, None), vec![]);
+    }
+
+    #[test]
+    fn failed_pods_are_deleted_to_be_recreated() {
+        let slots = vec![(0, Some(PodState { finished: true, ..unhealthy("db-0", "r") }))];
+        assert_eq!(plan(&slots, &[], true, None), vec![del(0)]);
+    }
+
+    #[test]
+    fn rolling_update_replaces_the_highest_old_pod_and_stops_at_the_partition() {
+        let slots: Vec<(i32, Option<PodState>)> =
+            (0..3).map(|o| (o, Some(healthy(&format!("db-{o}"), "old")))).collect();
+        assert_eq!(plan(&slots, &[], true, Some(&rolling(0, 1))), vec![del(2)]);
+        let mut done = slots.clone();
+        done[2].1 = Some(healthy("db-2", "new"));
+        assert_eq!(plan(&done, &[], true, Some(&rolling(2, 1))), vec![], "partition 2 leaves db-0 and db-1");
+        assert_eq!(plan(&done, &[], true, Some(&rolling(0, 1))), vec![del(1)]);
+        let mut recreating = slots.clone();
+        recreating[2].1 = Some(unhealthy("db-2", "new"));
+        assert_eq!(plan(&recreating, &[], false, Some(&rolling(0, 1))), vec![], "waits for the new db-2");
+        assert_eq!(plan(&slots, &[], false, Some(&rolling(0, 2))), vec![del(2), del(1)], "maxUnavailable 2");
+    }
+
+    #[test]
+    fn retention_policy_sets_claim_owners_like_upstream() {
+        let mut s = set(1);
+        let pod = Pod {
+            metadata: ObjectMeta { name: Some("db-1".into()), uid: Some("pod-uid".into()), ..Default::default() },
+            ..Default::default()
+        };
+        let claim = claims_for(&s, 1).remove(0);
+        assert_eq!(claim_owner_refs(&claim, &s, &pod, true), None, "Retain/Retain: no owners");
+        let policy = |deleted: &str, scaled: &str| StatefulSetPersistentVolumeClaimRetentionPolicy {
+            when_deleted: Some(deleted.into()),
+            when_scaled: Some(scaled.into()),
+        };
+        if let Some(spec) = s.spec.as_mut() {
+            spec.persistent_volume_claim_retention_policy = Some(policy("Delete", "Retain"));
+        }
+        let refs = claim_owner_refs(&claim, &s, &pod, false).unwrap_or_default();
+        assert_eq!(refs.iter().map(|r| r.uid.as_str()).collect::<Vec<_>>(), ["sts-uid"]);
+        if let Some(spec) = s.spec.as_mut() {
+            spec.persistent_volume_claim_retention_policy = Some(policy("Delete", "Delete"));
+        }
+        let owned_by_set = PersistentVolumeClaim {
+            metadata: ObjectMeta { owner_references: Some(refs), ..claim.metadata.clone() },
+            ..claim.clone()
+        };
+        assert_eq!(claim_owner_refs(&owned_by_set, &s, &pod, true), None, "in range: the set keeps it");
+        let scaled = claim_owner_refs(&owned_by_set, &s, &pod, false).unwrap_or_default();
+        assert_eq!(scaled.iter().map(|r| r.uid.as_str()).collect::<Vec<_>>(), ["pod-uid"], "scaled away: the pod");
+        assert_eq!(scaled[0].kind, "Pod");
+    }
+
+    fn pod(name: &str, rev: &str, is_ready: bool) -> Arc<Pod> {
+        let mut p = Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some([(revision::HASH_LABEL.to_string(), rev.to_string())].into()),
+                ..Default::default()
+            },
+            spec: None,
+            status: Some(PodStatus { phase: Some("Running".into()), ..Default::default() }),
+        };
+        if is_ready {
+            ready(&mut p, 10);
+        }
+        Arc::new(p)
+    }
+
+    #[test]
+    fn status_counts_revisions_and_completes_a_rollout() {
+        let mut s = set(3);
+        if let Some(spec) = s.spec.as_mut() {
+            spec.update_strategy = Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateStatefulSetStrategy { partition: Some(0), max_unavailable: None }),
+            });
+        }
+        let pods = vec![pod("db-0", "db-old", true), pod("db-1", "db-new", true), pod("db-2", "db-new", false)];
+        let st = compute_status(&s, &pods, "db-old", "db-new", ts(100));
+        assert_eq!((st.replicas, st.ready_replicas, st.available_replicas), (3, Some(2), Some(2)));
+        assert_eq!((st.current_replicas, st.updated_replicas), (Some(1), Some(2)));
+        assert_eq!(st.current_revision.as_deref(), Some("db-old"));
+        assert_eq!(st.observed_generation, Some(4));
+        let all_new = vec![pod("db-0", "db-new", true), pod("db-1", "db-new", true), pod("db-2", "db-new", true)];
+        let st = compute_status(&s, &all_new, "db-old", "db-new", ts(100));
+        assert_eq!(st.current_revision.as_deref(), Some("db-new"), "every pod updated and ready");
+        assert_eq!(st.current_replicas, Some(3));
+    }
+
+    #[test]
+    fn partition_and_max_unavailable_are_clamped() {
+        let mut s = set(4);
+        if let Some(spec) = s.spec.as_mut() {
+            spec.update_strategy = Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                    partition: Some(9),
+                    max_unavailable: Some(IntOrString::String("50%".into())),
+                }),
+            });
+        }
+        assert_eq!(partition(&s), 4);
+        assert_eq!(max_unavailable(&s), 2);
+        assert_eq!(max_unavailable(&set(4)), 1);
+    }
+}
