@@ -698,3 +698,256 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
         })
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::podutil::tests::ts;
+    use k8s_openapi::api::apps::v1::{DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
+    use k8s_openapi::api::core::v1::NodeSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    fn ds(node_selector: Option<(&str, &str)>, tolerations: Vec<Toleration>) -> DaemonSet {
+        DaemonSet {
+            metadata: ObjectMeta {
+                name: Some("agent".into()),
+                namespace: Some("kube-system".into()),
+                uid: Some("ds-uid".into()),
+                generation: Some(3),
+                ..Default::default()
+            },
+            spec: Some(DaemonSetSpec {
+                selector: LabelSelector::default(),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some([("app".to_string(), "agent".to_string())].into()),
+                        ..Default::default()
+                    }),
+                    spec: Some(PodSpec {
+                        node_selector: node_selector.map(|(k, v)| [(k.to_string(), v.to_string())].into()),
+                        tolerations: Some(tolerations),
+                        ..Default::default()
+                    }),
+                },
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn node(name: &str, labels: &[(&str, &str)], taints: &[(&str, &str)]) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                taints: Some(
+                    taints
+                        .iter()
+                        .map(|(k, e)| Taint { key: k.to_string(), effect: e.to_string(), ..Default::default() })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn daemon_pods_tolerate_the_upstream_node_condition_taints() {
+        let tols = daemon_tolerations(&PodSpec::default());
+        let has = |k: &str, e: &str| tols.iter().any(|t| t.key.as_deref() == Some(k) && t.effect.as_deref() == Some(e));
+        assert!(has("node.kubernetes.io/not-ready", "NoExecute"));
+        assert!(has("node.kubernetes.io/unreachable", "NoExecute"));
+        assert!(has("node.kubernetes.io/disk-pressure", "NoSchedule"));
+        assert!(has("node.kubernetes.io/memory-pressure", "NoSchedule"));
+        assert!(has("node.kubernetes.io/pid-pressure", "NoSchedule"));
+        assert!(has("node.kubernetes.io/unschedulable", "NoSchedule"));
+        assert!(!has("node.kubernetes.io/network-unavailable", "NoSchedule"));
+        let host = daemon_tolerations(&PodSpec { host_network: Some(true), ..Default::default() });
+        assert!(host.iter().any(|t| t.key.as_deref() == Some("node.kubernetes.io/network-unavailable")));
+        assert_eq!(daemon_tolerations(&PodSpec { tolerations: Some(tols.clone()), ..Default::default() }).len(), 6);
+    }
+
+    #[test]
+    fn nodes_run_a_daemon_pod_when_selector_and_taints_allow() {
+        let d = ds(Some(("disk", "ssd")), vec![]);
+        assert_eq!(node_should_run(&d, &node("a", &[("disk", "ssd")], &[])), (true, true));
+        assert_eq!(node_should_run(&d, &node("b", &[("disk", "hdd")], &[])), (false, false), "selector");
+        assert_eq!(
+            node_should_run(&d, &node("c", &[("disk", "ssd")], &[("dedicated", "NoSchedule")])),
+            (false, true),
+            "an untolerated NoSchedule taint keeps a running pod"
+        );
+        assert_eq!(node_should_run(&d, &node("d", &[("disk", "ssd")], &[("dedicated", "NoExecute")])), (false, false));
+        assert_eq!(
+            node_should_run(&d, &node("e", &[("disk", "ssd")], &[("node.kubernetes.io/unschedulable", "NoSchedule")])),
+            (true, true),
+            "cordoned nodes still run daemons"
+        );
+        let tolerant = ds(
+            None,
+            vec![Toleration { key: Some("dedicated".into()), operator: Some("Exists".into()), ..Default::default() }],
+        );
+        assert_eq!(node_should_run(&tolerant, &node("f", &[], &[("dedicated", "NoExecute")])), (true, true));
+    }
+
+    #[test]
+    fn required_node_affinity_limits_the_nodes() {
+        let mut d = ds(None, vec![]);
+        if let Some(spec) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+            spec.affinity = Some(Affinity {
+                node_affinity: Some(NodeAffinity {
+                    required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                        node_selector_terms: vec![NodeSelectorTerm {
+                            match_expressions: Some(vec![NodeSelectorRequirement {
+                                key: "zone".into(),
+                                operator: "In".into(),
+                                values: Some(vec!["a".into()]),
+                            }]),
+                            match_fields: None,
+                        }],
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        assert!(node_should_run(&d, &node("x", &[("zone", "a")], &[])).0);
+        assert!(!node_should_run(&d, &node("y", &[("zone", "b")], &[])).0);
+    }
+
+    #[test]
+    fn new_pods_are_pinned_to_their_node_by_match_fields() {
+        let d = ds(Some(("disk", "ssd")), vec![]);
+        let tpl = d.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
+        let p = new_pod(&d, "n1", &tpl, "h1");
+        assert_eq!(target_node(&p).as_deref(), Some("n1"));
+        assert_eq!(p.spec.as_ref().and_then(|s| s.node_name.clone()), None, "left to the scheduler");
+        assert_eq!(p.metadata.generate_name.as_deref(), Some("agent-"));
+        let labels = p.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get(revision::HASH_LABEL).map(String::as_str), Some("h1"));
+        assert_eq!(labels.get(TEMPLATE_GENERATION_LABEL).map(String::as_str), Some("3"));
+        assert_eq!(p.spec.as_ref().and_then(|s| s.tolerations.as_ref()).map(Vec::len), Some(6));
+        let owner = p.metadata.owner_references.and_then(|o| o.into_iter().next()).unwrap_or_default();
+        assert_eq!((owner.kind.as_str(), owner.controller), ("DaemonSet", Some(true)));
+    }
+
+    fn dp(name: &str, updated: bool, available: bool, created: i64) -> DaemonPod {
+        DaemonPod {
+            name: name.into(),
+            uid: format!("{name}-uid"),
+            updated,
+            available,
+            failed: false,
+            created: Some(ts(created)),
+        }
+    }
+
+    fn ns(node: &str, run: bool, keep: bool, pods: Vec<DaemonPod>) -> NodeState {
+        NodeState { node: node.into(), should_run: run, should_continue: keep, pods }
+    }
+
+    fn deleted(c: &Changes) -> Vec<&str> {
+        c.delete.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    #[test]
+    fn manage_creates_missing_pods_and_removes_unwanted_ones() {
+        let nodes = vec![
+            ns("empty", true, true, vec![]),
+            ns("gone", false, false, vec![dp("stray", true, true, 1)]),
+            ns("twice", true, true, vec![dp("newer", true, true, 5), dp("older", true, true, 1)]),
+            ns("tainted", false, true, vec![dp("stays", true, true, 1)]),
+            ns("failed", true, true, vec![DaemonPod { failed: true, ..dp("crashed", true, false, 1) }]),
+        ];
+        let c = manage_plan(&nodes, false);
+        assert_eq!(c.create, ["empty", "failed"]);
+        assert_eq!(deleted(&c), ["stray", "newer", "crashed"]);
+        assert_eq!(c.failed, [("crashed".to_string(), "failed".to_string())]);
+    }
+
+    #[test]
+    fn rolling_update_without_surge_deletes_within_max_unavailable() {
+        let nodes = vec![
+            ns("a", true, true, vec![dp("a-old", false, true, 1)]),
+            ns("b", true, true, vec![dp("b-old", false, true, 1)]),
+            ns("c", true, true, vec![dp("c-old", false, false, 1)]),
+        ];
+        let c = rolling_plan(&nodes, 0, 1);
+        assert_eq!(deleted(&c), ["c-old", "a-old"], "unavailable old pods go at once, then one more");
+        let progressing = vec![
+            ns("a", true, true, vec![dp("a-new", true, false, 2)]),
+            ns("b", true, true, vec![dp("b-old", false, true, 1)]),
+        ];
+        assert!(rolling_plan(&progressing, 0, 1).delete.is_empty(), "waits for a-new to be available");
+        let next = vec![
+            ns("a", true, true, vec![dp("a-new", true, true, 2)]),
+            ns("b", true, true, vec![dp("b-old", false, true, 1)]),
+        ];
+        assert_eq!(deleted(&rolling_plan(&next, 0, 1)), ["b-old"]);
+    }
+
+    #[test]
+    fn rolling_update_with_surge_starts_new_pods_before_removing_old_ones() {
+        let nodes = vec![
+            ns("a", true, true, vec![dp("a-old", false, true, 1)]),
+            ns("b", true, true, vec![dp("b-old", false, true, 1)]),
+        ];
+        let c = rolling_plan(&nodes, 1, 0);
+        assert_eq!(c.create, ["a"]);
+        assert!(c.delete.is_empty());
+        let surged = vec![
+            ns("a", true, true, vec![dp("a-old", false, true, 1), dp("a-new", true, true, 2)]),
+            ns("b", true, true, vec![dp("b-old", false, true, 1)]),
+        ];
+        let c = rolling_plan(&surged, 1, 0);
+        assert_eq!(deleted(&c), ["a-old"]);
+        assert_eq!(c.create, ["b"]);
+        let manage = manage_plan(&surged, true);
+        assert!(manage.delete.is_empty(), "while surging the old and the new pod may share a node");
+    }
+
+    #[test]
+    fn fenceposts_scale_percentages_up_and_never_both_zero() {
+        let mut d = ds(None, vec![]);
+        assert_eq!(fenceposts(&d, 10), (0, 1));
+        if let Some(s) = d.spec.as_mut() {
+            s.update_strategy = Some(DaemonSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDaemonSet {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            });
+        }
+        assert_eq!(fenceposts(&d, 10), (3, 0));
+        if let Some(ru) = d.spec.as_mut().and_then(|s| s.update_strategy.as_mut()).and_then(|u| u.rolling_update.as_mut()) {
+            ru.max_surge = Some(IntOrString::Int(0));
+        }
+        assert_eq!(fenceposts(&d, 10), (0, 1));
+    }
+
+    #[test]
+    fn status_counts_desired_scheduled_ready_updated_and_misscheduled_nodes() {
+        let d = ds(None, vec![]);
+        let nodes = vec![
+            ns("a", true, true, vec![dp("a1", true, true, 1)]),
+            ns("b", true, true, vec![dp("b1", false, false, 1)]),
+            ns("c", true, true, vec![]),
+            ns("d", false, true, vec![dp("d1", true, true, 1)]),
+        ];
+        let ready: BTreeMap<String, bool> = [("a1".to_string(), true), ("b1".to_string(), true)].into();
+        let st = compute_status(&d, &nodes, &ready);
+        assert_eq!(st.desired_number_scheduled, 3);
+        assert_eq!(st.current_number_scheduled, 2);
+        assert_eq!(st.number_ready, 2);
+        assert_eq!(st.number_available, Some(1));
+        assert_eq!(st.number_unavailable, Some(2));
+        assert_eq!(st.updated_number_scheduled, Some(1));
+        assert_eq!(st.number_misscheduled, 1);
+        assert_eq!(st.observed_generation, Some(3));
+    }
+}
