@@ -178,7 +178,8 @@ async fn a_stateful_set_starts_pods_in_order_with_claims_and_scales_down_in_reve
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), "default");
     let vct = json!({"volumeClaimTemplates": [{
         "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        "spec": {"storageClassName": "local-path", "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}}},
     }]});
     apply(&ts, statefulset("web", 3, "busybox:1", vct)).await;
 
@@ -282,7 +283,18 @@ async fn a_stateful_set_starts_pods_in_order_with_claims_and_scales_down_in_reve
     ] {
         assert!(msgs.iter().any(|x| x == m), "missing event {m:?} in {msgs:?}");
     }
-    kubectl_ok(&ts, &["delete", "sts/web", "--wait=false"]).await;
+
+    // Deleting the set takes its pods (garbage collection); Retain keeps the claims.
+    let _kubelet = kubelet(pods.clone());
+    kubectl_ok(&ts, &["delete", "sts/web"]).await;
+    eventually("the pods to be collected", 30, || {
+        let pods = pods.clone();
+        async move { pods_of(&pods, "app=web").await.is_empty().then_some(()) }
+    })
+    .await;
+    for i in 0..3 {
+        assert!(claims.get(&format!("data-web-{i}")).await.is_ok(), "data-web-{i} retained after deletion");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,7 +305,17 @@ async fn a_stateful_set_rolls_out_by_partition_and_rolls_back_with_kubectl() {
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
     let revs: Api<ControllerRevision> = Api::namespaced(c.clone(), "default");
     let _kubelet = kubelet(pods.clone());
-    apply(&ts, statefulset("db", 3, "busybox:1", json!({"podManagementPolicy": "Parallel"}))).await;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), "default");
+    let extra = json!({
+        "podManagementPolicy": "Parallel",
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Delete"},
+        "volumeClaimTemplates": [{
+            "metadata": {"name": "data"},
+            "spec": {"storageClassName": "local-path", "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}}},
+        }],
+    });
+    apply(&ts, statefulset("db", 3, "busybox:1", extra)).await;
     kubectl_ok(&ts, &["rollout", "status", "sts/db", "--timeout=60s"]).await;
 
     // Only ordinals >= partition move to the new revision.
@@ -359,7 +381,31 @@ async fn a_stateful_set_rolls_out_by_partition_and_rolls_back_with_kubectl() {
     .await;
     let owned = revs.list(&ListParams::default().labels("app=db")).await.expect("revisions").items;
     assert_eq!(owned.iter().map(|r| r.revision).collect::<BTreeSet<_>>(), BTreeSet::from([2, 3]));
-    kubectl_ok(&ts, &["delete", "sts/db", "--wait=false"]).await;
+
+    // whenDeleted=Delete: the set owns its claims.
+    let claim = claims.get("data-db-0").await.expect("data-db-0");
+    let owner = claim.metadata.owner_references.and_then(|o| o.into_iter().next()).expect("claim owner");
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("StatefulSet", "db"));
+    // whenScaled=Delete: a scaled-down pod takes its claim with it.
+    kubectl_ok(&ts, &["scale", "sts/db", "--replicas=2"]).await;
+    eventually("data-db-2 to be deleted with db-2", 30, || {
+        let claims = claims.clone();
+        async move { claims.get_opt("data-db-2").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    assert!(claims.get("data-db-1").await.is_ok(), "claims of remaining pods stay");
+    // Deleting the set removes pods, revisions and (whenDeleted=Delete) claims.
+    kubectl_ok(&ts, &["delete", "sts/db"]).await;
+    eventually("pods, revisions and claims to be collected", 30, || {
+        let (pods, revs, claims) = (pods.clone(), revs.clone(), claims.clone());
+        async move {
+            let p = pods_of(&pods, "app=db").await;
+            let r = revs.list(&ListParams::default().labels("app=db")).await.ok()?.items;
+            let c = claims.list(&ListParams::default().labels("app=db")).await.ok()?.items;
+            (p.is_empty() && r.is_empty() && c.is_empty()).then_some(())
+        }
+    })
+    .await;
 }
 
 fn daemonset(image: &str) -> serde_json::Value {
@@ -485,7 +531,12 @@ async fn a_daemon_set_runs_on_eligible_nodes_follows_node_changes_and_rolls_out(
         }
     })
     .await;
-    kubectl_ok(&ts, &["delete", "ds/agent", "--wait=false"]).await;
+    kubectl_ok(&ts, &["delete", "ds/agent"]).await;
+    eventually("the daemon pods to be collected", 30, || {
+        let pods = pods.clone();
+        async move { pods_of(&pods, "app=agent").await.is_empty().then_some(()) }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -541,5 +592,10 @@ async fn a_replication_controller_keeps_and_scales_its_replicas() {
         async move { (rcs.get("old").await.ok()?.status?.observed_generation == gen).then_some(()) }
     })
     .await;
-    kubectl_ok(&ts, &["delete", "rc/old", "--wait=false"]).await;
+    kubectl_ok(&ts, &["delete", "rc/old"]).await;
+    eventually("the pods to be collected", 30, || {
+        let pods = pods.clone();
+        async move { pods_of(&pods, "app=old").await.is_empty().then_some(()) }
+    })
+    .await;
 }
