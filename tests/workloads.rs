@@ -346,8 +346,11 @@ async fn a_stateful_set_rolls_out_by_partition_and_rolls_back_with_kubectl() {
     );
 
     // Partition 0: everything updates, highest ordinal first.
-    kubectl_ok(&ts, &["patch", "sts/db", "--type=merge", "-p", r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}"#])
-        .await;
+    kubectl_ok(
+        &ts,
+        &["patch", "sts/db", "--type=merge", "-p", r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}"#],
+    )
+    .await;
     kubectl_ok(&ts, &["rollout", "status", "sts/db", "--timeout=60s"]).await;
     eventually("every pod on busybox:2", 30, || {
         let pods = pods.clone();
@@ -410,13 +413,13 @@ async fn a_stateful_set_rolls_out_by_partition_and_rolls_back_with_kubectl() {
 
 fn daemonset(image: &str) -> serde_json::Value {
     json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent", "namespace": "default"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "agent"}},
-            "template": {
-                "metadata": {"labels": {"app": "agent"}},
-                "spec": {"nodeSelector": {"disk": "ssd"}, "containers": [{"name": "c", "image": image}]},
-            },
-        }})
+    "spec": {
+        "selector": {"matchLabels": {"app": "agent"}},
+        "template": {
+            "metadata": {"labels": {"app": "agent"}},
+            "spec": {"nodeSelector": {"disk": "ssd"}, "containers": [{"name": "c", "image": image}]},
+        },
+    }})
 }
 
 /// The node each daemon pod is pinned to by its required node affinity.
@@ -440,8 +443,13 @@ async fn a_daemon_set_runs_on_eligible_nodes_follows_node_changes_and_rolls_out(
     let Some(ts) = start() else { return };
     let c = client(&ts).await;
     fake_node(&c, "ssd-1", json!({"disk": "ssd"}), json!([])).await;
-    fake_node(&c, "ssd-tainted", json!({"disk": "ssd"}), json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]))
-        .await;
+    fake_node(
+        &c,
+        "ssd-tainted",
+        json!({"disk": "ssd"}),
+        json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]),
+    )
+    .await;
     fake_node(&c, "hdd-1", json!({"disk": "hdd"}), json!([])).await;
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
     let sets: Api<DaemonSet> = Api::namespaced(c.clone(), "default");
@@ -485,7 +493,12 @@ async fn a_daemon_set_runs_on_eligible_nodes_follows_node_changes_and_rolls_out(
     })
     .await;
     assert_eq!(
-        (status.desired_number_scheduled, status.current_number_scheduled, status.number_ready, status.number_misscheduled),
+        (
+            status.desired_number_scheduled,
+            status.current_number_scheduled,
+            status.number_ready,
+            status.number_misscheduled
+        ),
         (1, 1, 1, 0)
     );
     assert_eq!(status.updated_number_scheduled, Some(1));
@@ -560,14 +573,20 @@ async fn a_replication_controller_keeps_and_scales_its_replicas() {
         async move {
             let st = rcs.get("old").await.ok()?.status?;
             let live = pods_of(&pods, "app=old").await.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none());
-            (st.replicas == n && st.ready_replicas == Some(n) && st.available_replicas == Some(n) && live.count() == n as usize)
+            (st.replicas == n
+                && st.ready_replicas == Some(n)
+                && st.available_replicas == Some(n)
+                && live.count() == n as usize)
                 .then_some(())
         }
     };
     eventually("2 ready replicas", 30, || ready(2)).await;
     let p = pods_of(&pods, "app=old").await.into_iter().next().expect("a pod");
     let owner = p.metadata.owner_references.and_then(|o| o.into_iter().next()).expect("owner");
-    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("ReplicationController", "old", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("ReplicationController", "old", Some(true))
+    );
 
     kubectl_ok(&ts, &["scale", "rc/old", "--replicas=4"]).await;
     eventually("4 ready replicas", 30, || ready(4)).await;

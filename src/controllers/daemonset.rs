@@ -290,7 +290,8 @@ pub fn rolling_plan(nodes: &[NodeState], max_surge: i32, max_unavailable: i32) -
     let split = |n: &NodeState| -> Option<(Option<DaemonPod>, Option<DaemonPod>)> {
         let news: Vec<&DaemonPod> = n.pods.iter().filter(|p| p.updated).collect();
         let olds: Vec<&DaemonPod> = n.pods.iter().filter(|p| !p.updated).collect();
-        (news.len() <= 1 && olds.len() <= 1).then(|| (news.first().map(|p| (*p).clone()), olds.first().map(|p| (*p).clone())))
+        (news.len() <= 1 && olds.len() <= 1)
+            .then(|| (news.first().map(|p| (*p).clone()), olds.first().map(|p| (*p).clone())))
     };
     if max_surge == 0 {
         let mut unavailable = 0;
@@ -537,7 +538,10 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
     let status = compute_status(&ds, &states, &ready);
     if ds.status.as_ref() != Some(&status) {
         let patch = serde_json::json!({ "status": status });
-        ds_api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(err("updating status"))?;
+        ds_api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(err("updating status"))?;
     }
 
     let mut live: HashSet<String> = HashSet::new();
@@ -924,7 +928,9 @@ mod tests {
             });
         }
         assert_eq!(fenceposts(&d, 10), (3, 0));
-        if let Some(ru) = d.spec.as_mut().and_then(|s| s.update_strategy.as_mut()).and_then(|u| u.rolling_update.as_mut()) {
+        if let Some(ru) =
+            d.spec.as_mut().and_then(|s| s.update_strategy.as_mut()).and_then(|u| u.rolling_update.as_mut())
+        {
             ru.max_surge = Some(IntOrString::Int(0));
         }
         assert_eq!(fenceposts(&d, 10), (0, 1));

@@ -173,9 +173,7 @@ impl Owners {
             "CronJob" => live(Api::<CronJob>::namespaced(self.client.clone(), ns), r).await,
             "StatefulSet" => live(Api::<StatefulSet>::namespaced(self.client.clone(), ns), r).await,
             "DaemonSet" => live(Api::<DaemonSet>::namespaced(self.client.clone(), ns), r).await,
-            "ReplicationController" => {
-                live(Api::<ReplicationController>::namespaced(self.client.clone(), ns), r).await
-            }
+            "ReplicationController" => live(Api::<ReplicationController>::namespaced(self.client.clone(), ns), r).await,
             "Pod" => live(Api::<Pod>::namespaced(self.client.clone(), ns), r).await,
             _ => None,
         }

@@ -27,9 +27,9 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::fmt::Debug;
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -319,9 +319,7 @@ pub async fn reconcile<K: Replicated>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
             .await;
             for (pod, r) in results {
                 match r {
-                    Ok(_) => {
-                        ctx.recorder.normal(object_ref(owner), "SuccessfulDelete", format!("Deleted pod: {pod}"))
-                    }
+                    Ok(_) => ctx.recorder.normal(object_ref(owner), "SuccessfulDelete", format!("Deleted pod: {pod}")),
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
                     Err(e) => {
                         ctx.recorder.warning(object_ref(owner), "FailedDelete", format!("Error deleting: {e}"));

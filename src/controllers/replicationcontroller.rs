@@ -16,12 +16,14 @@ pub const COMPONENT: &str = "replication-controller";
 impl Replicated for ReplicationController {
     fn as_replica_set(&self) -> ReplicaSet {
         let spec = self.spec.clone().unwrap_or_default();
-        let template_labels =
-            spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone());
+        let template_labels = spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone());
         let selector = spec.selector.clone().filter(|s| !s.is_empty()).or(template_labels);
         // Same field names and meanings: convert through JSON (conditions included).
-        let status: Option<ReplicaSetStatus> =
-            self.status.as_ref().and_then(|s| serde_json::to_value(s).ok()).and_then(|v| serde_json::from_value(v).ok());
+        let status: Option<ReplicaSetStatus> = self
+            .status
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok())
+            .and_then(|v| serde_json::from_value(v).ok());
         ReplicaSet {
             metadata: self.metadata.clone(),
             spec: Some(ReplicaSetSpec {

@@ -18,7 +18,9 @@ use super::podutil::{self, claim, controller_ref, is_available};
 use super::revision::{self, RevisionError};
 use futures::{future, StreamExt};
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
@@ -392,9 +394,8 @@ pub fn compute_status(
     let min_ready = set.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
     let live: Vec<&Arc<Pod>> = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
     let rev = |p: &Pod| p.labels().get(revision::HASH_LABEL).cloned().unwrap_or_default();
-    let running_ready = |p: &Pod| {
-        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") && podutil::is_ready(p)
-    };
+    let running_ready =
+        |p: &Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") && podutil::is_ready(p);
     let replicas = live.len() as i32;
     let ready = live.iter().filter(|p| running_ready(p)).count() as i32;
     let available = live.iter().filter(|p| running_ready(p) && is_available(p, min_ready, now)).count() as i32;
@@ -562,10 +563,7 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Actio
     }
 
     // History: keep revisions in use and `revisionHistoryLimit` more.
-    let mut live: HashSet<String> = pods
-        .iter()
-        .filter_map(|p| p.labels().get(revision::HASH_LABEL).cloned())
-        .collect();
+    let mut live: HashSet<String> = pods.iter().filter_map(|p| p.labels().get(revision::HASH_LABEL).cloned()).collect();
     live.insert(current_name);
     live.insert(update_name);
     let limit = spec.revision_history_limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
