@@ -618,3 +618,61 @@ async fn a_replication_controller_keeps_and_scales_its_replicas() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_failure_policy_fails_a_job_on_a_matching_exit_code_and_ignores_disruptions() {
+    use k8s_openapi::api::batch::v1::Job;
+    let Some(ts) = start() else { return };
+    let c = client(&ts).await;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
+    apply(
+        &ts,
+        json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "calc", "namespace": "default"},
+            "spec": {"backoffLimit": 0, "podFailurePolicy": {"rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}},
+            ]},
+            "template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "main", "image": "busybox:1"}]}}}}),
+    )
+    .await;
+    let first_pod = |exclude: Option<String>| {
+        let pods = pods.clone();
+        async move {
+            pods_of(&pods, "job-name=calc").await.into_iter().find(|p| {
+                p.metadata.name != exclude && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending")
+            })
+        }
+    };
+    // A disrupted pod is ignored (backoffLimit 0 would otherwise fail the Job) and replaced.
+    let p = eventually("the job's pod", 20, || first_pod(None)).await;
+    let name = p.metadata.name.clone().expect("name");
+    let disrupted = json!({"status": {"phase": "Failed",
+        "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}]}});
+    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&disrupted)).await.expect("disrupt");
+    let p2 = eventually("a replacement pod", 20, || first_pod(Some(name.clone()))).await;
+    let j = jobs.get("calc").await.expect("job");
+    assert!(
+        !j.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Failed"),
+        "an ignored failure does not fail the job"
+    );
+    // Exit code 42 in container main fails the Job at once.
+    let name2 = p2.metadata.name.clone().expect("name");
+    let crashed = json!({"status": {"phase": "Failed", "containerStatuses": [{"name": "main", "image": "busybox:1",
+        "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 42}}}]}});
+    pods.patch_status(&name2, &PatchParams::default(), &Patch::Merge(&crashed)).await.expect("crash");
+    let cond = eventually("the Failed condition", 20, || {
+        let jobs = jobs.clone();
+        async move { jobs.get("calc").await.ok()?.status?.conditions?.into_iter().find(|c| c.type_ == "Failed") }
+    })
+    .await;
+    assert_eq!(cond.reason.as_deref(), Some("PodFailurePolicy"));
+    assert_eq!(
+        cond.message,
+        Some(format!(
+            "Container main for pod default/{name2} failed with exit code 42 matching FailJob rule at index 1"
+        ))
+    );
+    kubectl_ok(&ts, &["delete", "job/calc"]).await;
+}

@@ -731,7 +731,8 @@ mod tests {
         for d in &mut disrupted {
             if let Some(st) = d.status.as_mut() {
                 st.conditions = serde_json::from_value(serde_json::json!([
-                    {"type": "DisruptionTarget", "status": "True"}])).ok();
+                    {"type": "DisruptionTarget", "status": "True"}]))
+                .ok();
             }
         }
         assert_eq!(pod_failure_action(&j, &disrupted[0]), FailureAction::Ignore);
