@@ -626,6 +626,9 @@ async fn a_pod_failure_policy_fails_a_job_on_a_matching_exit_code_and_ignores_di
     let c = client(&ts).await;
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
     let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
+    // Pods are bound first, so the scheduler has finished writing their status before the test
+    // plays the kubelet.
+    fake_node(&c, "node-a", json!({}), json!([])).await;
     apply(
         &ts,
         json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "calc", "namespace": "default"},
@@ -641,7 +644,9 @@ async fn a_pod_failure_policy_fails_a_job_on_a_matching_exit_code_and_ignores_di
         let pods = pods.clone();
         async move {
             pods_of(&pods, "job-name=calc").await.into_iter().find(|p| {
-                p.metadata.name != exclude && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending")
+                p.metadata.name != exclude
+                    && bound(p)
+                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending")
             })
         }
     };
