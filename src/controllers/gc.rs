@@ -8,17 +8,19 @@
 //! - orphan: an owner marked with the `orphan` finalizer has its references removed from every
 //!   dependent, then the finalizer removed.
 //!
-//! Minimal on purpose: dependents are Pods, ReplicaSets and Jobs, owners are judged only for kinds
-//! the collector watches (Deployment, ReplicaSet, Job, CronJob). An owner of any other kind counts as present, so an
+//! Minimal on purpose: dependents are Pods, ReplicaSets, Jobs, ControllerRevisions and
+//! PersistentVolumeClaims, owners are judged only for kinds the collector watches (Deployment,
+//! ReplicaSet, StatefulSet, DaemonSet, ReplicationController, Job, CronJob, and Pod, which owns
+//! the claims of a scaled-down StatefulSet pod under whenScaled=Delete). An owner of any other kind counts as present, so an
 //! unknown kind never causes a deletion. Absence seen in the cache is confirmed with a live GET
 //! (comparing UIDs, since a new object may reuse the name) before anything is deleted, as
 //! upstream's `attemptToDeleteItem` does.
 
 use super::podutil;
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
@@ -85,6 +87,10 @@ struct Owners {
     replicasets: Store<ReplicaSet>,
     jobs: Store<Job>,
     cronjobs: Store<CronJob>,
+    statefulsets: Store<StatefulSet>,
+    daemonsets: Store<DaemonSet>,
+    rcs: Store<ReplicationController>,
+    pods: Store<Pod>,
 }
 
 impl Owners {
@@ -116,6 +122,30 @@ impl Owners {
                     .iter()
                     .any(|d| d.metadata.namespace.as_deref() == Some(ns) && uid_in(d.metadata.uid.as_ref())),
             ),
+            ("apps/v1", "StatefulSet") => Some(
+                self.statefulsets
+                    .state()
+                    .iter()
+                    .any(|d| d.metadata.namespace.as_deref() == Some(ns) && uid_in(d.metadata.uid.as_ref())),
+            ),
+            ("apps/v1", "DaemonSet") => Some(
+                self.daemonsets
+                    .state()
+                    .iter()
+                    .any(|d| d.metadata.namespace.as_deref() == Some(ns) && uid_in(d.metadata.uid.as_ref())),
+            ),
+            ("v1", "ReplicationController") => Some(
+                self.rcs
+                    .state()
+                    .iter()
+                    .any(|d| d.metadata.namespace.as_deref() == Some(ns) && uid_in(d.metadata.uid.as_ref())),
+            ),
+            ("v1", "Pod") => Some(
+                self.pods
+                    .state()
+                    .iter()
+                    .any(|d| d.metadata.namespace.as_deref() == Some(ns) && uid_in(d.metadata.uid.as_ref())),
+            ),
             _ => None,
         }
     }
@@ -141,6 +171,10 @@ impl Owners {
             "ReplicaSet" => live(Api::<ReplicaSet>::namespaced(self.client.clone(), ns), r).await,
             "Job" => live(Api::<Job>::namespaced(self.client.clone(), ns), r).await,
             "CronJob" => live(Api::<CronJob>::namespaced(self.client.clone(), ns), r).await,
+            "StatefulSet" => live(Api::<StatefulSet>::namespaced(self.client.clone(), ns), r).await,
+            "DaemonSet" => live(Api::<DaemonSet>::namespaced(self.client.clone(), ns), r).await,
+            "ReplicationController" => live(Api::<ReplicationController>::namespaced(self.client.clone(), ns), r).await,
+            "Pod" => live(Api::<Pod>::namespaced(self.client.clone(), ns), r).await,
             _ => None,
         }
     }
@@ -174,6 +208,8 @@ where
     let kind: &'static str = match K::kind(&()).as_ref() {
         "Pod" => "Pod",
         "Job" => "Job",
+        "ControllerRevision" => "ControllerRevision",
+        "PersistentVolumeClaim" => "PersistentVolumeClaim",
         _ => "ReplicaSet",
     };
     let api: Api<K> = Api::namespaced(owners.client.clone(), &ns);
@@ -268,8 +304,18 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     let replicasets = spawn_reflector(Api::<ReplicaSet>::all(client.clone()), tx.clone(), shutdown.clone());
     let jobs = spawn_reflector(Api::<Job>::all(client.clone()), tx.clone(), shutdown.clone());
     let cronjobs = spawn_reflector(Api::<CronJob>::all(client.clone()), tx.clone(), shutdown.clone());
+    let statefulsets = spawn_reflector(Api::<StatefulSet>::all(client.clone()), tx.clone(), shutdown.clone());
+    let daemonsets = spawn_reflector(Api::<DaemonSet>::all(client.clone()), tx.clone(), shutdown.clone());
+    let rcs = spawn_reflector(Api::<ReplicationController>::all(client.clone()), tx.clone(), shutdown.clone());
+    let revisions = spawn_reflector(Api::<ControllerRevision>::all(client.clone()), tx.clone(), shutdown.clone());
+    let claims = spawn_reflector(Api::<PersistentVolumeClaim>::all(client.clone()), tx.clone(), shutdown.clone());
     let pods = spawn_reflector(Api::<Pod>::all(client.clone()), tx, shutdown.clone());
     for ready in [
+        statefulsets.wait_until_ready().await.is_ok(),
+        daemonsets.wait_until_ready().await.is_ok(),
+        rcs.wait_until_ready().await.is_ok(),
+        revisions.wait_until_ready().await.is_ok(),
+        claims.wait_until_ready().await.is_ok(),
         jobs.wait_until_ready().await.is_ok(),
         cronjobs.wait_until_ready().await.is_ok(),
         deployments.wait_until_ready().await.is_ok(),
@@ -286,6 +332,10 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
         replicasets: replicasets.clone(),
         jobs: jobs.clone(),
         cronjobs: cronjobs.clone(),
+        statefulsets: statefulsets.clone(),
+        daemonsets: daemonsets.clone(),
+        rcs: rcs.clone(),
+        pods: pods.clone(),
     };
     let mut tick = tokio::time::interval(RESYNC);
     loop {
@@ -316,6 +366,15 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
         for p in pods.state().into_iter().filter(|o| has_gc_finalizer(&o.metadata)) {
             finalize_owner(&client, p.as_ref(), &deps).await;
         }
+        for o in statefulsets.state().into_iter().filter(|o| has_gc_finalizer(&o.metadata)) {
+            finalize_owner(&client, o.as_ref(), &deps).await;
+        }
+        for o in daemonsets.state().into_iter().filter(|o| has_gc_finalizer(&o.metadata)) {
+            finalize_owner(&client, o.as_ref(), &deps).await;
+        }
+        for o in rcs.state().into_iter().filter(|o| has_gc_finalizer(&o.metadata)) {
+            finalize_owner(&client, o.as_ref(), &deps).await;
+        }
         if uid.as_deref() == Some("") {
             continue;
         }
@@ -336,6 +395,16 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
         }
         for p in pods.state().into_iter().filter(|p| owned_by(&p.metadata)) {
             if let Err(e) = collect(&owners, p.as_ref()).await {
+                tracing::warn!(error = %e, "gc");
+            }
+        }
+        for r in revisions.state().into_iter().filter(|r| owned_by(&r.metadata)) {
+            if let Err(e) = collect(&owners, r.as_ref()).await {
+                tracing::warn!(error = %e, "gc");
+            }
+        }
+        for c in claims.state().into_iter().filter(|c| owned_by(&c.metadata)) {
+            if let Err(e) = collect(&owners, c.as_ref()).await {
                 tracing::warn!(error = %e, "gc");
             }
         }

@@ -17,7 +17,14 @@
 //! and label and the `JOB_COMPLETION_INDEX` environment variable. Finished pods are kept (as
 //! upstream keeps them) and are what `succeeded`/`failed` are counted from.
 //!
-//! Not done yet: `podFailurePolicy`, `successPolicy`, `backoffLimitPerIndex`, the exponential
+//! `podFailurePolicy` rules are matched against each failed pod in order (upstream
+//! `matchPodFailurePolicy`): `onExitCodes` (In/NotIn over non-zero exit codes of the named or of
+//! any container) or `onPodConditions` (e.g. `DisruptionTarget`); the first matching rule's
+//! action applies: FailJob fails the Job at once (reason `PodFailurePolicy`), Ignore leaves the
+//! pod out of `failed` and the backoff limit, Count (and FailIndex, as backoffLimitPerIndex is
+//! not done) counts it as usual.
+//!
+//! Not done yet: `successPolicy`, `backoffLimitPerIndex`, the exponential
 //! delay before recreating failed pods, `suspend` beyond not creating pods, adopting orphans.
 
 use crate::controllers::events::{object_ref, Recorder};
@@ -127,6 +134,80 @@ fn secs(d: i64) -> Duration {
     Duration::from_secs(u64::try_from(d).unwrap_or(0).max(1))
 }
 
+/// What a pod failure policy rule says about one failed pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FailureAction {
+    /// Fail the Job, with upstream's message naming the pod and the rule.
+    FailJob(String),
+    /// Do not count the failure.
+    Ignore,
+    /// Count it towards the backoff limit (also when no rule matches).
+    Count,
+}
+
+/// The action of the first `podFailurePolicy` rule matching failed pod `p` (upstream
+/// `matchPodFailurePolicy`).
+pub fn pod_failure_action(job: &Job, p: &Pod) -> FailureAction {
+    let Some(policy) = job.spec.as_ref().and_then(|s| s.pod_failure_policy.as_ref()) else {
+        return FailureAction::Count;
+    };
+    let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+    let name = p.metadata.name.as_deref().unwrap_or_default();
+    let st = p.status.as_ref();
+    for (i, rule) in policy.rules.iter().enumerate() {
+        let mut matched: Option<String> = None;
+        if let Some(req) = &rule.on_exit_codes {
+            let statuses = st
+                .into_iter()
+                .flat_map(|s| s.init_container_statuses.iter().flatten().chain(s.container_statuses.iter().flatten()));
+            for cs in statuses {
+                let Some(code) = cs.state.as_ref().and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code) else {
+                    continue;
+                };
+                if code == 0 || req.container_name.as_deref().is_some_and(|n| n != cs.name) {
+                    continue;
+                }
+                let listed = req.values.contains(&code);
+                let hit = match req.operator.as_str() {
+                    "In" => listed,
+                    "NotIn" => !listed,
+                    _ => false,
+                };
+                if hit {
+                    matched = Some(format!(
+                        "Container {} for pod {ns}/{name} failed with exit code {code} matching {} rule at index {i}",
+                        cs.name, rule.action
+                    ));
+                    break;
+                }
+            }
+        }
+        for pat in rule.on_pod_conditions.iter().flatten() {
+            if matched.is_some() {
+                break;
+            }
+            let want = if pat.status.is_empty() { "True" } else { pat.status.as_str() };
+            let has = st
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == pat.type_ && c.status == want));
+            if has {
+                matched = Some(format!(
+                    "Pod {ns}/{name} has condition {} matching {} rule at index {i}",
+                    pat.type_, rule.action
+                ));
+            }
+        }
+        if let Some(msg) = matched {
+            return match rule.action.as_str() {
+                "FailJob" => FailureAction::FailJob(msg),
+                "Ignore" => FailureAction::Ignore,
+                _ => FailureAction::Count,
+            };
+        }
+    }
+    FailureAction::Count
+}
+
 /// The pure decision for one Job given its pods (upstream `syncJob`).
 pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
     let spec = job.spec.clone().unwrap_or_default();
@@ -135,7 +216,18 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
     let indexed = spec.completion_mode.as_deref() == Some("Indexed");
     let active: Vec<&Pod> = pods.iter().filter(|p| podutil::is_active(p)).collect();
     let succeeded_pods: Vec<&Pod> = pods.iter().filter(|p| phase(p) == Some("Succeeded")).collect();
-    let failed = pods.iter().filter(|p| phase(p) == Some("Failed")).count() as i32;
+    let mut failed = 0;
+    let mut fail_job: Option<String> = None;
+    for fp in pods.iter().filter(|p| phase(p) == Some("Failed")) {
+        match pod_failure_action(job, fp) {
+            FailureAction::Ignore => {}
+            FailureAction::Count => failed += 1,
+            FailureAction::FailJob(msg) => {
+                failed += 1;
+                fail_job.get_or_insert(msg);
+            }
+        }
+    }
     let completions = spec.completions;
     let parallelism = spec.parallelism.unwrap_or(1).max(0);
     let succeeded_ix: BTreeSet<i32> =
@@ -180,13 +272,15 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
 
     // Failure: backoff limit, then the active deadline.
     let backoff_limit = spec.backoff_limit.unwrap_or(6);
-    let mut failure: Option<(&str, &str)> = None;
-    if failed > backoff_limit {
-        failure = Some(("BackoffLimitExceeded", "Job has reached the specified backoff limit"));
+    let mut failure: Option<(&str, String)> = None;
+    if let Some(msg) = fail_job {
+        failure = Some(("PodFailurePolicy", msg));
+    } else if failed > backoff_limit {
+        failure = Some(("BackoffLimitExceeded", "Job has reached the specified backoff limit".into()));
     } else if let (Some(ads), Some(start)) = (spec.active_deadline_seconds, status.start_time.as_ref()) {
         let due = start.0.as_second() + ads;
         if due <= now.as_second() {
-            failure = Some(("DeadlineExceeded", "Job was active longer than specified deadline"));
+            failure = Some(("DeadlineExceeded", "Job was active longer than specified deadline".into()));
         } else {
             p.requeue_after = Some(secs(due - now.as_second()));
         }
@@ -199,9 +293,9 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
     };
     if let Some((reason, message)) = failure {
         p.delete = active.iter().map(|p| p.name_any()).collect();
-        conds.push(condition("FailureTarget", reason, message, now));
-        conds.push(condition("Failed", reason, message, now));
-        p.events.push((reason, message.to_string(), true));
+        conds.push(condition("FailureTarget", reason, &message, now));
+        conds.push(condition("Failed", reason, &message, now));
+        p.events.push((reason, message, true));
         status.active = Some(0);
         p.status = status;
         return p;
@@ -582,5 +676,83 @@ mod tests {
         assert!(env.iter().any(|e| e.name == "JOB_COMPLETION_INDEX"));
         assert!(podutil::is_controlled_by(&p.metadata, "u1"));
         assert_eq!(new_pod(&j, None).metadata.generate_name.as_deref(), Some("pi-"));
+    }
+
+    fn with_policy(rules: serde_json::Value) -> Job {
+        let mut j = job(Some(1), 1, false);
+        if let Some(s) = j.spec.as_mut() {
+            s.pod_failure_policy = serde_json::from_value(json_rules(rules)).ok();
+        }
+        j
+    }
+
+    fn json_rules(rules: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({ "rules": rules })
+    }
+
+    fn failed_with(name: &str, container: &str, code: i32) -> Pod {
+        let mut p = pod(name, "Failed", None);
+        p.metadata.namespace = Some("default".into());
+        if let Some(st) = p.status.as_mut() {
+            st.container_statuses = serde_json::from_value(serde_json::json!([{
+                "name": container, "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": code}},
+            }]))
+            .ok();
+        }
+        p
+    }
+
+    #[test]
+    fn a_fail_job_rule_on_an_exit_code_fails_the_job_with_the_upstream_message() {
+        let j = with_policy(serde_json::json!([
+            {"action": "FailJob", "onExitCodes": {"containerName": "c", "operator": "In", "values": [42]}},
+        ]));
+        let p = plan(&j, &[failed_with("pi-x", "c", 42)], ts(100));
+        let conds = p.status.conditions.clone().unwrap_or_default();
+        let failed = conds.iter().find(|c| c.type_ == "Failed").cloned().unwrap_or_default();
+        assert_eq!(failed.reason.as_deref(), Some("PodFailurePolicy"));
+        assert_eq!(
+            failed.message.as_deref(),
+            Some("Container c for pod default/pi-x failed with exit code 42 matching FailJob rule at index 0")
+        );
+        assert!(conds.iter().any(|c| c.type_ == "FailureTarget"));
+        let other = plan(&j, &[failed_with("pi-y", "c", 1)], ts(100));
+        assert!(!finished(&Job { status: Some(other.status), ..j.clone() }), "exit code 1 is only counted");
+    }
+
+    #[test]
+    fn ignored_failures_do_not_count_towards_the_backoff_limit() {
+        let j = with_policy(serde_json::json!([
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [0]}},
+        ]));
+        let mut disrupted: Vec<Pod> = (0..5).map(|i| pod(&format!("d{i}"), "Failed", None)).collect();
+        for d in &mut disrupted {
+            if let Some(st) = d.status.as_mut() {
+                st.conditions = serde_json::from_value(serde_json::json!([
+                    {"type": "DisruptionTarget", "status": "True"}]))
+                .ok();
+            }
+        }
+        assert_eq!(pod_failure_action(&j, &disrupted[0]), FailureAction::Ignore);
+        let p = plan(&j, &disrupted, ts(100));
+        assert_eq!(p.status.failed, Some(0));
+        assert_eq!(p.create.len(), 1, "a replacement runs; backoffLimit 2 not reached");
+        let counted: Vec<Pod> = (0..3).map(|i| failed_with(&format!("f{i}"), "c", 3)).collect();
+        let p = plan(&j, &counted, ts(100));
+        assert_eq!(p.status.failed, Some(3));
+        let failed = p.status.conditions.unwrap_or_default().into_iter().find(|c| c.type_ == "Failed");
+        assert_eq!(failed.and_then(|c| c.reason).as_deref(), Some("BackoffLimitExceeded"));
+    }
+
+    #[test]
+    fn exit_code_zero_and_other_containers_never_match() {
+        let j = with_policy(serde_json::json!([
+            {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "NotIn", "values": [5]}},
+        ]));
+        assert_eq!(pod_failure_action(&j, &failed_with("a", "main", 0)), FailureAction::Count);
+        assert_eq!(pod_failure_action(&j, &failed_with("b", "sidecar", 7)), FailureAction::Count);
+        assert!(matches!(pod_failure_action(&j, &failed_with("c", "main", 7)), FailureAction::FailJob(_)));
     }
 }

@@ -7,11 +7,13 @@
 //!   background garbage collection by ownerReferences; `serviceaccount.rs`: the `default`
 //!   ServiceAccount and `kube-root-ca.crt` ConfigMap in every namespace; `node_lifecycle.rs`:
 //!   unreachable nodes tainted and their pods evicted; `job.rs`: Jobs and their TTL;
-//!   `cronjob.rs` (with `cron_schedule.rs`): Jobs on a cron schedule; `resourcequota.rs`: quota
-//!   `status.used`; `volume_binding.rs`:
-//!   PersistentVolume/Claim binding and reclaim, with the built-in local-path provisioner in
-//!   `local_path.rs`; `disruption.rs`: PodDisruptionBudget status; `csr.rs`: the signer of
-//!   approved CertificateSigningRequests. `passes.rs` holds the cache-and-wake loop these share.
+//!   `cronjob.rs` (with `cron_schedule.rs`): Jobs on a cron schedule; `statefulset.rs` and
+//!   `daemonset.rs` with their ControllerRevision history in `revision.rs`;
+//!   `replicationcontroller.rs`: the ReplicaSet logic behind an equality selector;
+//!   `resourcequota.rs`: quota `status.used`; `volume_binding.rs`: PersistentVolume/Claim
+//!   binding and reclaim, with the built-in local-path provisioner in `local_path.rs`;
+//!   `disruption.rs`: PodDisruptionBudget status; `csr.rs`: the signer of approved
+//!   CertificateSigningRequests. `passes.rs` holds the cache-and-wake loop the last ones share.
 //! - `leader.rs`: Lease-based leader election, so one server of an HA group runs them.
 //! - `events.rs` writes the core/v1 Events `kubectl describe` shows; `podutil.rs` holds the pure
 //!   helpers (readiness, selectors, owner references) the workload controllers share.
@@ -19,6 +21,7 @@
 pub mod cron_schedule;
 pub mod cronjob;
 pub mod csr;
+pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
@@ -32,8 +35,11 @@ pub mod node_lifecycle;
 pub mod passes;
 pub mod podutil;
 pub mod replicaset;
+pub mod replicationcontroller;
 pub mod resourcequota;
+pub mod revision;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod volume_binding;
 
 use crate::config::Cidr;
@@ -75,6 +81,9 @@ pub const NAMES: &[&str] = &[
     "persistentvolume-binder",
     "disruption",
     "csrsigning",
+    "statefulset",
+    "daemonset",
+    "replicationcontroller",
 ];
 
 impl ControllerConfig {
@@ -127,6 +136,9 @@ pub async fn run_all(client: kube::Client, cfg: ControllerConfig, shutdown: Canc
         ("resourcequota", resourcequota::run(c(), sd()).boxed()),
         ("persistentvolume-binder", volume_binding::run(c(), cfg.local_path_dir.clone(), sd()).boxed()),
         ("disruption", disruption::run(c(), sd()).boxed()),
+        ("statefulset", statefulset::run(c(), sd()).boxed()),
+        ("daemonset", daemonset::run(c(), sd()).boxed()),
+        ("replicationcontroller", replicationcontroller::run(c(), sd()).boxed()),
     ];
     let mut all = all;
     if let Some(keys) = cfg.csr_signing.clone() {

@@ -3,6 +3,10 @@
 //! and reports `status` (replicas, fullyLabeledReplicas, readyReplicas, availableReplicas,
 //! observedGeneration).
 //!
+//! The same sync serves ReplicationControllers (`replicationcontroller.rs`): anything that
+//! can be seen as a ReplicaSet ([`Replicated`]) is reconciled by [`reconcile`], with its own
+//! kind in owner references, events and status writes.
+//!
 //! Decisions are pure functions ([`pod_from_template`], [`victims`], [`compute_status`],
 //! [`Expectations`]); [`reconcile`] only reads the pod cache and performs them. Like upstream it
 //! records *expectations* for the pods it created or deleted and makes no further
@@ -20,9 +24,12 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -96,9 +103,36 @@ impl Expectations {
     }
 }
 
+/// A workload kind the ReplicaSet logic manages: it can be viewed as a ReplicaSet (same name,
+/// namespace, uid, generation; selector, replicas, minReadySeconds, template and status).
+pub trait Replicated:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    fn as_replica_set(&self) -> ReplicaSet;
+}
+
+impl Replicated for ReplicaSet {
+    fn as_replica_set(&self) -> ReplicaSet {
+        self.clone()
+    }
+}
+
 /// A new pod for `rs` (upstream `GetPodFromTemplate`): the template's labels, annotations,
 /// finalizers and spec, `generateName: <rs>-`, and a controller reference.
 pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
+    pod_from_template_for(rs, rs)
+}
+
+/// [`pod_from_template`] with the controller reference pointing at `owner`, the object `rs`
+/// views.
+pub fn pod_from_template_for<K: Resource<DynamicType = ()>>(owner: &K, rs: &ReplicaSet) -> Pod {
     let tpl = rs.spec.as_ref().and_then(|s| s.template.clone()).unwrap_or_default();
     let tm = tpl.metadata.unwrap_or_default();
     Pod {
@@ -108,7 +142,7 @@ pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
             labels: tm.labels,
             annotations: tm.annotations,
             finalizers: tm.finalizers,
-            owner_references: Some(vec![controller_ref(rs)]),
+            owner_references: Some(vec![controller_ref(owner)]),
             ..Default::default()
         },
         spec: tpl.spec,
@@ -220,15 +254,17 @@ impl Context {
     }
 }
 
-fn key(rs: &ReplicaSet) -> String {
-    format!("{}/{}", rs.namespace().unwrap_or_default(), rs.name_any())
+fn key<K: Resource>(rs: &K) -> String {
+    format!("{}/{}", rs.meta().namespace.as_deref().unwrap_or_default(), rs.meta().name.as_deref().unwrap_or_default())
 }
 
-/// One idempotent sync of a ReplicaSet (upstream `syncReplicaSet`).
-pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, ReplicaSetError> {
+/// One idempotent sync of a ReplicaSet or ReplicationController (upstream `syncReplicaSet`).
+pub async fn reconcile<K: Replicated>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, ReplicaSetError> {
+    let rs = Arc::new(obj.as_replica_set());
+    let owner: &K = obj.as_ref();
     let ns = rs.namespace().unwrap_or_default();
     let name = rs.name_any();
-    let rs_key = key(&rs);
+    let rs_key = key(rs.as_ref());
     let api_err = |action: &'static str| {
         let rs = rs_key.clone();
         move |source| ReplicaSetError::Api { action, rs, source }
@@ -245,7 +281,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
     for p in c.adopt {
         // Merge patch replaces the whole list: keep the pod's other (non-controller) owners.
         let mut refs = p.metadata.owner_references.clone().unwrap_or_default();
-        refs.push(controller_ref(rs.as_ref()));
+        refs.push(controller_ref(owner));
         let patch =
             serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": p.metadata.resource_version}});
         match pods_api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
@@ -269,7 +305,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
         let want = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as usize;
         if active.len() < want {
             let n = (want - active.len()).min(BURST_REPLICAS);
-            let (created, err) = create_pods(&ctx, &rs, &pods_api, n).await;
+            let (created, err) = create_pods(&ctx, owner, &rs, &pods_api, n).await;
             ctx.expectations().expect(&rs_key, created, vec![], Instant::now());
             manage_err = err;
         } else if active.len() > want {
@@ -283,12 +319,10 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
             .await;
             for (pod, r) in results {
                 match r {
-                    Ok(_) => {
-                        ctx.recorder.normal(object_ref(rs.as_ref()), "SuccessfulDelete", format!("Deleted pod: {pod}"))
-                    }
+                    Ok(_) => ctx.recorder.normal(object_ref(owner), "SuccessfulDelete", format!("Deleted pod: {pod}")),
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
                     Err(e) => {
-                        ctx.recorder.warning(object_ref(rs.as_ref()), "FailedDelete", format!("Error deleting: {e}"));
+                        ctx.recorder.warning(object_ref(owner), "FailedDelete", format!("Error deleting: {e}"));
                         // The watch will never show this deletion: stop waiting for it.
                         ctx.expectations().forget(&rs_key);
                         manage_err =
@@ -313,7 +347,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
         set_failure(&mut status, failure, now);
     }
     if rs.status.as_ref() != Some(&status) {
-        let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+        let rs_api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = serde_json::json!({ "status": status });
         rs_api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -334,13 +368,14 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
 
 /// Creates `n` pods in slow-start batches of 1, 2, 4, … stopping at the first failing batch
 /// (upstream `slowStartBatch`), so a quota or validation error costs one call, not hundreds.
-async fn create_pods(
+async fn create_pods<K: Replicated>(
     ctx: &Context,
+    owner: &K,
     rs: &ReplicaSet,
     api: &Api<Pod>,
     n: usize,
 ) -> (Vec<String>, Option<ReplicaSetError>) {
-    let pod = pod_from_template(rs);
+    let pod = pod_from_template_for(owner, rs);
     let pp = PostParams::default();
     let mut created = vec![];
     let mut batch = 1;
@@ -353,11 +388,11 @@ async fn create_pods(
             match r {
                 Ok(p) => {
                     let name = p.name_any();
-                    ctx.recorder.normal(object_ref(rs), "SuccessfulCreate", format!("Created pod: {name}"));
+                    ctx.recorder.normal(object_ref(owner), "SuccessfulCreate", format!("Created pod: {name}"));
                     created.push(name);
                 }
                 Err(e) => {
-                    ctx.recorder.warning(object_ref(rs), "FailedCreate", format!("Error creating: {e}"));
+                    ctx.recorder.warning(object_ref(owner), "FailedCreate", format!("Error creating: {e}"));
                     failed = Some(e);
                 }
             }
@@ -372,34 +407,42 @@ async fn create_pods(
     (created, None)
 }
 
-fn error_policy(rs: Arc<ReplicaSet>, err: &ReplicaSetError, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %err, rs = %key(&rs), "replica set sync failed; retrying");
+fn error_policy<K: Replicated>(rs: Arc<K>, err: &ReplicaSetError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %err, rs = %key(rs.as_ref()), kind = %K::kind(&()), "sync failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
 
-/// The ReplicaSets a pod event should wake: its controller if that is a ReplicaSet, else (an
-/// orphan) every ReplicaSet in its namespace whose selector matches, which may adopt it.
-fn owners_of(pod: &Pod, sets: &Store<ReplicaSet>) -> Vec<ObjectRef<ReplicaSet>> {
+/// The owners a pod event should wake: its controller if that is of kind `K`, else (an orphan)
+/// every object of kind `K` in its namespace whose selector matches, which may adopt it.
+fn owners_of<K: Replicated>(pod: &Pod, sets: &Store<K>) -> Vec<ObjectRef<K>> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     match podutil::controller_of(&pod.metadata) {
-        Some(r) if r.kind == "ReplicaSet" => vec![ObjectRef::new(&r.name).within(&ns)],
+        Some(r) if r.kind == K::kind(&()) => vec![ObjectRef::new(&r.name).within(&ns)],
         Some(_) => vec![],
         None => sets
             .state()
             .iter()
-            .filter(|rs| rs.metadata.namespace.as_deref() == Some(&ns))
+            .filter(|rs| rs.meta().namespace.as_deref() == Some(&ns))
             .filter(|rs| {
-                rs.spec.as_ref().is_some_and(|s| podutil::selector_matches(&s.selector, pod.metadata.labels.as_ref()))
+                rs.as_replica_set()
+                    .spec
+                    .as_ref()
+                    .is_some_and(|s| podutil::selector_matches(&s.selector, pod.metadata.labels.as_ref()))
             })
             .map(|rs| ObjectRef::from_obj(rs.as_ref()))
             .collect(),
     }
 }
 
-/// Runs the controller until `shutdown` fires.
+/// Runs the ReplicaSet controller until `shutdown` fires.
 pub async fn run(client: kube::Client, shutdown: CancellationToken) {
+    run_for::<ReplicaSet>(client, COMPONENT, shutdown).await
+}
+
+/// Runs the controller for kind `K` until `shutdown` fires, recording events as `component`.
+pub async fn run_for<K: Replicated>(client: kube::Client, component: &'static str, shutdown: CancellationToken) {
     let (pods, writer) = reflector::store::<Pod>();
-    let controller = Controller::new(Api::<ReplicaSet>::all(client.clone()), watcher::Config::default());
+    let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default());
     let sets = controller.store();
     // One pod watch feeds both the cache and the triggers: a trigger is only seen after the
     // cache has applied the same event, so a reconcile never reads an older pod than woke it.
@@ -411,7 +454,7 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
                 }
                 Ok(_) => vec![],
                 Err(e) => {
-                    tracing::warn!(error = %e, "replicaset-controller: pod watch failed; retrying");
+                    tracing::warn!(error = %e, component, "pod watch failed; retrying");
                     vec![]
                 }
             };
@@ -419,7 +462,7 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
         })
         .flatten();
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), COMPONENT, shutdown.clone()),
+        recorder: Recorder::new(client.clone(), component, shutdown.clone()),
         client,
         pods,
         expectations: Mutex::new(Expectations::default()),
@@ -430,7 +473,7 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
         .run(reconcile, error_policy, ctx)
         .for_each(|r| {
             if let Err(e) = r {
-                tracing::debug!(error = %e, "replicaset-controller");
+                tracing::debug!(error = %e, component, "controller");
             }
             future::ready(())
         })
