@@ -34,8 +34,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     Ok(())
 }
 
-/// Opens the store the configuration asks for: the embedded Raft store (alone, first of an HA
-/// group, or joined through [`join::prepare`]) with its peer routes on the HTTPS port.
+/// Opens the store the configuration asks for: an external etcd (`--datastore-endpoint`; no
+/// peer routes: servers sharing an etcd need none), or the embedded Raft store (alone, first of
+/// an HA group, or joined through [`join::prepare`]) with its peer routes on the HTTPS port.
 async fn open_store(
     cfg: &ServerConfig,
     pki: &ClusterPki,
@@ -43,8 +44,14 @@ async fn open_store(
     serving: (&str, &str),
     node_id: u64,
 ) -> anyhow::Result<Arc<dyn Store>> {
-    if let Some(ep) = &cfg.datastore_endpoint {
-        anyhow::bail!("--datastore-endpoint {ep}: external etcd is not supported yet");
+    snapshot::mark_datastore(&cfg.node.data_dir, cfg.datastore.as_ref().map(|d| d.endpoints.join(",")).as_deref())?;
+    if let Some(etcd) = &cfg.datastore {
+        let db = cfg.node.data_dir.join("server/db");
+        if db.exists() {
+            tracing::warn!(dir = %db.display(), "this data dir holds an embedded store, which is not used with --datastore-endpoint");
+        }
+        let store = crate::store::etcd::EtcdStore::connect(etcd.clone()).await.context("connecting to the external etcd")?;
+        return Ok(Arc::new(store));
     }
     let store = join::open_raft(cfg, pki, listener, serving, node_id).await?;
     Ok(store)
