@@ -69,3 +69,38 @@ fn pvcs_without_a_class_get_the_default_storage_class() {
     assert_eq!(s.ok(&["get", "pvc", "data", "-o", "jsonpath={.spec.storageClassName}"]), "local-path");
     assert!(s.ok(&["get", "sc"]).contains("local-path (default)"));
 }
+
+#[test]
+fn quotas_hold_under_concurrent_creates_and_report_what_is_used() {
+    let Some(()) = require_kubectl() else { return };
+    let s = std::sync::Arc::new(TestServer::start(&[]));
+    s.ok(&["create", "namespace", "cq"]);
+    // Every namespace already holds kube-root-ca.crt: 4 more ConfigMaps fit under 5.
+    s.ok(&["create", "quota", "cms", "--hard=configmaps=5", "-n", "cq"]);
+    let threads: Vec<_> = (0..10)
+        .map(|i| {
+            let s = s.clone();
+            std::thread::spawn(move || s.kubectl(&["create", "configmap", &format!("c{i}"), "-n", "cq"]))
+        })
+        .collect();
+    let results: Vec<(bool, String, String)> = threads.into_iter().map(|t| t.join().expect("thread")).collect();
+    let created = results.iter().filter(|r| r.0).count();
+    assert_eq!(created, 4, "exactly the free units are handed out: {results:?}");
+    for (_, _, err) in results.iter().filter(|r| !r.0) {
+        assert!(err.contains("exceeded quota: cms") || err.contains("Operation cannot be fulfilled"), "{err}");
+    }
+    let used = || {
+        s.ok(&["get", "quota", "cms", "-n", "cq", "-o", "jsonpath={.status.used.configmaps}/{.status.hard.configmaps}"])
+    };
+    assert_eq!(used(), "5/5");
+    assert!(s.ok(&["describe", "quota", "cms", "-n", "cq"]).contains("configmaps  5     5"));
+    // Deleting one gives its unit back (the controller recomputes the usage).
+    let victim = results.iter().position(|r| r.0).expect("one was created");
+    s.ok(&["delete", "configmap", &format!("c{victim}"), "-n", "cq"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while used() != "4/5" {
+        assert!(std::time::Instant::now() < deadline, "status.used did not drop: {}", used());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    s.ok(&["create", "configmap", "again", "-n", "cq"]);
+}

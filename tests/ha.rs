@@ -215,7 +215,11 @@ fn three_servers_join_through_the_https_port_and_survive_a_leader_kill() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         eprintln!("first write after the leader kill took {:?}", killed_at.elapsed());
-        // Both survivors see it and the earlier write.
+        // Both survivors are still up (a server rides through its leader's death, even while
+        // it is still creating its built-in objects), and see it and the earlier write.
+        for s in servers.iter_mut().flatten() {
+            assert!(matches!(s.child.try_wait(), Ok(None)), "a surviving server exited: {:?}", s.child.try_wait());
+        }
         for s in servers.iter().flatten() {
             assert!(get_cm(s, &format!("after-kill-{n}")).await.is_some());
             assert!(get_cm(s, "from-s3").await.is_some());

@@ -2,9 +2,10 @@
 //! DefaultStorageClass, and ResourceQuota (hard limits on counts and pod resources), as
 //! kube-apiserver's default admission chain runs them on create.
 //!
-//! Limitation: quota usage is computed from the stored objects at admission time, so two
-//! concurrent creates may both pass the last free unit (upstream serialises through the quota
-//! object's status); quota `status.used` is not maintained yet.
+//! Quota usage: admission charges a quota's `status.used` with a compare-and-swap as it admits
+//! an object (so concurrent creates cannot both take the last unit), and the resourcequota
+//! controller recomputes `status.used` from the stored objects (releasing what deletions and
+//! failed creates freed).
 
 use serde_json::{json, Value};
 
@@ -214,21 +215,119 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
             }
         }
     }
-    let quotas = list_in(req, "", "resourcequotas", &ns).await?;
-    if quotas.is_empty() || req.r.kind == "ResourceQuota" {
+    if req.r.kind == "ResourceQuota" {
         return Ok(());
     }
-    // What this object would add, per quota resource name.
-    let mut adds: Vec<(String, f64)> = vec![(format!("count/{}", req.r.qualified_plural()), 1.0)];
-    let legacy = match req.r.kind {
+    // Two creates racing for the last free unit of a quota must not both pass: each one
+    // charges the quota's status.used with a compare-and-swap, and a lost race re-evaluates
+    // against the winner's charge (upstream's quota admission does the same).
+    for _ in 0..8 {
+        let quotas = list_in(req, "", "resourcequotas", &ns).await?;
+        if quotas.is_empty() {
+            return Ok(());
+        }
+        let charges = quota_charges(req, o, &name, &ns, quotas).await?;
+        if charges.is_empty() || req.q.dry_run()? {
+            return Ok(());
+        }
+        let Some(qr) = registry::find("", "v1", "resourcequotas") else { return Ok(()) };
+        let mut lost = false;
+        for q in charges {
+            let qname = q.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
+            let rev = q
+                .pointer("/metadata/resourceVersion")
+                .and_then(|v| v.as_str())
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0);
+            match objects::update(req.st.store.as_ref(), qr, Some(&ns), &qname, q, rev, None).await {
+                Ok(_) => {}
+                Err(e) if e.code == 409 => {
+                    lost = true;
+                    break;
+                }
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !lost {
+            return Ok(());
+        }
+    }
+    Err(ApiError::new(
+        409,
+        "Conflict",
+        format!("Operation cannot be fulfilled on resourcequotas in namespace {ns:?}: too many concurrent creates; try again"),
+    ))
+}
+
+/// How much of each quota resource `kind` objects use in a namespace: counts and, for pods,
+/// the sums of requests and limits (terminal pods excluded). `objects` are the namespace's
+/// objects of that kind.
+pub fn quota_usage(r: &Resource, objects: &[Value], hard_keys: &[String]) -> Vec<(String, f64)> {
+    let live: Vec<&Value> = objects.iter().filter(|x| !(r.kind == "Pod" && terminal(x))).collect();
+    let legacy = legacy_quota_name(r.kind);
+    let mut out = Vec::new();
+    for k in hard_keys {
+        let v = if *k == format!("count/{}", r.qualified_plural()) || legacy == Some(k.as_str()) {
+            live.len() as f64
+        } else if r.kind == "Pod" {
+            live.iter()
+                .map(|p| {
+                    pod_resources(p)
+                        .into_iter()
+                        .filter(|(a, _)| a == k || format!("requests.{k}") == *a)
+                        .map(|(_, v)| v)
+                        .sum::<f64>()
+                })
+                .sum()
+        } else if r.kind == "PersistentVolumeClaim" && k == "requests.storage" {
+            live.iter().filter_map(|p| qty(p.pointer("/spec/resources/requests/storage"))).sum()
+        } else if r.kind == "Service" && (k == "services.nodeports" || k == "services.loadbalancers") {
+            let ty = if k == "services.nodeports" { "NodePort" } else { "LoadBalancer" };
+            live.iter().filter(|s| s.pointer("/spec/type").and_then(|t| t.as_str()) == Some(ty)).count() as f64
+        } else {
+            continue;
+        };
+        out.push((k.clone(), v));
+    }
+    out
+}
+
+/// The pre-`count/` quota name of a kind (`pods`, `services`, …).
+pub fn legacy_quota_name(kind: &str) -> Option<&'static str> {
+    match kind {
         "Pod" => Some("pods"),
         "Service" => Some("services"),
         "ConfigMap" => Some("configmaps"),
         "Secret" => Some("secrets"),
         "PersistentVolumeClaim" => Some("persistentvolumeclaims"),
         "ReplicationController" => Some("replicationcontrollers"),
+        "ResourceQuota" => Some("resourcequotas"),
         _ => None,
-    };
+    }
+}
+
+/// A quota quantity as upstream prints it: CPU-like values in cores or millicores, byte
+/// values with the largest exact binary suffix, counts as integers.
+pub fn format_quantity(key: &str, v: f64) -> String {
+    if key.contains("memory") || key.contains("storage") {
+        let b = v.round() as i64;
+        for (suffix, m) in [("Ti", 1i64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+            if b != 0 && b % m == 0 {
+                return format!("{}{suffix}", b / m);
+            }
+        }
+        return b.to_string();
+    }
+    show(v)
+}
+
+/// Checks the object against every quota of its namespace; the quotas to write back (with
+/// status.used charged) when it fits, a 403 naming what is exceeded otherwise.
+async fn quota_charges(req: &Req, o: &Value, name: &str, ns: &str, quotas: Vec<Value>) -> ApiResult<Vec<Value>> {
+    // What this object would add, per quota resource name.
+    let mut adds: Vec<(String, f64)> = vec![(format!("count/{}", req.r.qualified_plural()), 1.0)];
+    let legacy = legacy_quota_name(req.r.kind);
     if let Some(l) = legacy {
         adds.push((l.to_string(), 1.0));
     }
@@ -240,11 +339,23 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
             }
         }
     }
-    let existing = list_in(req, req.r.group, req.r.plural, &ns).await?;
-    let live: Vec<&Value> = existing.iter().filter(|x| !(req.r.kind == "Pod" && terminal(x))).collect();
-    for q in quotas {
-        let qname = q.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("");
-        let Some(hard) = q.pointer("/spec/hard").and_then(|h| h.as_object()) else { continue };
+    if req.r.kind == "PersistentVolumeClaim" {
+        if let Some(v) = qty(o.pointer("/spec/resources/requests/storage")) {
+            adds.push(("requests.storage".into(), v));
+        }
+    }
+    if req.r.kind == "Service" {
+        match o.pointer("/spec/type").and_then(|t| t.as_str()) {
+            Some("NodePort") => adds.push(("services.nodeports".into(), 1.0)),
+            Some("LoadBalancer") => adds.push(("services.loadbalancers".into(), 1.0)),
+            _ => {}
+        }
+    }
+    let existing = list_in(req, req.r.group, req.r.plural, ns).await?;
+    let mut charges = Vec::new();
+    for mut q in quotas {
+        let qname = q.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
+        let Some(hard) = q.pointer("/spec/hard").and_then(|h| h.as_object()).cloned() else { continue };
         // Pods must state what a quota on cpu/memory tracks.
         if req.r.kind == "Pod" {
             for key in hard.keys().filter(|k| {
@@ -266,30 +377,27 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
                 if !missing.is_empty() {
                     return Err(forbidden(
                         req.r,
-                        &name,
+                        name,
                         format!("failed quota: {qname}: must specify {full} for: {}", missing.join(",")),
                     ));
                 }
             }
         }
+        let tracked: Vec<String> = adds.iter().map(|(k, _)| k.clone()).filter(|k| hard.contains_key(k)).collect();
+        if tracked.is_empty() {
+            continue;
+        }
+        let live = quota_usage(req.r, &existing, &tracked);
         let mut requested = Vec::new();
         let mut used_s = Vec::new();
         let mut limited = Vec::new();
+        let mut new_used = Vec::new();
         for (k, add) in &adds {
             let Some(h) = qty(hard.get(k)) else { continue };
-            let used: f64 = if k.starts_with("count/") || legacy == Some(k.as_str()) {
-                live.len() as f64
-            } else {
-                live.iter()
-                    .map(|p| {
-                        pod_resources(p)
-                            .into_iter()
-                            .filter(|(a, _)| a == k || format!("requests.{k}") == *a)
-                            .map(|(_, v)| v)
-                            .sum::<f64>()
-                    })
-                    .sum()
-            };
+            // The quota's own record counts objects admitted but maybe not stored yet.
+            let recorded = qty(q.pointer(&format!("/status/used/{}", k.replace('~', "~0").replace('/', "~1"))));
+            let counted = live.iter().find(|(a, _)| a == k).map(|(_, v)| *v).unwrap_or(0.0);
+            let used = recorded.unwrap_or(0.0).max(counted);
             if used + add > h + 1e-9 {
                 requested.push(format!("{k}={}", show(*add)));
                 used_s.push(format!("{k}={}", show(used)));
@@ -298,11 +406,12 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
                     hard.get(k).and_then(|v| v.as_str()).map(String::from).unwrap_or_else(|| show(h))
                 ));
             }
+            new_used.push((k.clone(), used + add));
         }
         if !requested.is_empty() {
             return Err(forbidden(
                 req.r,
-                &name,
+                name,
                 format!(
                     "exceeded quota: {qname}, requested: {}, used: {}, limited: {}",
                     requested.join(","),
@@ -311,8 +420,19 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
                 ),
             ));
         }
+        if !q["status"].is_object() {
+            q["status"] = json!({});
+        }
+        q["status"]["hard"] = Value::Object(hard.clone());
+        if !q["status"]["used"].is_object() {
+            q["status"]["used"] = json!({});
+        }
+        for (k, v) in new_used {
+            q["status"]["used"][k.as_str()] = json!(format_quantity(&k, v));
+        }
+        charges.push(q);
     }
-    Ok(())
+    Ok(charges)
 }
 
 /// `POST pods/{name}/eviction`: deletes the pod unless a PodDisruptionBudget forbids it

@@ -7,7 +7,8 @@
 //!   background garbage collection by ownerReferences; `serviceaccount.rs`: the `default`
 //!   ServiceAccount and `kube-root-ca.crt` ConfigMap in every namespace; `node_lifecycle.rs`:
 //!   unreachable nodes tainted and their pods evicted; `job.rs`: Jobs and their TTL;
-//!   `cronjob.rs` (with `cron_schedule.rs`): Jobs on a cron schedule.
+//!   `cronjob.rs` (with `cron_schedule.rs`): Jobs on a cron schedule; `resourcequota.rs`: quota
+//!   `status.used`.
 //! - `leader.rs`: Lease-based leader election, so one server of an HA group runs them.
 //! - `events.rs` writes the core/v1 Events `kubectl describe` shows; `podutil.rs` holds the pure
 //!   helpers (readiness, selectors, owner references) the workload controllers share.
@@ -24,6 +25,7 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod podutil;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod serviceaccount;
 
 use crate::config::Cidr;
@@ -56,6 +58,7 @@ pub const NAMES: &[&str] = &[
     "nodelifecycle",
     "job",
     "cronjob",
+    "resourcequota",
 ];
 
 impl ControllerConfig {
@@ -98,6 +101,7 @@ pub async fn run_all(client: kube::Client, cfg: ControllerConfig, shutdown: Canc
         ("job", job::run(c(), sd()).boxed()),
         ("cronjob", cronjob::run(c(), sd()).boxed()),
         ("nodelifecycle", node_lifecycle::run(c(), cfg.node_lifecycle, sd()).boxed()),
+        ("resourcequota", resourcequota::run(c(), sd()).boxed()),
     ];
     let sa_on = cfg.enabled("serviceaccount") && cfg.enabled("root-ca-cert-publisher");
     let run: Vec<_> = all

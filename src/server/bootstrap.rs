@@ -36,7 +36,7 @@ async fn ensure(st: &Arc<ApiState>, plural: &str, ns: Option<&str>, obj: Value) 
     match handlers::create_object(&r, obj).await {
         Ok(_) => Ok(()),
         Err(e) if e.code == 409 => Ok(()),
-        Err(e) => Err(anyhow::anyhow!("{e}")),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -71,12 +71,16 @@ pub async fn objects(st: &Arc<ApiState>, cfg: &ServerConfig, service_ip: Ipv4Add
             if cur.obj.get("subsets") != ep.get("subsets") {
                 let mut new = cur.obj.clone();
                 new["subsets"] = ep["subsets"].clone();
-                objects::update(st.store.as_ref(), r.r, Some("default"), "kubernetes", new, cur.rev, None)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                objects::update(st.store.as_ref(), r.r, Some("default"), "kubernetes", new, cur.rev, None).await?;
             }
         }
         Err(_) => ensure(st, "endpoints", Some("default"), ep).await?,
     }
     Ok(())
+}
+
+/// Whether a bootstrap error is the store being briefly unavailable (no Raft leader, a quorum
+/// being re-formed), so creating the objects again later can succeed.
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<crate::api::errors::ApiError>().is_some_and(|a| a.code == 503 || a.code == 504))
 }

@@ -149,9 +149,20 @@ pub async fn start(
             tracing::error!(error = %e, "API server stopped");
         }
     }));
-    bootstrap::objects(&state, &cfg, first_service_ip, port)
-        .await
-        .context("creating the cluster's built-in objects")?;
+    // In an HA group the store can be briefly without a leader (one just died, an election
+    // is on): wait that out rather than exit, as a server is expected to ride through it.
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        match bootstrap::objects(&state, &cfg, first_service_ip, port).await {
+            Ok(()) => break,
+            Err(e) if bootstrap::is_transient(&e) && !shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, "creating the cluster's built-in objects: the store is unavailable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.context("creating the cluster's built-in objects")),
+        }
+    }
     crate::api::namespaces::resume(state.clone()).await;
     tracing::info!(url = %local_url, kubeconfig = %cfg.write_kubeconfig.display(), "API server ready");
 

@@ -40,6 +40,11 @@ pub trait Engine: Send + Sync + 'static {
     async fn flush(&self) -> Result<(), Error>;
     /// [`Engine::flush`] for synchronous callers (offline tools).
     fn flush_blocking(&self) -> Result<(), Error>;
+    /// Whether trees opened from this engine are still alive (held by tasks that have not
+    /// exited yet): the database file is only closed once they are gone.
+    fn trees_in_use(&self) -> bool {
+        false
+    }
 }
 
 /// One ordered key space.
@@ -204,6 +209,10 @@ impl Engine for RedbEngine {
 
     fn flush_blocking(&self) -> Result<(), Error> {
         commit_empty(&self.db, redb::Durability::Immediate)
+    }
+
+    fn trees_in_use(&self) -> bool {
+        Arc::strong_count(&self.db) > 1
     }
 }
 

@@ -397,6 +397,18 @@ impl RaftStore {
         }
         self.db.flush().await.map_err(StoreError::from)?;
         self.update_marker(true).map_err(StoreError::from)?;
+        // openraft's state-machine worker and the log flusher hold the engine too and exit
+        // on their own once the core is gone. Wait for them, so that when this returns (and
+        // the caller drops the store) the database is closed and can be opened again: redb
+        // refuses a second open of a file that is still open in this process.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let in_use = || Arc::strong_count(&self.db) > 1 || self.db.trees_in_use();
+        while in_use() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if in_use() {
+            tracing::warn!("the store's database is still in use after shutdown");
+        }
         Ok(())
     }
 
