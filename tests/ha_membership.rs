@@ -12,6 +12,32 @@ use std::time::{Duration, Instant};
 /// The two tests each run three servers; one group at a time is enough for two cores.
 static ONE_GROUP_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The test's directory: removed afterwards unless HA_TEST_KEEP is set (then its path is printed).
+enum TestDir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl TestDir {
+    fn new() -> TestDir {
+        let d = tempfile::tempdir().expect("tempdir");
+        if std::env::var("HA_TEST_KEEP").is_ok() {
+            let p = d.keep();
+            eprintln!("keeping {}", p.display());
+            TestDir::Kept(p)
+        } else {
+            TestDir::Temp(d)
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            TestDir::Temp(d) => d.path(),
+            TestDir::Kept(p) => p,
+        }
+    }
+}
+
 /// A `skiff server` child process, killed (by PID) when dropped.
 struct Proc {
     child: Child,
@@ -236,7 +262,7 @@ fn deleting_a_servers_node_removes_it_from_the_raft_membership_but_never_the_las
         return;
     }
     let _one = ONE_GROUP_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let root = tempfile::tempdir().expect("tempdir");
+    let root = TestDir::new();
     let root = root.path();
     rt().block_on(async {
         let (mut servers, _) = three_servers(root, "membership-secret").await;
@@ -286,7 +312,7 @@ fn deleting_a_servers_node_removes_it_from_the_raft_membership_but_never_the_las
 #[test]
 fn cluster_reset_turns_the_survivor_of_a_lost_quorum_into_a_one_server_cluster_with_its_data() {
     let _one = ONE_GROUP_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let root = tempfile::tempdir().expect("tempdir");
+    let root = TestDir::new();
     let root = root.path();
     let token = "reset-secret";
     rt().block_on(async {

@@ -801,9 +801,15 @@ async fn carry_out_removals(store: &RaftStore) {
                 true
             }
             Removal::Remove => {
-                let mut gone = std::collections::BTreeSet::new();
-                gone.insert(id);
-                match store.raft().change_membership(openraft::ChangeMembers::RemoveNodes(gone), false).await {
+                let gone = std::collections::BTreeSet::from([id]);
+                // A voter goes with RemoveVoters (not retained as a learner); a learner with
+                // RemoveNodes (openraft refuses RemoveNodes of a voter).
+                let change = if members.iter().any(|(m, _, v)| *m == id && *v) {
+                    openraft::ChangeMembers::RemoveVoters(gone)
+                } else {
+                    openraft::ChangeMembers::RemoveNodes(gone)
+                };
+                match store.raft().change_membership(change, false).await {
                     Ok(_) => {
                         tracing::info!(node = %name, node_id = id, "removed the server from the store's membership");
                         true

@@ -127,7 +127,20 @@ pub async fn start(
         IpAddr::V4(a) => Some(a),
         _ => None,
     };
-    let authz = crate::api::auth::Authorizer::start(store.clone()).await.context("loading the RBAC policy")?;
+    // Like the bootstrap objects below: ride through a store briefly without a quorum (a
+    // joiner's first reads can meet an election) instead of exiting.
+    let mut delay = std::time::Duration::from_millis(200);
+    let authz = loop {
+        match crate::api::auth::Authorizer::start(store.clone()).await {
+            Ok(a) => break a,
+            Err(e @ crate::store::StoreError::Unavailable(_)) if !shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, "loading the RBAC policy: the store is unavailable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("loading the RBAC policy")),
+        }
+    };
     let sa_signer =
         crate::api::auth::tokens::Signer::from_pem(&pki.service_account_key_pem).map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = Arc::new(crate::api::ApiState {
