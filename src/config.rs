@@ -256,7 +256,9 @@ fn resolve_datastore(a: &ServerArgs) -> Result<Option<crate::store::etcd::EtcdCo
         }
         return Ok(None);
     };
-    let refuse = |flag: &str, why: &str| Err(ConfigError::Datastore(format!("{flag} cannot be used with --datastore-endpoint: {why}")));
+    let refuse = |flag: &str, why: &str| {
+        Err(ConfigError::Datastore(format!("{flag} cannot be used with --datastore-endpoint: {why}")))
+    };
     if a.cluster_init {
         return refuse(
             "--cluster-init",
@@ -270,10 +272,16 @@ fn resolve_datastore(a: &ServerArgs) -> Result<Option<crate::store::etcd::EtcdCo
         );
     }
     if a.cluster_reset {
-        return refuse("--cluster-reset", "it resets the embedded store; manage the etcd cluster's membership with etcdctl");
+        return refuse(
+            "--cluster-reset",
+            "it resets the embedded store; manage the etcd cluster's membership with etcdctl",
+        );
     }
     if a.snapshot_schedule_cron.is_some() {
-        return refuse("--snapshot-schedule-cron", "snapshots of an external etcd are etcd's job (etcdctl snapshot save)");
+        return refuse(
+            "--snapshot-schedule-cron",
+            "snapshots of an external etcd are etcd's job (etcdctl snapshot save)",
+        );
     }
     let mut c = crate::store::etcd::EtcdConfig::new(ep).map_err(ConfigError::Datastore)?;
     c.ca_file = a.datastore_cafile.clone();

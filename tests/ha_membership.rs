@@ -209,10 +209,7 @@ async fn test_configmaps(p: &Proc) -> Vec<(String, String, serde_json::Value)> {
 }
 
 fn node_id(p: &Proc) -> u64 {
-    std::fs::read_to_string(join::node_id_path(&p.data))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(1)
+    std::fs::read_to_string(join::node_id_path(&p.data)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1)
 }
 
 /// s1 (`--cluster-init`), then s2 and s3 joining it; returns once all three are voters.
@@ -248,7 +245,8 @@ fn kubectl(p: &Proc, args: &[&str]) -> String {
 }
 
 fn have_kubectl() -> bool {
-    let found = ["/usr/lib/google-cloud-sdk/bin/kubectl.1.32", "/usr/bin/kubectl"].iter().any(|k| Path::new(k).exists());
+    let found =
+        ["/usr/lib/google-cloud-sdk/bin/kubectl.1.32", "/usr/bin/kubectl"].iter().any(|k| Path::new(k).exists());
     if !found {
         assert!(std::env::var("CI").map(|v| v != "true").unwrap_or(true), "kubectl is required in CI");
         eprintln!("skipping: kubectl not installed");
@@ -272,14 +270,15 @@ fn deleting_a_servers_node_removes_it_from_the_raft_membership_but_never_the_las
         // kubelet would, under the servers' node names.
         for name in ["s1", "s2", "s3"] {
             let node = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
-            let (status, v) = call(&servers[0], hyper::Method::POST, "/api/v1/nodes", Some(node)).await.expect("answer");
+            let (status, v) =
+                call(&servers[0], hyper::Method::POST, "/api/v1/nodes", Some(node)).await.expect("answer");
             assert_eq!(status, 201, "{v}");
         }
 
         // kubectl delete node s3: s3 leaves the membership; the two left keep taking writes.
         kubectl(&servers[0], &["delete", "node", "s3"]);
-        let m = wait_members(&servers[0], "s3 was not removed", |m| m.members.iter().all(|(id, _, _)| *id != ids[2]))
-            .await;
+        let m =
+            wait_members(&servers[0], "s3 was not removed", |m| m.members.iter().all(|(id, _, _)| *id != ids[2])).await;
         assert_eq!(voters(&m).len(), 2, "{m:?}");
         let removed = servers.pop().expect("s3");
         drop(removed);
@@ -290,8 +289,9 @@ fn deleting_a_servers_node_removes_it_from_the_raft_membership_but_never_the_las
 
         // Then s2: s1 is left alone, as the only voter, and leads.
         kubectl(&servers[0], &["delete", "node", "s2"]);
-        let m = wait_members(&servers[0], "s2 was not removed", |m| voters(m) == vec![ids[0]] && m.leader == Some(ids[0]))
-            .await;
+        let m =
+            wait_members(&servers[0], "s2 was not removed", |m| voters(m) == vec![ids[0]] && m.leader == Some(ids[0]))
+                .await;
         assert_eq!(m.members.len(), 1, "{m:?}");
         drop(servers.pop());
         create_cm_eventually(&servers[0], "cm-after-s2", "x").await;

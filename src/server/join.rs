@@ -781,10 +781,11 @@ async fn carry_out_removals(store: &RaftStore) {
     if store.leader() != Some(store.node_id()) {
         return;
     }
-    let pending = match store.range(RangeRequest { prefix: REMOVALS_PREFIX.as_bytes().to_vec(), ..Default::default() }).await {
-        Ok(r) => r.kvs,
-        Err(e) => return tracing::debug!(error = %e, "reading server removals failed"),
-    };
+    let pending =
+        match store.range(RangeRequest { prefix: REMOVALS_PREFIX.as_bytes().to_vec(), ..Default::default() }).await {
+            Ok(r) => r.kvs,
+            Err(e) => return tracing::debug!(error = %e, "reading server removals failed"),
+        };
     for kv in pending {
         let Some(id) = std::str::from_utf8(&kv.key[REMOVALS_PREFIX.len().min(kv.key.len())..])
             .ok()

@@ -50,7 +50,8 @@ async fn open_store(
         if db.exists() {
             tracing::warn!(dir = %db.display(), "this data dir holds an embedded store, which is not used with --datastore-endpoint");
         }
-        let store = crate::store::etcd::EtcdStore::connect(etcd.clone()).await.context("connecting to the external etcd")?;
+        let store =
+            crate::store::etcd::EtcdStore::connect(etcd.clone()).await.context("connecting to the external etcd")?;
         return Ok(Arc::new(store));
     }
     let store = join::open_raft(cfg, pki, listener, serving, node_id).await?;

@@ -156,5 +156,8 @@ async fn future_revisions_are_refused(s: &impl Store) {
     s.txn(put("/a", "1")).await.unwrap();
     let e = s.range(RangeRequest { prefix: b"/".to_vec(), revision: b + 9, ..Default::default() }).await;
     let (requested, current) = (b + 9, b + 1);
-    assert!(matches!(e, Err(StoreError::FutureRevision { requested: r, current: c }) if r == requested && c == current), "{e:?}");
+    assert!(
+        matches!(e, Err(StoreError::FutureRevision { requested: r, current: c }) if r == requested && c == current),
+        "{e:?}"
+    );
 }

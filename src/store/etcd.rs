@@ -66,8 +66,11 @@ pub struct EtcdConfig {
 impl EtcdConfig {
     /// Parses `--datastore-endpoint` (comma-separated) and checks it names etcd.
     pub fn new(endpoint_flag: &str) -> Result<EtcdConfig, String> {
-        let endpoints: Vec<String> =
-            endpoint_flag.split(',').map(|s| s.trim().trim_end_matches('/').to_string()).filter(|s| !s.is_empty()).collect();
+        let endpoints: Vec<String> = endpoint_flag
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
         if endpoints.is_empty() {
             return Err("--datastore-endpoint is empty; give https://HOST:2379 (comma-separate several)".into());
         }
@@ -138,7 +141,9 @@ fn classify(e: etcd_client::Error) -> Kind {
                 }
             }
         }
-        etcd_client::Error::TransportError(e) => Kind::Other(StoreError::Unavailable(format!("cannot reach etcd: {e}"))),
+        etcd_client::Error::TransportError(e) => {
+            Kind::Other(StoreError::Unavailable(format!("cannot reach etcd: {e}")))
+        }
         etcd_client::Error::IoError(e) => Kind::Other(StoreError::Unavailable(format!("cannot reach etcd: {e}"))),
         other => Kind::Other(StoreError::Internal(format!("etcd client: {other}"))),
     }
@@ -205,13 +210,13 @@ impl EtcdStore {
         if https {
             let mut tls = etcd_client::TlsOptions::new();
             match &cfg.ca_file {
-                Some(ca) => tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca, "--datastore-cafile")?)),
-                None => {
-                    return Err(StoreError::Internal(
-                        "an https:// --datastore-endpoint needs --datastore-cafile (the CA of etcd's serving certificates)"
-                            .into(),
-                    ))
+                Some(ca) => {
+                    tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca, "--datastore-cafile")?))
                 }
+                None => return Err(StoreError::Internal(
+                    "an https:// --datastore-endpoint needs --datastore-cafile (the CA of etcd's serving certificates)"
+                        .into(),
+                )),
             }
             match (&cfg.cert_file, &cfg.key_file) {
                 (Some(c), Some(k)) => {
@@ -221,12 +226,10 @@ impl EtcdStore {
                     ))
                 }
                 (None, None) => {}
-                _ => {
-                    return Err(StoreError::Internal(
-                        "--datastore-certfile and --datastore-keyfile go together (etcd's client certificate and its key)"
-                            .into(),
-                    ))
-                }
+                _ => return Err(StoreError::Internal(
+                    "--datastore-certfile and --datastore-keyfile go together (etcd's client certificate and its key)"
+                        .into(),
+                )),
             }
             opts = opts.with_tls(tls);
         } else if cfg.ca_file.is_some() || cfg.cert_file.is_some() || cfg.key_file.is_some() {
@@ -271,7 +274,12 @@ impl EtcdStore {
             endpoints,
         };
         if !cfg.compaction_interval.is_zero() {
-            tokio::spawn(compactor(store.client.clone(), cfg.compaction_interval, store.request_timeout, store.cancel.clone()));
+            tokio::spawn(compactor(
+                store.client.clone(),
+                cfg.compaction_interval,
+                store.request_timeout,
+                store.cancel.clone(),
+            ));
         }
         Ok(store)
     }
@@ -308,7 +316,8 @@ impl EtcdStore {
     }
 
     async fn compacted_error(&self, requested: i64) -> StoreError {
-        let compact_revision = self.compact_revision().await.unwrap_or_else(|_| self.known_compact.load(Ordering::Relaxed));
+        let compact_revision =
+            self.compact_revision().await.unwrap_or_else(|_| self.known_compact.load(Ordering::Relaxed));
         StoreError::Compacted { requested, compact_revision }
     }
 
@@ -467,7 +476,9 @@ impl Store for EtcdStore {
             }),
             Err(e) => Err(match classify(e) {
                 Kind::Compacted => self.compacted_error(req.revision).await,
-                Kind::Future => StoreError::FutureRevision { requested: req.revision, current: self.current_revision().await? },
+                Kind::Future => {
+                    StoreError::FutureRevision { requested: req.revision, current: self.current_revision().await? }
+                }
                 Kind::Other(e) => e,
             }),
         }
@@ -488,11 +499,7 @@ impl Store for EtcdStore {
             .or_else(failure);
         let r = self.timed("a transaction", self.client.kv_client().txn(t)).await?.map_err(plain)?;
         let responses = r.op_responses().into_iter().map(op_response).collect::<Result<Vec<_>>>()?;
-        Ok(TxnResponse {
-            succeeded: r.succeeded(),
-            revision: r.header().map(|h| h.revision()).unwrap_or(0),
-            responses,
-        })
+        Ok(TxnResponse { succeeded: r.succeeded(), revision: r.header().map(|h| h.revision()).unwrap_or(0), responses })
     }
 
     async fn watch(&self, prefix: Vec<u8>, after_revision: i64) -> Result<WatchStream> {
@@ -507,10 +514,8 @@ impl Store for EtcdStore {
         if after_revision > 0 {
             opts = opts.with_start_revision(after_revision + 1);
         }
-        let mut ws = self
-            .timed("a watch", self.client.watch_client().watch(start, Some(opts)))
-            .await?
-            .map_err(plain)?;
+        let mut ws =
+            self.timed("a watch", self.client.watch_client().watch(start, Some(opts))).await?.map_err(plain)?;
         // Wait for etcd's "created" answer: only then is the watcher registered, so a write
         // made after `watch` returns is seen even by a watch "from now".
         let created = self.timed("a watch", ws.message()).await?.map_err(plain)?;
@@ -518,18 +523,18 @@ impl Store for EtcdStore {
             Some(c) if c.created() && !c.canceled() => c,
             Some(c) if c.compact_revision() > 0 => {
                 self.note_compacted(c.compact_revision());
-                return Err(StoreError::Compacted { requested: after_revision + 1, compact_revision: c.compact_revision() });
+                return Err(StoreError::Compacted {
+                    requested: after_revision + 1,
+                    compact_revision: c.compact_revision(),
+                });
             }
             Some(c) => {
                 return Err(StoreError::Unavailable(format!("etcd refused the watch: {}", c.cancel_reason())));
             }
             None => return Err(StoreError::Unavailable("etcd closed the watch stream".into())),
         };
-        let mut seen = if after_revision > 0 {
-            after_revision
-        } else {
-            created.header().map(|h| h.revision()).unwrap_or(0)
-        };
+        let mut seen =
+            if after_revision > 0 { after_revision } else { created.header().map(|h| h.revision()).unwrap_or(0) };
         let (out, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             loop {
@@ -583,7 +588,8 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<i64> {
         let opts = GetOptions::new().with_count_only();
-        let r = self.timed("a range", self.client.kv_client().get(COMPACT_REV_KEY, Some(opts))).await?.map_err(plain)?;
+        let r =
+            self.timed("a range", self.client.kv_client().get(COMPACT_REV_KEY, Some(opts))).await?.map_err(plain)?;
         Ok(r.header().map(|h| h.revision()).unwrap_or(0))
     }
 
@@ -678,7 +684,10 @@ pub mod testing {
                 let (sc, sk) = pki
                     .leaf(
                         "etcd-server",
-                        &crate::pki::Leaf::Server { cn: "etcd".into(), sans: vec!["127.0.0.1".into(), "localhost".into()] },
+                        &crate::pki::Leaf::Server {
+                            cn: "etcd".into(),
+                            sans: vec!["127.0.0.1".into(), "localhost".into()],
+                        },
                     )
                     .map_err(|e| e.to_string())?;
                 let (cc, ck) = pki
@@ -734,7 +743,9 @@ pub mod testing {
         pub fn server_flags(&self) -> Vec<String> {
             let mut f = vec!["--datastore-endpoint".to_string(), self.endpoint.clone()];
             if let Some((ca, cert, key)) = &self.tls {
-                for (flag, p) in [("--datastore-cafile", ca), ("--datastore-certfile", cert), ("--datastore-keyfile", key)] {
+                for (flag, p) in
+                    [("--datastore-cafile", ca), ("--datastore-certfile", cert), ("--datastore-keyfile", key)]
+                {
                     f.push(flag.into());
                     f.push(p.display().to_string());
                 }
