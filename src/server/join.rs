@@ -521,8 +521,15 @@ async fn serve_joiner_until_voter(
         let router = peer_router(store.clone(), &cfg.node.data_dir);
         let s = store.clone();
         let voter = async move {
+            use crate::store::Store;
             loop {
-                if s.members().iter().any(|(id, _, v)| *id == s.node_id() && *v) && s.leader_addr().is_some() {
+                // Also wait for a linearizable read to go through: the server's first reads
+                // (the RBAC policy) come next, while nothing serves the Raft routes until the
+                // API server starts; a leader that just confirmed us keeps that gap short.
+                if s.members().iter().any(|(id, _, v)| *id == s.node_id() && *v)
+                    && s.leader_addr().is_some()
+                    && s.current_revision().await.is_ok()
+                {
                     return;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
