@@ -300,6 +300,17 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_of_a_server_on_an_external_etcd_are_refused_with_a_pointer_to_etcdctl() {
+        let d = tempfile::tempdir().unwrap();
+        mark_datastore(d.path(), Some("https://e1:2379")).unwrap();
+        let e = list(d.path()).unwrap_err().to_string();
+        assert!(e.contains("etcd's job") && e.contains("https://e1:2379"), "{e}");
+        assert!(restore(&d.path().join("x"), d.path()).is_err());
+        mark_datastore(d.path(), None).unwrap();
+        assert!(list(d.path()).unwrap().is_empty());
+    }
+
+    #[test]
     fn prune_keeps_the_newest_scheduled_snapshots_only() {
         let d = tempfile::tempdir().unwrap();
         let dir = join::snapshot_dir(d.path());
