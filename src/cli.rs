@@ -15,6 +15,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process; boxing the big server variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane (and, unless --disable-agent, a node agent).
@@ -116,9 +118,19 @@ pub struct ServerArgs {
     /// Built-in component not to run (repeatable).
     #[arg(long = "disable", env = "SKIFF_DISABLE", value_delimiter = ',')]
     pub disable: Vec<String>,
-    /// Use an external etcd instead of the embedded store.
+    /// Use an external etcd instead of the embedded store: https://HOST:2379 or http://HOST:2379,
+    /// comma-separated for several members.
     #[arg(long, env = "SKIFF_DATASTORE_ENDPOINT")]
     pub datastore_endpoint: Option<String>,
+    /// CA certificate of the etcd servers (for https:// datastore endpoints).
+    #[arg(long, env = "SKIFF_DATASTORE_CAFILE")]
+    pub datastore_cafile: Option<PathBuf>,
+    /// Client certificate presented to etcd.
+    #[arg(long, env = "SKIFF_DATASTORE_CERTFILE")]
+    pub datastore_certfile: Option<PathBuf>,
+    /// Key of the client certificate presented to etcd.
+    #[arg(long, env = "SKIFF_DATASTORE_KEYFILE")]
+    pub datastore_keyfile: Option<PathBuf>,
     /// Take store snapshots on this cron schedule (UTC; `M H DOM MON DOW`, `*`, `*/N`, `A-B`, lists).
     #[arg(long, env = "SKIFF_SNAPSHOT_SCHEDULE_CRON")]
     pub snapshot_schedule_cron: Option<String>,

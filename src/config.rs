@@ -28,6 +28,9 @@ pub enum ConfigError {
     /// A name that is not a valid DNS-1123 subdomain.
     #[error("--node-name: {0:?} must be lowercase letters, digits, '-' and '.', at most 253 characters")]
     BadNodeName(String),
+    /// The external datastore flags are malformed or combined with embedded-store flags.
+    #[error("{0}")]
+    Datastore(String),
 }
 
 /// An IPv4 network, e.g. 10.42.0.0/16.
@@ -121,6 +124,8 @@ pub struct ServerConfig {
     pub disable_agent: bool,
     pub disable: Vec<String>,
     pub datastore_endpoint: Option<String>,
+    /// The external etcd (`--datastore-*`), resolved; None for the embedded store.
+    pub datastore: Option<crate::store::etcd::EtcdConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -218,6 +223,7 @@ pub fn resolve_server(a: &ServerArgs, host: &HostFacts) -> Result<ServerConfig, 
         .ok()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| ConfigError::BadMode(a.write_kubeconfig_mode.clone()))?;
+    let datastore = resolve_datastore(a)?;
     Ok(ServerConfig {
         listen: SocketAddr::new(a.bind_address, a.https_listen_port),
         advertise_address: a.advertise_address.unwrap_or(node.node_ip),
@@ -234,7 +240,66 @@ pub fn resolve_server(a: &ServerArgs, host: &HostFacts) -> Result<ServerConfig, 
         disable_agent: a.disable_agent,
         disable: a.disable.clone(),
         datastore_endpoint: a.datastore_endpoint.clone(),
+        datastore,
     })
+}
+
+/// `--datastore-endpoint` and its TLS files. Servers sharing an etcd are peers of the etcd,
+/// not of each other: the embedded store's HA flags make no sense with it (k3s likewise
+/// ignores `--cluster-init` with an external datastore; refusing says so).
+fn resolve_datastore(a: &ServerArgs) -> Result<Option<crate::store::etcd::EtcdConfig>, ConfigError> {
+    let Some(ep) = a.datastore_endpoint.as_deref() else {
+        if a.datastore_cafile.is_some() || a.datastore_certfile.is_some() || a.datastore_keyfile.is_some() {
+            return Err(ConfigError::Datastore(
+                "--datastore-cafile/--datastore-certfile/--datastore-keyfile need --datastore-endpoint".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let refuse = |flag: &str, why: &str| {
+        Err(ConfigError::Datastore(format!("{flag} cannot be used with --datastore-endpoint: {why}")))
+    };
+    if a.cluster_init {
+        return refuse(
+            "--cluster-init",
+            "it starts the embedded store's HA group; servers on one etcd share it directly (start each with the same --datastore-endpoint and --token)",
+        );
+    }
+    if a.server.is_some() {
+        return refuse(
+            "--server",
+            "joining is for the embedded store; servers on one etcd share it directly (start each with the same --datastore-endpoint)",
+        );
+    }
+    if a.cluster_reset {
+        return refuse(
+            "--cluster-reset",
+            "it resets the embedded store; manage the etcd cluster's membership with etcdctl",
+        );
+    }
+    if a.snapshot_schedule_cron.is_some() {
+        return refuse(
+            "--snapshot-schedule-cron",
+            "snapshots of an external etcd are etcd's job (etcdctl snapshot save)",
+        );
+    }
+    let mut c = crate::store::etcd::EtcdConfig::new(ep).map_err(ConfigError::Datastore)?;
+    c.ca_file = a.datastore_cafile.clone();
+    c.cert_file = a.datastore_certfile.clone();
+    c.key_file = a.datastore_keyfile.clone();
+    if c.cert_file.is_some() != c.key_file.is_some() {
+        return Err(ConfigError::Datastore("--datastore-certfile and --datastore-keyfile go together".into()));
+    }
+    let https = c.endpoints.iter().any(|e| e.starts_with("https://"));
+    if https && c.ca_file.is_none() {
+        return Err(ConfigError::Datastore(
+            "an https:// --datastore-endpoint needs --datastore-cafile (the CA of etcd's serving certificates)".into(),
+        ));
+    }
+    if !https && (c.ca_file.is_some() || c.cert_file.is_some()) {
+        return Err(ConfigError::Datastore("--datastore-cafile/--datastore-certfile need an https:// endpoint".into()));
+    }
+    Ok(Some(c))
 }
 
 pub fn resolve_agent(a: &AgentArgs, host: &HostFacts) -> Result<AgentConfig, ConfigError> {
@@ -283,6 +348,38 @@ mod tests {
         assert!(matches!(server(&["--node-label", "=x"]), Err(ConfigError::BadLabel(_))));
         assert!(matches!(server(&["--node-name", "Bad_Name"]), Err(ConfigError::BadNodeName(_))));
         assert!(matches!(server(&["--write-kubeconfig-mode", "0999"]), Err(ConfigError::BadMode(_))));
+    }
+
+    #[test]
+    fn an_external_etcd_takes_k3s_datastore_flags_and_refuses_embedded_store_flags() {
+        let c = server(&[
+            "--datastore-endpoint",
+            "https://e1:2379,https://e2:2379",
+            "--datastore-cafile",
+            "/ca.crt",
+            "--datastore-certfile",
+            "/c.crt",
+            "--datastore-keyfile",
+            "/c.key",
+        ])
+        .unwrap();
+        let d = c.datastore.unwrap();
+        assert_eq!(d.endpoints, vec!["https://e1:2379", "https://e2:2379"]);
+        assert_eq!(d.key_file, Some(PathBuf::from("/c.key")));
+        assert!(server(&["--datastore-endpoint", "http://127.0.0.1:2379"]).unwrap().datastore.is_some());
+        assert!(server(&[]).unwrap().datastore.is_none());
+        let err = |args: &[&str]| match server(args) {
+            Err(ConfigError::Datastore(m)) => m,
+            other => panic!("{args:?}: {other:?}"),
+        };
+        let ep = ["--datastore-endpoint", "http://127.0.0.1:2379"];
+        assert!(err(&[&ep[..], &["--cluster-init"]].concat()).contains("--cluster-init cannot be used"));
+        assert!(err(&[&ep[..], &["--server", "https://x:6443"]].concat()).contains("--server cannot be used"));
+        assert!(err(&[&ep[..], &["--cluster-reset"]].concat()).contains("etcdctl"));
+        assert!(err(&[&ep[..], &["--snapshot-schedule-cron", "0 * * * *"]].concat()).contains("etcd's job"));
+        assert!(err(&["--datastore-endpoint", "https://e:2379"]).contains("--datastore-cafile"));
+        assert!(err(&["--datastore-endpoint", "postgres://db/k3s"]).contains("only etcd"));
+        assert!(err(&["--datastore-cafile", "/ca.crt"]).contains("need --datastore-endpoint"));
     }
 
     #[test]

@@ -21,6 +21,13 @@
 //! mounted outside the API's authentication and RBAC layers, so a bearer token never reaches
 //! them. `POST /skiff/v1/snapshot` (used by `skiff snapshot save`) needs a `system:masters`
 //! client certificate.
+//!
+//! `kubectl delete node NAME` of a server removes it from the Raft membership, as k3s' etcd
+//! member controller does: each server records its node name under
+//! `/skiff/servers/<node id>` once its store is up, and watches Node deletions; a deleted
+//! Node with a server's name leaves a durable request under `/skiff/server-removals/<id>`
+//! that the leader carries out (so a leader change in between loses nothing). The last voter
+//! is never removed.
 
 use anyhow::Context;
 use axum::extract::{Extension, State};
@@ -466,10 +473,46 @@ pub async fn open_raft(
         // Node 1 of its own cluster from now on, even if restarted with --server still set.
         pki::write_file(&node_id_path(data), b"1", 0o644)?;
         tracing::info!(revision = info.revision, backup = %backup.display(), "cluster reset: this server is now a one-server cluster; restart it without --cluster-reset and rejoin the others with empty data dirs");
-        return open_raft_inner(cfg, pki, port, 1, true).await;
+        let store = open_raft_inner(cfg, pki, port, 1, true).await?;
+        watch_membership(&store, &cfg.node.node_name, &raft_addr(cfg, port));
+        return Ok(store);
     }
     let joining = cfg.join_server.is_some() && node_id != 1;
     let store = open_raft_inner(cfg, pki, port, node_id, !joining).await?;
+    let store = serve_joiner_until_voter(cfg, pki, listener, serving, store, joining).await?;
+    watch_membership(&store, &cfg.node.node_name, &raft_addr(cfg, port));
+    Ok(store)
+}
+
+/// Starts recording this server's node name (retrying: a restarted member may wait for its
+/// quorum) and turning Node deletions into membership removals.
+fn watch_membership(store: &Arc<RaftStore>, name: &str, addr: &str) {
+    let (weak, name, addr) = (Arc::downgrade(store), name.to_string(), addr.to_string());
+    tokio::spawn(async move {
+        loop {
+            let Some(s) = weak.upgrade() else { return };
+            match record_server(&s, &name, &addr).await {
+                Ok(()) => break,
+                Err(e) => tracing::debug!(error = %format!("{e:#}"), "recording this server's node name; retrying"),
+            }
+            drop(s);
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+        remove_deleted_servers(weak).await;
+    });
+}
+
+/// On a joiner, serves the peer routes until this server is a caught-up voter.
+async fn serve_joiner_until_voter(
+    cfg: &ServerConfig,
+    pki: &ClusterPki,
+    listener: &tokio::net::TcpListener,
+    serving: (&str, &str),
+    store: Arc<RaftStore>,
+    joining: bool,
+) -> anyhow::Result<Arc<RaftStore>> {
+    let port = listener.local_addr()?.port();
+    let node_id = store.node_id();
     if joining {
         // The API server (and with it the peer routes) starts only once the store answers, but
         // a joiner's store answers only once the leader has replicated to it: serve the peer
@@ -478,8 +521,15 @@ pub async fn open_raft(
         let router = peer_router(store.clone(), &cfg.node.data_dir);
         let s = store.clone();
         let voter = async move {
+            use crate::store::Store;
             loop {
-                if s.members().iter().any(|(id, _, v)| *id == s.node_id() && *v) && s.leader_addr().is_some() {
+                // Also wait for a linearizable read to go through: the server's first reads
+                // (the RBAC policy) come next, while nothing serves the Raft routes until the
+                // API server starts; a leader that just confirmed us keeps that gap short.
+                if s.members().iter().any(|(id, _, v)| *id == s.node_id() && *v)
+                    && s.leader_addr().is_some()
+                    && s.current_revision().await.is_ok()
+                {
                     return;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -587,5 +637,231 @@ async fn promote_until_voter(server: String, token: String, ca: String, node_id:
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(std::time::Duration::from_secs(10));
+    }
+}
+
+// ---- servers leaving: `kubectl delete node NAME` of a server ----
+
+/// `/skiff/servers/<node id>` → [`ServerRecord`]: which node name each Raft member runs as.
+pub const SERVERS_PREFIX: &str = "/skiff/servers/";
+/// `/skiff/server-removals/<node id>` → node name: removals the leader still has to make.
+pub const REMOVALS_PREFIX: &str = "/skiff/server-removals/";
+
+/// What a server records about itself in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    pub node_id: NodeId,
+    pub name: String,
+    pub addr: String,
+}
+
+/// The Node objects' key prefix (`/registry/core/nodes/`).
+fn nodes_prefix() -> String {
+    crate::registry::find("", "v1", "nodes")
+        .map(|r| r.key_prefix())
+        .unwrap_or_else(|| "/registry/core/nodes/".to_string())
+}
+
+/// Writes this server's record unless it is already there, unchanged.
+async fn record_server(store: &RaftStore, name: &str, addr: &str) -> anyhow::Result<()> {
+    use crate::store::Store;
+    let rec = ServerRecord { node_id: store.node_id(), name: name.to_string(), addr: addr.to_string() };
+    let key = format!("{SERVERS_PREFIX}{}", rec.node_id);
+    let value = serde_json::to_vec(&rec)?;
+    let (current, _) = store.get(key.as_bytes()).await.context("reading this server's member record")?;
+    if current.as_ref().map(|kv| &kv.value) != Some(&value) {
+        let put = crate::store::Op::Put { key: key.into_bytes(), value, ttl_seconds: None };
+        store
+            .txn(crate::store::Txn { success: vec![put], ..Default::default() })
+            .await
+            .context("recording this server's node name")?;
+    }
+    Ok(())
+}
+
+/// Every server record.
+async fn server_records(store: &RaftStore) -> Result<Vec<ServerRecord>, crate::store::StoreError> {
+    use crate::store::{RangeRequest, Store};
+    let r = store.range(RangeRequest { prefix: SERVERS_PREFIX.as_bytes().to_vec(), ..Default::default() }).await?;
+    Ok(r.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
+}
+
+/// What the leader does with a removal request for `id`, given the membership
+/// `(node id, address, voter)`. Pure, for the unit tests.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// Not a member (any more): just drop the request.
+    Gone,
+    /// The only voter: refuse (the group would have nobody left to commit anything).
+    LastVoter,
+    Remove,
+}
+
+pub fn plan_removal(id: NodeId, members: &[(NodeId, String, bool)]) -> Removal {
+    let Some((_, _, voter)) = members.iter().find(|(m, _, _)| *m == id) else { return Removal::Gone };
+    let voters = members.iter().filter(|(_, _, v)| *v).count();
+    if *voter && voters <= 1 {
+        Removal::LastVoter
+    } else {
+        Removal::Remove
+    }
+}
+
+/// Runs on every server for the life of its store: turns Node deletions of servers into
+/// removal requests, and on the leader, carries the requests out.
+async fn remove_deleted_servers(store: std::sync::Weak<RaftStore>) {
+    use crate::store::{EventKind, Store, StoreError, WatchMessage};
+    use futures::StreamExt;
+    let prefix = nodes_prefix();
+    let mut from: i64 = 0;
+    loop {
+        let Some(s) = store.upgrade() else { return };
+        if from == 0 {
+            from = s.current_revision().await.unwrap_or(0);
+        }
+        let mut w = match s.watch(prefix.as_bytes().to_vec(), from).await {
+            Ok(w) => w,
+            Err(StoreError::Compacted { .. }) => {
+                from = 0;
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "watching node deletions failed; retrying");
+                drop(s);
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        drop(s);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            let msg = tokio::select! {
+                m = w.next() => m,
+                _ = tick.tick() => {
+                    let Some(s) = store.upgrade() else { return };
+                    carry_out_removals(&s).await;
+                    continue;
+                }
+            };
+            let Some(s) = store.upgrade() else { return };
+            match msg {
+                Some(Ok(WatchMessage::Events(evs))) => {
+                    for e in evs {
+                        from = from.max(e.kv.mod_revision);
+                        if e.kind != EventKind::Delete {
+                            continue;
+                        }
+                        let name = String::from_utf8_lossy(&e.kv.key[prefix.len().min(e.kv.key.len())..]).into_owned();
+                        if let Err(e) = request_removal(&s, &name).await {
+                            tracing::warn!(node = %name, error = %e, "recording a server removal failed");
+                        }
+                    }
+                    carry_out_removals(&s).await;
+                }
+                Some(Ok(WatchMessage::Progress(r))) => from = from.max(r),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "node deletion watch ended; re-watching");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// A Node named `name` was deleted: if a server runs under that name, ask for its removal.
+async fn request_removal(store: &RaftStore, name: &str) -> Result<(), crate::store::StoreError> {
+    use crate::store::Store;
+    for rec in server_records(store).await?.into_iter().filter(|r| r.name == name) {
+        let key = format!("{REMOVALS_PREFIX}{}", rec.node_id);
+        let r = store.txn(crate::store::txn::create(key.as_bytes(), name.as_bytes().to_vec(), None)).await?;
+        if r.succeeded {
+            tracing::info!(node = %name, node_id = rec.node_id, "node of a server deleted: removing it from the store's membership");
+        }
+    }
+    Ok(())
+}
+
+/// On the leader: makes the membership changes requested, then drops the requests.
+async fn carry_out_removals(store: &RaftStore) {
+    use crate::store::{RangeRequest, Store};
+    if store.leader() != Some(store.node_id()) {
+        return;
+    }
+    let pending =
+        match store.range(RangeRequest { prefix: REMOVALS_PREFIX.as_bytes().to_vec(), ..Default::default() }).await {
+            Ok(r) => r.kvs,
+            Err(e) => return tracing::debug!(error = %e, "reading server removals failed"),
+        };
+    for kv in pending {
+        let Some(id) = std::str::from_utf8(&kv.key[REMOVALS_PREFIX.len().min(kv.key.len())..])
+            .ok()
+            .and_then(|s| s.parse::<NodeId>().ok())
+        else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(&kv.value).into_owned();
+        let members = store.members();
+        let done = match plan_removal(id, &members) {
+            Removal::Gone => true,
+            Removal::LastVoter => {
+                tracing::warn!(node = %name, node_id = id, "not removing the last voter of the store; its node object is gone but the server stays");
+                true
+            }
+            Removal::Remove => {
+                let gone = std::collections::BTreeSet::from([id]);
+                // A voter goes with RemoveVoters (not retained as a learner); a learner with
+                // RemoveNodes (openraft refuses RemoveNodes of a voter).
+                let change = if members.iter().any(|(m, _, v)| *m == id && *v) {
+                    openraft::ChangeMembers::RemoveVoters(gone)
+                } else {
+                    openraft::ChangeMembers::RemoveNodes(gone)
+                };
+                match store.raft().change_membership(change, false).await {
+                    Ok(_) => {
+                        tracing::info!(node = %name, node_id = id, "removed the server from the store's membership");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %name, node_id = id, error = %e, "removing the server from the membership failed; will retry");
+                        false
+                    }
+                }
+            }
+        };
+        if done {
+            let dels = vec![
+                crate::store::Op::Delete { key: kv.key.clone() },
+                crate::store::Op::Delete { key: format!("{SERVERS_PREFIX}{id}").into_bytes() },
+            ];
+            if let Err(e) = store.txn(crate::store::Txn { success: dels, ..Default::default() }).await {
+                tracing::debug!(error = %e, "dropping a done server removal failed; will retry");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(v: &[(NodeId, bool)]) -> Vec<(NodeId, String, bool)> {
+        v.iter().map(|(id, voter)| (*id, format!("https://10.0.0.{id}:6443"), *voter)).collect()
+    }
+
+    #[test]
+    fn a_deleted_server_is_removed_unless_it_is_the_last_voter() {
+        assert_eq!(plan_removal(3, &m(&[(1, true), (2, true), (3, true)])), Removal::Remove);
+        assert_eq!(plan_removal(1, &m(&[(1, true)])), Removal::LastVoter);
+        // A learner may go even beside a single voter.
+        assert_eq!(plan_removal(2, &m(&[(1, true), (2, false)])), Removal::Remove);
+        assert_eq!(plan_removal(9, &m(&[(1, true), (2, true)])), Removal::Gone);
+    }
+
+    #[test]
+    fn join_tokens_yield_their_secret_and_pinned_ca_hash() {
+        assert_eq!(parse_token("K10abc::server:s3cret"), ("s3cret", Some("abc")));
+        assert_eq!(parse_token("K10abc::s3cret"), ("s3cret", Some("abc")));
+        assert_eq!(parse_token("bare"), ("bare", None));
     }
 }

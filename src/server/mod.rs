@@ -34,8 +34,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     Ok(())
 }
 
-/// Opens the store the configuration asks for: the embedded Raft store (alone, first of an HA
-/// group, or joined through [`join::prepare`]) with its peer routes on the HTTPS port.
+/// Opens the store the configuration asks for: an external etcd (`--datastore-endpoint`; no
+/// peer routes: servers sharing an etcd need none), or the embedded Raft store (alone, first of
+/// an HA group, or joined through [`join::prepare`]) with its peer routes on the HTTPS port.
 async fn open_store(
     cfg: &ServerConfig,
     pki: &ClusterPki,
@@ -43,8 +44,15 @@ async fn open_store(
     serving: (&str, &str),
     node_id: u64,
 ) -> anyhow::Result<Arc<dyn Store>> {
-    if let Some(ep) = &cfg.datastore_endpoint {
-        anyhow::bail!("--datastore-endpoint {ep}: external etcd is not supported yet");
+    snapshot::mark_datastore(&cfg.node.data_dir, cfg.datastore.as_ref().map(|d| d.endpoints.join(",")).as_deref())?;
+    if let Some(etcd) = &cfg.datastore {
+        let db = cfg.node.data_dir.join("server/db");
+        if db.exists() {
+            tracing::warn!(dir = %db.display(), "this data dir holds an embedded store, which is not used with --datastore-endpoint");
+        }
+        let store =
+            crate::store::etcd::EtcdStore::connect(etcd.clone()).await.context("connecting to the external etcd")?;
+        return Ok(Arc::new(store));
     }
     let store = join::open_raft(cfg, pki, listener, serving, node_id).await?;
     Ok(store)
@@ -120,7 +128,20 @@ pub async fn start(
         IpAddr::V4(a) => Some(a),
         _ => None,
     };
-    let authz = crate::api::auth::Authorizer::start(store.clone()).await.context("loading the RBAC policy")?;
+    // Like the bootstrap objects below: ride through a store briefly without a quorum (a
+    // joiner's first reads can meet an election) instead of exiting.
+    let mut delay = std::time::Duration::from_millis(200);
+    let authz = loop {
+        match crate::api::auth::Authorizer::start(store.clone()).await {
+            Ok(a) => break a,
+            Err(e @ crate::store::StoreError::Unavailable(_)) if !shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, "loading the RBAC policy: the store is unavailable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("loading the RBAC policy")),
+        }
+    };
     let sa_signer =
         crate::api::auth::tokens::Signer::from_pem(&pki.service_account_key_pem).map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = Arc::new(crate::api::ApiState {

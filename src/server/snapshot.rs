@@ -19,6 +19,38 @@ use crate::store::raft::{restore_snapshot, RaftStoreConfig, SnapshotInfo};
 /// Name prefix of scheduled snapshots (retention only ever deletes these).
 pub const SCHEDULED: &str = "scheduled";
 
+/// The file recording that a server's data dir uses an external etcd (its endpoints).
+fn datastore_marker(data_dir: &Path) -> PathBuf {
+    data_dir.join("server/datastore-endpoint")
+}
+
+/// Records (`Some(endpoints)`) or clears (`None`) that the server on `data_dir` stores its data
+/// in an external etcd, so `skiff snapshot` can say where snapshots come from instead.
+pub fn mark_datastore(data_dir: &Path, endpoints: Option<&str>) -> anyhow::Result<()> {
+    let marker = datastore_marker(data_dir);
+    match endpoints {
+        Some(e) => crate::pki::write_file(&marker, e.as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", marker.display()))?,
+        None => match std::fs::remove_file(&marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", marker.display())),
+        },
+    }
+    Ok(())
+}
+
+/// An error when the server on `data_dir` uses an external etcd: its snapshots are etcd's job.
+pub fn refuse_if_external(data_dir: &Path) -> anyhow::Result<()> {
+    if let Ok(ep) = std::fs::read_to_string(datastore_marker(data_dir)) {
+        anyhow::bail!(
+            "this server stores its data in the external etcd at {}: snapshots are etcd's job (`etcdctl snapshot save FILE` against one member; `etcdctl snapshot restore` to restore)",
+            ep.trim()
+        );
+    }
+    Ok(())
+}
+
 /// Reads (server URL, CA PEM, client cert PEM, client key PEM) from a kubeconfig.
 pub fn admin_credentials(kubeconfig: &Path) -> anyhow::Result<(String, String, String, String)> {
     use base64::Engine;
@@ -50,6 +82,7 @@ pub fn admin_credentials(kubeconfig: &Path) -> anyhow::Result<(String, String, S
 
 /// `skiff snapshot save`: asks the server running on `data_dir` for a snapshot named `name`.
 pub async fn save(data_dir: &Path, name: &str) -> anyhow::Result<SnapshotResponse> {
+    refuse_if_external(data_dir)?;
     let (url, ca, cert, key) = admin_credentials(&data_dir.join("server/cred/admin.kubeconfig"))?;
     let tls = join::client_tls(Some(&ca), Some((&cert, &key)))?;
     let body = serde_json::to_vec(&SnapshotRequest { name: name.to_string() })?;
@@ -75,6 +108,7 @@ pub struct Listed {
 
 /// `skiff snapshot ls`: the snapshots in `<data-dir>/server/snapshots`, oldest first.
 pub fn list(data_dir: &Path) -> anyhow::Result<Vec<Listed>> {
+    refuse_if_external(data_dir)?;
     let dir = join::snapshot_dir(data_dir);
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
@@ -104,6 +138,7 @@ pub fn list(data_dir: &Path) -> anyhow::Result<Vec<Listed>> {
 /// `skiff snapshot restore FILE --data-dir D`: makes D's store a new one-server cluster holding
 /// the snapshot. D's server must be stopped; its old store moves to `server/db.old-<seconds>`.
 pub fn restore(file: &Path, data_dir: &Path) -> anyhow::Result<SnapshotInfo> {
+    refuse_if_external(data_dir)?;
     let dir = data_dir.join("server/db");
     if dir.exists() {
         let old = data_dir.join(format!("server/db.old-{}", chrono::Utc::now().timestamp()));
@@ -262,6 +297,17 @@ mod tests {
         assert!(Cron::parse("* * *").unwrap_err().contains("5 fields"));
         assert!(Cron::parse("61 * * * *").is_err());
         assert!(Cron::parse("*/0 * * * *").is_err());
+    }
+
+    #[test]
+    fn snapshots_of_a_server_on_an_external_etcd_are_refused_with_a_pointer_to_etcdctl() {
+        let d = tempfile::tempdir().unwrap();
+        mark_datastore(d.path(), Some("https://e1:2379")).unwrap();
+        let e = list(d.path()).unwrap_err().to_string();
+        assert!(e.contains("etcd's job") && e.contains("https://e1:2379"), "{e}");
+        assert!(restore(&d.path().join("x"), d.path()).is_err());
+        mark_datastore(d.path(), None).unwrap();
+        assert!(list(d.path()).unwrap().is_empty());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! API server runs unchanged on the embedded Raft store, on an in-memory fake in unit tests, and
 //! on an external etcd (`--datastore-endpoint`).
 
+pub mod etcd;
 pub mod memory;
 pub mod mvcc;
 pub mod raft;

@@ -27,6 +27,8 @@ pub struct TestServer {
     pub port: u16,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The private etcd under SKIFF_TEST_DATASTORE=etcd; dropped (killed) after the server.
+    pub etcd: Option<skiff::store::etcd::testing::LocalEtcd>,
 }
 
 impl TestServer {
@@ -51,6 +53,10 @@ impl TestServer {
             kubeconfig.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        let etcd = test_datastore(dir.path());
+        if let Some(e) = &etcd {
+            args.extend(e.server_flags());
+        }
         let cli = <skiff::cli::Cli as clap::Parser>::parse_from(args);
         let skiff::cli::Command::Server(sa) = cli.command else { panic!("not a server command") };
         let host = skiff::config::HostFacts { hostname: "test".into(), first_ip: None };
@@ -72,7 +78,7 @@ impl TestServer {
             });
         });
         let port = rx.recv().expect("server started");
-        TestServer { dir, kubeconfig, port, shutdown, thread: Some(thread) }
+        TestServer { dir, kubeconfig, port, shutdown, thread: Some(thread), etcd }
     }
 
     /// Runs kubectl; returns (success, stdout, stderr).
@@ -135,4 +141,20 @@ pub fn require_kubectl() -> Option<()> {
     }
     eprintln!("skipping: kubectl not installed");
     None
+}
+
+/// With SKIFF_TEST_DATASTORE=etcd, a private etcd (Debian's etcd-server, mutual TLS, free
+/// loopback ports, data under `dir`) for a [`TestServer`] to use through `--datastore-endpoint`,
+/// so the API tests run on both backends. None otherwise (the embedded store).
+pub fn test_datastore(dir: &std::path::Path) -> Option<skiff::store::etcd::testing::LocalEtcd> {
+    match std::env::var("SKIFF_TEST_DATASTORE").as_deref() {
+        Ok("etcd") => {}
+        Ok("") | Ok("embedded") | Err(_) => return None,
+        Ok(other) => panic!("SKIFF_TEST_DATASTORE={other}: use etcd or embedded"),
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let etcd = rt
+        .block_on(skiff::store::etcd::testing::LocalEtcd::start(&dir.join("etcd"), true))
+        .unwrap_or_else(|e| panic!("SKIFF_TEST_DATASTORE=etcd: {e}"));
+    Some(etcd)
 }

@@ -1,0 +1,353 @@
+//! Membership operations of the embedded store's HA group, through the real `skiff` binary on
+//! loopback: `kubectl delete node NAME` of a server removes it from the Raft membership (never
+//! the last voter), and `skiff server --cluster-reset` turns the survivor of a group that lost
+//! its quorum into a one-server cluster that keeps its data and takes writes.
+
+use skiff::server::join::{self, MembersResponse};
+use skiff::server::snapshot::admin_credentials;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The two tests each run three servers; one group at a time is enough for two cores.
+static ONE_GROUP_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The test's directory: removed afterwards unless HA_TEST_KEEP is set (then its path is printed).
+enum TestDir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl TestDir {
+    fn new() -> TestDir {
+        let d = tempfile::tempdir().expect("tempdir");
+        if std::env::var("HA_TEST_KEEP").is_ok() {
+            let p = d.keep();
+            eprintln!("keeping {}", p.display());
+            TestDir::Kept(p)
+        } else {
+            TestDir::Temp(d)
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            TestDir::Temp(d) => d.path(),
+            TestDir::Kept(p) => p,
+        }
+    }
+}
+
+/// A `skiff server` child process, killed (by PID) when dropped.
+struct Proc {
+    child: Child,
+    data: PathBuf,
+    port: u16,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Starts `skiff server` with data dir `<root>/<name>` and log `<root>/<log>.log`.
+fn spawn(root: &Path, name: &str, log: &str, extra: &[String]) -> Proc {
+    let data = root.join(name);
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let port = free_port();
+    let log = std::fs::File::create(root.join(format!("{log}.log"))).expect("log");
+    let mut args: Vec<String> = [
+        "server",
+        "--disable-agent",
+        "--node-ip",
+        "127.0.0.1",
+        "--advertise-address",
+        "127.0.0.1",
+        "--bind-address",
+        "127.0.0.1",
+        "--node-name",
+        name,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        "--https-listen-port".into(),
+        port.to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--write-kubeconfig".into(),
+        data.join("kubeconfig.yaml").display().to_string(),
+    ]);
+    args.extend(extra.iter().cloned());
+    let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(&args)
+        .env("SKIFF_LOG", std::env::var("HA_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn skiff");
+    Proc { child, data, port }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Runtime::new().expect("runtime")
+}
+
+/// One admin request to a server; (status, body).
+async fn call(
+    p: &Proc,
+    method: hyper::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Option<(u16, serde_json::Value)> {
+    let (_, ca, cert, key) = admin_credentials(&p.data.join("server/cred/admin.kubeconfig")).ok()?;
+    let tls = join::client_tls(Some(&ca), Some((&cert, &key))).ok()?;
+    let url = format!("https://127.0.0.1:{}{path}", p.port);
+    let body = body.map(|b| serde_json::to_vec(&b).expect("json"));
+    let (status, bytes) =
+        tokio::time::timeout(Duration::from_secs(15), join::https_call(tls, method, &url, body)).await.ok()?.ok()?;
+    Some((status.as_u16(), serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
+}
+
+fn log_of(root: &Path, log: &str) -> String {
+    std::fs::read_to_string(root.join(format!("{log}.log"))).unwrap_or_default()
+}
+
+async fn wait_ready(p: &Proc, root: &Path, log: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        if let Some((200, _)) = call(p, hyper::Method::GET, "/api/v1/namespaces/default", None).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{log} did not become ready; its log:\n{}", log_of(root, log));
+}
+
+async fn members(p: &Proc) -> Option<MembersResponse> {
+    let (status, v) = call(p, hyper::Method::GET, join::MEMBERS_PATH, None).await?;
+    (status == 200).then(|| serde_json::from_value(v).ok()).flatten()
+}
+
+/// Waits until `p` reports a membership satisfying `ok`; panics with the last one seen.
+async fn wait_members(p: &Proc, what: &str, ok: impl Fn(&MembersResponse) -> bool) -> MembersResponse {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = members(p).await;
+        if let Some(m) = m.as_ref().filter(|m| ok(m)) {
+            return MembersResponse { node_id: m.node_id, leader: m.leader, members: m.members.clone() };
+        }
+        assert!(Instant::now() < deadline, "{what}: membership is {m:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn voters(m: &MembersResponse) -> Vec<u64> {
+    m.members.iter().filter(|(_, _, v)| *v).map(|(id, _, _)| *id).collect()
+}
+
+fn configmap(name: &str, value: &str) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"v": value}})
+}
+
+async fn create_cm(p: &Proc, name: &str, value: &str) -> Option<u16> {
+    call(p, hyper::Method::POST, "/api/v1/namespaces/default/configmaps", Some(configmap(name, value)))
+        .await
+        .map(|(s, _)| s)
+}
+
+/// Creates a ConfigMap, retrying while the group (re-)elects a leader.
+async fn create_cm_eventually(p: &Proc, name: &str, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match create_cm(p, name, value).await {
+            Some(201) => return,
+            // An earlier attempt went through after all.
+            Some(409) => return,
+            other => assert!(Instant::now() < deadline, "creating {name} kept failing: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn get_cm(p: &Proc, name: &str) -> Option<serde_json::Value> {
+    match call(p, hyper::Method::GET, &format!("/api/v1/namespaces/default/configmaps/{name}"), None).await {
+        Some((200, v)) => Some(v),
+        _ => None,
+    }
+}
+
+/// (name, resourceVersion, data) of the test's ConfigMaps, sorted.
+async fn test_configmaps(p: &Proc) -> Vec<(String, String, serde_json::Value)> {
+    let (status, v) =
+        call(p, hyper::Method::GET, "/api/v1/namespaces/default/configmaps", None).await.expect("list answered");
+    assert_eq!(status, 200, "{v}");
+    let mut out: Vec<_> = v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|i| i["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("cm-")))
+        .map(|i| {
+            (
+                i["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                i["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string(),
+                i["data"].clone(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn node_id(p: &Proc) -> u64 {
+    std::fs::read_to_string(join::node_id_path(&p.data)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1)
+}
+
+/// s1 (`--cluster-init`), then s2 and s3 joining it; returns once all three are voters.
+async fn three_servers(root: &Path, token: &str) -> (Vec<Proc>, String) {
+    let s1 = spawn(root, "s1", "s1", &["--cluster-init".into(), "--token".into(), token.into()]);
+    wait_ready(&s1, root, "s1").await;
+    let url = format!("https://127.0.0.1:{}", s1.port);
+    let mut servers = vec![s1];
+    for name in ["s2", "s3"] {
+        let s = spawn(root, name, name, &["--server".into(), url.clone(), "--token".into(), token.into()]);
+        wait_ready(&s, root, name).await;
+        servers.push(s);
+    }
+    wait_members(&servers[0], "the joiners were not promoted", |m| voters(m).len() == 3).await;
+    (servers, url)
+}
+
+/// Runs kubectl 1.32 with `p`'s admin kubeconfig; panics unless it succeeds.
+fn kubectl(p: &Proc, args: &[&str]) -> String {
+    let k = ["/usr/lib/google-cloud-sdk/bin/kubectl.1.32", "/usr/bin/kubectl"]
+        .into_iter()
+        .find(|k| Path::new(k).exists())
+        .expect("kubectl 1.32");
+    let out = Command::new(k)
+        .arg("--kubeconfig")
+        .arg(p.data.join("kubeconfig.yaml"))
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "kubectl {args:?}: {o}{e}");
+    o.into_owned()
+}
+
+fn have_kubectl() -> bool {
+    let found =
+        ["/usr/lib/google-cloud-sdk/bin/kubectl.1.32", "/usr/bin/kubectl"].iter().any(|k| Path::new(k).exists());
+    if !found {
+        assert!(std::env::var("CI").map(|v| v != "true").unwrap_or(true), "kubectl is required in CI");
+        eprintln!("skipping: kubectl not installed");
+    }
+    found
+}
+
+#[test]
+fn deleting_a_servers_node_removes_it_from_the_raft_membership_but_never_the_last_voter() {
+    if !have_kubectl() {
+        return;
+    }
+    let _one = ONE_GROUP_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let root = TestDir::new();
+    let root = root.path();
+    rt().block_on(async {
+        let (mut servers, _) = three_servers(root, "membership-secret").await;
+        let ids: Vec<u64> = servers.iter().map(node_id).collect();
+        assert_eq!(ids.len(), 3);
+        // These servers run no agent, so nothing registers their Nodes: register them as a
+        // kubelet would, under the servers' node names.
+        for name in ["s1", "s2", "s3"] {
+            let node = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
+            let (status, v) =
+                call(&servers[0], hyper::Method::POST, "/api/v1/nodes", Some(node)).await.expect("answer");
+            assert_eq!(status, 201, "{v}");
+        }
+
+        // kubectl delete node s3: s3 leaves the membership; the two left keep taking writes.
+        kubectl(&servers[0], &["delete", "node", "s3"]);
+        let m =
+            wait_members(&servers[0], "s3 was not removed", |m| m.members.iter().all(|(id, _, _)| *id != ids[2])).await;
+        assert_eq!(voters(&m).len(), 2, "{m:?}");
+        let removed = servers.pop().expect("s3");
+        drop(removed);
+        create_cm_eventually(&servers[0], "cm-after-s3", "x").await;
+        assert!(get_cm(&servers[1], "cm-after-s3").await.is_some());
+        let logs = format!("{}{}{}", log_of(root, "s1"), log_of(root, "s2"), log_of(root, "s3"));
+        assert!(logs.contains("removed the server from the store's membership"), "the removal is logged");
+
+        // Then s2: s1 is left alone, as the only voter, and leads.
+        kubectl(&servers[0], &["delete", "node", "s2"]);
+        let m =
+            wait_members(&servers[0], "s2 was not removed", |m| voters(m) == vec![ids[0]] && m.leader == Some(ids[0]))
+                .await;
+        assert_eq!(m.members.len(), 1, "{m:?}");
+        drop(servers.pop());
+        create_cm_eventually(&servers[0], "cm-after-s2", "x").await;
+
+        // The last voter stays, whatever happens to its Node object.
+        kubectl(&servers[0], &["delete", "node", "s1"]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !log_of(root, "s1").contains("not removing the last voter") {
+            assert!(Instant::now() < deadline, "no refusal logged:\n{}", log_of(root, "s1"));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let m = members(&servers[0]).await.expect("members");
+        assert_eq!(voters(&m), vec![ids[0]]);
+        assert_eq!(create_cm(&servers[0], "cm-after-s1", "x").await, Some(201));
+    });
+}
+
+#[test]
+fn cluster_reset_turns_the_survivor_of_a_lost_quorum_into_a_one_server_cluster_with_its_data() {
+    let _one = ONE_GROUP_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let root = TestDir::new();
+    let root = root.path();
+    let token = "reset-secret";
+    rt().block_on(async {
+        let (mut servers, url) = three_servers(root, token).await;
+        for i in 0..10 {
+            create_cm_eventually(&servers[0], &format!("cm-{i}"), &format!("v{i}")).await;
+        }
+        // s3 (a joiner) is the survivor; it has every write (linearizable reads through it).
+        let before = test_configmaps(&servers[2]).await;
+        assert_eq!(before.len(), 10, "{before:?}");
+
+        // Two of three die: the survivor has no quorum and cannot write.
+        let s3 = servers.pop().expect("s3");
+        servers.clear();
+        assert_ne!(create_cm(&s3, "cm-no-quorum", "x").await, Some(201), "a minority must not take writes");
+        drop(s3);
+
+        // Restarted with --cluster-reset (its other flags unchanged, the server it joined dead).
+        let joiner_flags = ["--server".to_string(), url.clone(), "--token".into(), token.into()];
+        let reset_flags: Vec<String> = joiner_flags.iter().cloned().chain(["--cluster-reset".to_string()]).collect();
+        let s3 = spawn(root, "s3", "s3-reset", &reset_flags);
+        wait_ready(&s3, root, "s3-reset").await;
+        let m = wait_members(&s3, "not a one-server cluster", |m| m.members.len() == 1 && m.leader.is_some()).await;
+        assert_eq!(voters(&m), vec![m.node_id]);
+        assert_eq!(test_configmaps(&s3).await, before, "contents and revisions survive the reset");
+        assert_eq!(create_cm(&s3, "cm-after-reset", "x").await, Some(201));
+        assert!(log_of(root, "s3-reset").contains("cluster reset"), "the reset is logged");
+        drop(s3);
+
+        // And it stays one: restarted without --cluster-reset it serves the same data.
+        let s3 = spawn(root, "s3", "s3-after", &joiner_flags);
+        wait_ready(&s3, root, "s3-after").await;
+        let m = wait_members(&s3, "not a one-server cluster", |m| m.members.len() == 1).await;
+        assert_eq!(voters(&m).len(), 1);
+        assert!(get_cm(&s3, "cm-after-reset").await.is_some());
+        assert_eq!(test_configmaps(&s3).await.len(), 11);
+    });
+}
