@@ -276,3 +276,57 @@ fn server_side_apply_tracks_managers_and_reports_conflicts() {
     assert!(out.contains("sleep 7"), "{out}");
     assert!(s.ok(&["get", "deploy", "web", "-o", "yaml"]).contains("sleep 3600"));
 }
+
+#[test]
+fn storage_and_quota_kinds_print_the_upstream_columns() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: pv1}\nspec:\n  capacity: {storage: 1Gi}\n  accessModes: [ReadWriteOnce, ReadOnlyMany]\n  persistentVolumeReclaimPolicy: Retain\n  storageClassName: manual\n  hostPath: {path: /tmp/pv1}\n",
+    );
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: c1}\nspec:\n  storageClassName: manual\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while s.ok(&["get", "pvc", "c1", "-o", "jsonpath={.status.phase}"]) != "Bound" {
+        assert!(std::time::Instant::now() < deadline, "the claim was not bound");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let pv = s.ok(&["get", "pv"]);
+    let header: Vec<&str> = pv.lines().next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "CAPACITY",
+            "ACCESS",
+            "MODES",
+            "RECLAIM",
+            "POLICY",
+            "STATUS",
+            "CLAIM",
+            "STORAGECLASS",
+            "VOLUMEATTRIBUTESCLASS",
+            "REASON",
+            "AGE"
+        ],
+        "{pv}"
+    );
+    let row: Vec<&str> = pv.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    assert_eq!(&row[..7], ["pv1", "1Gi", "RWO,ROX", "Retain", "Bound", "default/c1", "manual"], "{pv}");
+    let pvc = s.ok(&["get", "pvc"]);
+    let row: Vec<&str> = pvc.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    assert_eq!(&row[..6], ["c1", "Bound", "pv1", "1Gi", "RWO,ROX", "manual"], "{pvc}");
+    s.ok(&["create", "quota", "q", "--hard=pods=4,limits.cpu=2"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let q = s.ok(&["get", "quota", "q"]);
+        if q.contains("pods: 0/4") && q.contains("limits.cpu: 0/2") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "quota columns: {q}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -160,6 +160,58 @@ pub fn columns(r: &Resource) -> Vec<Column> {
         ("batch", "Job") => {
             vec![NAME, col("Status", "string", 0), col("Completions", "string", 0), col("Duration", "string", 0), AGE]
         }
+        ("apps", "StatefulSet") => {
+            vec![NAME, col("Ready", "string", 0), AGE, col("Containers", "string", 1), col("Images", "string", 1)]
+        }
+        ("apps", "DaemonSet") => vec![
+            NAME,
+            col("Desired", "integer", 0),
+            col("Current", "integer", 0),
+            col("Ready", "integer", 0),
+            col("Up-to-date", "integer", 0),
+            col("Available", "integer", 0),
+            col("Node Selector", "string", 0),
+            AGE,
+            col("Containers", "string", 1),
+            col("Images", "string", 1),
+            col("Selector", "string", 1),
+        ],
+        ("apps", "ControllerRevision") => {
+            vec![NAME, col("Controller", "string", 0), col("Revision", "integer", 0), AGE]
+        }
+        ("", "PersistentVolume") => vec![
+            NAME,
+            col("Capacity", "string", 0),
+            col("Access Modes", "string", 0),
+            col("Reclaim Policy", "string", 0),
+            col("Status", "string", 0),
+            col("Claim", "string", 0),
+            col("StorageClass", "string", 0),
+            col("VolumeAttributesClass", "string", 0),
+            col("Reason", "string", 0),
+            AGE,
+            col("VolumeMode", "string", 1),
+        ],
+        ("", "PersistentVolumeClaim") => vec![
+            NAME,
+            col("Status", "string", 0),
+            col("Volume", "string", 0),
+            col("Capacity", "string", 0),
+            col("Access Modes", "string", 0),
+            col("StorageClass", "string", 0),
+            col("VolumeAttributesClass", "string", 0),
+            AGE,
+            col("VolumeMode", "string", 1),
+        ],
+        ("", "ResourceQuota") => vec![NAME, AGE, col("Request", "string", 0), col("Limit", "string", 0)],
+        ("certificates.k8s.io", "CertificateSigningRequest") => vec![
+            NAME,
+            AGE,
+            col("SignerName", "string", 0),
+            col("Requestor", "string", 0),
+            col("RequestedDuration", "string", 0),
+            col("Condition", "string", 0),
+        ],
         _ => vec![NAME, AGE],
     }
 }
@@ -223,6 +275,31 @@ fn s(v: Option<&Value>) -> String {
 
 fn int(v: Option<&Value>) -> i64 {
     v.and_then(|x| x.as_i64()).unwrap_or(0)
+}
+
+/// Access modes as kubectl abbreviates them (`RWO,ROX`).
+fn access_modes(v: Option<&Value>) -> String {
+    let modes: Vec<&str> = v
+        .and_then(|m| m.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m.as_str() {
+            Some("ReadWriteOnce") => Some("RWO"),
+            Some("ReadOnlyMany") => Some("ROX"),
+            Some("ReadWriteMany") => Some("RWX"),
+            Some("ReadWriteOncePod") => Some("RWOP"),
+            _ => None,
+        })
+        .collect();
+    modes.join(",")
+}
+
+fn or_unset(x: String) -> String {
+    if x.is_empty() {
+        "<unset>".into()
+    } else {
+        x
+    }
 }
 
 fn or_none(x: String) -> String {
@@ -710,6 +787,134 @@ pub fn row(r: &Resource, o: &Value, now: i64) -> Vec<Value> {
                 _ => String::new(),
             };
             vec![name, json!(status), json!(completions), json!(duration), age]
+        }
+        ("apps", "StatefulSet") => {
+            let (c, i) = containers_images(o.pointer("/spec/template/spec"));
+            vec![
+                name,
+                json!(format!("{}/{}", int(o.pointer("/status/readyReplicas")), int(o.pointer("/spec/replicas")))),
+                age,
+                json!(c),
+                json!(i),
+            ]
+        }
+        ("apps", "DaemonSet") => {
+            let (c, i) = containers_images(o.pointer("/spec/template/spec"));
+            let node_selector: Vec<String> = o
+                .pointer("/spec/template/spec/nodeSelector")
+                .and_then(|n| n.as_object())
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect();
+            vec![
+                name,
+                json!(int(o.pointer("/status/desiredNumberScheduled"))),
+                json!(int(o.pointer("/status/currentNumberScheduled"))),
+                json!(int(o.pointer("/status/numberReady"))),
+                json!(int(o.pointer("/status/updatedNumberScheduled"))),
+                json!(int(o.pointer("/status/numberAvailable"))),
+                json!(or_none(node_selector.join(","))),
+                age,
+                json!(c),
+                json!(i),
+                json!(selector_string(o.pointer("/spec/selector"))),
+            ]
+        }
+        ("apps", "ControllerRevision") => {
+            let controller = o
+                .pointer("/metadata/ownerReferences")
+                .and_then(|r| r.as_array())
+                .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+                .map(|r| {
+                    let group = s(r.get("apiVersion")).split('/').next().unwrap_or("").to_string();
+                    let kind = s(r.get("kind")).to_lowercase();
+                    let gk = if s(r.get("apiVersion")).contains('/') { format!("{kind}.{group}") } else { kind };
+                    format!("{gk}/{}", s(r.get("name")))
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![name, json!(controller), json!(int(o.get("revision"))), age]
+        }
+        ("", "PersistentVolume") => {
+            let claim = match o.pointer("/spec/claimRef") {
+                Some(c) if c.is_object() => format!("{}/{}", s(c.get("namespace")), s(c.get("name"))),
+                _ => String::new(),
+            };
+            vec![
+                name,
+                json!(s(o.pointer("/spec/capacity/storage"))),
+                json!(access_modes(o.pointer("/spec/accessModes"))),
+                json!(s(o.pointer("/spec/persistentVolumeReclaimPolicy"))),
+                json!(s(o.pointer("/status/phase"))),
+                json!(claim),
+                json!(s(o.pointer("/spec/storageClassName"))),
+                json!(or_unset(s(o.pointer("/spec/volumeAttributesClassName")))),
+                json!(s(o.pointer("/status/reason"))),
+                age,
+                json!(or_none(s(o.pointer("/spec/volumeMode")))),
+            ]
+        }
+        ("", "PersistentVolumeClaim") => {
+            let bound = o.pointer("/status/phase").and_then(|p| p.as_str()) == Some("Bound");
+            let (capacity, modes) = if bound {
+                (s(o.pointer("/status/capacity/storage")), access_modes(o.pointer("/status/accessModes")))
+            } else {
+                (String::new(), String::new())
+            };
+            vec![
+                name,
+                json!(s(o.pointer("/status/phase"))),
+                json!(s(o.pointer("/spec/volumeName"))),
+                json!(capacity),
+                json!(modes),
+                json!(s(o.pointer("/spec/storageClassName"))),
+                json!(or_unset(s(o.pointer("/spec/volumeAttributesClassName")))),
+                age,
+                json!(or_none(s(o.pointer("/spec/volumeMode")))),
+            ]
+        }
+        ("", "ResourceQuota") => {
+            let used = o.pointer("/status/used").and_then(|u| u.as_object());
+            let (mut request, mut limit) = (Vec::new(), Vec::new());
+            for (k, h) in o.pointer("/status/hard").and_then(|h| h.as_object()).into_iter().flatten() {
+                let u = used.and_then(|u| u.get(k)).map(|v| s(Some(v))).unwrap_or_else(|| "0".into());
+                let entry = format!("{k}: {u}/{}", s(Some(h)));
+                if k.starts_with("limits.") {
+                    limit.push(entry);
+                } else {
+                    request.push(entry);
+                }
+            }
+            vec![name, age, json!(request.join(", ")), json!(limit.join(", "))]
+        }
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            let mut conds: Vec<String> = o
+                .pointer("/status/conditions")
+                .and_then(|c| c.as_array())
+                .into_iter()
+                .flatten()
+                .map(|c| s(c.get("type")))
+                .collect();
+            if conds.is_empty() {
+                conds.push("Pending".into());
+            }
+            if o.pointer("/status/certificate").and_then(|c| c.as_str()).is_some_and(|c| !c.is_empty()) {
+                conds.push("Issued".into());
+            }
+            let requestor = s(o.pointer("/spec/username"));
+            let duration = o
+                .pointer("/spec/expirationSeconds")
+                .and_then(|d| d.as_i64())
+                .map(human_duration)
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                age,
+                json!(s(o.pointer("/spec/signerName"))),
+                json!(requestor),
+                json!(duration),
+                json!(conds.join(",")),
+            ]
         }
         _ => vec![name, age],
     }
