@@ -92,7 +92,12 @@ fn quotas_hold_under_concurrent_creates_and_report_what_is_used() {
     let Some(()) = require_kubectl() else { return };
     let s = std::sync::Arc::new(TestServer::start(&[]));
     s.ok(&["create", "namespace", "cq"]);
-    // Every namespace already holds kube-root-ca.crt: 4 more ConfigMaps fit under 5.
+    // Every namespace soon holds kube-root-ca.crt: then 4 more ConfigMaps fit under 5.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !s.kubectl(&["get", "configmap", "kube-root-ca.crt", "-n", "cq"]).0 {
+        assert!(std::time::Instant::now() < deadline, "kube-root-ca.crt was not published");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     s.ok(&["create", "quota", "cms", "--hard=configmaps=5", "-n", "cq"]);
     let threads: Vec<_> = (0..10)
         .map(|i| {
@@ -120,4 +125,21 @@ fn quotas_hold_under_concurrent_creates_and_report_what_is_used() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     s.ok(&["create", "configmap", "again", "-n", "cq"]);
+}
+
+#[test]
+fn priority_comes_from_the_class_and_a_stated_other_value_is_refused() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    let with_priority = pod("p1", "a: b", None).replace("spec:\n", "spec:\n  priority: 7\n");
+    let (ok, _, err) = s.kubectl_stdin(&["apply", "-f", "-"], Some(&with_priority));
+    assert!(!ok && err.contains("the integer value of priority (7) must not be provided in pod spec"), "{err}");
+    let critical = pod("p2", "a: b", None).replace("spec:\n", "spec:\n  priorityClassName: system-cluster-critical\n");
+    s.ok_stdin(&["apply", "-f", "-"], &critical);
+    assert_eq!(
+        s.ok(&["get", "pod", "p2", "-o", "jsonpath={.spec.priority}/{.spec.preemptionPolicy}"]),
+        "2000000000/PreemptLowerPriority"
+    );
+    s.ok_stdin(&["apply", "-f", "-"], &pod("p3", "a: b", None));
+    assert_eq!(s.ok(&["get", "pod", "p3", "-o", "jsonpath={.spec.priority}"]), "0");
 }

@@ -135,16 +135,13 @@ pub async fn pod_priority(req: &Req, o: &mut Value) -> ApiResult<()> {
             Err(e) => return Err(e),
         }
     };
-    // Pod defaulting (registry/defaults.rs) already wrote priority 0 and PreemptLowerPriority,
-    // so those values cannot be told from a client's and are overridden rather than refused.
-    if let Some(p) = o.pointer("/spec/priority").and_then(|p| p.as_i64()).filter(|p| *p != 0) {
+    // A client may repeat what the class resolves to, never state something else.
+    if let Some(p) = o.pointer("/spec/priority").and_then(|p| p.as_i64()) {
         if p != value {
             return Err(forbidden(format!("the integer value of priority ({p}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name")));
         }
     }
-    if let Some(p) =
-        o.pointer("/spec/preemptionPolicy").and_then(|p| p.as_str()).filter(|p| *p != "PreemptLowerPriority")
-    {
+    if let Some(p) = o.pointer("/spec/preemptionPolicy").and_then(|p| p.as_str()) {
         if p != policy {
             return Err(forbidden(format!("the string value of PreemptionPolicy ({p}) must not be provided in pod spec; priority admission controller computed {policy} from the given PriorityClass name")));
         }

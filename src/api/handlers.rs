@@ -195,7 +195,7 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
 /// Kinds whose `generation` tracks spec changes (custom resources always have one).
 fn has_generation(r: &Resource) -> bool {
     matches!(&*r.group, "apps" | "batch" | "apiextensions.k8s.io")
-        || matches!(&*r.kind, "ReplicationController" | "Pod")
+        || matches!(&*r.kind, "ReplicationController" | "Pod" | "PodDisruptionBudget")
         || r.is_custom()
 }
 

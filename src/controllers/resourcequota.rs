@@ -157,14 +157,17 @@ mod tests {
 
     #[test]
     fn quota_keys_map_to_the_resources_they_count() {
-        assert_eq!(resource_of("pods").map(|r| r.kind), Some("Pod"));
-        assert_eq!(resource_of("requests.cpu").map(|r| r.kind), Some("Pod"));
-        assert_eq!(resource_of("limits.memory").map(|r| r.kind), Some("Pod"));
-        assert_eq!(resource_of("configmaps").map(|r| r.kind), Some("ConfigMap"));
-        assert_eq!(resource_of("services.nodeports").map(|r| r.kind), Some("Service"));
-        assert_eq!(resource_of("requests.storage").map(|r| r.kind), Some("PersistentVolumeClaim"));
-        assert_eq!(resource_of("count/deployments.apps").map(|r| r.kind), Some("Deployment"));
-        assert_eq!(resource_of("count/secrets").map(|r| r.kind), Some("Secret"));
+        assert_eq!(resource_of("pods").map(|r| r.kind.to_string()).as_deref(), Some("Pod"));
+        assert_eq!(resource_of("requests.cpu").map(|r| r.kind.to_string()).as_deref(), Some("Pod"));
+        assert_eq!(resource_of("limits.memory").map(|r| r.kind.to_string()).as_deref(), Some("Pod"));
+        assert_eq!(resource_of("configmaps").map(|r| r.kind.to_string()).as_deref(), Some("ConfigMap"));
+        assert_eq!(resource_of("services.nodeports").map(|r| r.kind.to_string()).as_deref(), Some("Service"));
+        assert_eq!(
+            resource_of("requests.storage").map(|r| r.kind.to_string()).as_deref(),
+            Some("PersistentVolumeClaim")
+        );
+        assert_eq!(resource_of("count/deployments.apps").map(|r| r.kind.to_string()).as_deref(), Some("Deployment"));
+        assert_eq!(resource_of("count/secrets").map(|r| r.kind.to_string()).as_deref(), Some("Secret"));
         assert!(resource_of("count/widgets.example.com").is_none());
         assert!(resource_of("nvidia.com/gpu").is_none());
     }

@@ -84,13 +84,12 @@ pub fn pod_spec(spec: &mut Value) {
     }
 }
 
-/// Admission defaults for a new Pod (ServiceAccount, DefaultTolerationSeconds, Priority).
+/// Admission defaults for a new Pod (ServiceAccount, DefaultTolerationSeconds); Priority is
+/// resolved by `api::admission::pod_priority`, which must tell a client's value from none.
 fn pod_admission(spec: &mut Map<String, Value>) {
     set_default(spec, "serviceAccountName", json!("default"));
     let sa = spec.get("serviceAccountName").cloned().unwrap_or(json!("default"));
     set_default(spec, "serviceAccount", sa);
-    set_default(spec, "priority", json!(0));
-    set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
     let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
     if let Some(t) = tolerations.as_array_mut() {
         for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
