@@ -17,7 +17,7 @@
 //! [`target_node`], [`manage_plan`], [`rolling_plan`], [`compute_status`]).
 
 use super::events::{object_ref, Recorder};
-use super::podutil::{self, claim, controller_ref, is_available, is_ready};
+use super::podutil::{self, apply_pod_claim, claim, controller_ref, is_available, is_ready};
 use super::replicaset::Expectations;
 use super::revision::{self, RevisionError};
 use crate::scheduler::filter::{node_affinity, tolerates, PodInfo};
@@ -435,25 +435,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
     let ns_pods: Vec<Arc<Pod>> =
         ctx.pods.state().into_iter().filter(|p| p.metadata.namespace.as_deref() == Some(&ns)).collect();
     let c = claim(&uid, deleting, &spec.selector, &ns_pods, |p| &p.metadata);
-    let mut pods = c.owned;
-    for p in c.adopt {
-        let mut refs = p.metadata.owner_references.clone().unwrap_or_default();
-        refs.push(controller_ref(ds.as_ref()));
-        let patch =
-            serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": p.metadata.resource_version}});
-        match pods_api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(a) => pods.push(Arc::new(a)),
-            Err(e) => tracing::warn!(error = %e, pod = %p.name_any(), ds = %key, "could not adopt pod"),
-        }
-    }
-    for p in c.release {
-        let refs: Vec<_> = p.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).cloned().collect();
-        let patch =
-            serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": p.metadata.resource_version}});
-        if let Err(e) = pods_api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-            tracing::warn!(error = %e, pod = %p.name_any(), ds = %key, "could not release pod");
-        }
-    }
+    let pods = apply_pod_claim(&pods_api, controller_ref(ds.as_ref()), c, &key).await;
 
     let collision = ds.status.as_ref().and_then(|s| s.collision_count);
     let hist = match revision::sync(&ctx.client, ds.as_ref(), &spec.selector, &spec.template, collision).await {

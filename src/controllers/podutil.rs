@@ -88,6 +88,41 @@ pub struct Claim<T> {
     pub release: Vec<T>,
 }
 
+/// Carries out a pod [`Claim`]: adopts (adding `owner_ref`, keeping the pod's other owners,
+/// since a merge patch replaces the whole list) and releases, each guarded by the pod's
+/// resourceVersion. Returns the owned pods, adopted ones included; a failed patch is logged and
+/// left for the next sync.
+pub async fn apply_pod_claim(
+    pods: &kube::Api<Pod>,
+    owner_ref: OwnerReference,
+    c: Claim<std::sync::Arc<Pod>>,
+    owner: &str,
+) -> Vec<std::sync::Arc<Pod>> {
+    use kube::api::{Patch, PatchParams};
+    use kube::ResourceExt;
+    let mut owned = c.owned;
+    for p in c.adopt {
+        let mut refs = p.metadata.owner_references.clone().unwrap_or_default();
+        refs.push(owner_ref.clone());
+        let patch =
+            serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": p.metadata.resource_version}});
+        match pods.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(adopted) => owned.push(std::sync::Arc::new(adopted)),
+            Err(e) => tracing::warn!(error = %e, pod = %p.name_any(), owner, "could not adopt pod"),
+        }
+    }
+    for p in c.release {
+        let refs: Vec<_> =
+            p.metadata.owner_references.iter().flatten().filter(|r| r.uid != owner_ref.uid).cloned().collect();
+        let patch =
+            serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": p.metadata.resource_version}});
+        if let Err(e) = pods.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            tracing::warn!(error = %e, pod = %p.name_any(), owner, "could not release pod");
+        }
+    }
+    owned
+}
+
 pub fn claim<T: Clone>(
     owner_uid: &str,
     owner_deleting: bool,

@@ -14,7 +14,7 @@
 //! running ahead of the cache never doubles a scale-up.
 
 use super::events::{object_ref, Recorder};
-use super::podutil::{self, claim, controller_ref, is_active, is_available, is_ready};
+use super::podutil::{self, apply_pod_claim, claim, controller_ref, is_active, is_available, is_ready};
 use futures::{future, StreamExt};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
@@ -277,26 +277,7 @@ pub async fn reconcile<K: Replicated>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
     let deleting = rs.metadata.deletion_timestamp.is_some();
     let c = claim(&uid, deleting, &selector, &ns_pods, |p| &p.metadata);
 
-    let mut owned = c.owned;
-    for p in c.adopt {
-        // Merge patch replaces the whole list: keep the pod's other (non-controller) owners.
-        let mut refs = p.metadata.owner_references.clone().unwrap_or_default();
-        refs.push(controller_ref(owner));
-        let patch =
-            serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": p.metadata.resource_version}});
-        match pods_api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(adopted) => owned.push(Arc::new(adopted)),
-            Err(e) => tracing::warn!(error = %e, pod = %p.name_any(), rs = %rs_key, "could not adopt pod"),
-        }
-    }
-    for p in c.release {
-        let refs: Vec<_> = p.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).cloned().collect();
-        let patch =
-            serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": p.metadata.resource_version}});
-        if let Err(e) = pods_api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-            tracing::warn!(error = %e, pod = %p.name_any(), rs = %rs_key, "could not release pod");
-        }
-    }
+    let owned = apply_pod_claim(&pods_api, controller_ref(owner), c, &rs_key).await;
     let active: Vec<Arc<Pod>> = owned.into_iter().filter(|p| is_active(p)).collect();
 
     let synced = ctx.expectations().satisfied(&rs_key, &ns_pods, Instant::now());

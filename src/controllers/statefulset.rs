@@ -14,7 +14,7 @@
 //! [`claim_owner_refs`], [`compute_status`]); [`reconcile`] gathers state and performs them.
 
 use super::events::{object_ref, Recorder};
-use super::podutil::{self, claim, controller_ref, is_available};
+use super::podutil::{self, apply_pod_claim, claim, controller_ref, is_available};
 use super::revision::{self, RevisionError};
 use futures::{future, StreamExt};
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
@@ -458,25 +458,7 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Actio
     let ns_pods: Vec<Arc<Pod>> =
         ctx.pods.state().into_iter().filter(|p| p.metadata.namespace.as_deref() == Some(&ns)).collect();
     let c = claim(&uid, deleting, &spec.selector, &ns_pods, |p| &p.metadata);
-    let mut pods = c.owned;
-    for p in c.adopt {
-        let mut refs = p.metadata.owner_references.clone().unwrap_or_default();
-        refs.push(controller_ref(set.as_ref()));
-        let patch =
-            serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": p.metadata.resource_version}});
-        match pods_api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(a) => pods.push(Arc::new(a)),
-            Err(e) => tracing::warn!(error = %e, pod = %p.name_any(), sts = %key, "could not adopt pod"),
-        }
-    }
-    for p in c.release {
-        let refs: Vec<_> = p.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).cloned().collect();
-        let patch =
-            serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": p.metadata.resource_version}});
-        if let Err(e) = pods_api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-            tracing::warn!(error = %e, pod = %p.name_any(), sts = %key, "could not release pod");
-        }
-    }
+    let pods = apply_pod_claim(&pods_api, controller_ref(set.as_ref()), c, &key).await;
 
     // Revisions.
     let collision = set.status.as_ref().and_then(|s| s.collision_count);
