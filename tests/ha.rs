@@ -3,141 +3,25 @@
 //! visible on the first server; killing the leader keeps writes going), and
 //! `skiff snapshot save|ls|restore` keeping contents and revisions.
 
-use skiff::server::join::{self, MembersResponse};
-use skiff::server::snapshot::admin_credentials;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod procs;
+
+use procs::*;
+use skiff::server::join;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A `skiff server` child process, killed (by PID) when dropped.
-struct Proc {
-    child: Child,
-    data: PathBuf,
-    port: u16,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn spawn(root: &Path, name: &str, extra: &[String]) -> Proc {
-    let data = root.join(name);
-    std::fs::create_dir_all(&data).expect("mkdir");
-    let port = free_port();
-    let log = std::fs::File::create(root.join(format!("{name}.log"))).expect("log");
-    let mut args: Vec<String> = [
-        "server",
-        "--disable-agent",
-        "--node-ip",
-        "127.0.0.1",
-        "--advertise-address",
-        "127.0.0.1",
-        "--bind-address",
-        "127.0.0.1",
-        "--node-name",
-        name,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend([
-        "--https-listen-port".into(),
-        port.to_string(),
-        "--data-dir".into(),
-        data.display().to_string(),
-        "--write-kubeconfig".into(),
-        data.join("kubeconfig.yaml").display().to_string(),
-    ]);
-    args.extend(extra.iter().cloned());
-    let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .args(&args)
-        .env("SKIFF_LOG", std::env::var("HA_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn skiff");
-    Proc { child, data, port }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::runtime::Runtime::new().expect("runtime")
-}
-
-/// One admin request to a server; (status, body).
-async fn call(
-    p: &Proc,
-    method: hyper::Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> Option<(u16, serde_json::Value)> {
-    let (_, ca, cert, key) = admin_credentials(&p.data.join("server/cred/admin.kubeconfig")).ok()?;
-    let tls = join::client_tls(Some(&ca), Some((&cert, &key))).ok()?;
-    let url = format!("https://127.0.0.1:{}{path}", p.port);
-    let body = body.map(|b| serde_json::to_vec(&b).expect("json"));
-    let (status, bytes) =
-        tokio::time::timeout(Duration::from_secs(15), join::https_call(tls, method, &url, body)).await.ok()?.ok()?;
-    Some((status.as_u16(), serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
-}
-
-async fn wait_ready(p: &Proc, root: &Path, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Some((200, _)) = call(p, hyper::Method::GET, "/api/v1/namespaces/default", None).await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let log = std::fs::read_to_string(root.join(format!("{name}.log"))).unwrap_or_default();
-    panic!("{name} did not become ready; its log:\n{log}");
-}
-
-async fn members(p: &Proc) -> Option<MembersResponse> {
-    let (status, v) = call(p, hyper::Method::GET, join::MEMBERS_PATH, None).await?;
-    (status == 200).then(|| serde_json::from_value(v).ok()).flatten()
-}
-
-fn configmap(name: &str, value: &str) -> serde_json::Value {
-    serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"v": value}})
-}
-
-async fn create_cm(p: &Proc, name: &str, value: &str) -> Option<u16> {
-    call(p, hyper::Method::POST, "/api/v1/namespaces/default/configmaps", Some(configmap(name, value)))
-        .await
-        .map(|(s, _)| s)
-}
-
-async fn get_cm(p: &Proc, name: &str) -> Option<serde_json::Value> {
-    match call(p, hyper::Method::GET, &format!("/api/v1/namespaces/default/configmaps/{name}"), None).await {
-        Some((200, v)) => Some(v),
-        _ => None,
-    }
-}
 
 #[test]
 fn three_servers_join_through_the_https_port_and_survive_a_leader_kill() {
-    let root = tempfile::tempdir().expect("tempdir");
-    if std::env::var("HA_TEST_KEEP").is_ok() {
-        eprintln!("keeping {}", root.path().display());
-    }
-    let root = scopeguard_keep(root);
+    let root = TestDir::new();
     let token = "ha-test-secret".to_string();
     rt().block_on(async {
         let mut servers: Vec<Option<Proc>> = Vec::new();
-        let s1 = spawn(root.path(), "s1", &["--cluster-init".into(), "--token".into(), token.clone()]);
+        let s1 = spawn(root.path(), "s1", "s1", &["--cluster-init".into(), "--token".into(), token.clone()]);
         wait_ready(&s1, root.path(), "s1").await;
         let url = format!("https://127.0.0.1:{}", s1.port);
         servers.push(Some(s1));
         for name in ["s2", "s3"] {
-            let s = spawn(root.path(), name, &["--server".into(), url.clone(), "--token".into(), token.clone()]);
+            let s = spawn(root.path(), name, name, &["--server".into(), url.clone(), "--token".into(), token.clone()]);
             wait_ready(&s, root.path(), name).await;
             servers.push(Some(s));
         }
@@ -227,29 +111,6 @@ fn three_servers_join_through_the_https_port_and_survive_a_leader_kill() {
     });
 }
 
-/// Keeps the test directory (logs) when HA_TEST_KEEP is set.
-fn scopeguard_keep(d: tempfile::TempDir) -> KeepOr {
-    if std::env::var("HA_TEST_KEEP").is_ok() {
-        KeepOr::Kept(d.keep())
-    } else {
-        KeepOr::Temp(d)
-    }
-}
-
-enum KeepOr {
-    Temp(tempfile::TempDir),
-    Kept(PathBuf),
-}
-
-impl KeepOr {
-    fn path(&self) -> &Path {
-        match self {
-            KeepOr::Temp(d) => d.path(),
-            KeepOr::Kept(p) => p,
-        }
-    }
-}
-
 fn skiff(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_skiff")).args(args).output().expect("run skiff");
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
@@ -259,7 +120,7 @@ fn skiff(args: &[&str]) -> (bool, String) {
 fn snapshot_save_ls_restore_through_the_cli_keeps_contents_and_revisions() {
     let root = tempfile::tempdir().expect("tempdir");
     rt().block_on(async {
-        let s = spawn(root.path(), "one", &[]);
+        let s = spawn(root.path(), "one", "one", &[]);
         wait_ready(&s, root.path(), "one").await;
         for i in 0..20 {
             assert_eq!(create_cm(&s, &format!("cm-{i}"), &format!("v{i}")).await, Some(201));
@@ -284,7 +145,7 @@ fn snapshot_save_ls_restore_through_the_cli_keeps_contents_and_revisions() {
             &restored_dir.display().to_string(),
         ]);
         assert!(ok, "snapshot restore failed: {out}");
-        let r = spawn(root.path(), "restored", &[]);
+        let r = spawn(root.path(), "restored", "restored", &[]);
         wait_ready(&r, root.path(), "restored").await;
         let (_, after) =
             call(&r, hyper::Method::GET, "/api/v1/namespaces/default/configmaps", None).await.expect("list");
