@@ -607,23 +607,6 @@ fn error_policy(ds: Arc<DaemonSet>, e: &DaemonSetError, _ctx: Arc<Context>) -> A
     Action::requeue(Duration::from_secs(2))
 }
 
-fn owners_of(pod: &Pod, sets: &Store<DaemonSet>) -> Vec<ObjectRef<DaemonSet>> {
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    match podutil::controller_of(&pod.metadata) {
-        Some(r) if r.kind == "DaemonSet" => vec![ObjectRef::new(&r.name).within(&ns)],
-        Some(_) => vec![],
-        None => sets
-            .state()
-            .iter()
-            .filter(|s| s.metadata.namespace.as_deref() == Some(&ns))
-            .filter(|s| {
-                s.spec.as_ref().is_some_and(|s| podutil::selector_matches(&s.selector, pod.metadata.labels.as_ref()))
-            })
-            .map(|s| ObjectRef::from_obj(s.as_ref()))
-            .collect(),
-    }
-}
-
 /// Runs the controller until `shutdown` fires.
 pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     let (pods, pod_writer) = reflector::store::<Pod>();
@@ -631,22 +614,9 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     let controller = Controller::new(Api::<DaemonSet>::all(client.clone()), watcher::Config::default());
     let sets = controller.store();
     let sets2 = sets.clone();
-    let pod_events =
-        reflector::reflector(pod_writer, watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()))
-            .filter_map(move |ev| {
-                let refs = match ev {
-                    Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p)) => {
-                        owners_of(&p, &sets)
-                    }
-                    Ok(_) => vec![],
-                    Err(e) => {
-                        tracing::warn!(error = %e, "daemonset-controller: pod watch failed; retrying");
-                        vec![]
-                    }
-                };
-                future::ready(Some(futures::stream::iter(refs)))
-            })
-            .flatten();
+    let pod_events = podutil::pod_triggers(&client, pod_writer, sets, COMPONENT, |s: &DaemonSet| {
+        s.spec.as_ref().map(|s| s.selector.clone())
+    });
     // Any node change may change where daemon pods belong: look at every DaemonSet.
     let node_events =
         reflector::reflector(node_writer, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()))

@@ -88,6 +88,65 @@ pub struct Claim<T> {
     pub release: Vec<T>,
 }
 
+/// The controllers of kind `K` a pod event should wake: its controller if that is a `K`, else
+/// (an orphan) every `K` in its namespace whose selector (from `selector`) matches, which may
+/// adopt it.
+pub fn owners_of<K>(
+    pod: &Pod,
+    owners: &kube::runtime::reflector::Store<K>,
+    selector: &impl Fn(&K) -> Option<LabelSelector>,
+) -> Vec<kube::runtime::reflector::ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    use kube::runtime::reflector::ObjectRef;
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    match controller_of(&pod.metadata) {
+        Some(r) if r.kind == K::kind(&()) => vec![ObjectRef::new(&r.name).within(&ns)],
+        Some(_) => vec![],
+        None => owners
+            .state()
+            .iter()
+            .filter(|o| o.meta().namespace.as_deref() == Some(&ns))
+            .filter(|o| selector(o).is_some_and(|sel| selector_matches(&sel, pod.metadata.labels.as_ref())))
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect(),
+    }
+}
+
+/// One watch of every pod that feeds `cache` and yields the `K`s each event should wake
+/// ([`owners_of`]). A trigger is only seen after the cache applied the same event, so a
+/// reconcile never reads an older pod than the one that woke it.
+pub fn pod_triggers<K>(
+    client: &kube::Client,
+    cache: kube::runtime::reflector::store::Writer<Pod>,
+    owners: kube::runtime::reflector::Store<K>,
+    component: &'static str,
+    selector: impl Fn(&K) -> Option<LabelSelector> + Send + 'static,
+) -> impl futures::Stream<Item = kube::runtime::reflector::ObjectRef<K>> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::{reflector, watcher};
+    let pods = kube::Api::<Pod>::all(client.clone());
+    reflector::reflector(cache, watcher(pods, watcher::Config::default()))
+        .filter_map(move |ev| {
+            let refs = match ev {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p)) => {
+                    owners_of(&p, &owners, &selector)
+                }
+                Ok(_) => vec![],
+                Err(e) => {
+                    tracing::warn!(error = %e, component, "pod watch failed; retrying");
+                    vec![]
+                }
+            };
+            futures::future::ready(Some(futures::stream::iter(refs)))
+        })
+        .flatten()
+}
+
 /// Carries out a pod [`Claim`]: adopts (adding `owner_ref`, keeping the pod's other owners,
 /// since a merge patch replaces the whole list) and releases, each guarded by the pod's
 /// resourceVersion. Returns the owned pods, adopted ones included; a failed patch is logged and

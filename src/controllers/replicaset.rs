@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -393,28 +393,6 @@ fn error_policy<K: Replicated>(rs: Arc<K>, err: &ReplicaSetError, _ctx: Arc<Cont
     Action::requeue(Duration::from_secs(5))
 }
 
-/// The owners a pod event should wake: its controller if that is of kind `K`, else (an orphan)
-/// every object of kind `K` in its namespace whose selector matches, which may adopt it.
-fn owners_of<K: Replicated>(pod: &Pod, sets: &Store<K>) -> Vec<ObjectRef<K>> {
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    match podutil::controller_of(&pod.metadata) {
-        Some(r) if r.kind == K::kind(&()) => vec![ObjectRef::new(&r.name).within(&ns)],
-        Some(_) => vec![],
-        None => sets
-            .state()
-            .iter()
-            .filter(|rs| rs.meta().namespace.as_deref() == Some(&ns))
-            .filter(|rs| {
-                rs.as_replica_set()
-                    .spec
-                    .as_ref()
-                    .is_some_and(|s| podutil::selector_matches(&s.selector, pod.metadata.labels.as_ref()))
-            })
-            .map(|rs| ObjectRef::from_obj(rs.as_ref()))
-            .collect(),
-    }
-}
-
 /// Runs the ReplicaSet controller until `shutdown` fires.
 pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     run_for::<ReplicaSet>(client, COMPONENT, shutdown).await
@@ -425,23 +403,8 @@ pub async fn run_for<K: Replicated>(client: kube::Client, component: &'static st
     let (pods, writer) = reflector::store::<Pod>();
     let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default());
     let sets = controller.store();
-    // One pod watch feeds both the cache and the triggers: a trigger is only seen after the
-    // cache has applied the same event, so a reconcile never reads an older pod than woke it.
-    let pod_events = reflector::reflector(writer, watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()))
-        .filter_map(move |ev| {
-            let refs = match ev {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p)) => {
-                    owners_of(&p, &sets)
-                }
-                Ok(_) => vec![],
-                Err(e) => {
-                    tracing::warn!(error = %e, component, "pod watch failed; retrying");
-                    vec![]
-                }
-            };
-            future::ready(Some(futures::stream::iter(refs)))
-        })
-        .flatten();
+    let pod_events =
+        podutil::pod_triggers(&client, writer, sets, component, |rs: &K| rs.as_replica_set().spec.map(|s| s.selector));
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), component, shutdown.clone()),
         client,

@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, HashSet};
@@ -706,45 +706,14 @@ fn error_policy(set: Arc<StatefulSet>, e: &StatefulSetError, _ctx: Arc<Context>)
     Action::requeue(Duration::from_secs(2))
 }
 
-/// The StatefulSets a pod event should wake: its controller if that is a StatefulSet, else (an
-/// orphan) every set in its namespace whose selector matches.
-fn owners_of(pod: &Pod, sets: &Store<StatefulSet>) -> Vec<ObjectRef<StatefulSet>> {
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    match podutil::controller_of(&pod.metadata) {
-        Some(r) if r.kind == "StatefulSet" => vec![ObjectRef::new(&r.name).within(&ns)],
-        Some(_) => vec![],
-        None => sets
-            .state()
-            .iter()
-            .filter(|s| s.metadata.namespace.as_deref() == Some(&ns))
-            .filter(|s| {
-                s.spec.as_ref().is_some_and(|s| podutil::selector_matches(&s.selector, pod.metadata.labels.as_ref()))
-            })
-            .map(|s| ObjectRef::from_obj(s.as_ref()))
-            .collect(),
-    }
-}
-
 /// Runs the controller until `shutdown` fires.
 pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     let (pods, writer) = reflector::store::<Pod>();
     let controller = Controller::new(Api::<StatefulSet>::all(client.clone()), watcher::Config::default());
     let sets = controller.store();
-    let pod_events = reflector::reflector(writer, watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()))
-        .filter_map(move |ev| {
-            let refs = match ev {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p)) => {
-                    owners_of(&p, &sets)
-                }
-                Ok(_) => vec![],
-                Err(e) => {
-                    tracing::warn!(error = %e, "statefulset-controller: pod watch failed; retrying");
-                    vec![]
-                }
-            };
-            future::ready(Some(futures::stream::iter(refs)))
-        })
-        .flatten();
+    let pod_events = podutil::pod_triggers(&client, writer, sets, COMPONENT, |s: &StatefulSet| {
+        s.spec.as_ref().map(|s| s.selector.clone())
+    });
     let ctx = Arc::new(Context { recorder: Recorder::new(client.clone(), COMPONENT, shutdown.clone()), client, pods });
     controller
         .reconcile_on(pod_events)
