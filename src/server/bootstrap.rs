@@ -111,8 +111,12 @@ pub async fn objects(st: &Arc<ApiState>, cfg: &ServerConfig, service_ip: Ipv4Add
     Ok(())
 }
 
-/// Whether a bootstrap error is the store being briefly unavailable (no Raft leader, a quorum
-/// being re-formed), so creating the objects again later can succeed.
+/// Whether an error is the store being briefly unavailable (no Raft leader, a quorum being
+/// re-formed), so trying again later can succeed: the store's own `Unavailable`, or an API
+/// answer of 503/504.
 pub fn is_transient(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<crate::api::errors::ApiError>().is_some_and(|a| a.code == 503 || a.code == 504))
+    e.chain().any(|c| {
+        matches!(c.downcast_ref::<crate::store::StoreError>(), Some(crate::store::StoreError::Unavailable(_)))
+            || c.downcast_ref::<crate::api::errors::ApiError>().is_some_and(|a| a.code == 503 || a.code == 504)
+    })
 }

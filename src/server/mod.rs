@@ -130,18 +130,10 @@ pub async fn start(
     };
     // Like the bootstrap objects below: ride through a store briefly without a quorum (a
     // joiner's first reads can meet an election) instead of exiting.
-    let mut delay = std::time::Duration::from_millis(200);
-    let authz = loop {
-        match crate::api::auth::Authorizer::start(store.clone()).await {
-            Ok(a) => break a,
-            Err(e @ crate::store::StoreError::Unavailable(_)) if !shutdown.is_cancelled() => {
-                tracing::warn!(error = %e, "loading the RBAC policy: the store is unavailable; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context("loading the RBAC policy")),
-        }
-    };
+    let authz = while_store_unavailable("loading the RBAC policy", &shutdown, || async {
+        Ok(crate::api::auth::Authorizer::start(store.clone()).await?)
+    })
+    .await?;
     let sa_signer =
         crate::api::auth::tokens::Signer::from_pem(&pki.service_account_key_pem).map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = Arc::new(crate::api::ApiState {
@@ -167,18 +159,10 @@ pub async fn start(
     }));
     // In an HA group the store can be briefly without a leader (one just died, an election
     // is on): wait that out rather than exit, as a server is expected to ride through it.
-    let mut delay = std::time::Duration::from_millis(200);
-    loop {
-        match bootstrap::objects(&state, &cfg, first_service_ip, port).await {
-            Ok(()) => break,
-            Err(e) if bootstrap::is_transient(&e) && !shutdown.is_cancelled() => {
-                tracing::warn!(error = %e, "creating the cluster's built-in objects: the store is unavailable; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
-            }
-            Err(e) => return Err(e.context("creating the cluster's built-in objects")),
-        }
-    }
+    while_store_unavailable("creating the cluster's built-in objects", &shutdown, || {
+        bootstrap::objects(&state, &cfg, first_service_ip, port)
+    })
+    .await?;
     crate::api::namespaces::resume(state.clone()).await;
     tracing::info!(url = %local_url, kubeconfig = %cfg.write_kubeconfig.display(), "API server ready");
 
@@ -240,6 +224,28 @@ pub async fn start(
 }
 
 /// A kube-rs configuration from kubeconfig YAML.
+/// Runs `step` until it succeeds, retrying with backoff (200 ms doubling to 5 s) while it fails
+/// only because the store is unavailable (no Raft leader, a quorum being re-formed) and the
+/// server is not shutting down; any other error ends it, in the context `what`.
+async fn while_store_unavailable<T, F, Fut>(what: &str, shutdown: &CancellationToken, mut step: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if bootstrap::is_transient(&e) && !shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, "{what}: the store is unavailable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.context(what.to_string())),
+        }
+    }
+}
+
 pub async fn kube_config(yaml: &str) -> anyhow::Result<kube::Config> {
     let kc = kube::config::Kubeconfig::from_yaml(yaml)?;
     Ok(kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?)
