@@ -593,8 +593,13 @@ async fn a_replication_controller_keeps_and_scales_its_replicas() {
     kubectl_ok(&ts, &["scale", "rc/old", "--replicas=1"]).await;
     eventually("1 ready replica", 30, || ready(1)).await;
 
-    // A pod that vanishes is replaced.
-    let p = pods_of(&pods, "app=old").await.into_iter().next().expect("a pod");
+    // A pod that vanishes is replaced (pick the live one: scaled-down pods may still be
+    // terminating and vanish on their own).
+    let p = pods_of(&pods, "app=old")
+        .await
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .expect("a live pod");
     pods.delete(&p.metadata.name.unwrap_or_default(), &DeleteParams::default()).await.expect("delete pod");
     eventually("a replacement pod", 30, || {
         let pods = pods.clone();
