@@ -1,7 +1,9 @@
-//! The walking skeleton end to end (issue #2): one `skiff server` node becomes Ready, runs the
-//! `examples/web.yaml` Deployment, serves its pods' logs, and `get`/`describe`/`delete` behave.
+//! The walking skeleton end to end (issue #2): the README's first command (`sh install.sh`, run
+//! from this checkout inside a node namespace) starts a `skiff server` that becomes Ready, runs the
+//! `examples/web.yaml` Deployment, serves its pods' logs, `get`/`describe`/`delete` behave, and
+//! the README's `kill $(cat PIDFILE)` stops it.
 
-use crate::harness::{self, cleanup, Cluster, Node};
+use crate::harness::{self, cleanup, Cluster, Node, NodeOptions};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,8 +40,14 @@ fn single_node_runs_the_web_example_and_serves_its_logs() {
     if !harness::require(harness::NODE_TOOLS) {
         return;
     }
-    let mut cluster = Cluster::single_server(READY);
+    // install.sh preloads the busybox image itself (tests/images/mkimage.py), as for a user.
+    let opts = NodeOptions { install_script: true, preload_busybox: false, ..Default::default() };
+    let mut cluster = Cluster::single_server_with(opts, READY);
     let n = cluster.server();
+    let images = n.data_dir.join("agent/images/busybox-1.36.tar");
+    assert!(images.is_file(), "install.sh did not preload {}", images.display());
+    let installed = n.data_dir.join("bin/skiff");
+    assert!(installed.is_file(), "install.sh did not install {}", installed.display());
 
     // The node is listed and Ready.
     let nodes = n.kubectl_ok(&["get", "nodes"]);
@@ -158,6 +166,9 @@ fn single_node_runs_the_web_example_and_serves_its_logs() {
     assert!(!r.ok() && r.stderr.contains("NotFound"), "deployment web still found: {r}");
     let rs = n.kubectl_ok(&["get", "replicasets", "-l", "app=web", "-o", "name"]);
     assert!(rs.trim().is_empty(), "ReplicaSets left after delete: {rs}");
+
+    // The README's way to stop it: `kill $(cat PIDFILE)`; skiff exits on SIGTERM.
+    assert!(n.stop_installed(Duration::from_secs(20)), "skiff did not exit within 20s of SIGTERM\n{}", n.context());
 
     // Stopping the node leaves nothing behind: processes, mounts, cgroups, namespaces, files.
     let problems = cluster.shutdown();

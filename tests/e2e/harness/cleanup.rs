@@ -415,7 +415,7 @@ impl Footprint {
     }
 }
 
-fn is_zombie(pid: i32) -> bool {
+pub fn is_zombie(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may itself contain ") ".
         Ok(s) => s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')).unwrap_or(false),

@@ -33,11 +33,15 @@ pub struct NodeOptions {
     pub args: Vec<String>,
     /// Drop the busybox image tar into `<data-dir>/agent/images/` (default true).
     pub preload_busybox: bool,
+    /// Start the server the way the README tells a user to: `sh install.sh` from the checkout
+    /// (dev profile, no package installs; the script builds, installs the binary into the node's
+    /// dir, preloads busybox itself and starts `skiff server` in the background). Server only.
+    pub install_script: bool,
 }
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { role: Role::Server, name: None, args: vec![], preload_busybox: true }
+        NodeOptions { role: Role::Server, name: None, args: vec![], preload_busybox: true, install_script: false }
     }
 }
 
@@ -51,6 +55,8 @@ pub struct Node {
     pub containerd_namespace: String,
     pub cgroup_root: String,
     child: Option<Child>,
+    /// The server `install.sh` started in the background (not our child): its pid file.
+    pub pid_file: Option<PathBuf>,
     footprint: Mutex<Footprint>,
     dir: Option<tempfile::TempDir>,
     torn_down: bool,
@@ -74,36 +80,40 @@ impl Node {
         let log = data_dir.join("skiff.log");
         let logf = std::fs::File::create(&log).expect("skiff log file");
 
-        let mut cmd = netns.command(skiff_bin());
-        match &opts.role {
-            Role::Server => {
-                cmd.arg("server").arg("--write-kubeconfig").arg(&kubeconfig);
+        let flags: Vec<String> = [
+            "--node-ip".to_string(),
+            ip.to_string(),
+            "--node-name".to_string(),
+            name.clone(),
+            "--containerd-namespace".to_string(),
+            unique.clone(),
+            "--cgroup-root".to_string(),
+            unique.clone(),
+        ]
+        .into_iter()
+        .chain(opts.args.iter().cloned())
+        .collect();
+        let (child, pid_file) = if opts.install_script {
+            assert!(matches!(opts.role, Role::Server), "install.sh starts servers only");
+            (None, Some(run_install_script(&netns, &unique, &data_dir, &kubeconfig, &log, &flags)))
+        } else {
+            let mut cmd = netns.command(skiff_bin());
+            match &opts.role {
+                Role::Server => {
+                    cmd.arg("server").arg("--write-kubeconfig").arg(&kubeconfig);
+                }
+                Role::Agent { server, token } => {
+                    cmd.args(["agent", "--server", server, "--token", token]);
+                }
             }
-            Role::Agent { server, token } => {
-                cmd.args(["agent", "--server", server, "--token", token]);
-            }
-        }
-        cmd.arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--node-ip", &ip.to_string(), "--node-name", &name])
-            .args(["--containerd-namespace", &unique, "--cgroup-root", &unique])
-            .args(&opts.args);
-        // Flags and the marker only: no SKIFF_* setting of the caller's environment leaks in.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("SKIFF_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env(MARKER_ENV, &unique)
-            .env("SKIFF_LOG", std::env::var("SKIFF_E2E_LOG").unwrap_or_else(|_| "info".into()))
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf);
-        // Its own process group, so teardown signals skiff and what it started with it.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        eprintln!("[e2e] starting {name} ({ip}) in netns {unique}: {cmd:?}");
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting skiff: {e}"));
+            cmd.arg("--data-dir").arg(&data_dir).args(&flags);
+            clean_env(&mut cmd, &unique);
+            cmd.stdin(Stdio::null()).stdout(logf.try_clone().unwrap()).stderr(logf);
+            // Its own process group, so teardown signals skiff and what it started with it.
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            eprintln!("[e2e] starting {name} ({ip}) in netns {unique}: {cmd:?}");
+            (Some(cmd.spawn().unwrap_or_else(|e| panic!("starting skiff: {e}"))), None)
+        };
 
         let footprint = Footprint {
             marker: unique.clone(),
@@ -122,7 +132,8 @@ impl Node {
             log,
             containerd_namespace: unique.clone(),
             cgroup_root: unique,
-            child: Some(child),
+            child,
+            pid_file,
             footprint: Mutex::new(footprint),
             dir: Some(dir),
             torn_down: false,
@@ -151,6 +162,9 @@ impl Node {
 
     /// Panics (with the log tail) if skiff has exited.
     pub fn assert_running(&mut self) {
+        if let Some(why) = self.pid_file.is_some().then(|| self.exited()).flatten() {
+            panic!("skiff on {} exited: {why}\n{}", self.name, self.context());
+        }
         if let Some(c) = self.child.as_mut() {
             if let Ok(Some(st)) = c.try_wait() {
                 panic!("skiff on {} exited: {st}\n{}", self.name, self.context());
@@ -159,10 +173,31 @@ impl Node {
     }
 
     fn exited(&mut self) -> Option<String> {
+        if let Some(pid_file) = &self.pid_file {
+            return match pid_from_file(pid_file) {
+                Some(_) => None,
+                None => Some(format!("the pid in {} no longer runs", pid_file.display())),
+            };
+        }
         match self.child.as_mut().map(|c| c.try_wait()) {
             Some(Ok(Some(st))) => Some(st.to_string()),
             _ => None,
         }
+    }
+
+    /// Stops the server `install.sh` started the way the README says (`kill $(cat PIDFILE)`) and
+    /// waits for it to exit. Returns false if it was still running after `timeout`.
+    pub fn stop_installed(&mut self, timeout: Duration) -> bool {
+        let Some(pid) = self.pid_file.as_deref().and_then(pid_from_file) else { return true };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if !Path::new(&format!("/proc/{pid}")).exists() || super::cleanup::is_zombie(pid) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
     }
 
     /// `kubectl --kubeconfig <node kubeconfig> --cache-dir <data-dir>/kubectl-cache` inside the
@@ -212,6 +247,7 @@ impl Node {
         let log = self.log.clone();
         let name = self.name.clone();
         let child = Mutex::new(self.child.take());
+        let pid_file = self.pid_file.clone();
         let this = &*self;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             wait_for(
@@ -220,6 +256,15 @@ impl Node {
                 || {
                     if let Some(Ok(Some(st))) = child.lock().unwrap().as_mut().map(|c| c.try_wait()) {
                         panic!("skiff on {name} exited ({st}) while waiting for {what}\n{}", tail(&log, 80));
+                    }
+                    if let Some(f) = pid_file.as_deref() {
+                        if pid_from_file(f).is_none() {
+                            panic!(
+                                "skiff on {name} (pid file {}) exited while waiting for {what}\n{}",
+                                f.display(),
+                                tail(&log, 80)
+                            );
+                        }
                     }
                     probe(this)
                 },
@@ -294,6 +339,9 @@ impl Node {
             self.collect_pod_uids();
         }
         let fp = self.footprint.lock().unwrap().clone();
+        if self.pid_file.is_some() && !self.stop_installed(Duration::from_secs(15)) {
+            eprintln!("[e2e] skiff on {} did not stop on SIGTERM within 15s; killing it", self.name);
+        }
         let mut problems = fp.teardown(self.child.as_mut(), Duration::from_secs(15));
         self.child = None;
         self.netns.delete();
@@ -342,9 +390,14 @@ impl Cluster {
     /// A one-node cluster: `skiff server` with its agent, API answering and the node Ready, all
     /// within `ready_timeout` of the start.
     pub fn single_server(ready_timeout: Duration) -> Cluster {
+        Cluster::single_server_with(NodeOptions::default(), ready_timeout)
+    }
+
+    /// [`Cluster::single_server`] with other options (e.g. started by `install.sh`).
+    pub fn single_server_with(opts: NodeOptions, ready_timeout: Duration) -> Cluster {
         let start = std::time::Instant::now();
         let mut c = Cluster::new();
-        let i = c.add(NodeOptions::default());
+        let i = c.add(opts);
         let n = &mut c.nodes[i];
         n.wait_api(ready_timeout);
         let name = n.name.clone();
@@ -382,4 +435,65 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Only the harness's own settings: no SKIFF_* variable of the caller's environment leaks into
+/// what the node runs, and everything carries the node's marker (so teardown finds it).
+fn clean_env(cmd: &mut std::process::Command, marker: &str) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SKIFF_") || k.to_string_lossy().starts_with("INSTALL_SKIFF_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env(MARKER_ENV, marker)
+        .env("SKIFF_LOG", std::env::var("SKIFF_E2E_LOG").unwrap_or_else(|_| "info".into()))
+        .env("RUST_BACKTRACE", "1");
+}
+
+/// Runs the README's first command, `sh install.sh`, from this checkout inside `netns`, with every
+/// path pointed into the node's data dir, and returns the pid file of the server it started.
+/// Packages are not installed (`tests/run` installed them) and the build uses the dev profile,
+/// which the test build has just made, so the script's `cargo build` is a no-op.
+fn run_install_script(
+    netns: &Netns,
+    marker: &str,
+    data_dir: &Path,
+    kubeconfig: &Path,
+    log: &Path,
+    flags: &[String],
+) -> PathBuf {
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pid_file = data_dir.join("skiff.pid");
+    let bin_dir = data_dir.join("bin");
+    let mut cmd = netns.command("sh");
+    cmd.arg(checkout.join("install.sh")).current_dir(checkout);
+    clean_env(&mut cmd, marker);
+    cmd.env("SKIFF_DATA_DIR", data_dir)
+        .env("SKIFF_WRITE_KUBECONFIG", kubeconfig)
+        .env("INSTALL_SKIFF_BIN_DIR", &bin_dir)
+        .env("INSTALL_SKIFF_LOG_FILE", log)
+        .env("INSTALL_SKIFF_PID_FILE", &pid_file)
+        .env("INSTALL_SKIFF_PROFILE", "dev")
+        .env("INSTALL_SKIFF_SKIP_DEPS", "true")
+        .env("INSTALL_SKIFF_WAIT", "90")
+        .env("INSTALL_SKIFF_EXEC", flags.join(" "));
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    eprintln!("[e2e] sh install.sh in netns {marker} (flags: {})", flags.join(" "));
+    let r = run(&mut cmd, Duration::from_secs(900)).unwrap_or_else(|e| panic!("sh install.sh: {e}"));
+    if !r.ok() {
+        panic!("sh install.sh failed: {r}\n{}", tail(log, 60));
+    }
+    assert!(
+        r.stdout.contains("skiff is running"),
+        "install.sh did not report a running server:\n{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    pid_file
+}
+
+/// The pid in `pid_file`, if that process still runs.
+fn pid_from_file(pid_file: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
 }
