@@ -148,7 +148,10 @@ pub async fn start(
         advertise,
         registry: Arc::new(crate::registry::Registry::new()),
     });
-    crate::api::crd::start(state.clone()).await.context("loading the CustomResourceDefinitions")?;
+    while_store_unavailable("loading the CustomResourceDefinitions", &shutdown, || async {
+        Ok(crate::api::crd::start(state.clone()).await?)
+    })
+    .await?;
     let tls = crate::api::tls_config(&serving_cert, &serving_key, &pki.client_ca.cert_pem)?;
     let mut tasks = Vec::new();
     let (st, sd) = (state.clone(), shutdown.clone());
