@@ -91,7 +91,13 @@ fn three_servers_join_through_the_https_port_and_survive_a_leader_kill() {
                     .map(|n| {
                         let l = std::fs::read_to_string(root.path().join(format!("{n}.log"))).unwrap_or_default();
                         let tail: Vec<&str> = l.lines().rev().take(15).collect();
-                        format!("--- {n}:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                        // A panic's message comes before its backtrace, which fills the tail.
+                        let panics: Vec<&str> = l.lines().filter(|x| x.contains("panicked at")).collect();
+                        format!(
+                            "--- {n}:\n{}\n{}",
+                            panics.join("\n"),
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        )
                     })
                     .collect();
                 panic!("no write succeeded after killing leader {leader}:\n{}", logs.join("\n"));

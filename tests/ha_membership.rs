@@ -27,6 +27,18 @@ async fn wait_members(p: &Proc, what: &str, ok: impl Fn(&MembersResponse) -> boo
     }
 }
 
+/// Waits until `p`'s process exits; panics (with `log()`) if it still runs after `limit`.
+async fn wait_exit(p: &mut Proc, limit: Duration, log: impl Fn() -> String) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = p.child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still running after {limit:?}:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn voters(m: &MembersResponse) -> Vec<u64> {
     m.members.iter().filter(|(_, _, v)| *v).map(|(id, _, _)| *id).collect()
 }
@@ -122,7 +134,7 @@ fn deleting_a_servers_node_removes_it_from_the_raft_membership_but_never_the_las
     let root = TestDir::new();
     let root = root.path();
     rt().block_on(async {
-        let (mut servers, _) = three_servers(root, "membership-secret").await;
+        let (mut servers, url) = three_servers(root, "membership-secret").await;
         let ids: Vec<u64> = servers.iter().map(node_id).collect();
         assert_eq!(ids.len(), 3);
         // These servers run no agent, so nothing registers their Nodes: register them as a
@@ -139,8 +151,23 @@ fn deleting_a_servers_node_removes_it_from_the_raft_membership_but_never_the_las
         let m =
             wait_members(&servers[0], "s3 was not removed", |m| m.members.iter().all(|(id, _, _)| *id != ids[2])).await;
         assert_eq!(voters(&m).len(), 2, "{m:?}");
-        let removed = servers.pop().expect("s3");
+        // The removed server notices, says why and stops with an error.
+        let mut removed = servers.pop().expect("s3");
+        let status = wait_exit(&mut removed, Duration::from_secs(30), || log_of(root, "s3")).await;
+        assert!(!status.success(), "s3 exited with {status}");
+        assert!(log_of(root, "s3").contains("was removed from the cluster"), "s3 log:\n{}", log_of(root, "s3"));
         drop(removed);
+        // Started again on its old data, it refuses to serve that stale copy.
+        let mut again = spawn(
+            root,
+            "s3",
+            "s3-again",
+            &["--server".into(), url.clone(), "--token".into(), "membership-secret".into()],
+        );
+        let status = wait_exit(&mut again, Duration::from_secs(60), || log_of(root, "s3-again")).await;
+        assert!(!status.success(), "restarted s3 exited with {status}");
+        assert!(log_of(root, "s3-again").contains("was removed from the cluster"), "{}", log_of(root, "s3-again"));
+        drop(again);
         create_cm_eventually(&servers[0], "cm-after-s3", "x").await;
         assert!(get_cm(&servers[1], "cm-after-s3").await.is_some());
         let logs = format!("{}{}{}", log_of(root, "s1"), log_of(root, "s2"), log_of(root, "s3"));

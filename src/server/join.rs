@@ -265,8 +265,9 @@ fn is_admin(user: &Option<Extension<User>>) -> bool {
 }
 
 async fn members(State(st): State<Arc<PeerState>>, user: Option<Extension<User>>) -> Response {
-    if !is_admin(&user) {
-        return error(StatusCode::FORBIDDEN, "the member list needs a system:masters client certificate");
+    let peer = user.as_ref().is_some_and(|Extension(u)| u.name == PEER_CN);
+    if !is_admin(&user) && !peer {
+        return error(StatusCode::FORBIDDEN, "the member list needs a system:masters or peer client certificate");
     }
     Json(MembersResponse {
         node_id: st.store.node_id(),
@@ -460,7 +461,8 @@ pub async fn open_raft(
     listener: &tokio::net::TcpListener,
     serving: (&str, &str),
     node_id: NodeId,
-) -> anyhow::Result<Arc<RaftStore>> {
+    removal: &Removed,
+) -> anyhow::Result<(Arc<RaftStore>, Option<PeerRoutesUntilApi>)> {
     let port = listener.local_addr()?.port();
     use crate::store::raft::{self, RaftStoreConfig};
     let data = &cfg.node.data_dir;
@@ -475,13 +477,123 @@ pub async fn open_raft(
         tracing::info!(revision = info.revision, backup = %backup.display(), "cluster reset: this server is now a one-server cluster; restart it without --cluster-reset and rejoin the others with empty data dirs");
         let store = open_raft_inner(cfg, pki, port, 1, true).await?;
         watch_membership(&store, &cfg.node.node_name, &raft_addr(cfg, port));
-        return Ok(store);
+        removal.stop_when_removed(&store, &dir, peer_tls(pki)?);
+        return Ok((store, None));
     }
     let joining = cfg.join_server.is_some() && node_id != 1;
     let store = open_raft_inner(cfg, pki, port, node_id, !joining).await?;
-    let store = serve_joiner_until_voter(cfg, pki, listener, serving, store, joining).await?;
+    let handoff = serve_joiner_until_voter(cfg, pki, listener, serving, &store, joining).await?;
     watch_membership(&store, &cfg.node.node_name, &raft_addr(cfg, port));
-    Ok(store)
+    removal.stop_when_removed(&store, &dir, peer_tls(pki)?);
+    Ok((store, handoff))
+}
+
+/// Set when this server finds that it was removed from the store's membership (`kubectl
+/// delete node` of a server, carried out by the leader): the server then stops, and
+/// [`super::run`] returns the reason as its error.
+#[derive(Clone)]
+pub struct Removed {
+    pub why: Arc<std::sync::OnceLock<String>>,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Removed {
+    pub fn new(shutdown: tokio_util::sync::CancellationToken) -> Removed {
+        Removed { why: Arc::default(), shutdown }
+    }
+
+    /// Watches the store's membership: once this server has been a member and no longer is,
+    /// records why and stops the server. A removed server often never sees the final
+    /// membership (the leader stops replicating to it once the change is committed); it only
+    /// loses its leader. So while it has none, it asks the other members whether it is still
+    /// one of them, and a member that follows a leader answers with the membership it knows.
+    fn stop_when_removed(&self, store: &Arc<RaftStore>, dir: &Path, tls: rustls::ClientConfig) {
+        let mut metrics = store.raft().metrics();
+        let (this, weak, dir) = (self.clone(), Arc::downgrade(store), dir.to_path_buf());
+        tokio::spawn(async move {
+            let mut was_member = false;
+            let mut leaderless_since: Option<tokio::time::Instant> = None;
+            loop {
+                let Some(store) = weak.upgrade() else { return };
+                let id = store.node_id();
+                let (member, leader, peers) = {
+                    let m = metrics.borrow_and_update();
+                    let membership = m.membership_config.membership();
+                    let peers: Vec<String> =
+                        membership.nodes().filter(|(n, _)| **n != id).map(|(_, n)| n.addr.clone()).collect();
+                    (membership.get_node(&id).is_some(), m.current_leader, peers)
+                };
+                let mut removed = !member && was_member;
+                was_member |= member;
+                if leader.is_some() {
+                    leaderless_since = None;
+                } else if was_member && !removed {
+                    let since = *leaderless_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= std::time::Duration::from_secs(3) {
+                        removed = peers_say_removed(&tls, &peers, id).await;
+                    }
+                }
+                if removed {
+                    let why = removed_message(id, &dir);
+                    tracing::error!("{why}");
+                    let _ = this.why.set(why);
+                    this.shutdown.cancel();
+                    return;
+                }
+                drop(store);
+                tokio::select! {
+                    changed = metrics.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                    _ = this.shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+}
+
+/// True when a member that follows a leader reports a membership without `id`.
+async fn peers_say_removed(tls: &rustls::ClientConfig, peers: &[String], id: NodeId) -> bool {
+    for addr in peers {
+        let url = format!("{}{MEMBERS_PATH}", addr.trim_end_matches('/'));
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            https_call(tls.clone(), hyper::Method::GET, &url, None),
+        );
+        let Ok(Ok((StatusCode::OK, body))) = answer.await else { continue };
+        let Ok(m) = serde_json::from_slice::<MembersResponse>(&body) else { continue };
+        if m.leader.is_some() && !m.members.is_empty() && !m.members.iter().any(|(n, _, _)| *n == id) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The TLS client a server uses towards its peers (the raft peer certificate).
+fn peer_tls(pki: &ClusterPki) -> anyhow::Result<rustls::ClientConfig> {
+    let (cert, key) = pki.leaf("client-raft-peer", &Leaf::Client { cn: PEER_CN.into(), groups: vec![] })?;
+    client_tls(Some(&pki.server_ca.cert_pem), Some((&cert, &key)))
+}
+
+fn removed_message(node_id: NodeId, dir: &Path) -> String {
+    format!(
+        "this server (store member {node_id}) was removed from the cluster (`kubectl delete node`); it stops. \
+         To join again, move {} away and start it with --server and --token; \
+         to make it a one-server cluster with its data instead, start it with --cluster-reset",
+        dir.display()
+    )
+}
+
+/// Why this server must not start, if it was removed from the store's membership: its own log
+/// says so, or (its log ending before the change was final) another member that follows a
+/// leader says so. A fresh joiner (no membership yet) was not removed.
+async fn removed_from(store: &RaftStore, dir: &Path, tls: &rustls::ClientConfig) -> Option<String> {
+    let (id, members) = (store.node_id(), store.members());
+    if members.is_empty() {
+        return None;
+    }
+    let peers: Vec<String> = members.iter().filter(|(n, _, _)| *n != id).map(|(_, a, _)| a.clone()).collect();
+    let removed = !members.iter().any(|(n, _, _)| *n == id) || peers_say_removed(tls, &peers, id).await;
+    removed.then(|| removed_message(id, dir))
 }
 
 /// Starts recording this server's node name (retrying: a restarted member may wait for its
@@ -502,50 +614,65 @@ fn watch_membership(store: &Arc<RaftStore>, name: &str, addr: &str) {
     });
 }
 
-/// On a joiner, serves the peer routes until this server is a caught-up voter.
+/// A joiner's peer routes, served on its own copy of the API listener until the API server
+/// serves them (drop it once the API server accepts connections).
+pub type PeerRoutesUntilApi = tokio_util::sync::DropGuard;
+
+/// On a joiner, serves the peer routes until this server is a caught-up voter, and goes on
+/// serving them (the returned guard) until the API server takes the listener over: between the
+/// two, the server's first reads need the leader to reach this server's Raft routes.
 async fn serve_joiner_until_voter(
     cfg: &ServerConfig,
     pki: &ClusterPki,
     listener: &tokio::net::TcpListener,
     serving: (&str, &str),
-    store: Arc<RaftStore>,
+    store: &Arc<RaftStore>,
     joining: bool,
-) -> anyhow::Result<Arc<RaftStore>> {
+) -> anyhow::Result<Option<PeerRoutesUntilApi>> {
+    if !joining {
+        return Ok(None);
+    }
     let port = listener.local_addr()?.port();
     let node_id = store.node_id();
-    if joining {
-        // The API server (and with it the peer routes) starts only once the store answers, but
-        // a joiner's store answers only once the leader has replicated to it: serve the peer
-        // routes alone on the API listener until this server is a caught-up voter.
-        let tls = crate::api::tls_config(serving.0, serving.1, &pki.client_ca.cert_pem)?;
-        let router = peer_router(store.clone(), &cfg.node.data_dir);
-        let s = store.clone();
-        let voter = async move {
-            use crate::store::Store;
-            loop {
-                // Also wait for a linearizable read to go through: the server's first reads
-                // (the RBAC policy) come next, while nothing serves the Raft routes until the
-                // API server starts; a leader that just confirmed us keeps that gap short.
-                if s.members().iter().any(|(id, _, v)| *id == s.node_id() && *v)
-                    && s.leader_addr().is_some()
-                    && s.current_revision().await.is_ok()
-                {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The API server (and with it the peer routes) starts only once the store answers, but a
+    // joiner's store answers only once the leader has replicated to it: serve the peer routes
+    // alone, on a duplicate of the API listener's socket, until the API server starts.
+    let tls = crate::api::tls_config(serving.0, serving.1, &pki.client_ca.cert_pem)?;
+    let router = peer_router(store.clone(), &cfg.node.data_dir);
+    let copy = {
+        use std::os::fd::AsFd;
+        let fd = listener.as_fd().try_clone_to_owned().context("duplicating the API listener")?;
+        let std_listener = std::net::TcpListener::from(fd);
+        std_listener.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(std_listener)?
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let until = stop.clone();
+    tokio::spawn(async move { serve_until(&copy, tls, router, until.cancelled_owned()).await });
+    let guard = stop.drop_guard();
+    let s = store.clone();
+    let voter = async move {
+        use crate::store::Store;
+        loop {
+            // Also wait for a linearizable read to go through: the server's first reads (the
+            // RBAC policy) come next.
+            if s.members().iter().any(|(id, _, v)| *id == s.node_id() && *v)
+                && s.leader_addr().is_some()
+                && s.current_revision().await.is_ok()
+            {
+                return;
             }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(300), serve_until(listener, tls, router, voter))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "this server was not made a voter within 5 minutes; check that the leader can reach {} (--advertise-address, firewalls)",
-                    raft_addr(cfg, port)
-                )
-            })?;
-        tracing::info!(node_id, "caught up with the leader as a voter");
-    }
-    Ok(store)
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(300), voter).await.map_err(|_| {
+        anyhow::anyhow!(
+            "this server was not made a voter within 5 minutes; check that the leader can reach {} (--advertise-address, firewalls)",
+            raft_addr(cfg, port)
+        )
+    })?;
+    tracing::info!(node_id, "caught up with the leader as a voter");
+    Ok(Some(guard))
 }
 
 /// Serves `router` over TLS on `listener` until `done` completes (connections accepted so far
@@ -603,14 +730,19 @@ async fn open_raft_inner(
     use crate::store::raft::{self, RaftStoreConfig};
     let data = &cfg.node.data_dir;
     let dir = data.join("server/db");
-    let (cert, key) = pki.leaf("client-raft-peer", &Leaf::Client { cn: PEER_CN.into(), groups: vec![] })?;
-    let tls = client_tls(Some(&pki.server_ca.cert_pem), Some((&cert, &key)))?;
+    let tls = peer_tls(pki)?;
     let mut rc = RaftStoreConfig::new(dir.clone());
     rc.node_id = node_id;
     rc.advertise_addr = raft_addr(cfg, port);
-    rc.transport = Arc::new(HttpTransport::new(tls, std::time::Duration::from_secs(10)));
+    rc.transport = Arc::new(HttpTransport::new(tls.clone(), std::time::Duration::from_secs(10)));
     rc.bootstrap = bootstrap;
     let store = raft::open(rc).await.with_context(|| format!("opening the cluster store in {}", dir.display()))?;
+    // A server removed (`kubectl delete node`) while it was down, or that stopped before it
+    // learnt of its removal: it must not serve its stale copy, nor ask to be a voter again.
+    if let Some(why) = removed_from(&store, &dir, &tls).await {
+        store.shutdown().await.ok();
+        anyhow::bail!(why);
+    }
     store.set_peer_router(peer_router(store.clone(), data));
     if !bootstrap {
         if let (Some(server), Some(token)) = (cfg.join_server.clone(), cfg.token.clone()) {

@@ -4,6 +4,7 @@
 
 pub mod bootstrap;
 pub mod join;
+pub mod shared_pki;
 pub mod snapshot;
 
 use anyhow::Context;
@@ -20,6 +21,8 @@ pub struct Running {
     pub admin_kubeconfig: String,
     pub port: u16,
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Why the server stopped on its own (it was removed from the cluster), if it did.
+    pub removed: Arc<std::sync::OnceLock<String>>,
 }
 
 pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -31,31 +34,39 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     for t in running.tasks {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
     }
-    Ok(())
+    match running.removed.get() {
+        Some(why) => Err(anyhow::anyhow!("{why}")),
+        None => Ok(()),
+    }
 }
 
-/// Opens the store the configuration asks for: an external etcd (`--datastore-endpoint`; no
-/// peer routes: servers sharing an etcd need none), or the embedded Raft store (alone, first of
-/// an HA group, or joined through [`join::prepare`]) with its peer routes on the HTTPS port.
+/// Connects to the external etcd of `--datastore-endpoint`, if there is one (no peer routes:
+/// servers sharing an etcd need none; they share the cluster PKI through it, [`shared_pki`]).
+async fn open_external_store(cfg: &ServerConfig) -> anyhow::Result<Option<Arc<dyn Store>>> {
+    let Some(etcd) = &cfg.datastore else { return Ok(None) };
+    snapshot::mark_datastore(&cfg.node.data_dir, Some(&etcd.endpoints.join(",")))?;
+    let db = cfg.node.data_dir.join("server/db");
+    if db.exists() {
+        tracing::warn!(dir = %db.display(), "this data dir holds an embedded store, which is not used with --datastore-endpoint");
+    }
+    let store =
+        crate::store::etcd::EtcdStore::connect(etcd.clone()).await.context("connecting to the external etcd")?;
+    Ok(Some(Arc::new(store)))
+}
+
+/// Opens the embedded Raft store (alone, first of an HA group, or joined through
+/// [`join::prepare`]) with its peer routes on the HTTPS port.
 async fn open_store(
     cfg: &ServerConfig,
     pki: &ClusterPki,
     listener: &tokio::net::TcpListener,
     serving: (&str, &str),
     node_id: u64,
-) -> anyhow::Result<Arc<dyn Store>> {
+    removal: &join::Removed,
+) -> anyhow::Result<(Arc<dyn Store>, Option<join::PeerRoutesUntilApi>)> {
     snapshot::mark_datastore(&cfg.node.data_dir, cfg.datastore.as_ref().map(|d| d.endpoints.join(",")).as_deref())?;
-    if let Some(etcd) = &cfg.datastore {
-        let db = cfg.node.data_dir.join("server/db");
-        if db.exists() {
-            tracing::warn!(dir = %db.display(), "this data dir holds an embedded store, which is not used with --datastore-endpoint");
-        }
-        let store =
-            crate::store::etcd::EtcdStore::connect(etcd.clone()).await.context("connecting to the external etcd")?;
-        return Ok(Arc::new(store));
-    }
-    let store = join::open_raft(cfg, pki, listener, serving, node_id).await?;
-    Ok(store)
+    let (store, handoff) = join::open_raft(cfg, pki, listener, serving, node_id, removal).await?;
+    Ok((store, handoff))
 }
 
 /// Starts every server component on an already-bound listener.
@@ -68,6 +79,25 @@ pub async fn start(
     let port = listener.local_addr()?.port();
     let node_id = join::prepare(&cfg, port).await?;
     let tls_dir = data.join("server/tls");
+
+    // Join token (the distribution issue uses it for agents and servers joining).
+    let token_path = data.join("server/token");
+    if !token_path.exists() {
+        let secret = cfg.token.clone().unwrap_or_else(|| {
+            use rand::Rng;
+            let b: [u8; 16] = rand::thread_rng().gen();
+            hex::encode(b)
+        });
+        pki::write_file(&token_path, secret.as_bytes(), 0o600)?;
+    }
+    let external = open_external_store(&cfg).await?;
+    if let Some(store) = &external {
+        let token =
+            std::fs::read_to_string(&token_path).with_context(|| format!("reading {}", token_path.display()))?;
+        shared_pki::sync(store.as_ref(), &tls_dir, token.trim())
+            .await
+            .context("sharing the cluster PKI through the datastore")?;
+    }
     let pki = ClusterPki::load_or_create(&tls_dir).context("creating the cluster PKI")?;
 
     // Serving certificate: every name clients may use to reach us.
@@ -104,18 +134,12 @@ pub async fn start(
         || format!("writing the kubeconfig to {} (--write-kubeconfig)", cfg.write_kubeconfig.display()),
     )?;
 
-    // Join token (the distribution issue uses it for agents and servers joining).
-    let token_path = data.join("server/token");
-    if !token_path.exists() {
-        let secret = cfg.token.clone().unwrap_or_else(|| {
-            use rand::Rng;
-            let b: [u8; 16] = rand::thread_rng().gen();
-            hex::encode(b)
-        });
-        pki::write_file(&token_path, secret.as_bytes(), 0o600)?;
-    }
-
-    let store = open_store(&cfg, &pki, &listener, (&serving_cert, &serving_key), node_id).await?;
+    let removal = join::Removed::new(shutdown.clone());
+    // A joiner serves its Raft routes on its own until the API server below takes them over.
+    let (store, peer_routes) = match external {
+        Some(store) => (store, None),
+        None => open_store(&cfg, &pki, &listener, (&serving_cert, &serving_key), node_id, &removal).await?,
+    };
     let (kc_cert, kc_key) = pki.leaf(
         "client-kube-apiserver-kubelet",
         &Leaf::Client { cn: "kube-apiserver-kubelet-client".into(), groups: vec!["system:masters".into()] },
@@ -160,6 +184,7 @@ pub async fn start(
             tracing::error!(error = %e, "API server stopped");
         }
     }));
+    drop(peer_routes);
     // In an HA group the store can be briefly without a leader (one just died, an election
     // is on): wait that out rather than exit, as a server is expected to ride through it.
     while_store_unavailable("creating the cluster's built-in objects", &shutdown, || {
@@ -223,7 +248,7 @@ pub async fn start(
             }
         }));
     }
-    Ok(Running { admin_kubeconfig, port, tasks })
+    Ok(Running { admin_kubeconfig, port, tasks, removed: removal.why })
 }
 
 /// A kube-rs configuration from kubeconfig YAML.

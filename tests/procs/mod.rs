@@ -106,9 +106,20 @@ pub async fn call(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Option<(u16, serde_json::Value)> {
-    let (_, ca, cert, key) = admin_credentials(&p.data.join("server/cred/admin.kubeconfig")).ok()?;
+    call_as(p, p.port, method, path, body).await
+}
+
+/// One request with `creds`' admin credentials (and CA) to the server on `port`.
+pub async fn call_as(
+    creds: &Proc,
+    port: u16,
+    method: hyper::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Option<(u16, serde_json::Value)> {
+    let (_, ca, cert, key) = admin_credentials(&creds.data.join("server/cred/admin.kubeconfig")).ok()?;
     let tls = join::client_tls(Some(&ca), Some((&cert, &key))).ok()?;
-    let url = format!("https://127.0.0.1:{}{path}", p.port);
+    let url = format!("https://127.0.0.1:{port}{path}");
     let body = body.map(|b| serde_json::to_vec(&b).expect("json"));
     let (status, bytes) =
         tokio::time::timeout(Duration::from_secs(15), join::https_call(tls, method, &url, body)).await.ok()?.ok()?;
@@ -127,7 +138,27 @@ pub async fn wait_ready(p: &Proc, root: &Path, log: &str) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("{log} did not become ready; its log:\n{}", log_of(root, log));
+    panic!("{log} did not become ready; its log:\n{}\n{}", log_of(root, log), other_logs(root, log));
+}
+
+/// The last lines of every other server's log under `root`, for a failure message.
+pub fn other_logs(root: &Path, except: &str) -> String {
+    let mut out = String::new();
+    let mut names: Vec<String> = std::fs::read_dir(root)
+        .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    names.sort();
+    for name in names {
+        let Some(stem) = name.strip_suffix(".log") else { continue };
+        if stem == except {
+            continue;
+        }
+        let text = log_of(root, stem);
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+        out.push_str(&format!("--- {stem}.log (last 25 lines) ---\n{tail}\n"));
+    }
+    out
 }
 
 pub async fn members(p: &Proc) -> Option<MembersResponse> {
