@@ -255,9 +255,14 @@ impl RaftStore {
         let shared = sm.shared();
         let config = openraft::Config {
             cluster_name: "skiff".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            // openraft also uses the heartbeat interval as each AppendEntries RPC's timeout, and
+            // that RPC includes the follower's fsync: 100 ms timed out on a loaded 2-core host
+            // (and would on an SD card), leaving a leader unable to confirm itself for reads.
+            // 200 ms heartbeats with 0.6-0.9 s elections (etcd: 100 ms / 1 s) keep a leader
+            // kill's recovery under 3 s.
+            heartbeat_interval: 200,
+            election_timeout_min: 600,
+            election_timeout_max: 900,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
             max_in_snapshot_log_to_keep: cfg.keep_logs_after_snapshot,
             ..Default::default()
