@@ -251,6 +251,19 @@ async fn promote(State(st): State<Arc<PeerState>>, Json(req): Json<PromoteReques
     if st.store.members().iter().any(|(id, _, voter)| *id == req.node_id && *voter) {
         return StatusCode::NO_CONTENT.into_response();
     }
+    {
+        use crate::store::Store;
+        match st.store.get(format!("{REMOVED_PREFIX}{}", req.node_id).as_bytes()).await {
+            Ok((Some(_), _)) => {
+                return error(
+                    StatusCode::GONE,
+                    format!("server {} was removed from the cluster (`kubectl delete node`)", req.node_id),
+                )
+            }
+            Ok((None, _)) => {}
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
     match st.store.add_voter(req.node_id, req.addr.clone()).await {
         Ok(()) => {
             tracing::info!(node_id = req.node_id, addr = %req.addr, "server promoted to voter");
@@ -367,6 +380,21 @@ pub async fn https_call(
 }
 
 /// POSTs `body` as JSON to `path` at `server`, following a follower's 421 to the leader.
+/// A peer's non-success answer.
+#[derive(Debug)]
+struct Refused {
+    status: StatusCode,
+    message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 async fn post_to_leader<T: Serialize>(
     tls: &rustls::ClientConfig,
     server: &str,
@@ -387,7 +415,11 @@ async fn post_to_leader<T: Serialize>(
             continue;
         }
         if !status.is_success() {
-            anyhow::bail!("{target}{path} answered {status}: {}", String::from_utf8_lossy(&answer));
+            return Err(Refused {
+                status,
+                message: format!("{target}{path} answered {status}: {}", String::from_utf8_lossy(&answer)),
+            }
+            .into());
         }
         return Ok(answer);
     }
@@ -475,14 +507,14 @@ pub async fn open_raft(
         // Node 1 of its own cluster from now on, even if restarted with --server still set.
         pki::write_file(&node_id_path(data), b"1", 0o644)?;
         tracing::info!(revision = info.revision, backup = %backup.display(), "cluster reset: this server is now a one-server cluster; restart it without --cluster-reset and rejoin the others with empty data dirs");
-        let store = open_raft_inner(cfg, pki, port, 1, true).await?;
+        let store = open_raft_inner(cfg, pki, port, 1, true, removal).await?;
         watch_membership(&store, &cfg.node.node_name, &raft_addr(cfg, port));
         removal.stop_when_removed(&store, &dir, peer_tls(pki)?);
         return Ok((store, None));
     }
     let joining = cfg.join_server.is_some() && node_id != 1;
-    let store = open_raft_inner(cfg, pki, port, node_id, !joining).await?;
-    let handoff = serve_joiner_until_voter(cfg, pki, listener, serving, &store, joining).await?;
+    let store = open_raft_inner(cfg, pki, port, node_id, !joining, removal).await?;
+    let handoff = serve_joiner_until_voter(cfg, pki, listener, serving, &store, joining, removal).await?;
     watch_membership(&store, &cfg.node.node_name, &raft_addr(cfg, port));
     removal.stop_when_removed(&store, &dir, peer_tls(pki)?);
     Ok((store, handoff))
@@ -628,6 +660,7 @@ async fn serve_joiner_until_voter(
     serving: (&str, &str),
     store: &Arc<RaftStore>,
     joining: bool,
+    removal: &Removed,
 ) -> anyhow::Result<Option<PeerRoutesUntilApi>> {
     if !joining {
         return Ok(None);
@@ -665,12 +698,19 @@ async fn serve_joiner_until_voter(
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     };
-    tokio::time::timeout(std::time::Duration::from_secs(300), voter).await.map_err(|_| {
-        anyhow::anyhow!(
-            "this server was not made a voter within 5 minutes; check that the leader can reach {} (--advertise-address, firewalls)",
-            raft_addr(cfg, port)
-        )
-    })?;
+    tokio::select! {
+        r = tokio::time::timeout(std::time::Duration::from_secs(300), voter) => r.map_err(|_| {
+            anyhow::anyhow!(
+                "this server was not made a voter within 5 minutes; check that the leader can reach {} (--advertise-address, firewalls)",
+                raft_addr(cfg, port)
+            )
+        })?,
+        // Refused as a removed server (promote_until_voter), or stopped.
+        _ = removal.shutdown.cancelled() => match removal.why.get() {
+            Some(why) => anyhow::bail!("{why}"),
+            None => anyhow::bail!("stopped before this server became a voter"),
+        },
+    }
     tracing::info!(node_id, "caught up with the leader as a voter");
     Ok(Some(guard))
 }
@@ -726,6 +766,7 @@ async fn open_raft_inner(
     port: u16,
     node_id: NodeId,
     bootstrap: bool,
+    removal: &Removed,
 ) -> anyhow::Result<Arc<RaftStore>> {
     use crate::store::raft::{self, RaftStoreConfig};
     let data = &cfg.node.data_dir;
@@ -748,14 +789,22 @@ async fn open_raft_inner(
         if let (Some(server), Some(token)) = (cfg.join_server.clone(), cfg.token.clone()) {
             let ca = pki.server_ca.cert_pem.clone();
             let addr = raft_addr(cfg, port);
-            tokio::spawn(promote_until_voter(server, token, ca, node_id, addr));
+            tokio::spawn(promote_until_voter(server, token, ca, node_id, addr, removal.clone(), dir.clone()));
         }
     }
     Ok(store)
 }
 
 /// Asks the leader to make this server a voter, retrying until it is one.
-async fn promote_until_voter(server: String, token: String, ca: String, node_id: NodeId, addr: String) {
+async fn promote_until_voter(
+    server: String,
+    token: String,
+    ca: String,
+    node_id: NodeId,
+    addr: String,
+    removal: Removed,
+    dir: PathBuf,
+) {
     let tls = match client_tls(Some(&ca), None) {
         Ok(t) => t,
         Err(e) => return tracing::error!(error = %e, "cannot build a TLS client to ask for promotion"),
@@ -765,6 +814,13 @@ async fn promote_until_voter(server: String, token: String, ca: String, node_id:
     loop {
         match post_to_leader(&tls, &server, PROMOTE_PATH, &req).await {
             Ok(_) => return tracing::info!(node_id, "this server is a voter"),
+            Err(e) if e.downcast_ref::<Refused>().is_some_and(|r| r.status == StatusCode::GONE) => {
+                let why = removed_message(node_id, &dir);
+                tracing::error!("{why}");
+                let _ = removal.why.set(why);
+                removal.shutdown.cancel();
+                return;
+            }
             Err(e) => tracing::info!(error = %format!("{e:#}"), "promotion to voter not done yet; retrying"),
         }
         tokio::time::sleep(delay).await;
@@ -778,6 +834,9 @@ async fn promote_until_voter(server: String, token: String, ca: String, node_id:
 pub const SERVERS_PREFIX: &str = "/skiff/servers/";
 /// `/skiff/server-removals/<node id>` → node name: removals the leader still has to make.
 pub const REMOVALS_PREFIX: &str = "/skiff/server-removals/";
+/// `/skiff/removed-servers/<node id>` → node name: members removed so far (never voters again;
+/// a server that joins anew gets a new node id).
+pub const REMOVED_PREFIX: &str = "/skiff/removed-servers/";
 
 /// What a server records about itself in the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -952,6 +1011,20 @@ async fn carry_out_removals(store: &RaftStore) {
                 match store.raft().change_membership(change, false).await {
                     Ok(_) => {
                         tracing::info!(node = %name, node_id = id, "removed the server from the store's membership");
+                        // Remembered, so that the removed server, restarted on its old data,
+                        // is refused when it asks to be a voter again.
+                        let key = format!("{REMOVED_PREFIX}{id}");
+                        let put = crate::store::Txn {
+                            success: vec![crate::store::Op::Put {
+                                key: key.into_bytes(),
+                                value: name.clone().into_bytes(),
+                                ttl_seconds: None,
+                            }],
+                            ..Default::default()
+                        };
+                        if let Err(e) = store.txn(put).await {
+                            tracing::warn!(node_id = id, error = %e, "recording the removed server failed");
+                        }
                         true
                     }
                     Err(e) => {
