@@ -227,7 +227,7 @@ metadata: {name: fake-node, labels: {kind: test}}
         let mut describe = vec!["describe", kind, name];
         describe.extend(&nsargs);
         let d = s.ok(&describe);
-        assert!(d.contains(&format!("Name:")) && d.contains(name), "{kind}: {d}");
+        assert!(d.contains("Name:") && d.contains(name), "{kind}: {d}");
     }
     for (kind, name) in [("pod", "pod"), ("replicaset", "rs"), ("service", "svc"), ("configmap", "cm")] {
         assert!(s.ok(&["delete", kind, name, "-n", "kinds"]).contains("deleted"), "{kind}");

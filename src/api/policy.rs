@@ -111,22 +111,16 @@ pub async fn mutate(req: &Req, o: &mut Value) -> ApiResult<()> {
                 }
             }
         }
-        ("", "PersistentVolumeClaim") => {
-            if o.pointer("/spec/storageClassName").is_none() {
-                let Some(sc) = registry::find("storage.k8s.io", "v1", "storageclasses") else { return Ok(()) };
-                let resp = req
-                    .st
-                    .store
-                    .range(RangeRequest { prefix: sc.key_prefix().into_bytes(), ..Default::default() })
-                    .await?;
-                let default = resp.kvs.iter().filter_map(|kv| objects::decode(kv).ok()).find(|c| {
-                    c.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
-                        .and_then(|v| v.as_str())
-                        == Some("true")
-                });
-                if let Some(d) = default {
-                    o["spec"]["storageClassName"] = d["metadata"]["name"].clone();
-                }
+        ("", "PersistentVolumeClaim") if o.pointer("/spec/storageClassName").is_none() => {
+            let Some(sc) = registry::find("storage.k8s.io", "v1", "storageclasses") else { return Ok(()) };
+            let resp =
+                req.st.store.range(RangeRequest { prefix: sc.key_prefix().into_bytes(), ..Default::default() }).await?;
+            let default = resp.kvs.iter().filter_map(|kv| objects::decode(kv).ok()).find(|c| {
+                c.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class").and_then(|v| v.as_str())
+                    == Some("true")
+            });
+            if let Some(d) = default {
+                o["spec"]["storageClassName"] = d["metadata"]["name"].clone();
             }
         }
         _ => {}

@@ -84,7 +84,13 @@ pub async fn proxy(req: &Req, body: Body) -> ApiResult<Response> {
             let sp = if port.is_empty() {
                 ports.first().cloned()
             } else {
-                ports.iter().find(|p| p["name"].as_str() == Some(&port) || p["port"].to_string() == port).cloned()
+                ports
+                    .iter()
+                    .find(|p| {
+                        p["name"].as_str() == Some(&port)
+                            || port.parse::<i64>().is_ok_and(|n| p["port"].as_i64() == Some(n))
+                    })
+                    .cloned()
             }
             .ok_or_else(|| {
                 ApiError::new(503, "ServiceUnavailable", format!("no service port {port:?} found for service {svc:?}"))

@@ -150,12 +150,9 @@ pub fn plan(cj: &CronJob, jobs: &[Job], now: Timestamp) -> Result<Plan, crate::c
         .map(|t| t.0)
         .or(cj.metadata.creation_timestamp.as_ref().map(|t| t.0))
         .unwrap_or(now);
-    let requeue = |from: Timestamp| {
-        schedule
-            .next(from, &tz)
-            .map(|n| Duration::from_millis(u64::try_from(n.as_millisecond() - now.as_millisecond()).unwrap_or(0) + 100))
-    };
-    p.requeue_after = requeue(now);
+    p.requeue_after = schedule
+        .next(now, &tz)
+        .map(|n| Duration::from_millis(u64::try_from(n.as_millisecond() - now.as_millisecond()).unwrap_or(0) + 100));
     let Some((scheduled, missed)) = most_recent(&schedule, &tz, since, now) else {
         p.status = status;
         return Ok(p);

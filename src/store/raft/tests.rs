@@ -943,7 +943,8 @@ async fn compare_and_swap_histories_stay_linearizable_across_a_leader_kill() {
         "no write succeeded after the leader was killed"
     );
     check_history(&history).unwrap();
-    for s in live.read().unwrap().iter() {
+    let survivors: Vec<_> = live.read().unwrap().clone();
+    for s in survivors {
         s.shutdown().await.unwrap();
     }
 }
