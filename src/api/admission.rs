@@ -65,7 +65,7 @@ pub async fn service_account_token_volume(req: &Req, o: &mut Value) -> ApiResult
     }
     let sa = o.pointer("/spec/serviceAccountName").and_then(|s| s.as_str()).unwrap_or("default").to_string();
     if let Some(sar) = crate::registry::find("", "v1", "serviceaccounts") {
-        if let Ok(s) = super::objects::get(req.st.store.as_ref(), sar, req.ns.as_deref(), &sa).await {
+        if let Ok(s) = super::objects::get_serializable(req.st.store.as_ref(), sar, req.ns.as_deref(), &sa).await {
             if s.obj.get("automountServiceAccountToken") == Some(&Value::Bool(false)) {
                 return Ok(());
             }
@@ -106,7 +106,11 @@ pub async fn pod_priority(req: &Req, o: &mut Value) -> ApiResult<()> {
     let forbidden = |msg: String| ApiError::forbidden(format!("pods \"{pod}\" is forbidden: {msg}"));
     let class_name = o.pointer("/spec/priorityClassName").and_then(|c| c.as_str()).unwrap_or("").to_string();
     let (name, value, policy) = if class_name.is_empty() {
-        let range = crate::store::RangeRequest { prefix: pcr.key_prefix().into_bytes(), ..Default::default() };
+        let range = crate::store::RangeRequest {
+            prefix: pcr.key_prefix().into_bytes(),
+            serializable: true,
+            ..Default::default()
+        };
         let classes = store.range(range).await?;
         let default = classes
             .kvs
@@ -123,7 +127,7 @@ pub async fn pod_priority(req: &Req, o: &mut Value) -> ApiResult<()> {
             None => (String::new(), 0, "PreemptLowerPriority".to_string()),
         }
     } else {
-        match super::objects::get(store, pcr, None, &class_name).await {
+        match super::objects::get_serializable(store, pcr, None, &class_name).await {
             Ok(c) => (
                 class_name.clone(),
                 c.obj["value"].as_i64().unwrap_or(0),

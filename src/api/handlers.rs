@@ -377,6 +377,7 @@ pub async fn list_objects(req: &Req) -> ApiResult<(Vec<Value>, i64, Option<Strin
                 limit: want.unwrap_or(0),
                 revision,
                 count_only: false,
+                serializable: false,
             })
             .await?;
         revision = resp.revision;

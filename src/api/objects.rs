@@ -70,6 +70,20 @@ pub fn encode(v: &Value) -> Vec<u8> {
 
 pub async fn get(store: &dyn Store, r: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Stored> {
     let (kv, _) = store.get(r.key(ns, name).as_bytes()).await?;
+    stored(r, name, kv)
+}
+
+/// [`get`] from this server's applied state (a serializable read): for admission's lookups,
+/// which follow the request's linearizable namespace check.
+pub async fn get_serializable(store: &dyn Store, r: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Stored> {
+    let key = r.key(ns, name).into_bytes();
+    let resp = store
+        .range(crate::store::RangeRequest { prefix: key.clone(), serializable: true, ..Default::default() })
+        .await?;
+    stored(r, name, resp.kvs.into_iter().find(|kv| kv.key == key))
+}
+
+fn stored(r: &Resource, name: &str, kv: Option<crate::store::KeyValue>) -> ApiResult<Stored> {
     match kv {
         Some(kv) => Ok(Stored { obj: decode_as(r, &kv)?, rev: kv.mod_revision }),
         None => Err(ApiError::not_found(r, name)),

@@ -52,12 +52,18 @@ fn qty(v: Option<&Value>) -> Option<f64> {
     }
 }
 
-async fn list_in(req: &Req, group: &str, plural: &str, ns: &str) -> ApiResult<Vec<Value>> {
+/// The objects of one kind in `ns`. `serializable`: from this server's applied state, for
+/// lookups that follow the request's linearizable namespace check.
+async fn list_in(req: &Req, group: &str, plural: &str, ns: &str, serializable: bool) -> ApiResult<Vec<Value>> {
     let Some(r) = registry::BUILTIN.iter().find(|r| r.group == group && r.plural == plural) else { return Ok(vec![]) };
     let resp = req
         .st
         .store
-        .range(RangeRequest { prefix: r.key_prefix_in(Some(ns)).into_bytes(), ..Default::default() })
+        .range(RangeRequest {
+            prefix: r.key_prefix_in(Some(ns)).into_bytes(),
+            serializable,
+            ..Default::default()
+        })
         .await?;
     resp.kvs.iter().map(objects::decode).collect()
 }
@@ -71,7 +77,7 @@ pub async fn mutate(req: &Req, o: &mut Value) -> ApiResult<()> {
     let ns = req.ns.clone().unwrap_or_default();
     match (&*req.r.group, &*req.r.kind) {
         ("", "Pod") => {
-            for lr in list_in(req, "", "limitranges", &ns).await? {
+            for lr in list_in(req, "", "limitranges", &ns, true).await? {
                 for item in lr.pointer("/spec/limits").and_then(|l| l.as_array()).into_iter().flatten() {
                     if item["type"] != "Container" {
                         continue;
@@ -166,7 +172,7 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
     }
     let name = o.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
     if req.r.kind == "Pod" {
-        for lr in list_in(req, "", "limitranges", &ns).await? {
+        for lr in list_in(req, "", "limitranges", &ns, true).await? {
             for item in lr
                 .pointer("/spec/limits")
                 .and_then(|l| l.as_array())
@@ -215,8 +221,9 @@ pub async fn validate(req: &Req, o: &Value) -> ApiResult<()> {
     // Two creates racing for the last free unit of a quota must not both pass: each one
     // charges the quota's status.used with a compare-and-swap, and a lost race re-evaluates
     // against the winner's charge (upstream's quota admission does the same).
-    for _ in 0..8 {
-        let quotas = list_in(req, "", "resourcequotas", &ns).await?;
+    for attempt in 0..8 {
+        // After a lost race, read the winner's charge where it was made.
+        let quotas = list_in(req, "", "resourcequotas", &ns, attempt == 0).await?;
         if quotas.is_empty() {
             return Ok(());
         }
@@ -345,7 +352,7 @@ async fn quota_charges(req: &Req, o: &Value, name: &str, ns: &str, quotas: Vec<V
             _ => {}
         }
     }
-    let existing = list_in(req, &req.r.group, &req.r.plural, ns).await?;
+    let existing = list_in(req, &req.r.group, &req.r.plural, ns, true).await?;
     let mut charges = Vec::new();
     for mut q in quotas {
         let qname = q.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
@@ -452,7 +459,7 @@ pub async fn evict(req: &Req, body: &[u8]) -> ApiResult<axum::response::Response
         e
     };
     if !terminal(&pod.obj) && pod.obj.pointer("/metadata/deletionTimestamp").is_none_or(|d| d.is_null()) {
-        for pdb in list_in(req, "policy", "poddisruptionbudgets", &ns).await? {
+        for pdb in list_in(req, "policy", "poddisruptionbudgets", &ns, false).await? {
             let sel = pdb.pointer("/spec/selector").cloned().unwrap_or(json!({}));
             let empty = sel.as_object().is_none_or(|o| o.is_empty());
             if empty || !crate::registry::validation::selector_matches(&sel, &labels) {

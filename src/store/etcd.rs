@@ -466,6 +466,9 @@ impl Store for EtcdStore {
         if req.count_only {
             opts = opts.with_count_only();
         }
+        if req.serializable {
+            opts = opts.with_serializable();
+        }
         match self.timed("a range", self.client.kv_client().get(start, Some(opts))).await? {
             Ok(r) => Ok(RangeResponse {
                 kvs: r.kvs().iter().map(kv).collect(),

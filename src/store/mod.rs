@@ -112,6 +112,11 @@ pub struct RangeRequest {
     pub revision: i64,
     /// Only count, return no keys.
     pub count_only: bool,
+    /// Serve from this server's applied state without confirming first that it is current
+    /// (etcd's serializable read): it may miss writes made through other servers just before.
+    /// For reads that follow a linearizable read in the same request, which they then see
+    /// past, or that tolerate staleness as upstream's informer caches do.
+    pub serializable: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
