@@ -59,11 +59,7 @@ async fn list_in(req: &Req, group: &str, plural: &str, ns: &str, serializable: b
     let resp = req
         .st
         .store
-        .range(RangeRequest {
-            prefix: r.key_prefix_in(Some(ns)).into_bytes(),
-            serializable,
-            ..Default::default()
-        })
+        .range(RangeRequest { prefix: r.key_prefix_in(Some(ns)).into_bytes(), serializable, ..Default::default() })
         .await?;
     resp.kvs.iter().map(objects::decode).collect()
 }
