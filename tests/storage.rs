@@ -331,3 +331,89 @@ fn an_approved_csr_gets_a_certificate_that_chains_to_the_client_ca_and_authentic
     assert_eq!(get(&s, "csr", "bob", "{.status.conditions[0].type}"), "Denied");
     s.ok(&["delete", "csr", "alice", "bob", "mallory"]);
 }
+
+/// Runs kubectl as the client certificate `cert`/`key`; returns (success, stdout, stderr).
+fn kubectl_as(s: &TestServer, name: &str, cert: &str, key: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let server_ca = std::fs::read_to_string(s.dir.path().join("data/server/tls/server-ca.crt")).expect("server CA");
+    let kc = skiff::pki::kubeconfig(&format!("https://127.0.0.1:{}", s.port), &server_ca, cert, key);
+    let kc_path = s.dir.path().join(format!("{name}.kubeconfig"));
+    std::fs::write(&kc_path, kc).expect("kubeconfig");
+    let mut child = std::process::Command::new(common::kubectl_path().expect("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&kc_path)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("stdin");
+    let out = child.wait_with_output().expect("kubectl");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn a_kubelet_renewing_its_client_certificate_is_approved_automatically_and_others_wait() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    let pki = skiff::pki::ClusterPki::load_or_create(&s.dir.path().join("data/server/tls")).expect("cluster PKI");
+    let client = |cn: &str, groups: &[&str]| {
+        pki.client_ca
+            .issue(&skiff::pki::Leaf::Client { cn: cn.into(), groups: groups.iter().map(|g| g.to_string()).collect() })
+            .expect("client certificate")
+    };
+    let (node_cert, node_key) = client("system:node:n9", &["system:nodes"]);
+    let (bob_cert, bob_key) = client("bob", &["devs"]);
+    s.ok(&["create", "clusterrole", "csr-creator", "--verb=create,get", "--resource=certificatesigningrequests"]);
+    s.ok(&["create", "clusterrolebinding", "bob-csr", "--clusterrole=csr-creator", "--user=bob"]);
+
+    // Bob may create requests but holds neither nodeclient nor selfnodeclient: his stays pending.
+    let (pem, _) = request("system:node:n9", &["system:nodes"]);
+    let usages = "[digital signature, client auth]";
+    let signer = "kubernetes.io/kube-apiserver-client-kubelet";
+    let (ok, _, err) = kubectl_as(
+        &s,
+        "bob",
+        &bob_cert,
+        &bob_key,
+        &["create", "-f", "-"],
+        &csr_manifest("from-bob", signer, usages, &pem),
+    );
+    assert!(ok, "{err}");
+    // The node renews its own certificate: approved by the controller, then signed.
+    let (pem, _) = request("system:node:n9", &["system:nodes"]);
+    let (ok, _, err) = kubectl_as(
+        &s,
+        "n9",
+        &node_cert,
+        &node_key,
+        &["create", "-f", "-"],
+        &csr_manifest("from-n9", signer, usages, &pem),
+    );
+    assert!(ok, "{err}");
+    // The API server recorded who asked, whatever the body said.
+    assert_eq!(get(&s, "csr", "from-n9", "{.spec.username}"), "system:node:n9");
+    assert!(get(&s, "csr", "from-n9", "{.spec.groups}").contains("system:nodes"));
+    assert_eq!(get(&s, "csr", "from-bob", "{.spec.username}"), "bob");
+    wait_for(
+        &s,
+        "the node's request approved",
+        &["get", "csr", "from-n9", "-o", "jsonpath={.status.conditions[0].reason}"],
+        |o| o == "AutoApproved",
+    );
+    assert_eq!(
+        get(&s, "csr", "from-n9", "{.status.conditions[0].message}"),
+        "Auto approving self kubelet client certificate after SubjectAccessReview."
+    );
+    wait_for(&s, "the node's certificate", &["get", "csr", "from-n9", "-o", "jsonpath={.status.certificate}"], |o| {
+        !o.is_empty()
+    });
+    let out = s.ok(&["get", "csr"]);
+    let bob_line = out.lines().find(|l| l.starts_with("from-bob")).expect("bob's request listed");
+    assert!(bob_line.contains("Pending"), "{out}");
+    assert_eq!(get(&s, "csr", "from-bob", "{.status.conditions}"), "");
+    s.ok(&["delete", "csr", "from-bob", "from-n9"]);
+    s.ok(&["delete", "clusterrolebinding", "bob-csr"]);
+    s.ok(&["delete", "clusterrole", "csr-creator"]);
+}

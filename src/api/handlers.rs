@@ -459,11 +459,26 @@ pub async fn list(req: &Req) -> ApiResult<Response> {
 
 // ---------- create ----------
 
-pub async fn create(req: &Req, body: &[u8]) -> ApiResult<Response> {
+pub async fn create(req: &Req, body: &[u8], user: &super::User) -> ApiResult<Response> {
     let mut obj = decode_body(req.content_type(), body)?;
     check_identity(req, &mut obj, None)?;
+    record_requester(req, &mut obj, user);
     let (obj, warnings) = create_object(req, obj).await?;
     Ok(with_warnings(json_response(StatusCode::CREATED, &obj), &warnings))
+}
+
+/// A CertificateSigningRequest records who asked for it (upstream's `PrepareForCreate`): the
+/// requester's name and groups replace whatever the body says, so approvers can trust them.
+fn record_requester(req: &Req, obj: &mut Value, user: &super::User) {
+    if req.r.group != "certificates.k8s.io" || req.r.plural != "certificatesigningrequests" {
+        return;
+    }
+    if let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) {
+        spec.insert("username".into(), json!(user.name));
+        spec.insert("groups".into(), json!(user.groups));
+        spec.remove("uid");
+        spec.remove("extra");
+    }
 }
 
 /// The field manager of a request (the `fieldManager` parameter, else the User-Agent).

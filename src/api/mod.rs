@@ -378,7 +378,7 @@ async fn resource_request(
         }
         (Method::POST, false, None) => {
             let b = handlers::read_body(&req.st, body).await?;
-            handlers::create(&req, &b).await
+            handlers::create(&req, &b, user).await
         }
         (Method::POST, true, Some("token")) => {
             let b = handlers::read_body(&req.st, body).await?;

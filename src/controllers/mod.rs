@@ -21,6 +21,7 @@
 pub mod cron_schedule;
 pub mod cronjob;
 pub mod csr;
+pub mod csr_approval;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
@@ -141,6 +142,7 @@ pub async fn run_all(client: kube::Client, cfg: ControllerConfig, shutdown: Canc
         ("replicationcontroller", replicationcontroller::run(c(), sd()).boxed()),
     ];
     let mut all = all;
+    all.push(("csrapproving", csr_approval::run(c(), sd()).boxed()));
     if let Some(keys) = cfg.csr_signing.clone() {
         all.push(("csrsigning", csr::run(c(), keys, sd()).boxed()));
     }

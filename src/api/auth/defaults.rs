@@ -219,6 +219,23 @@ pub fn objects() -> (Vec<Value>, Vec<Value>) {
                 rule(&["scheduling.k8s.io"], &["priorityclasses"], READ),
             ],
         ),
+        // Kubelet client certificates: who may have their requests approved automatically
+        // (the csrapproving controller checks these with a SubjectAccessReview).
+        role(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            boot.clone(),
+            vec![rule(&["certificates.k8s.io"], &["certificatesigningrequests/nodeclient"], &["create"])],
+        ),
+        role(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            boot.clone(),
+            vec![rule(&["certificates.k8s.io"], &["certificatesigningrequests/selfnodeclient"], &["create"])],
+        ),
+        role(
+            "system:node-bootstrapper",
+            boot.clone(),
+            vec![rule(&["certificates.k8s.io"], &["certificatesigningrequests"], &["create", "get", "list", "watch"])],
+        ),
         // skiff's controllers run as one identity and manage nearly every kind.
         role("system:kube-controller-manager", boot.clone(), vec![rule(&["*"], &["*"], &["*"])]),
     ];
@@ -236,6 +253,13 @@ pub fn objects() -> (Vec<Value>, Vec<Value>) {
             "system:kube-controller-manager",
             "system:kube-controller-manager",
             json!([user("system:kube-controller-manager")]),
+        ),
+        // As kubeadm's `kubeadm:node-autoapprove-certificate-rotation`: a kubelet renewing its
+        // own client certificate gets it without a human.
+        binding(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            json!([group("system:nodes")]),
         ),
     ];
     (roles, bindings)
