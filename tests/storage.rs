@@ -417,3 +417,35 @@ fn a_kubelet_renewing_its_client_certificate_is_approved_automatically_and_other
     s.ok(&["delete", "clusterrolebinding", "bob-csr"]);
     s.ok(&["delete", "clusterrole", "csr-creator"]);
 }
+
+#[test]
+fn a_claim_in_use_by_a_pod_and_a_bound_volume_wait_for_their_users_before_going() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+    s.ok_stdin(&["apply", "-f", "-"], &host_path_pv("pv-kept", "1Gi", "Retain"));
+    s.ok_stdin(&["apply", "-f", "-"], &claim("data", "1Gi", Some("")));
+    assert_eq!(get(&s, "pvc", "data", "{.metadata.finalizers}"), r#"["kubernetes.io/pvc-protection"]"#);
+    assert_eq!(get(&s, "pv", "pv-kept", "{.metadata.finalizers}"), r#"["kubernetes.io/pv-protection"]"#);
+    wait_for(&s, "claim data Bound", &["get", "pvc", "data", "-o", "jsonpath={.status.phase}"], |o| o == "Bound");
+    // A pod on a (fake) node mounts the claim.
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: user\nspec:\n  nodeName: nowhere\n  containers: [{name: c, image: busybox}]\n  volumes: [{name: d, persistentVolumeClaim: {claimName: data}}]\n",
+    );
+
+    // Deleting the claim only marks it while the pod runs; the volume stays Bound.
+    s.ok(&["delete", "pvc", "data", "--wait=false"]);
+    s.ok(&["delete", "pv", "pv-kept", "--wait=false"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_ne!(get(&s, "pvc", "data", "{.metadata.deletionTimestamp}"), "", "marked for deletion");
+    let out = s.ok(&["get", "pvc", "data"]);
+    assert!(out.contains("Terminating"), "{out}");
+    assert_eq!(get(&s, "pvc", "data", "{.metadata.finalizers}"), r#"["kubernetes.io/pvc-protection"]"#);
+    assert_eq!(get(&s, "pv", "pv-kept", "{.status.phase}"), "Bound");
+    assert_eq!(get(&s, "pv", "pv-kept", "{.metadata.finalizers}"), r#"["kubernetes.io/pv-protection"]"#);
+
+    // The pod goes: the claim goes, the volume is Released (Retain), and then it goes too.
+    s.ok(&["delete", "pod", "user", "--grace-period=0", "--force"]);
+    wait_for(&s, "the claim gone", &["get", "pvc", "-o", "name"], |o| !o.contains("persistentvolumeclaim/data"));
+    wait_for(&s, "the volume gone", &["get", "pv", "-o", "name"], |o| !o.contains("persistentvolume/pv-kept"));
+}

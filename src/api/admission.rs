@@ -160,9 +160,72 @@ pub async fn pod_priority(req: &Req, o: &mut Value) -> ApiResult<()> {
     Ok(())
 }
 
+/// StorageObjectInUseProtection: claims and volumes are born with the finalizer that the
+/// pvc-/pv-protection controllers remove once nothing uses them (`controllers::volume_protection`).
+fn in_use_protection(o: &mut Value, volume: bool) {
+    let f = if volume {
+        crate::controllers::volume_protection::PV_FINALIZER
+    } else {
+        crate::controllers::volume_protection::PVC_FINALIZER
+    };
+    let Some(meta) = o.get_mut("metadata").and_then(|m| m.as_object_mut()) else { return };
+    let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+    if let Some(l) = list.as_array_mut() {
+        if !l.iter().any(|x| x.as_str() == Some(f)) {
+            l.push(json!(f));
+        }
+    }
+}
+
+/// Pod affinity `matchLabelKeys`/`mismatchLabelKeys` (on by default since 1.31): on create, the
+/// API server looks up each key in the new pod's labels and adds `key In (value)` (or `NotIn`)
+/// to the term's labelSelector, so the scheduler and later readers see one selector. Keys the pod
+/// lacks, and terms without a labelSelector, are left alone.
+fn merge_affinity_label_keys(o: &mut Value) {
+    let labels = o.pointer("/metadata/labels").and_then(|l| l.as_object()).cloned().unwrap_or_default();
+    let Some(aff) = o.pointer_mut("/spec/affinity") else { return };
+    for kind in ["podAffinity", "podAntiAffinity"] {
+        let Some(k) = aff.get_mut(kind).and_then(|k| k.as_object_mut()) else { continue };
+        let mut terms: Vec<&mut Value> = vec![];
+        for (field, list) in k.iter_mut() {
+            let Value::Array(list) = list else { continue };
+            match field.as_str() {
+                "requiredDuringSchedulingIgnoredDuringExecution" => terms.extend(list.iter_mut()),
+                "preferredDuringSchedulingIgnoredDuringExecution" => {
+                    terms.extend(list.iter_mut().filter_map(|w| w.get_mut("podAffinityTerm")))
+                }
+                _ => {}
+            }
+        }
+        for t in terms {
+            let mut adds = vec![];
+            for (field, op) in [("matchLabelKeys", "In"), ("mismatchLabelKeys", "NotIn")] {
+                for key in t.get(field).and_then(|k| k.as_array()).into_iter().flatten().filter_map(|k| k.as_str()) {
+                    if let Some(v) = labels.get(key) {
+                        adds.push(json!({"key": key, "operator": op, "values": [v]}));
+                    }
+                }
+            }
+            let Some(sel) = t.get_mut("labelSelector").and_then(|s| s.as_object_mut()) else { continue };
+            if adds.is_empty() {
+                continue;
+            }
+            let exprs = sel.entry("matchExpressions").or_insert_with(|| json!([]));
+            if let Some(e) = exprs.as_array_mut() {
+                e.extend(adds);
+            }
+        }
+    }
+}
+
 /// Allocates what a new object needs. Runs after validation, before the write.
 pub async fn on_create(req: &Req, o: &mut Value) -> ApiResult<()> {
+    if req.r.group.is_empty() && (req.r.kind == "PersistentVolumeClaim" || req.r.kind == "PersistentVolume") {
+        in_use_protection(o, req.r.kind == "PersistentVolume");
+        return Ok(());
+    }
     if req.r.kind == "Pod" {
+        merge_affinity_label_keys(o);
         pod_priority(req, o).await?;
         return service_account_token_volume(req, o).await;
     }
@@ -346,5 +409,46 @@ async fn release_service(store: &dyn Store, o: &Value) {
         if let Some(n) = p.get("nodePort").and_then(|n| n.as_i64()) {
             release(store, format!("{PORT_PREFIX}{n}")).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affinity_label_keys_merge_into_the_selector_from_the_pods_own_labels() {
+        let mut pod = json!({
+            "metadata": {"labels": {"app": "web", "pod-template-hash": "abc", "tenant": "t1"}},
+            "spec": {"affinity": {
+                "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+                    "labelSelector": {"matchLabels": {"app": "web"}},
+                    "topologyKey": "kubernetes.io/hostname",
+                    "matchLabelKeys": ["pod-template-hash", "absent"],
+                    "mismatchLabelKeys": ["tenant"],
+                }]},
+                "podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 1, "podAffinityTerm": {"labelSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]},
+                        "topologyKey": "zone", "matchLabelKeys": ["app"]}},
+                    {"weight": 1, "podAffinityTerm": {"topologyKey": "zone", "matchLabelKeys": ["app"]}},
+                ]},
+            }},
+        });
+        merge_affinity_label_keys(&mut pod);
+        let anti = &pod["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+        assert_eq!(
+            anti["labelSelector"]["matchExpressions"],
+            json!([
+                {"key": "pod-template-hash", "operator": "In", "values": ["abc"]},
+                {"key": "tenant", "operator": "NotIn", "values": ["t1"]},
+            ])
+        );
+        assert_eq!(anti["labelSelector"]["matchLabels"], json!({"app": "web"}));
+        let pref = &pod["spec"]["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"];
+        assert_eq!(
+            pref[0]["podAffinityTerm"]["labelSelector"]["matchExpressions"],
+            json!([{"key": "app", "operator": "Exists"}, {"key": "app", "operator": "In", "values": ["web"]}])
+        );
+        assert!(pref[1]["podAffinityTerm"].get("labelSelector").is_none(), "no selector: nothing to narrow");
     }
 }

@@ -7,12 +7,13 @@
 //! 10,000 keys; (d) put-to-event latency with 100 watchers; (e) disk bytes written per logical
 //! byte over N updates (from /proc/<pid>/io), and the data dir size after compaction; plus RSS.
 //!
-//! Run: `cargo run --release --features bench --bin skiff-bench -- [--quick]`. Needs `etcd`
+//! Run: `cargo run --release --features bench --bin skiff-bench -- [--quick] [--engine sled|redb]`
+//! (one engine per run, so RSS is the engine's own). Needs `etcd`
 //! (Debian `etcd-server`) on PATH; it is started on 127.0.0.1 random ports in a temp dir and
 //! killed by PID at the end.
 
 use futures::StreamExt;
-use skiff::store::raft::{RaftStore, RaftStoreConfig};
+use skiff::store::raft::{EngineKind, RaftStore, RaftStoreConfig};
 use skiff::store::{Op, RangeRequest, Store, Txn, WatchMessage};
 use std::path::Path;
 use std::sync::Arc;
@@ -299,6 +300,22 @@ async fn run(kv: Arc<dyn Kv>, dir: &Path, z: &Sizes) -> Result<Row, BoxErr> {
     row.push(("(e) data dir MB after compaction".into(), size / 1e6, false));
     row.push(("(e) data dir / live data".into(), size / live, false));
     row.push(("RSS MB".into(), proc_field(kv.pid(), "status", "VmRSS:") as f64 / 1024.0, false));
+    // The memory target: 100,000 keys of 1 KiB.
+    let big = vec![b'm'; 1024];
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (kv, big) = (kv.clone(), big.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (c..100_000).step_by(clients) {
+                kv.put(format!("/m/{i:08}"), big.clone()).await?;
+            }
+            Ok::<_, BoxErr>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    row.push(("RSS MB with 100k × 1 KiB keys".into(), proc_field(kv.pid(), "status", "VmRSS:") as f64 / 1024.0, false));
     Ok(row)
 }
 
@@ -347,7 +364,14 @@ async fn start_etcd(dir: &Path) -> Result<(Etcd, etcd_client::Client), BoxErr> {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxErr> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let engine = match args.iter().position(|a| a == "--engine").and_then(|i| args.get(i + 1)).map(String::as_str) {
+        None => EngineKind::default(),
+        Some("sled") => EngineKind::Sled,
+        Some("redb") => EngineKind::Redb,
+        Some(other) => return Err(format!("--engine {other}: expected sled or redb").into()),
+    };
     let z = if quick {
         Sizes { seq: 300, conc: 3200, range_keys: 10_000, watch_puts: 50, updates: 10_000 }
     } else {
@@ -364,11 +388,13 @@ async fn main() -> Result<(), BoxErr> {
     let sdir = tmp.path().join("skiff");
     let mut cfg = RaftStoreConfig::new(sdir.clone());
     cfg.compaction_interval = Duration::from_secs(3600);
+    cfg.engine = engine;
     let store = skiff::store::raft::open(cfg).await?;
     eprintln!("running the workloads on skiff…");
     let srow = run(Arc::new(SkiffKv(store.clone())), &sdir, &z).await?;
     store.shutdown().await?;
-    println!("{:<44} {:>12} {:>12} {:>10}", "workload", "skiff", "etcd 3.4", "skiff/etcd");
+    let name = format!("skiff {engine:?}").to_lowercase();
+    println!("{:<44} {:>12} {:>12} {:>10}", "workload", name, "etcd 3.4", "skiff/etcd");
     for ((label, s, higher), (_, e, _)) in srow.iter().zip(&erow) {
         let ratio = if *e > 0.0 { s / e } else { f64::NAN };
         let better = if *higher { ratio >= 1.0 } else { ratio <= 1.0 };

@@ -608,6 +608,28 @@ fn error_policy(ds: Arc<DaemonSet>, e: &DaemonSetError, _ctx: Arc<Context>) -> A
 }
 
 /// Runs the controller until `shutdown` fires.
+/// What of a Node decides where daemon pods run: its labels, taints, schedulability and
+/// readiness (readiness gates rolling updates' availability). Heartbeats change none of these.
+pub fn node_fingerprint(n: &Node) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    n.metadata.labels.hash(&mut h);
+    if let Some(spec) = &n.spec {
+        spec.unschedulable.hash(&mut h);
+        for t in spec.taints.iter().flatten() {
+            (&t.key, &t.value, &t.effect).hash(&mut h);
+        }
+    }
+    let ready = n
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.clone());
+    ready.hash(&mut h);
+    h.finish()
+}
+
 pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     let (pods, pod_writer) = reflector::store::<Pod>();
     let (nodes, node_writer) = reflector::store::<Node>();
@@ -617,14 +639,33 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     let pod_events = podutil::pod_triggers(&client, pod_writer, sets, COMPONENT, |s: &DaemonSet| {
         s.spec.as_ref().map(|s| s.selector.clone())
     });
-    // Any node change may change where daemon pods belong: look at every DaemonSet.
+    // A node change that may change where daemon pods belong (labels, taints, schedulability,
+    // readiness; not the kubelet's heartbeats, as upstream's `shouldIgnoreNodeUpdate`): look at
+    // every DaemonSet.
+    let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let node_events =
         reflector::reflector(node_writer, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()))
             .filter_map(move |ev| {
+                let all = || sets2.state().iter().map(|s| ObjectRef::from_obj(s.as_ref())).collect();
                 let refs: Vec<ObjectRef<DaemonSet>> = match ev {
-                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
-                        sets2.state().iter().map(|s| ObjectRef::from_obj(s.as_ref())).collect()
+                    // The initial list is covered by InitDone.
+                    Ok(watcher::Event::InitApply(n)) => {
+                        seen.insert(n.name_any(), node_fingerprint(&n));
+                        vec![]
                     }
+                    Ok(watcher::Event::Apply(n)) => {
+                        let fp = node_fingerprint(&n);
+                        if seen.insert(n.name_any(), fp) == Some(fp) {
+                            vec![]
+                        } else {
+                            all()
+                        }
+                    }
+                    Ok(watcher::Event::Delete(n)) => {
+                        seen.remove(&n.name_any());
+                        all()
+                    }
+                    Ok(watcher::Event::InitDone) => all(),
                     Ok(_) => vec![],
                     Err(e) => {
                         tracing::warn!(error = %e, "daemonset-controller: node watch failed; retrying");
@@ -907,5 +948,22 @@ mod tests {
         assert_eq!(st.updated_number_scheduled, Some(1));
         assert_eq!(st.number_misscheduled, 1);
         assert_eq!(st.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn node_heartbeats_do_not_change_the_fingerprint_but_labels_taints_and_readiness_do() {
+        let node = |labels: &[(&str, &str)], taint: Option<&str>, ready: &str, heartbeat: &str| -> Node {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "n1", "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()},
+                "spec": {"taints": taint.map(|t| vec![serde_json::json!({"key": t, "effect": "NoSchedule"})]).unwrap_or_default()},
+                "status": {"conditions": [{"type": "Ready", "status": ready, "lastHeartbeatTime": heartbeat}]},
+            }))
+            .expect("node")
+        };
+        let base = node_fingerprint(&node(&[("a", "1")], None, "True", "2026-01-01T00:00:00Z"));
+        assert_eq!(base, node_fingerprint(&node(&[("a", "1")], None, "True", "2026-01-01T00:00:10Z")));
+        assert_ne!(base, node_fingerprint(&node(&[("a", "2")], None, "True", "2026-01-01T00:00:00Z")));
+        assert_ne!(base, node_fingerprint(&node(&[("a", "1")], Some("t"), "True", "2026-01-01T00:00:00Z")));
+        assert_ne!(base, node_fingerprint(&node(&[("a", "1")], None, "False", "2026-01-01T00:00:00Z")));
     }
 }

@@ -42,6 +42,7 @@ pub mod revision;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod volume_binding;
+pub mod volume_protection;
 
 use crate::config::Cidr;
 use tokio_util::sync::CancellationToken;
@@ -143,13 +144,20 @@ pub async fn run_all(client: kube::Client, cfg: ControllerConfig, shutdown: Canc
     ];
     let mut all = all;
     all.push(("csrapproving", csr_approval::run(c(), sd()).boxed()));
+    // One loop does both upstream duties; disabling either name stops it.
+    all.push(("pvc-protection", volume_protection::run(c(), sd()).boxed()));
     if let Some(keys) = cfg.csr_signing.clone() {
         all.push(("csrsigning", csr::run(c(), keys, sd()).boxed()));
     }
     let sa_on = cfg.enabled("serviceaccount") && cfg.enabled("root-ca-cert-publisher");
+    let protection_on = cfg.enabled("pvc-protection") && cfg.enabled("pv-protection");
     let run: Vec<_> = all
         .into_iter()
-        .filter(|(name, _)| if *name == "serviceaccount" { sa_on } else { cfg.enabled(name) })
+        .filter(|(name, _)| match *name {
+            "serviceaccount" => sa_on,
+            "pvc-protection" => protection_on,
+            _ => cfg.enabled(name),
+        })
         .map(|(_, f)| f)
         .collect();
     futures::future::join_all(run).await;

@@ -6,8 +6,8 @@
 //! topology labels that pass `nodeAffinityPolicy` — Honor by default — and `nodeTaintsPolicy` —
 //! Ignore by default). Pods are matched once per label group (see `cache::GroupKey`). The filter
 //! then allows a node when `count(domain) + selfMatch - globalMin <= maxSkew`, where the global
-//! minimum is 0 while fewer than `minDomains` domains exist. Not done: `matchLabelKeys` and the
-//! cluster-level default constraints.
+//! minimum is 0 while fewer than `minDomains` domains exist. `matchLabelKeys` narrow the selector
+//! to the incoming pod's values of those labels. Not done: the cluster-level default constraints.
 
 use super::cache::Cache;
 use super::filter::{self, PodInfo, Verdict};
@@ -54,16 +54,39 @@ fn constraints(pod: &Pod, when: &str) -> Vec<Constraint> {
         .unwrap_or(&[])
         .iter()
         .filter(|c| c.when_unsatisfiable == when)
-        .map(|c: &TopologySpreadConstraint| Constraint {
-            max_skew: c.max_skew.max(1) as i64,
-            key: c.topology_key.clone(),
-            min_domains: c.min_domains.unwrap_or(1).max(1) as usize,
-            selector: c.label_selector.clone(),
-            self_match: labels::matches(c.label_selector.as_ref(), own),
-            honor_affinity: c.node_affinity_policy.as_deref() != Some("Ignore"),
-            honor_taints: c.node_taints_policy.as_deref() == Some("Honor"),
+        .map(|c: &TopologySpreadConstraint| {
+            let selector = with_match_label_keys(c.label_selector.as_ref(), c.match_label_keys.as_deref(), own);
+            Constraint {
+                max_skew: c.max_skew.max(1) as i64,
+                key: c.topology_key.clone(),
+                min_domains: c.min_domains.unwrap_or(1).max(1) as usize,
+                self_match: labels::matches(selector.as_ref(), own),
+                selector,
+                honor_affinity: c.node_affinity_policy.as_deref() != Some("Ignore"),
+                honor_taints: c.node_taints_policy.as_deref() == Some("Honor"),
+            }
         })
         .collect()
+}
+
+/// `matchLabelKeys`: each listed key the incoming pod has narrows the selector to pods with the
+/// same value (`key in (value)`), so a rollout's new pods spread among themselves (the
+/// `pod-template-hash` idiom). Keys the pod lacks are ignored, as upstream. Without a
+/// labelSelector the constraint matches no pods, and the keys do not change that.
+fn with_match_label_keys(sel: Option<&LabelSelector>, keys: Option<&[String]>, own: &Labels) -> Option<LabelSelector> {
+    let mut sel = sel?.clone();
+    for k in keys.unwrap_or(&[]) {
+        if let Some(v) = own.get(k) {
+            sel.match_expressions.get_or_insert_with(Vec::new).push(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                    key: k.clone(),
+                    operator: "In".into(),
+                    values: Some(vec![v.clone()]),
+                },
+            );
+        }
+    }
+    Some(sel)
 }
 
 fn count(pod: &Pod, info: &PodInfo<'_>, cache: &Cache, cs: Vec<Constraint>) -> Counts {
@@ -281,5 +304,29 @@ mod tests {
         let s = normalize(&raw);
         assert!(s[1] > s[0], "{s:?}");
         assert_eq!(s[2], 0);
+    }
+    #[test]
+    fn match_label_keys_spread_only_among_pods_with_the_same_values() {
+        let mut c = cluster();
+        let with_hash = |name: &str, node: Option<&str>, hash: &str| {
+            let mut p = pod(name, node, "DoNotSchedule", 1);
+            p.metadata.labels = Some(labels(&[("app", "web"), ("pod-template-hash", hash)]));
+            if let Some(tsc) = p.spec.as_mut().and_then(|s| s.topology_spread_constraints.as_mut()) {
+                tsc[0].match_label_keys = Some(vec!["pod-template-hash".into(), "absent".into()]);
+            }
+            p
+        };
+        // The old revision's pod sits in z1; the new revision's first pod may go there too.
+        c.update_pod(&with_hash("old", Some("a"), "v1"));
+        let st = prepare(&PodInfo::new(&with_hash("new1", None, "v2")), &c);
+        assert!(filter(&st, &node("b", Some("z1"))).is_ok(), "pods of another revision do not count");
+        // Without matchLabelKeys the old pod counts and z1 is full.
+        let st = prepare(&PodInfo::new(&pod("plain", None, "DoNotSchedule", 1)), &c);
+        assert_eq!(filter(&st, &node("b", Some("z1"))), Err(vec![ERR_SPREAD.into()]));
+        // Once a v2 pod is in z1, the next v2 pod must go to z2.
+        c.update_pod(&with_hash("new1", Some("a"), "v2"));
+        let st = prepare(&PodInfo::new(&with_hash("new2", None, "v2")), &c);
+        assert_eq!(filter(&st, &node("b", Some("z1"))), Err(vec![ERR_SPREAD.into()]));
+        assert!(filter(&st, &node("c", Some("z2"))).is_ok());
     }
 }

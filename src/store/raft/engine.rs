@@ -175,11 +175,34 @@ fn redb_err(context: &str) -> impl FnOnce(redb::Error) -> Error + '_ {
 }
 
 impl RedbEngine {
-    /// Opens (or creates) the redb database file `path`.
-    pub fn open(path: &Path) -> Result<Arc<dyn Engine>, Error> {
-        let db =
-            redb::Database::create(path).map_err(|e| redb_err(&format!("opening {}", path.display()))(e.into()))?;
+    /// Opens (or creates) the redb database file `path` with a page cache of at most
+    /// `cache_bytes` (redb's default is 1 GiB, which a small board cannot spare).
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Arc<dyn Engine>, Error> {
+        let context = format!("opening {}", path.display());
+        let db = guarded(&context, || {
+            redb::Builder::new()
+                .set_cache_size(usize::try_from(cache_bytes).unwrap_or(usize::MAX))
+                .create(path)
+                .map_err(|e| redb_err(&context)(e.into()))
+        })?;
         Ok(Arc::new(RedbEngine { db: Arc::new(db) }))
+    }
+}
+
+/// Runs a redb operation, turning a panic inside redb into a corruption error: redb asserts on
+/// some damaged files (a truncated one, for example) instead of returning an error, and a damaged
+/// data file must stop skiff with a clear message, not abort it.
+fn guarded<T>(context: &str, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let why = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "an internal check failed".into());
+            Err(Error::Corrupt(format!("the storage engine failed while {context}: {why}")))
+        }
     }
 }
 
@@ -228,9 +251,11 @@ impl RedbTree {
         &self,
         f: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, redb::Error>,
     ) -> Result<T, Error> {
-        let tx = self.db.begin_read().map_err(|e| redb_err("reading")(e.into()))?;
-        let table = tx.open_table(RedbTable::new(&self.name)).map_err(|e| redb_err("reading")(e.into()))?;
-        f(&table).map_err(redb_err("reading"))
+        guarded("reading", || {
+            let tx = self.db.begin_read().map_err(|e| redb_err("reading")(e.into()))?;
+            let table = tx.open_table(RedbTable::new(&self.name)).map_err(|e| redb_err("reading")(e.into()))?;
+            f(&table).map_err(redb_err("reading"))
+        })
     }
 }
 
@@ -269,6 +294,13 @@ impl Tree for RedbTree {
     }
 
     fn apply(&self, batch: WriteBatch) -> Result<(), Error> {
+        guarded("writing a batch", || self.apply_batch(batch))
+    }
+}
+
+#[allow(clippy::result_large_err)]
+impl RedbTree {
+    fn apply_batch(&self, batch: WriteBatch) -> Result<(), Error> {
         let err = |e: redb::Error| redb_err("writing a batch")(e);
         let mut tx = self.db.begin_write().map_err(|e| err(e.into()))?;
         tx.set_durability(redb::Durability::None);
@@ -296,7 +328,7 @@ mod tests {
     #[tokio::test]
     async fn redb_trees_apply_batches_and_read_ranges_in_key_order() {
         let dir = tempfile::TempDir::new().unwrap();
-        let engine = RedbEngine::open(&dir.path().join("store.redb")).unwrap();
+        let engine = RedbEngine::open(&dir.path().join("store.redb"), 1 << 20).unwrap();
         check_engine(engine).await;
     }
 

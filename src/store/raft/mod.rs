@@ -109,13 +109,16 @@ impl From<Error> for StoreError {
     }
 }
 
-/// Which storage engine holds the log and the state machine.
+/// Which storage engine holds the log and the state machine. redb is the default: on this
+/// machine's benchmark it writes less per logical byte, is faster, and idles in half the memory
+/// of sled (README, "Store engine"). A data dir that an earlier skiff created with sled keeps
+/// sled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineKind {
     /// sled 0.34 in `<dir>/sled/`.
-    #[default]
     Sled,
     /// redb 2 in `<dir>/store.redb`.
+    #[default]
     Redb,
 }
 
@@ -158,7 +161,7 @@ pub struct RaftStoreConfig {
     pub keep_logs_after_snapshot: u64,
     /// The storage engine (fixed for the life of a data dir).
     pub engine: EngineKind,
-    /// sled's page cache size in bytes.
+    /// The storage engine's page cache size in bytes.
     pub cache_bytes: u64,
 }
 
@@ -178,7 +181,7 @@ impl RaftStoreConfig {
             snapshot_every_entries: 20_000,
             snapshot_min_log_bytes: 8 << 20,
             keep_logs_after_snapshot: 1000,
-            engine: EngineKind::Sled,
+            engine: EngineKind::default(),
             cache_bytes: 64 << 20,
         }
     }
@@ -561,6 +564,13 @@ impl RaftStore {
 
 /// Opens the configured storage engine under the store directory.
 pub(crate) fn open_engine(cfg: &RaftStoreConfig) -> Result<Arc<dyn engine::Engine>, StoreError> {
+    let mut kind = cfg.engine;
+    if kind == EngineKind::Redb && !cfg.dir.join("store.redb").exists() && cfg.dir.join("sled").exists() {
+        // Created before redb became the default: keep its engine.
+        tracing::info!(dir = %cfg.dir.display(), "this data dir holds a sled store; keeping sled");
+        kind = EngineKind::Sled;
+    }
+    let cfg = &RaftStoreConfig { engine: kind, ..cfg.clone() };
     let other = match cfg.engine {
         EngineKind::Sled => cfg.dir.join("store.redb"),
         EngineKind::Redb => cfg.dir.join("sled"),
@@ -574,7 +584,7 @@ pub(crate) fn open_engine(cfg: &RaftStoreConfig) -> Result<Arc<dyn engine::Engin
     }
     let opened = match cfg.engine {
         EngineKind::Sled => engine::SledEngine::open(&cfg.dir.join("sled"), cfg.cache_bytes),
-        EngineKind::Redb => engine::RedbEngine::open(&cfg.dir.join("store.redb")),
+        EngineKind::Redb => engine::RedbEngine::open(&cfg.dir.join("store.redb"), cfg.cache_bytes),
     };
     opened.map_err(|e| {
         tracing::error!(error = %e, dir = %cfg.dir.display(), "cannot open the store");
