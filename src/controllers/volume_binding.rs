@@ -406,10 +406,9 @@ async fn bind(ctx: &Context, v: &PersistentVolume, c: &PersistentVolumeClaim) ->
 }
 
 /// One pass over a volume (upstream `syncVolume`).
+/// A volume being deleted is still synced: its pv-protection finalizer waits for it to be
+/// released.
 async fn sync_volume(ctx: &Context, v: &PersistentVolume) -> Result<(), BindingError> {
-    if v.metadata.deletion_timestamp.is_some() {
-        return Ok(());
-    }
     let Some(r) = v.spec.as_ref().and_then(|s| s.claim_ref.clone()) else {
         // Unused: Available (a Released volume whose claimRef an admin removed becomes
         // Available again, as upstream).

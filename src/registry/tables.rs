@@ -294,6 +294,14 @@ fn access_modes(v: Option<&Value>) -> String {
     modes.join(",")
 }
 
+/// A volume's or claim's phase as upstream prints it: `Terminating` once deletion started.
+fn phase_or_terminating(o: &Value) -> String {
+    if o.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+        return "Terminating".into();
+    }
+    s(o.pointer("/status/phase"))
+}
+
 fn or_unset(x: String) -> String {
     if x.is_empty() {
         "<unset>".into()
@@ -845,7 +853,7 @@ pub fn row(r: &Resource, o: &Value, now: i64) -> Vec<Value> {
                 json!(s(o.pointer("/spec/capacity/storage"))),
                 json!(access_modes(o.pointer("/spec/accessModes"))),
                 json!(s(o.pointer("/spec/persistentVolumeReclaimPolicy"))),
-                json!(s(o.pointer("/status/phase"))),
+                json!(phase_or_terminating(o)),
                 json!(claim),
                 json!(s(o.pointer("/spec/storageClassName"))),
                 json!(or_unset(s(o.pointer("/spec/volumeAttributesClassName")))),
@@ -863,7 +871,7 @@ pub fn row(r: &Resource, o: &Value, now: i64) -> Vec<Value> {
             };
             vec![
                 name,
-                json!(s(o.pointer("/status/phase"))),
+                json!(phase_or_terminating(o)),
                 json!(s(o.pointer("/spec/volumeName"))),
                 json!(capacity),
                 json!(modes),
