@@ -40,12 +40,6 @@ pub trait Engine: Send + Sync + 'static {
     async fn flush(&self) -> Result<(), Error>;
     /// [`Engine::flush`] for synchronous callers (offline tools).
     fn flush_blocking(&self) -> Result<(), Error>;
-    /// Makes the Raft log's writes durable (the group commit before an append is acknowledged).
-    /// An engine that keeps the state machine apart ([`SplitRedb`]) leaves the state machine's
-    /// writes to the next [`Engine::flush`]: the log can replay them.
-    async fn flush_log(&self) -> Result<(), Error> {
-        self.flush().await
-    }
     /// Whether trees opened from this engine are still alive (held by tasks that have not
     /// exited yet): the database file is only closed once they are gone.
     fn trees_in_use(&self) -> bool {
@@ -184,10 +178,6 @@ impl RedbEngine {
     /// Opens (or creates) the redb database file `path` with a page cache of at most
     /// `cache_bytes` (redb's default is 1 GiB, which a small board cannot spare).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Arc<dyn Engine>, Error> {
-        Ok(Arc::new(Self::open_db(path, cache_bytes)?))
-    }
-
-    fn open_db(path: &Path, cache_bytes: u64) -> Result<RedbEngine, Error> {
         let context = format!("opening {}", path.display());
         let db = guarded(&context, || {
             redb::Builder::new()
@@ -195,64 +185,7 @@ impl RedbEngine {
                 .create(path)
                 .map_err(|e| redb_err(&context)(e.into()))
         })?;
-        Ok(RedbEngine { db: Arc::new(db) })
-    }
-}
-
-/// The state machine's tree; [`SplitRedb`] keeps it in its own database.
-pub const STATE_TREE: &str = "sm";
-
-/// redb as two databases, the split etcd makes between its WAL and its bbolt backend:
-/// `log.redb` holds the Raft log and metadata and is fsynced on every group commit;
-/// `state.redb` holds the state machine, whose applies commit without fsync and become durable
-/// on [`Engine::flush`] (once a second, before the log behind them is purged, and at shutdown).
-/// After a crash the state machine reopens at its last durable commit and openraft re-applies
-/// the committed log entries after it. One fsync per group commit then covers only the log's
-/// few pages, and the state machine's pages are written once per second however often they
-/// changed: this is what cuts the bytes written per logical byte.
-pub struct SplitRedb {
-    log: RedbEngine,
-    state: RedbEngine,
-}
-
-impl SplitRedb {
-    /// Opens (or creates) `log.redb` and `state.redb` in `dir`, splitting `cache_bytes` between
-    /// them.
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<dyn Engine>, Error> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Engine { context: format!("creating {}", dir.display()), message: e.to_string() })?;
-        let log = RedbEngine::open_db(&dir.join("log.redb"), cache_bytes / 4)?;
-        let state = RedbEngine::open_db(&dir.join("state.redb"), cache_bytes - cache_bytes / 4)?;
-        Ok(Arc::new(SplitRedb { log, state }))
-    }
-}
-
-#[async_trait]
-impl Engine for SplitRedb {
-    fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, Error> {
-        if name == STATE_TREE {
-            self.state.tree(name)
-        } else {
-            self.log.tree(name)
-        }
-    }
-
-    async fn flush(&self) -> Result<(), Error> {
-        self.state.flush().await?;
-        self.log.flush().await
-    }
-
-    fn flush_blocking(&self) -> Result<(), Error> {
-        self.state.flush_blocking()?;
-        self.log.flush_blocking()
-    }
-
-    async fn flush_log(&self) -> Result<(), Error> {
-        self.log.flush().await
-    }
-
-    fn trees_in_use(&self) -> bool {
-        self.log.trees_in_use() || self.state.trees_in_use()
+        Ok(Arc::new(RedbEngine { db: Arc::new(db) }))
     }
 }
 

@@ -183,7 +183,7 @@ async fn flush_loop(
         }
         // Everything appended before the flush starts is covered by it.
         let upto = appended.load(Ordering::Acquire);
-        let result = engine.flush_log().await;
+        let result = engine.flush().await;
         if result.is_ok() {
             flushed.fetch_max(upto, Ordering::AcqRel);
         }
@@ -300,10 +300,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        // openraft purges only applied entries; make their application durable first, so a
-        // state machine that commits without fsync ([`super::engine::SplitRedb`]) never needs
-        // a purged entry to catch up after a crash.
-        self.engine.flush().await.map_err(write_err)?;
         // Record the purge point first: a crash in between leaves extra entries, never a gap.
         self.put_meta(PURGED_KEY, &log_id).map_err(write_err)?;
         let mut batch = WriteBatch::default();

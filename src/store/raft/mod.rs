@@ -14,9 +14,8 @@
 //! A fresh data dir initializes a one-voter cluster automatically. Start-up verifies every
 //! checksum and the durability [`marker`]; [`backup`] saves and restores snapshots.
 //!
-//! Store directory layout (`<data-dir>/server/db`): `redb/log.redb` with the trees `log` and
-//! `raft_meta` and `redb/state.redb` with `sm` (or `sled/` holding all three, in data dirs made
-//! before redb became the default); `snapshot.bin`, the last Raft snapshot; `durable`, the
+//! Store directory layout (`<data-dir>/server/db`): `sled/` (or `store.redb`) holding the trees
+//! `log`, `raft_meta` and `sm`; `snapshot.bin`, the last Raft snapshot; `durable`, the
 //! durability marker.
 
 pub mod backup;
@@ -118,7 +117,7 @@ impl From<Error> for StoreError {
 pub enum EngineKind {
     /// sled 0.34 in `<dir>/sled/`.
     Sled,
-    /// redb 2: `<dir>/redb/log.redb` and `<dir>/redb/state.redb` ([`engine::SplitRedb`]).
+    /// redb 2 in `<dir>/store.redb`.
     #[default]
     Redb,
 }
@@ -183,9 +182,7 @@ impl RaftStoreConfig {
             snapshot_min_log_bytes: 8 << 20,
             keep_logs_after_snapshot: 1000,
             engine: EngineKind::default(),
-            // Reads are served from the in-memory MVCC state; the engine cache only serves
-            // start-up and Raft log reads, so it stays small for small boards.
-            cache_bytes: 32 << 20,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -568,14 +565,14 @@ impl RaftStore {
 /// Opens the configured storage engine under the store directory.
 pub(crate) fn open_engine(cfg: &RaftStoreConfig) -> Result<Arc<dyn engine::Engine>, StoreError> {
     let mut kind = cfg.engine;
-    if kind == EngineKind::Redb && !cfg.dir.join("redb").exists() && cfg.dir.join("sled").exists() {
+    if kind == EngineKind::Redb && !cfg.dir.join("store.redb").exists() && cfg.dir.join("sled").exists() {
         // Created before redb became the default: keep its engine.
         tracing::info!(dir = %cfg.dir.display(), "this data dir holds a sled store; keeping sled");
         kind = EngineKind::Sled;
     }
     let cfg = &RaftStoreConfig { engine: kind, ..cfg.clone() };
     let other = match cfg.engine {
-        EngineKind::Sled => cfg.dir.join("redb"),
+        EngineKind::Sled => cfg.dir.join("store.redb"),
         EngineKind::Redb => cfg.dir.join("sled"),
     };
     if other.exists() {
@@ -587,7 +584,7 @@ pub(crate) fn open_engine(cfg: &RaftStoreConfig) -> Result<Arc<dyn engine::Engin
     }
     let opened = match cfg.engine {
         EngineKind::Sled => engine::SledEngine::open(&cfg.dir.join("sled"), cfg.cache_bytes),
-        EngineKind::Redb => engine::SplitRedb::open(&cfg.dir.join("redb"), cfg.cache_bytes),
+        EngineKind::Redb => engine::RedbEngine::open(&cfg.dir.join("store.redb"), cfg.cache_bytes),
     };
     opened.map_err(|e| {
         tracing::error!(error = %e, dir = %cfg.dir.display(), "cannot open the store");
@@ -695,11 +692,6 @@ async fn marker_loop(store: std::sync::Weak<RaftStore>, cancel: CancellationToke
             _ = tick.tick() => {}
         }
         let Some(store) = store.upgrade() else { return };
-        // Once a second the state machine's applies become durable (a no-op for sled, whose
-        // log flushes cover them): etcd's periodic backend commit.
-        if let Err(e) = store.db.flush().await {
-            tracing::warn!(error = %e, "flushing the state machine failed; will retry");
-        }
         if let Err(e) = store.update_marker(false) {
             tracing::warn!(error = %e, "updating the durability marker failed; will retry");
         }

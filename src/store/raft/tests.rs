@@ -15,7 +15,7 @@ impl StoreBuilder<TypeConfig, log::LogStore, state_machine::StateMachine, TempDi
         let dir = TempDir::new().map_err(|e| openraft::StorageIOError::write(&e))?;
         let db = match self.0 {
             EngineKind::Sled => engine::SledEngine::open(&dir.path().join("sled"), 1 << 20),
-            EngineKind::Redb => engine::SplitRedb::open(&dir.path().join("redb"), 1 << 20),
+            EngineKind::Redb => engine::RedbEngine::open(&dir.path().join("store.redb"), 1 << 20),
         }
         .map_err(|e| openraft::StorageIOError::write(&e))?;
         let log = log::LogStore::open(&db).map_err(|e| openraft::StorageIOError::write(&e))?;
@@ -109,7 +109,7 @@ async fn the_raft_store_on_sled_conforms_and_an_existing_sled_dir_stays_on_sled(
     assert_eq!(s.get(b"/r").await.unwrap().0.unwrap().mod_revision, 1);
     s.shutdown().await.unwrap();
     drop(s);
-    assert!(!dir.path().join("db/redb").exists());
+    assert!(!dir.path().join("db/store.redb").exists());
     // A redb data dir is never opened as sled.
     let dir = TempDir::new().unwrap();
     let s = open(fast_config(dir.path())).await.unwrap();
@@ -268,7 +268,7 @@ async fn closed_store_with_data(dir: &std::path::Path, engine: EngineKind) -> st
     drop(store);
     match engine {
         EngineKind::Sled => dir.join("db/sled/db"),
-        EngineKind::Redb => dir.join("db/redb/state.redb"),
+        EngineKind::Redb => dir.join("db/store.redb"),
     }
 }
 
