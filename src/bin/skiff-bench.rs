@@ -142,6 +142,14 @@ fn proc_field(pid: u32, file: &str, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+fn dir_size_or_file(p: &Path) -> u64 {
+    if p.is_dir() {
+        dir_size(p)
+    } else {
+        std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
 fn dir_size(p: &Path) -> u64 {
     let mut total = 0;
     if let Ok(rd) = std::fs::read_dir(p) {
@@ -297,6 +305,14 @@ async fn run(kv: Arc<dyn Kv>, dir: &Path, z: &Sizes) -> Result<Row, BoxErr> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let live = ((z.seq + z.conc + z.range_keys + z.watch_puts + keys) * (256 + 16)) as f64;
     let size = dir_size(dir) as f64;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        let mut parts: Vec<String> = rd
+            .flatten()
+            .map(|e| format!("{} {:.1} MB", e.file_name().to_string_lossy(), dir_size_or_file(&e.path()) as f64 / 1e6))
+            .collect();
+        parts.sort();
+        eprintln!("data dir after compaction: {}", parts.join(", "));
+    }
     row.push(("(e) data dir MB after compaction".into(), size / 1e6, false));
     row.push(("(e) data dir / live data".into(), size / live, false));
     row.push(("RSS MB".into(), proc_field(kv.pid(), "status", "VmRSS:") as f64 / 1024.0, false));

@@ -182,7 +182,9 @@ impl RaftStoreConfig {
             snapshot_min_log_bytes: 8 << 20,
             keep_logs_after_snapshot: 1000,
             engine: EngineKind::default(),
-            cache_bytes: 64 << 20,
+            // Reads are served from the in-memory MVCC state; the engine cache only serves
+            // start-up and Raft log reads, so it stays small for small boards.
+            cache_bytes: 32 << 20,
         }
     }
 }
