@@ -66,6 +66,8 @@ pub struct ServerState {
     pub liveness: Arc<dyn ContainerLiveness>,
     /// Serves exec/attach (`super::streaming`) when set.
     pub runtime: Option<Arc<dyn Runtime>>,
+    /// Serves `/stats/summary` (`super::stats`) when set.
+    pub stats: Option<Arc<super::stats::StatsProvider>>,
 }
 
 pub fn router(state: ServerState) -> Router {
@@ -73,8 +75,20 @@ pub fn router(state: ServerState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .route("/stats/summary", get(stats_summary))
         .with_state(state)
         .merge(streaming)
+}
+
+/// `GET /stats/summary`: the Summary API (stats/v1alpha1) of this node.
+async fn stats_summary(State(st): State<ServerState>) -> Response {
+    let Some(stats) = st.stats.clone() else {
+        return (StatusCode::NOT_FOUND, "stats are not collected on this node").into_response();
+    };
+    match stats.summary().await {
+        Ok(v) => ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("failed to get node info: {e}")).into_response(),
+    }
 }
 
 /// Serves the router over TLS on an already-bound listener until shutdown.
@@ -564,7 +578,7 @@ mod tests {
             super::super::serving_cert::load_or_create(dir.path(), "127.0.0.1".parse().unwrap(), "n1").unwrap();
         let tls = super::super::serving_cert::server_config(&crt, &key, &client_ca).unwrap();
         let running = Arc::new(Flag(AtomicBool::new(true)));
-        let state = ServerState { log_root: logs.clone(), liveness: running.clone(), runtime: None };
+        let state = ServerState { log_root: logs.clone(), liveness: running.clone(), runtime: None, stats: None };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
