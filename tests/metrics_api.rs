@@ -69,6 +69,12 @@ fn the_metrics_api_is_discoverable_and_answers_sensibly_without_nodes() {
     assert!(!ok && err.contains("metrics not available yet"), "top node: {err}");
 
     // The metrics reader role is aggregated into view/edit/admin.
-    let role = s.ok(&["get", "clusterrole", "system:aggregated-metrics-reader", "-o", "jsonpath={.rules[0].apiGroups[0]} {.metadata.labels}"]);
+    let role = s.ok(&[
+        "get",
+        "clusterrole",
+        "system:aggregated-metrics-reader",
+        "-o",
+        "jsonpath={.rules[0].apiGroups[0]} {.metadata.labels}",
+    ]);
     assert!(role.starts_with("metrics.k8s.io") && role.contains("aggregate-to-view"), "{role}");
 }

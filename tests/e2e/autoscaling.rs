@@ -95,6 +95,12 @@ fn kubectl_top_shows_cpu_and_an_hpa_scales_a_busy_deployment_up() {
         }
     });
     eprintln!("[e2e] kubectl top pod: {row}");
+    // The PodMetrics object itself: the container's CPU and a non-zero memory working set.
+    let raw = n.kubectl_ok(&["get", "--raw", &format!("/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/{pod}")]);
+    let m: serde_json::Value = serde_json::from_str(&raw).unwrap_or_else(|e| panic!("PodMetrics {raw}: {e}"));
+    assert_eq!(m["containers"][0]["name"], "spin", "{m}");
+    let mem = m["containers"][0]["usage"]["memory"].as_str().unwrap_or("");
+    assert!(!mem.is_empty() && mem != "0", "memory working set: {m}");
     let all = n.kubectl_ok(&["top", "pod", "-A", "--containers"]);
     let line = all.lines().find(|l| l.contains(&pod)).unwrap_or_else(|| panic!("top pod -A --containers: {all}"));
     let f: Vec<&str> = line.split_whitespace().collect();
@@ -106,6 +112,8 @@ fn kubectl_top_shows_cpu_and_an_hpa_scales_a_busy_deployment_up() {
     let row = nodes.lines().find(|l| l.starts_with("node-1")).unwrap_or_else(|| panic!("top node: {nodes}"));
     let cpu = row.split_whitespace().nth(1).and_then(millicores);
     assert!(cpu.is_some_and(|c| c > 0), "top node row: {row}");
+    let mem = row.split_whitespace().nth(3).and_then(|m| m.strip_suffix("Mi")).and_then(|m| m.parse::<u64>().ok());
+    assert!(mem.is_some_and(|m| m > 0), "top node memory: {row}");
 
     // The HPA scales the Deployment up to its maximum: 100m used of a 20m request is far above 50%.
     let out = n.kubectl_ok(&["autoscale", "deployment", "burner", "--cpu-percent=50", "--min=1", "--max=3"]);
