@@ -31,10 +31,13 @@ const KUBELET_TIMEOUT: Duration = Duration::from_secs(5);
 /// The window metrics are averaged over (the kubelet's sampling period).
 const WINDOW: &str = "10s";
 
-/// Summaries by node name, with when they were fetched (None: the kubelet did not answer).
+/// A node's Summary and when it was fetched (None: the kubelet did not answer).
+type Cached = (Instant, Option<Arc<Value>>);
+
+/// Summaries by node name.
 #[derive(Default)]
 pub struct MetricsCache {
-    nodes: Mutex<HashMap<String, (Instant, Option<Arc<Value>>)>>,
+    nodes: Mutex<HashMap<String, Cached>>,
 }
 
 // ---------------------------------------------------------------------------------------------

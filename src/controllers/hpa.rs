@@ -698,9 +698,12 @@ fn metric_name(resource: &str, target: &Target) -> String {
     }
 }
 
+/// (resource, container, target) of one metric.
+type MetricTarget = (String, Option<String>, Target);
+
 /// The metrics to evaluate: (resource, container, target); default cpu at 80% (upstream's
 /// defaulting of an HPA without metrics).
-fn metric_targets(specs: &[MetricSpec]) -> Vec<Result<(String, Option<String>, Target), String>> {
+fn metric_targets(specs: &[MetricSpec]) -> Vec<Result<MetricTarget, String>> {
     if specs.is_empty() {
         return vec![Ok(("cpu".into(), None, Target::Utilization(80)))];
     }

@@ -1,7 +1,9 @@
 //! The kubelet API on `kubelet_port` (10250 by default): HTTPS with client certificates from
 //! the kubelet client CA, authorised for group `system:masters` only (the API server's
 //! kubelet-client identity) until SubjectAccessReview delegation exists. Serves `GET /containerLogs/{namespace}/{pod}/{container}` — the
-//! endpoint the API server proxies `pods/{name}/log` to — and `GET /healthz`.
+//! endpoint the API server proxies `pods/{name}/log` to — `GET /stats/summary` (resource usage
+//! in the Summary API shape, `super::stats`, read by the API server's metrics.k8s.io) and
+//! `GET /healthz`.
 //!
 //! Logs are read from the CRI files under the log root (`<ns>_<pod>_<uid>/<container>/<n>.log`);
 //! `follow` keeps streaming appended lines until the container is no longer running or the

@@ -458,4 +458,66 @@ mod tests {
         assert_eq!(l.cpu_usage_ns("skiff/podu1/c1"), Some(42_000));
         assert_eq!(l.memory("skiff/podu1/c1"), Some((8192, 4096)));
     }
+
+    #[tokio::test]
+    async fn the_summary_reports_running_containers_and_their_pod_with_rates_and_working_sets() {
+        use crate::agent::runtime::{ContainerStatus, ImageRef, PodRef, Sandbox};
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("cgroup.controllers"), "cpu memory\n").unwrap();
+        let pod_dir = d.path().join("kube/podu1");
+        let c_dir = pod_dir.join("c1");
+        std::fs::create_dir_all(&c_dir).unwrap();
+        let write = |dir: &Path, usec: u64, mem: u64| {
+            std::fs::write(dir.join("cpu.stat"), format!("usage_usec {usec}\n")).unwrap();
+            std::fs::write(dir.join("memory.current"), format!("{mem}\n")).unwrap();
+            std::fs::write(dir.join("memory.stat"), "inactive_file 1000\n").unwrap();
+        };
+        write(&pod_dir, 0, 9000);
+        write(&c_dir, 0, 5000);
+        let rt = Arc::new(crate::agent::kubelet::fake_runtime::FakeRuntime::new());
+        let pod = PodRef { uid: "u1".into(), namespace: "default".into(), name: "web".into() };
+        let status = |id: &str, state| ContainerStatus {
+            id: id.into(),
+            pod: pod.clone(),
+            name: id.replace('c', "app"),
+            image: ImageRef { name: "localhost/busybox:1".into(), id: "sha256:1".into() },
+            state,
+            restart_count: 0,
+            log_path: d.path().join(format!("{id}.log")),
+        };
+        let sandbox = Sandbox { pod: pod.clone(), ip: None };
+        rt.insert(sandbox.clone(), status("c1", ContainerState::Running { started_at: SystemTime::now() }));
+        let exited = ContainerState::Exited {
+            exit_code: 0,
+            reason: "Completed".into(),
+            started_at: None,
+            finished_at: SystemTime::now(),
+        };
+        rt.insert(sandbox, status("c2", exited));
+        let p = StatsProvider::with_layout("n1", "/kube/", rt, CgroupLayout::V2(d.path().to_path_buf()));
+
+        let (_, complete) = p.summary_once().await.unwrap();
+        assert!(!complete, "the first pass only takes a baseline");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // Half a second of CPU per ~1.1 s in the container, a whole second in the pod.
+        write(&c_dir, 550_000, 5000);
+        write(&pod_dir, 1_100_000, 9000);
+        let (s, complete) = p.summary_once().await.unwrap();
+        assert!(complete, "{s}");
+        assert_eq!(s["node"]["nodeName"], "n1");
+        assert!(s["node"]["memory"]["workingSetBytes"].as_u64().is_some_and(|m| m > 0), "{s}");
+        let pods = s["pods"].as_array().unwrap();
+        assert_eq!(pods.len(), 1);
+        assert_eq!(pods[0]["podRef"], json!({"name": "web", "namespace": "default", "uid": "u1"}));
+        let containers = pods[0]["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 1, "only running containers: {s}");
+        assert_eq!(containers[0]["name"], "app1");
+        let nc = containers[0]["cpu"]["usageNanoCores"].as_u64().unwrap();
+        assert!((350_000_000..=520_000_000).contains(&nc), "container rate {nc}");
+        assert_eq!(containers[0]["cpu"]["usageCoreNanoSeconds"], 550_000_000u64);
+        assert_eq!(containers[0]["memory"]["workingSetBytes"], 4000);
+        let pc = pods[0]["cpu"]["usageNanoCores"].as_u64().unwrap();
+        assert!((700_000_000..=1_020_000_000).contains(&pc), "pod rate {pc}");
+        assert_eq!(pods[0]["memory"]["workingSetBytes"], 8000);
+    }
 }
