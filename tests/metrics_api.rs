@@ -78,3 +78,104 @@ fn the_metrics_api_is_discoverable_and_answers_sensibly_without_nodes() {
     ]);
     assert!(role.starts_with("metrics.k8s.io") && role.contains("aggregate-to-view"), "{role}");
 }
+
+/// Polls `f` every 200 ms for up to `secs` seconds.
+fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if std::time::Instant::now() > deadline => panic!("timed out waiting for {what}: {e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    }
+}
+
+#[test]
+fn the_hpa_controller_enforces_min_replicas_and_reports_missing_metrics() {
+    if require_kubectl().is_none() {
+        return;
+    }
+    let s = TestServer::start(&["--horizontal-pod-autoscaler-sync-period", "1s"]);
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+              "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox",
+                  "resources": {"requests": {"cpu": "100m"}}}]}}}}"#,
+    );
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"{"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "web"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+              "minReplicas": 2, "maxReplicas": 4,
+              "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 50}}}]}}"#,
+    );
+    // Below minReplicas: scaled up through the scale subresource, with upstream's reason.
+    eventually("the deployment scaled to minReplicas", 20, || {
+        let r = s.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.replicas}"]);
+        if r == "2" {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    eventually("the SuccessfulRescale event", 20, || {
+        let d = s.ok(&["describe", "hpa", "web"]);
+        if d.contains("New size: 2; reason: Current number of replicas below Spec.MinReplicas") {
+            Ok(())
+        } else {
+            Err(d)
+        }
+    });
+    // No node runs the pods, so no metrics: ScalingActive False, FailedGetResourceMetric.
+    let cond = r#"jsonpath={.status.conditions[?(@.type=="ScalingActive")].status} {.status.conditions[?(@.type=="ScalingActive")].reason} {.status.conditions[?(@.type=="AbleToScale")].status}"#;
+    eventually("ScalingActive False for lack of metrics", 30, || {
+        let c = s.ok(&["get", "hpa", "web", "-o", cond]);
+        if c == "False FailedGetResourceMetric True" {
+            Ok(())
+        } else {
+            Err(c)
+        }
+    });
+    let events = s.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=web,reason=FailedGetResourceMetric",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(events.contains("no metrics returned from resource metrics API"), "{events}");
+
+    // A target scaled to zero disables autoscaling.
+    s.ok(&["scale", "deployment", "web", "--replicas=0"]);
+    eventually("ScalingDisabled", 30, || {
+        let c = s.ok(&["get", "hpa", "web", "-o", cond]);
+        if c.starts_with("False ScalingDisabled") {
+            Ok(())
+        } else {
+            Err(c)
+        }
+    });
+    assert_eq!(s.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.replicas}"]), "0");
+
+    // A target that does not exist: AbleToScale False, FailedGetScale.
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"{"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "gone"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gone"},
+              "maxReplicas": 3}}"#,
+    );
+    eventually("FailedGetScale", 30, || {
+        let c =
+            s.ok(&["get", "hpa", "gone", "-o", r#"jsonpath={.status.conditions[?(@.type=="AbleToScale")].reason}"#]);
+        if c == "FailedGetScale" {
+            Ok(())
+        } else {
+            Err(c)
+        }
+    });
+}
