@@ -1,7 +1,8 @@
 //! Resource metrics and autoscaling end to end on one real node: a Deployment whose container
 //! spins a busy loop (capped by a CPU limit, so it does not take the host) shows non-zero CPU in
 //! `kubectl top pod` (with `-A` and `--containers` too) and `kubectl top node` works, both read
-//! from the API server's metrics.k8s.io, which asks the kubelet's `/stats/summary`. Then
+//! from the API server's metrics.k8s.io, which asks the kubelet's `/stats/summary` (also served
+//! as Prometheus text at `/metrics/resource`). Then
 //! `kubectl autoscale --cpu-percent=50 --min=1 --max=3` makes an HPA that scales the Deployment
 //! up to 3, and `kubectl describe hpa` shows the SuccessfulRescale event. The server runs with
 //! `--horizontal-pod-autoscaler-sync-period 2s` to keep the test short.
@@ -106,6 +107,19 @@ fn kubectl_top_shows_cpu_and_an_hpa_scales_a_busy_deployment_up() {
     let f: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(f.first(), Some(&"default"), "namespace column: {line}");
     assert_eq!(f.get(2), Some(&"spin"), "container column: {line}");
+
+    // The kubelet's own endpoints, through the API server's nodes/proxy.
+    let summary = n.kubectl_ok(&["get", "--raw", "/api/v1/nodes/node-1/proxy/stats/summary"]);
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap_or_else(|e| panic!("{summary}: {e}"));
+    assert_eq!(summary["node"]["nodeName"], "node-1");
+    assert!(summary["node"]["cpu"]["usageNanoCores"].as_u64().is_some(), "{summary}");
+    let prom = n.kubectl_ok(&["get", "--raw", "/api/v1/nodes/node-1/proxy/metrics/resource"]);
+    assert!(
+        prom.contains(&format!(
+            "container_cpu_usage_seconds_total{{container=\"spin\",namespace=\"default\",pod=\"{pod}\"}}"
+        )),
+        "/metrics/resource:\n{prom}"
+    );
 
     // `kubectl top node` lists the node with its usage.
     let nodes = n.kubectl_ok(&["top", "node"]);

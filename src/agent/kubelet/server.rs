@@ -2,7 +2,8 @@
 //! the kubelet client CA, authorised for group `system:masters` only (the API server's
 //! kubelet-client identity) until SubjectAccessReview delegation exists. Serves `GET /containerLogs/{namespace}/{pod}/{container}` — the
 //! endpoint the API server proxies `pods/{name}/log` to — `GET /stats/summary` (resource usage
-//! in the Summary API shape, `super::stats`, read by the API server's metrics.k8s.io) and
+//! in the Summary API shape, `super::stats`, read by the API server's metrics.k8s.io),
+//! `GET /metrics/resource` (the same as Prometheus text) and
 //! `GET /healthz`.
 //!
 //! Logs are read from the CRI files under the log root (`<ns>_<pod>_<uid>/<container>/<n>.log`);
@@ -78,6 +79,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
         .route("/stats/summary", get(stats_summary))
+        .route("/metrics/resource", get(resource_metrics))
         .with_state(state)
         .merge(streaming)
 }
@@ -89,6 +91,21 @@ async fn stats_summary(State(st): State<ServerState>) -> Response {
     };
     match stats.summary().await {
         Ok(v) => ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("failed to get node info: {e}")).into_response(),
+    }
+}
+
+/// `GET /metrics/resource`: the same numbers as Prometheus text (what metrics-server scrapes).
+async fn resource_metrics(State(st): State<ServerState>) -> Response {
+    let Some(stats) = st.stats.clone() else {
+        return (StatusCode::NOT_FOUND, "stats are not collected on this node").into_response();
+    };
+    match stats.summary().await {
+        Ok(v) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            super::stats::resource_metrics_text(&v),
+        )
+            .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("failed to get node info: {e}")).into_response(),
     }
 }

@@ -369,6 +369,70 @@ impl StatsProvider {
     }
 }
 
+/// The Summary as the kubelet's `/metrics/resource` (Prometheus text, what metrics-server
+/// scrapes): cumulative CPU seconds and working sets of the node, pods and containers, with
+/// millisecond timestamps.
+pub fn resource_metrics_text(summary: &Value) -> String {
+    fn ms(v: &Value) -> Option<i64> {
+        v.as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.timestamp_millis())
+    }
+    fn esc(v: &Value) -> String {
+        v.as_str().unwrap_or("").replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    }
+    let mut families: Vec<(&str, &str, &str, Vec<String>)> = vec![
+        ("node_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the node in core-seconds", vec![]),
+        ("node_memory_working_set_bytes", "gauge", "Current working set of the node in bytes", vec![]),
+        ("pod_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the pod in core-seconds", vec![]),
+        ("pod_memory_working_set_bytes", "gauge", "Current working set of the pod in bytes", vec![]),
+        (
+            "container_cpu_usage_seconds_total",
+            "counter",
+            "Cumulative cpu time consumed by the container in core-seconds",
+            vec![],
+        ),
+        ("container_memory_working_set_bytes", "gauge", "Current working set of the container in bytes", vec![]),
+    ];
+    let mut push = |i: usize, labels: String, stats: &Value, cpu: bool| {
+        let (v, t) = if cpu {
+            let ns = stats.pointer("/cpu/usageCoreNanoSeconds").and_then(Value::as_u64);
+            (ns.map(|n| format!("{}", n as f64 / 1e9)), stats.pointer("/cpu/time"))
+        } else {
+            let b = stats.pointer("/memory/workingSetBytes").and_then(Value::as_u64);
+            (b.map(|b| b.to_string()), stats.pointer("/memory/time"))
+        };
+        if let Some(v) = v {
+            let ts = t.and_then(ms).map(|t| format!(" {t}")).unwrap_or_default();
+            let labels = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+            let line = format!("{}{labels} {v}{ts}", families[i].0);
+            families[i].3.push(line);
+        }
+    };
+    let node = &summary["node"];
+    push(0, String::new(), node, true);
+    push(1, String::new(), node, false);
+    for p in summary["pods"].as_array().into_iter().flatten() {
+        let pl = format!("namespace=\"{}\",pod=\"{}\"", esc(&p["podRef"]["namespace"]), esc(&p["podRef"]["name"]));
+        push(2, pl.clone(), p, true);
+        push(3, pl.clone(), p, false);
+        for c in p["containers"].as_array().into_iter().flatten() {
+            let cl = format!("container=\"{}\",{pl}", esc(&c["name"]));
+            push(4, cl.clone(), c, true);
+            push(5, cl, c, false);
+        }
+    }
+    let mut out = String::new();
+    for (name, kind, help, lines) in families {
+        out.push_str(&format!("# HELP {name} [STABLE] {help}\n# TYPE {name} {kind}\n"));
+        for l in lines {
+            out.push_str(&l);
+            out.push('\n');
+        }
+    }
+    out.push_str("# HELP scrape_error [ALPHA] 1 if there was an error while getting container metrics, 0 otherwise\n");
+    out.push_str("# TYPE scrape_error gauge\nscrape_error 0\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,5 +583,35 @@ mod tests {
         let pc = pods[0]["cpu"]["usageNanoCores"].as_u64().unwrap();
         assert!((700_000_000..=1_020_000_000).contains(&pc), "pod rate {pc}");
         assert_eq!(pods[0]["memory"]["workingSetBytes"], 8000);
+    }
+
+    #[test]
+    fn the_summary_renders_as_prometheus_resource_metrics() {
+        let s = json!({
+            "node": {"cpu": {"time": "2026-01-01T00:00:00Z", "usageCoreNanoSeconds": 1_500_000_000u64},
+                     "memory": {"time": "2026-01-01T00:00:00Z", "workingSetBytes": 2048}},
+            "pods": [{"podRef": {"name": "web", "namespace": "default", "uid": "u1"},
+                      "cpu": {"time": "2026-01-01T00:00:00Z", "usageCoreNanoSeconds": 500_000_000u64},
+                      "memory": {"time": "2026-01-01T00:00:00Z", "workingSetBytes": 100},
+                      "containers": [{"name": "app", "cpu": {"time": "2026-01-01T00:00:00Z", "usageCoreNanoSeconds": 250_000_000u64},
+                                      "memory": {"time": "2026-01-01T00:00:00Z"}}]}]
+        });
+        let t = resource_metrics_text(&s);
+        assert!(
+            t.contains("# TYPE node_cpu_usage_seconds_total counter\nnode_cpu_usage_seconds_total 1.5 1767225600000\n"),
+            "{t}"
+        );
+        assert!(t.contains("node_memory_working_set_bytes 2048 1767225600000\n"), "{t}");
+        assert!(
+            t.contains("pod_cpu_usage_seconds_total{namespace=\"default\",pod=\"web\"} 0.5 1767225600000\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("container_cpu_usage_seconds_total{container=\"app\",namespace=\"default\",pod=\"web\"} 0.25 "),
+            "{t}"
+        );
+        // A value the Summary lacks is left out, not made up.
+        assert!(!t.contains("container_memory_working_set_bytes{"), "{t}");
+        assert!(t.ends_with("scrape_error 0\n"), "{t}");
     }
 }
