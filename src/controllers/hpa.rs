@@ -939,20 +939,26 @@ pub async fn reconcile(
                 }
                 Err(e) => {
                     invalid += 1;
-                    set_condition(
-                        &mut conds,
-                        &cond(
-                            "ScalingActive",
-                            false,
-                            "FailedGetResourceMetric",
-                            format!("the HPA was unable to compute the replica count: {e}"),
-                        ),
-                    );
                     first_error.get_or_insert(e);
                 }
             }
         }
+        // Upstream: all metrics invalid, or some invalid and the valid ones would scale down,
+        // is an error reported through the first invalid metric; otherwise scaling goes on.
+        let best = best.filter(|(r, _)| invalid == 0 || *r >= spec_replicas);
         let Some((metric_desired, mname)) = best else {
+            set_condition(
+                &mut conds,
+                &cond(
+                    "ScalingActive",
+                    false,
+                    "FailedGetResourceMetric",
+                    format!(
+                        "the HPA was unable to compute the replica count: {}",
+                        first_error.clone().unwrap_or_default()
+                    ),
+                ),
+            );
             let e = format!(
                 "invalid metrics ({invalid} invalid out of {total}), first error is: {}",
                 first_error.unwrap_or_default()
@@ -966,17 +972,15 @@ pub async fn reconcile(
                 "failed to compute desired number of replicas based on listed metrics for {reference}: {e}"
             ));
         };
-        if invalid == 0 {
-            set_condition(
-                &mut conds,
-                &cond(
-                    "ScalingActive",
-                    true,
-                    "ValidMetricFound",
-                    format!("the HPA was able to successfully calculate a replica count from {mname}"),
-                ),
-            );
-        }
+        set_condition(
+            &mut conds,
+            &cond(
+                "ScalingActive",
+                true,
+                "ValidMetricFound",
+                format!("the HPA was able to successfully calculate a replica count from {mname}"),
+            ),
+        );
         if metric_desired > desired {
             desired = metric_desired;
         }
