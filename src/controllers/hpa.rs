@@ -12,6 +12,7 @@
 //! since the Unix epoch.
 
 use super::events::{object_ref, Recorder};
+use super::passes;
 use k8s_openapi::api::autoscaling::v2::{
     HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, MetricSpec, MetricStatus,
 };
@@ -21,7 +22,9 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Upstream's `--horizontal-pod-autoscaler-sync-period` default.
@@ -644,44 +647,50 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     run_with_period(client, DEFAULT_SYNC_PERIOD, shutdown).await
 }
 
-/// Runs the HPA controller: every `period`, every HPA of the cluster; new and changed HPAs
-/// (generation) within a second.
+/// Runs the HPA controller: every `period`, every HPA of the cluster (from a watch cache); new
+/// and changed HPAs (generation) at once.
 pub async fn run_with_period(client: kube::Client, period: Duration, shutdown: CancellationToken) {
-    let hpas: Api<HorizontalPodAutoscaler> = Api::all(client.clone());
+    let notify = Arc::new(Notify::new());
+    let hpas = passes::cache(
+        Api::<HorizontalPodAutoscaler>::all(client.clone()),
+        notify.clone(),
+        shutdown.clone(),
+        "horizontalpodautoscaling",
+    );
+    if !passes::ready(&shutdown, vec![passes::when_ready(&hpas)]).await {
+        return;
+    }
     let recorder = Recorder::new(client.clone(), "horizontal-pod-autoscaler", shutdown.clone());
     let mut histories: HashMap<String, History> = HashMap::new();
     // key → (last sync, generation synced)
     let mut synced: HashMap<String, (tokio::time::Instant, Option<i64>)> = HashMap::new();
     loop {
-        match hpas.list(&ListParams::default()).await {
-            Ok(list) => {
-                let mut live = std::collections::HashSet::new();
-                for hpa in list.items {
-                    let key = format!("{}/{}", hpa.namespace().unwrap_or_default(), hpa.name_any());
-                    live.insert(key.clone());
-                    let gen = hpa.metadata.generation;
-                    let due = match synced.get(&key) {
-                        None => true,
-                        Some((at, g)) => *g != gen || at.elapsed() >= period,
-                    };
-                    if !due {
-                        continue;
-                    }
-                    synced.insert(key.clone(), (tokio::time::Instant::now(), gen));
-                    let h = histories.entry(key.clone()).or_default();
-                    if let Err(e) = reconcile(&client, &recorder, &hpa, h).await {
-                        tracing::info!(hpa = %key, error = %e, "horizontal pod autoscaler sync failed");
-                    }
+        let mut live = std::collections::HashSet::new();
+        let mut next = period;
+        for hpa in hpas.state() {
+            let key = format!("{}/{}", hpa.namespace().unwrap_or_default(), hpa.name_any());
+            live.insert(key.clone());
+            let gen = hpa.metadata.generation;
+            match synced.get(&key) {
+                Some((at, g)) if *g == gen && at.elapsed() < period => {
+                    next = next.min(period - at.elapsed());
+                    continue;
                 }
-                histories.retain(|k, _| live.contains(k));
-                synced.retain(|k, _| live.contains(k));
+                _ => {}
             }
-            Err(e) => tracing::warn!(error = %e, "listing HorizontalPodAutoscalers failed"),
+            synced.insert(key.clone(), (tokio::time::Instant::now(), gen));
+            let h = histories.entry(key.clone()).or_default();
+            if let Err(e) = reconcile(&client, &recorder, &hpa, h).await {
+                tracing::info!(hpa = %key, error = %e, "horizontal pod autoscaler sync failed");
+            }
         }
-        // Wake every second to pick up new HPAs; each is synced once per period.
+        histories.retain(|k, _| live.contains(k));
+        synced.retain(|k, _| live.contains(k));
+        // New and changed HPAs wake the loop at once; each is synced once per period.
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1).min(period)) => {}
+            _ = notify.notified() => {}
+            _ = tokio::time::sleep(next.max(Duration::from_millis(10))) => {}
         }
     }
 }
