@@ -137,6 +137,9 @@ pub struct ServerArgs {
     /// How many scheduled snapshots to keep.
     #[arg(long, env = "SKIFF_SNAPSHOT_RETENTION", default_value_t = 5)]
     pub snapshot_retention: usize,
+    /// How often the HorizontalPodAutoscaler controller syncs each HPA (`15s`, `500ms`, `1m`).
+    #[arg(long, env = "SKIFF_HORIZONTAL_POD_AUTOSCALER_SYNC_PERIOD", default_value = "15s", value_parser = crate::config::parse_duration)]
+    pub horizontal_pod_autoscaler_sync_period: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]

@@ -126,6 +126,8 @@ pub struct ServerConfig {
     pub datastore_endpoint: Option<String>,
     /// The external etcd (`--datastore-*`), resolved; None for the embedded store.
     pub datastore: Option<crate::store::etcd::EtcdConfig>,
+    /// `--horizontal-pod-autoscaler-sync-period`.
+    pub hpa_sync_period: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -241,7 +243,30 @@ pub fn resolve_server(a: &ServerArgs, host: &HostFacts) -> Result<ServerConfig, 
         disable: a.disable.clone(),
         datastore_endpoint: a.datastore_endpoint.clone(),
         datastore,
+        hpa_sync_period: a.horizontal_pod_autoscaler_sync_period,
     })
+}
+
+/// A Go-style duration of one unit (`15s`, `500ms`, `2m`, `1h`), as upstream's duration flags
+/// take them; at least one millisecond.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 =
+        num.parse().map_err(|_| format!("invalid duration {s:?}: expected a number and a unit (15s, 500ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration {s:?}: the unit must be ms, s, m or h")),
+    };
+    let d = std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    if d < std::time::Duration::from_millis(1) {
+        return Err(format!("invalid duration {s:?}: must be at least 1ms"));
+    }
+    Ok(d)
 }
 
 /// `--datastore-endpoint` and its TLS files. Servers sharing an etcd are peers of the etcd,

@@ -165,7 +165,9 @@ pub fn api_group_list(reg: &Registry) -> Value {
             groups.push(g);
         }
     }
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups.iter().map(|g| group_entry(reg, g)).collect::<Vec<_>>()})
+    let mut groups: Vec<Value> = groups.iter().map(|g| group_entry(reg, g)).collect();
+    groups.push(super::metrics::group_entry());
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// Aggregated discovery for the core group (`/api`) or all named groups (`/apis`).
@@ -218,6 +220,9 @@ pub fn aggregated(reg: &Registry, core: bool) -> Value {
             })
             .collect();
         items.push(json!({"metadata": {"name": g}, "versions": versions}));
+    }
+    if !core {
+        items.push(super::metrics::aggregated_item());
     }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }

@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod errors;
 pub mod handlers;
 pub mod logs;
+pub mod metrics;
 pub mod namespaces;
 pub mod objects;
 pub mod openapi;
@@ -58,6 +59,8 @@ pub struct ApiState {
     pub sa_signer: auth::tokens::Signer,
     /// Built-in and custom resources (kept current from the CRDs in the store).
     pub registry: Arc<crate::registry::Registry>,
+    /// Node Summaries behind metrics.k8s.io, briefly cached.
+    pub metrics: metrics::MetricsCache,
 }
 
 /// Who made a request.
@@ -272,6 +275,10 @@ async fn dispatch(
             }
         }
         _ => {}
+    }
+    // metrics.k8s.io is computed from the kubelets, not stored (`metrics.rs`).
+    if let Some(p) = metrics::parse(&path) {
+        return metrics::serve(&st, &user, &method, p, uri.query()).await.unwrap_or_else(|e| e.into_response());
     }
     let parsed = match request::parse(&st.registry, &path) {
         Some(p) => p,

@@ -13,7 +13,7 @@
 //!   `resourcequota.rs`: quota `status.used`; `volume_binding.rs`: PersistentVolume/Claim
 //!   binding and reclaim, with the built-in local-path provisioner in `local_path.rs`;
 //!   `disruption.rs`: PodDisruptionBudget status; `csr.rs`: the signer of approved
-//!   CertificateSigningRequests. `passes.rs` holds the cache-and-wake loop the last ones share.
+//!   CertificateSigningRequests; `hpa.rs`: HorizontalPodAutoscalers from metrics.k8s.io. `passes.rs` holds the cache-and-wake loop the last ones share.
 //! - `leader.rs`: Lease-based leader election, so one server of an HA group runs them.
 //! - `events.rs` writes the core/v1 Events `kubectl describe` shows; `podutil.rs` holds the pure
 //!   helpers (readiness, selectors, owner references) the workload controllers share.
@@ -28,6 +28,7 @@ pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
+pub mod hpa;
 pub mod job;
 pub mod leader;
 pub mod local_path;
@@ -65,6 +66,8 @@ pub struct ControllerConfig {
     pub local_path_dir: std::path::PathBuf,
     /// The CA keys the CSR signer issues certificates with; without them the signer is off.
     pub csr_signing: Option<std::sync::Arc<csr::SigningKeys>>,
+    /// How often each HorizontalPodAutoscaler is synced (upstream's 15 s).
+    pub hpa_sync_period: std::time::Duration,
 }
 
 /// The names `--disable` accepts for controllers (upstream kube-controller-manager's).
@@ -86,6 +89,7 @@ pub const NAMES: &[&str] = &[
     "statefulset",
     "daemonset",
     "replicationcontroller",
+    "horizontalpodautoscaling",
 ];
 
 impl ControllerConfig {
@@ -98,6 +102,7 @@ impl ControllerConfig {
             node_lifecycle: node_lifecycle::Timings::default(),
             local_path_dir: std::path::PathBuf::from("/var/lib/skiff/storage"),
             csr_signing: None,
+            hpa_sync_period: hpa::DEFAULT_SYNC_PERIOD,
         }
     }
 
@@ -141,6 +146,7 @@ pub async fn run_all(client: kube::Client, cfg: ControllerConfig, shutdown: Canc
         ("statefulset", statefulset::run(c(), sd()).boxed()),
         ("daemonset", daemonset::run(c(), sd()).boxed()),
         ("replicationcontroller", replicationcontroller::run(c(), sd()).boxed()),
+        ("horizontalpodautoscaling", hpa::run_with_period(c(), cfg.hpa_sync_period, sd()).boxed()),
     ];
     let mut all = all;
     all.push(("csrapproving", csr_approval::run(c(), sd()).boxed()));

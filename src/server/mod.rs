@@ -171,6 +171,7 @@ pub async fn start(
         max_body: 3 * 1024 * 1024,
         advertise,
         registry: Arc::new(crate::registry::Registry::new()),
+        metrics: Default::default(),
     });
     while_store_unavailable("loading the CustomResourceDefinitions", &shutdown, || async {
         Ok(crate::api::crd::start(state.clone()).await?)
@@ -209,6 +210,7 @@ pub async fn start(
         cfg.disable.clone(),
     );
     ccfg.local_path_dir = data.join("storage");
+    ccfg.hpa_sync_period = cfg.hpa_sync_period;
     ccfg.csr_signing = Some(Arc::new(crate::controllers::csr::SigningKeys {
         client_ca_cert: pki.client_ca.cert_pem.clone(),
         client_ca_key: pki.client_ca.key_pem(),

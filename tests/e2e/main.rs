@@ -8,7 +8,9 @@
 //! - `skeleton.rs`: the walking skeleton, one node from start to `kubectl logs`.
 //! - `pod_features.rs`: volumes, env from Secrets, probes and liveness restarts on one node.
 //! - `streaming.rs`: `kubectl exec`/`cp`/`attach` (kubectl 1.32, WebSocket v5) on one node.
+//! - `autoscaling.rs`: `kubectl top` from metrics.k8s.io and an HPA scaling a busy Deployment.
 
+mod autoscaling;
 mod harness;
 mod pod_features;
 mod selftest;

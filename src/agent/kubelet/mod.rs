@@ -27,6 +27,7 @@ pub mod resources;
 pub mod server;
 pub mod service_env;
 pub mod serving_cert;
+pub mod stats;
 pub mod streaming;
 pub mod termination;
 pub mod volumes;
@@ -133,10 +134,13 @@ impl Kubelet {
                     .await
                     .unwrap_or_else(|e| Err(serving_cert::CertError::Pem(format!("certificate task failed: {e}"))))?;
                 let tls = serving_cert::server_config(&crt, &key, ca)?;
+                let stats = Arc::new(stats::StatsProvider::new(&cfg.node_name, &cfg.cgroup_root, self.runtime.clone()));
+                tokio::spawn(stats.clone().run_sampler(tasks.clone()));
                 let state = server::ServerState {
                     log_root: self.log_root.clone(),
                     liveness: Arc::new(server::RuntimeLiveness(self.runtime.clone())),
                     runtime: Some(self.runtime.clone()),
+                    stats: Some(stats),
                 };
                 tracing::info!(addr = ?l.local_addr().ok(), "kubelet API listening");
                 tokio::spawn(server::serve(l, tls, state, tasks.clone()));

@@ -1,7 +1,10 @@
 //! The kubelet API on `kubelet_port` (10250 by default): HTTPS with client certificates from
 //! the kubelet client CA, authorised for group `system:masters` only (the API server's
 //! kubelet-client identity) until SubjectAccessReview delegation exists. Serves `GET /containerLogs/{namespace}/{pod}/{container}` — the
-//! endpoint the API server proxies `pods/{name}/log` to — and `GET /healthz`.
+//! endpoint the API server proxies `pods/{name}/log` to — `GET /stats/summary` (resource usage
+//! in the Summary API shape, `super::stats`, read by the API server's metrics.k8s.io),
+//! `GET /metrics/resource` (the same as Prometheus text) and
+//! `GET /healthz`.
 //!
 //! Logs are read from the CRI files under the log root (`<ns>_<pod>_<uid>/<container>/<n>.log`);
 //! `follow` keeps streaming appended lines until the container is no longer running or the
@@ -66,6 +69,8 @@ pub struct ServerState {
     pub liveness: Arc<dyn ContainerLiveness>,
     /// Serves exec/attach (`super::streaming`) when set.
     pub runtime: Option<Arc<dyn Runtime>>,
+    /// Serves `/stats/summary` (`super::stats`) when set.
+    pub stats: Option<Arc<super::stats::StatsProvider>>,
 }
 
 pub fn router(state: ServerState) -> Router {
@@ -73,8 +78,36 @@ pub fn router(state: ServerState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .route("/stats/summary", get(stats_summary))
+        .route("/metrics/resource", get(resource_metrics))
         .with_state(state)
         .merge(streaming)
+}
+
+/// `GET /stats/summary`: the Summary API (stats/v1alpha1) of this node.
+async fn stats_summary(State(st): State<ServerState>) -> Response {
+    let Some(stats) = st.stats.clone() else {
+        return (StatusCode::NOT_FOUND, "stats are not collected on this node").into_response();
+    };
+    match stats.summary().await {
+        Ok(v) => ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("failed to get node info: {e}")).into_response(),
+    }
+}
+
+/// `GET /metrics/resource`: the same numbers as Prometheus text (what metrics-server scrapes).
+async fn resource_metrics(State(st): State<ServerState>) -> Response {
+    let Some(stats) = st.stats.clone() else {
+        return (StatusCode::NOT_FOUND, "stats are not collected on this node").into_response();
+    };
+    match stats.summary().await {
+        Ok(v) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            super::stats::resource_metrics_text(&v),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("failed to get node info: {e}")).into_response(),
+    }
 }
 
 /// Serves the router over TLS on an already-bound listener until shutdown.
@@ -564,7 +597,7 @@ mod tests {
             super::super::serving_cert::load_or_create(dir.path(), "127.0.0.1".parse().unwrap(), "n1").unwrap();
         let tls = super::super::serving_cert::server_config(&crt, &key, &client_ca).unwrap();
         let running = Arc::new(Flag(AtomicBool::new(true)));
-        let state = ServerState { log_root: logs.clone(), liveness: running.clone(), runtime: None };
+        let state = ServerState { log_root: logs.clone(), liveness: running.clone(), runtime: None, stats: None };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();

@@ -164,6 +164,13 @@ pub fn objects() -> (Vec<Value>, Vec<Value>) {
                 rule(&["policy"], &["poddisruptionbudgets", "poddisruptionbudgets/status"], READ),
             ],
         ),
+        // metrics-server's role: `kubectl top` for every view/edit/admin holder.
+        role(
+            "system:aggregated-metrics-reader",
+            json!({"kubernetes.io/bootstrapping": "rbac-defaults", "rbac.authorization.k8s.io/aggregate-to-view": "true",
+                "rbac.authorization.k8s.io/aggregate-to-edit": "true", "rbac.authorization.k8s.io/aggregate-to-admin": "true"}),
+            vec![rule(&["metrics.k8s.io"], &["pods", "nodes"], READ)],
+        ),
         role(
             "system:discovery",
             boot.clone(),
