@@ -36,6 +36,9 @@ const AGE: Column = Column {
 
 /// Column definitions for a kind.
 pub fn columns(r: &Resource) -> Vec<Column> {
+    if let Some(storage) = super::convert::storage_of(r) {
+        return columns(storage);
+    }
     match (&*r.group, &*r.kind) {
         ("", "Pod") => vec![
             NAME,
@@ -431,6 +434,9 @@ pub fn pod_status_reason(p: &Value) -> (String, i64, i64, Option<String>) {
 
 /// The cells of one row.
 pub fn row(r: &Resource, o: &Value, now: i64) -> Vec<Value> {
+    if let Some(storage) = super::convert::storage_of(r) {
+        return row(storage, &super::convert::to_storage(r, o.clone()), now);
+    }
     if let Some(c) = &r.custom {
         return custom_row(c, o, now);
     }
