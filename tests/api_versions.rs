@@ -109,6 +109,19 @@ fn hpa_is_served_as_autoscaling_v1_and_v2() {
     assert_eq!(v2["spec"]["metrics"][1]["resource"]["target"]["averageUtilization"], 55);
     assert_eq!(v2["spec"]["metrics"][0]["resource"]["name"], "memory");
 
+    // Strategic merge and server-side apply through v1.
+    s.ok(&["patch", HPA_V1, "api", "--type=strategic", "-p", r#"{"spec":{"maxReplicas":7}}"#]);
+    let applied = r#"{"apiVersion":"autoscaling/v1","kind":"HorizontalPodAutoscaler","metadata":{"name":"applied"},
+      "spec":{"scaleTargetRef":{"apiVersion":"apps/v1","kind":"Deployment","name":"web"},"maxReplicas":4,"targetCPUUtilizationPercentage":65}}"#;
+    s.ok_stdin(&["apply", "--server-side", "--field-manager=t", "-f", "-"], applied);
+    let v2 = parse(&s.ok(&["get", HPA_V2, "applied", "-o", "json"]));
+    assert_eq!(v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 65, "{v2}");
+    let v1 = parse(&s.ok(&["get", HPA_V1, "applied", "-o", "json"]));
+    assert_eq!(v1["spec"]["maxReplicas"], 4);
+    s.ok(&["delete", HPA_V2, "applied"]);
+    let v2 = parse(&s.ok(&["get", HPA_V2, "api", "-o", "json"]));
+    assert_eq!(v2["spec"]["maxReplicas"], 7);
+
     // Lists and deletes in v1.
     let list = parse(&s.ok(&["get", "--raw", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers"]));
     assert_eq!(list["kind"], "HorizontalPodAutoscalerList");
