@@ -46,6 +46,7 @@ fn hpa_is_served_as_autoscaling_v1_and_v2() {
         let header: Vec<&str> = table.lines().next().unwrap_or("").split_whitespace().collect();
         assert_eq!(header, ["NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "AGE"], "{table}");
         assert!(table.contains("Deployment/web"), "{table}");
+        assert!(table.contains("cpu: <unknown>/50%"), "{table}");
     }
 
     // Create through v1 with a JSON body, read as v2.
