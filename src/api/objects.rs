@@ -34,6 +34,10 @@ pub fn decode_as(r: &Resource, kv: &KeyValue) -> ApiResult<Value> {
 
 /// Rewrites a custom object's apiVersion to `r`'s version (conversion strategy None).
 pub fn convert(r: &Resource, v: &mut Value) {
+    if crate::registry::convert::storage_of(r).is_some() {
+        *v = crate::registry::convert::from_storage(r, std::mem::take(v));
+        return;
+    }
     if r.is_custom() {
         if let Some(o) = v.as_object_mut() {
             o.insert("apiVersion".into(), Value::String(r.api_version()));
@@ -43,6 +47,9 @@ pub fn convert(r: &Resource, v: &mut Value) {
 
 /// The bytes to store for an object of `r`: custom objects in their storage version.
 fn encode_for(r: &Resource, v: &Value) -> Vec<u8> {
+    if crate::registry::convert::storage_of(r).is_some() {
+        return encode(&crate::registry::convert::to_storage(r, v.clone()));
+    }
     match r.custom.as_ref().filter(|c| !c.storage_version.is_empty() && c.storage_version != *r.version) {
         Some(c) => {
             let mut v = v.clone();

@@ -125,7 +125,8 @@ fn supported(kind: &str, field: &str) -> bool {
             ),
             "Event" => {
                 field.starts_with("involvedObject.")
-                    || matches!(field, "reason" | "reportingComponent" | "source" | "type")
+                    || field.starts_with("regarding.")
+                    || matches!(field, "reason" | "reportingComponent" | "reportingController" | "source" | "type")
             }
             "Secret" => field == "type",
             "Node" => field == "spec.unschedulable",

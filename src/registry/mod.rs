@@ -7,6 +7,7 @@
 //! current from the store. Both are [`Resource`]s: built-ins borrow `'static` strings, custom
 //! ones own theirs (behind an `Arc`, freed when a CRD update replaces them).
 
+pub mod convert;
 pub mod custom;
 pub mod defaults;
 pub mod dynamic;
@@ -71,7 +72,11 @@ impl Resource {
 
     /// Storage key prefix: `/registry/<group>/<plural>/` (group `core` for the core group).
     pub fn key_prefix(&self) -> String {
-        let g: &str = if self.group.is_empty() { "core" } else { &self.group };
+        // events.k8s.io Events share core Events' storage (the same objects in two versions).
+        let g: &str = match &*self.group {
+            "" | "events.k8s.io" => "core",
+            g => g,
+        };
         format!("/registry/{g}/{}/", self.plural)
     }
 
@@ -227,6 +232,20 @@ pub static BUILTIN: &[Resource] = &[
         ALL,
         names!("status")
     ),
+    // Also served as autoscaling/v1, converted from the v2 storage version (registry::convert).
+    res!(
+        "autoscaling",
+        "v1",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        true,
+        names!("hpa"),
+        ALL,
+        names!("status")
+    ),
+    // Stored as core/v1 Events (registry::convert).
+    res!("events.k8s.io", "v1", "Event", "events", "event", true, names!("ev"), NONE, NONE),
     res!(
         "policy",
         "v1",
@@ -422,7 +441,7 @@ mod tests {
     fn every_resource_has_a_unique_plural_per_group_and_a_typed_schema() {
         for r in BUILTIN {
             assert_eq!(
-                BUILTIN.iter().filter(|o| o.group == r.group && o.plural == r.plural).count(),
+                BUILTIN.iter().filter(|o| o.group == r.group && o.version == r.version && o.plural == r.plural).count(),
                 1,
                 "{}",
                 r.plural

@@ -36,6 +36,9 @@ const AGE: Column = Column {
 
 /// Column definitions for a kind.
 pub fn columns(r: &Resource) -> Vec<Column> {
+    if let Some(storage) = super::convert::storage_of(r) {
+        return columns(storage);
+    }
     match (&*r.group, &*r.kind) {
         ("", "Pod") => vec![
             NAME,
@@ -273,6 +276,55 @@ fn s(v: Option<&Value>) -> String {
     }
 }
 
+/// An autoscaling/v2 HPA's TARGETS cell as kubectl prints it: `cpu: 70%/50%` per metric
+/// (`<unknown>` before the first status), the first two then `+ N more...`, `<none>` if empty.
+fn hpa_targets(o: &Value) -> String {
+    let specs = o.pointer("/spec/metrics").and_then(Value::as_array).cloned().unwrap_or_default();
+    let statuses = o.pointer("/status/currentMetrics").and_then(Value::as_array).cloned().unwrap_or_default();
+    let list: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let ty = m.get("type").and_then(Value::as_str).unwrap_or("");
+            let src = match ty {
+                "Resource" => "resource",
+                "ContainerResource" => "containerResource",
+                "Pods" => "pods",
+                "Object" => "object",
+                _ => "external",
+            };
+            let target = &m[src]["target"];
+            let current = statuses.get(i).map(|st| &st[src]["current"]);
+            let name = match ty {
+                "Resource" | "ContainerResource" => s(m[src].get("name")),
+                _ => s(m[src].pointer("/metric/name")),
+            };
+            let (cur, tgt) = match target.get("averageUtilization").and_then(Value::as_i64) {
+                Some(u) => (
+                    current
+                        .and_then(|c| c.get("averageUtilization"))
+                        .and_then(Value::as_i64)
+                        .map(|c| format!("{c}%"))
+                        .unwrap_or("<unknown>".into()),
+                    format!("{u}%"),
+                ),
+                None => {
+                    let key = if target.get("averageValue").is_some() { "averageValue" } else { "value" };
+                    let cur = current.and_then(|c| c.get(key)).map(|c| s(Some(c))).filter(|c| !c.is_empty());
+                    let tgt = s(target.get(key));
+                    (cur.unwrap_or("<unknown>".into()), if tgt.is_empty() { "<auto>".into() } else { tgt })
+                }
+            };
+            format!("{name}: {cur}/{tgt}")
+        })
+        .collect();
+    match list.len() {
+        0 => "<none>".into(),
+        1 | 2 => list.join(", "),
+        n => format!("{} + {} more...", list[..2].join(", "), n - 2),
+    }
+}
+
 fn int(v: Option<&Value>) -> i64 {
     v.and_then(|x| x.as_i64()).unwrap_or(0)
 }
@@ -439,6 +491,9 @@ pub fn pod_status_reason(p: &Value) -> (String, i64, i64, Option<String>) {
 
 /// The cells of one row.
 pub fn row(r: &Resource, o: &Value, now: i64) -> Vec<Value> {
+    if let Some(storage) = super::convert::storage_of(r) {
+        return row(storage, &super::convert::to_storage(r, o.clone()), now);
+    }
     if let Some(c) = &r.custom {
         return custom_row(c, o, now);
     }
@@ -758,7 +813,7 @@ pub fn row(r: &Resource, o: &Value, now: i64) -> Vec<Value> {
                 s(o.pointer("/spec/scaleTargetRef/kind")),
                 s(o.pointer("/spec/scaleTargetRef/name"))
             )),
-            json!("<unknown>"),
+            json!(hpa_targets(o)),
             json!(o.pointer("/spec/minReplicas").and_then(|v| v.as_i64()).unwrap_or(1).to_string()),
             json!(int(o.pointer("/spec/maxReplicas")).to_string()),
             json!(int(o.pointer("/status/currentReplicas")).to_string()),

@@ -67,7 +67,11 @@ pub fn with_type<V: KindVisitor>(r: &Resource, v: V) -> Option<V::Out> {
         ("batch", "CronJob") => v.visit::<batch::CronJob>(),
         ("coordination.k8s.io", "Lease") => v.visit::<coord::Lease>(),
         ("discovery.k8s.io", "EndpointSlice") => v.visit::<disc::EndpointSlice>(),
+        ("autoscaling", "HorizontalPodAutoscaler") if r.version == "v1" => {
+            v.visit::<k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler>()
+        }
         ("autoscaling", "HorizontalPodAutoscaler") => v.visit::<autoscaling::HorizontalPodAutoscaler>(),
+        ("events.k8s.io", "Event") => v.visit::<k8s_openapi::api::events::v1::Event>(),
         ("policy", "PodDisruptionBudget") => v.visit::<policy::PodDisruptionBudget>(),
         ("networking.k8s.io", "Ingress") => v.visit::<net::Ingress>(),
         ("networking.k8s.io", "IngressClass") => v.visit::<net::IngressClass>(),

@@ -66,7 +66,7 @@ pub fn validate_name(r: &Resource, name: &str, field: &str) -> Option<Cause> {
         ("", "Namespace") => (is_dns1123_label(name), DNS1123_LABEL_MSG, 63),
         ("", "Service") => (is_dns1035_label(name), DNS1035_LABEL_MSG, 63),
         // Events and a few others accept any path segment name.
-        ("", "Event") | ("rbac.authorization.k8s.io", _) => (
+        ("", "Event") | ("events.k8s.io", "Event") | ("rbac.authorization.k8s.io", _) => (
             !name.contains('/') && !name.contains('%') && name != "." && name != "..",
             "may not contain '/' or '%'",
             253,
@@ -221,6 +221,7 @@ pub fn validate(r: &Resource, v: &Value) -> Vec<Cause> {
     }
     match (&*r.group, &*r.kind) {
         ("apiextensions.k8s.io", "CustomResourceDefinition") => out.extend(super::custom::validate_crd(v)),
+        ("events.k8s.io", "Event") => out.extend(super::convert::validate_event_v1(v)),
         ("", "Pod") => match v.get("spec") {
             Some(spec) => validate_containers(spec, "spec", &mut out),
             None => out.push(Cause::required("spec.containers")),
