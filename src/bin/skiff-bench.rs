@@ -331,6 +331,8 @@ async fn run(kv: Arc<dyn Kv>, dir: &Path, z: &Sizes) -> Result<Row, BoxErr> {
     for t in tasks {
         t.await??;
     }
+    // At rest: after the load, as a server holding the data would be.
+    tokio::time::sleep(Duration::from_secs(12)).await;
     row.push(("RSS MB with 100k × 1 KiB keys".into(), proc_field(kv.pid(), "status", "VmRSS:") as f64 / 1024.0, false));
     Ok(row)
 }

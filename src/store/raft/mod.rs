@@ -686,12 +686,29 @@ async fn snapshot_loop(
     }
 }
 
+/// Hands memory that the allocator holds free back to the system (glibc's `malloc_trim`).
+/// glibc keeps one arena per thread that allocated and returns little of what is freed in
+/// them: after 100,000 writes of 1 KiB the process sat at ~360 MB where its live data needed
+/// ~210 MB (skiff-bench). Limiting arenas instead halved concurrent write throughput.
+pub fn trim_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 async fn marker_loop(store: std::sync::Weak<RaftStore>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        ticks += 1;
+        if ticks % 10 == 0 {
+            tokio::task::spawn_blocking(trim_allocator);
         }
         let Some(store) = store.upgrade() else { return };
         if let Err(e) = store.update_marker(false) {
