@@ -156,9 +156,12 @@ impl Tree for SledTree {
     }
 }
 
-/// redb 2: a copy-on-write B-tree in one file. Writes commit with `Durability::None` (no
-/// fsync); [`Engine::flush`] commits with `Durability::Immediate`, which fsyncs every earlier
-/// commit and frees their superseded pages.
+/// redb 2: a copy-on-write B-tree in one file. Writes commit with `Durability::Eventual`: written
+/// to the file without fsync, so they survive the process being killed (as sled's writes do),
+/// though not a power loss; [`Engine::flush`] commits with `Durability::Immediate`, which fsyncs
+/// every earlier commit. (`Durability::None` keeps commits in the process until the next durable
+/// one: a follower killed after applying a write lost it, and `--cluster-reset`, which has no
+/// leader to learn the commit index from, could not re-apply it.)
 pub struct RedbEngine {
     db: Arc<redb::Database>,
 }
@@ -217,7 +220,7 @@ impl Engine for RedbEngine {
     fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, Error> {
         // Create the table so later read transactions find it.
         let mut tx = self.db.begin_write().map_err(|e| redb_err("opening a table")(e.into()))?;
-        tx.set_durability(redb::Durability::None);
+        tx.set_durability(redb::Durability::Eventual);
         tx.open_table(RedbTable::new(name)).map_err(|e| redb_err("opening a table")(e.into()))?;
         tx.commit().map_err(|e| redb_err("opening a table")(e.into()))?;
         Ok(Arc::new(RedbTree { db: self.db.clone(), name: name.to_string() }))
@@ -303,7 +306,7 @@ impl RedbTree {
     fn apply_batch(&self, batch: WriteBatch) -> Result<(), Error> {
         let err = |e: redb::Error| redb_err("writing a batch")(e);
         let mut tx = self.db.begin_write().map_err(|e| err(e.into()))?;
-        tx.set_durability(redb::Durability::None);
+        tx.set_durability(redb::Durability::Eventual);
         {
             let mut table = tx.open_table(RedbTable::new(&self.name)).map_err(|e| err(e.into()))?;
             for (k, v) in &batch.ops {
