@@ -622,7 +622,8 @@ async fn pods_of_a_node_whose_lease_stops_are_evicted_and_replaced_elsewhere() {
     // The server's own node lifecycle controller waits 40 s; run one with test timings instead.
     let s = server_with(&["--disable", "nodelifecycle"]).await;
     let timings = Timings { grace: Duration::from_secs(3), period: Duration::from_millis(300) };
-    let nlc = tokio::spawn(node_lifecycle::run(s.client.clone(), timings, s.shutdown.clone()));
+    let informers = skiff::controllers::informer::Informers::start(&s.client, &s.shutdown);
+    let nlc = tokio::spawn(node_lifecycle::run(s.client.clone(), informers, timings, s.shutdown.clone()));
     let stop_a = CancellationToken::new();
     let stop_b = CancellationToken::new();
     fake_node(&s.client, "node-a", "2").await;

@@ -17,6 +17,7 @@
 //! [`target_node`], [`manage_plan`], [`rolling_plan`], [`compute_status`]).
 
 use super::events::{object_ref, Recorder};
+use super::informer::Informers;
 use super::podutil::{self, apply_pod_claim, claim, controller_ref, is_available, is_ready};
 use super::replicaset::Expectations;
 use super::revision::{self, RevisionError};
@@ -630,15 +631,14 @@ pub fn node_fingerprint(n: &Node) -> u64 {
     h.finish()
 }
 
-pub async fn run(client: kube::Client, shutdown: CancellationToken) {
-    let (pods, pod_writer) = reflector::store::<Pod>();
+pub async fn run(client: kube::Client, informers: Informers, shutdown: CancellationToken) {
+    let pods = informers.pods.store();
     let (nodes, node_writer) = reflector::store::<Node>();
     let controller = Controller::new(Api::<DaemonSet>::all(client.clone()), watcher::Config::default());
     let sets = controller.store();
     let sets2 = sets.clone();
-    let pod_events = podutil::pod_triggers(&client, pod_writer, sets, COMPONENT, |s: &DaemonSet| {
-        s.spec.as_ref().map(|s| s.selector.clone())
-    });
+    let pod_events =
+        podutil::pod_triggers(&informers.pods, sets, |s: &DaemonSet| s.spec.as_ref().map(|s| s.selector.clone()));
     // A node change that may change where daemon pods belong (labels, taints, schedulability,
     // readiness; not the kubelet's heartbeats, as upstream's `shouldIgnoreNodeUpdate`): look at
     // every DaemonSet.

@@ -324,8 +324,9 @@ async fn sync(ctx: &Context, pdb: &PodDisruptionBudget) -> Result<(), kube::Erro
 }
 
 /// Runs the disruption controller until shutdown.
-pub async fn run(client: kube::Client, shutdown: CancellationToken) {
+pub async fn run(client: kube::Client, informers: super::informer::Informers, shutdown: CancellationToken) {
     let notify = Arc::new(Notify::new());
+    informers.pods.notify_on_events(notify.clone(), shutdown.clone());
     let ctx = Context {
         budgets: passes::cache(
             Api::<PodDisruptionBudget>::all(client.clone()),
@@ -333,7 +334,7 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
             shutdown.clone(),
             COMPONENT,
         ),
-        pods: passes::cache(Api::<Pod>::all(client.clone()), notify.clone(), shutdown.clone(), COMPONENT),
+        pods: informers.pods.store(),
         recorder: Recorder::new(client.clone(), COMPONENT, shutdown.clone()),
         no_pods: Default::default(),
         client,

@@ -8,6 +8,7 @@
 //! names (`<service>-<hash of the ports>`), so a reconcile needs no memory of earlier ones.
 //! Slices and Endpoints of a deleted Service are removed by this controller.
 
+use super::informer::Informers;
 use super::podutil::is_ready;
 use futures::{future, StreamExt};
 use k8s_openapi::api::core::v1::{
@@ -18,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 use std::collections::BTreeMap;
@@ -324,32 +325,25 @@ async fn cleanup(client: &kube::Client, svc: &Service) {
 }
 
 /// Runs the controller until `shutdown` fires.
-pub async fn run(client: kube::Client, shutdown: CancellationToken) {
-    let (pods, writer) = reflector::store::<Pod>();
+pub async fn run(client: kube::Client, informers: Informers, shutdown: CancellationToken) {
+    let pods = informers.pods.store();
     let controller = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
     let services = controller.store();
     // A pod event wakes every selecting Service in its namespace; a label change that makes a
     // pod leave a Service is caught because all Services of the namespace are looked at.
-    let pod_events = reflector::reflector(writer, watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()))
-        .filter_map(move |ev| {
-            let refs: Vec<ObjectRef<Service>> = match ev {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p)) => {
-                    let ns = p.metadata.namespace.clone();
-                    services
-                        .state()
-                        .iter()
-                        .filter(|s| s.metadata.namespace == ns)
-                        .filter(|s| s.spec.as_ref().and_then(|x| x.selector.as_ref()).is_some_and(|x| !x.is_empty()))
-                        .map(|s| ObjectRef::from_obj(s.as_ref()))
-                        .collect()
-                }
-                Ok(_) => vec![],
-                Err(e) => {
-                    tracing::warn!(error = %e, "endpoints controller: pod watch failed; retrying");
-                    vec![]
-                }
-            };
-            future::ready(Some(futures::stream::iter(refs)))
+    let pod_events = informers
+        .pods
+        .events()
+        .map(move |ev| {
+            let ns = ev.object().metadata.namespace.clone();
+            let refs: Vec<ObjectRef<Service>> = services
+                .state()
+                .iter()
+                .filter(|s| s.metadata.namespace == ns)
+                .filter(|s| s.spec.as_ref().and_then(|x| x.selector.as_ref()).is_some_and(|x| !x.is_empty()))
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect();
+            futures::stream::iter(refs)
         })
         .flatten();
     // Deleted Services: the controller never reconciles an object that is gone, so watch for it.

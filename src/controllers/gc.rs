@@ -298,7 +298,7 @@ where
 }
 
 /// Runs the collector until `shutdown` fires.
-pub async fn run(client: kube::Client, shutdown: CancellationToken) {
+pub async fn run(client: kube::Client, informers: super::informer::Informers, shutdown: CancellationToken) {
     let (tx, mut wake) = mpsc::unbounded_channel::<Wake>();
     let deployments = spawn_reflector(Api::<Deployment>::all(client.clone()), tx.clone(), shutdown.clone());
     let replicasets = spawn_reflector(Api::<ReplicaSet>::all(client.clone()), tx.clone(), shutdown.clone());
@@ -309,7 +309,28 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     let rcs = spawn_reflector(Api::<ReplicationController>::all(client.clone()), tx.clone(), shutdown.clone());
     let revisions = spawn_reflector(Api::<ControllerRevision>::all(client.clone()), tx.clone(), shutdown.clone());
     let claims = spawn_reflector(Api::<PersistentVolumeClaim>::all(client.clone()), tx.clone(), shutdown.clone());
-    let pods = spawn_reflector(Api::<Pod>::all(client.clone()), tx, shutdown.clone());
+    let pods = informers.pods.store();
+    let mut pod_events = informers.pods.subscribe();
+    let sd = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                _ = sd.cancelled() => return,
+                ev = pod_events.recv() => match ev { Some(ev) => ev, None => return },
+            };
+            match ev {
+                super::informer::Event::Delete(p) => {
+                    if let Some(uid) = p.metadata.uid.clone() {
+                        let _ = tx.send(Wake::Gone(uid));
+                    }
+                }
+                super::informer::Event::Apply(p) if has_gc_finalizer(&p.metadata) => {
+                    let _ = tx.send(Wake::Finalizing);
+                }
+                super::informer::Event::Apply(_) => {}
+            }
+        }
+    });
     for ready in [
         statefulsets.wait_until_ready().await.is_ok(),
         daemonsets.wait_until_ready().await.is_ok(),

@@ -36,6 +36,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
@@ -500,9 +501,17 @@ fn error_policy(_job: Arc<Job>, e: &JobError, _ctx: Arc<Context>) -> Action {
 }
 
 /// Runs the Job controller until `shutdown` fires.
-pub async fn run(client: kube::Client, shutdown: CancellationToken) {
-    let controller = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default());
+pub async fn run(client: kube::Client, informers: super::informer::Informers, shutdown: CancellationToken) {
+    // A pod event wakes the Job that controls it (upstream's owner index).
+    let pod_events = informers.pods.events().filter_map(|ev| {
+        let p = ev.object();
+        let owner = crate::controllers::podutil::controller_of(&p.metadata)
+            .filter(|r| r.kind == "Job" && r.api_version == "batch/v1")
+            .map(|r| ObjectRef::<Job>::new(&r.name).within(p.metadata.namespace.as_deref().unwrap_or_default()));
+        future::ready(owner)
+    });
+    let controller =
+        Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default()).reconcile_on(pod_events);
     let ctx = Arc::new(Context { recorder: Recorder::new(client.clone(), COMPONENT, shutdown.clone()), client });
     controller
         .graceful_shutdown_on(async move { shutdown.cancelled().await })

@@ -29,6 +29,7 @@ pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod hpa;
+pub mod informer;
 pub mod job;
 pub mod leader;
 pub mod local_path;
@@ -129,23 +130,25 @@ pub async fn run_all(client: kube::Client, cfg: ControllerConfig, shutdown: Canc
     use futures::future::{BoxFuture, FutureExt};
     let c = || client.clone();
     let sd = || shutdown.clone();
+    let inf = informer::Informers::start(&client, &shutdown);
+    let i = || inf.clone();
     let all: Vec<(&str, BoxFuture<'static, ()>)> = vec![
-        ("replicaset", replicaset::run(c(), sd()).boxed()),
+        ("replicaset", replicaset::run(c(), i(), sd()).boxed()),
         ("deployment", deployment::run(c(), sd()).boxed()),
-        ("endpoint", endpoints::run(c(), sd()).boxed()),
+        ("endpoint", endpoints::run(c(), i(), sd()).boxed()),
         ("nodeipam", node_ipam::run(c(), cfg.cluster_cidr, sd()).boxed()),
-        ("garbagecollector", gc::run(c(), sd()).boxed()),
+        ("garbagecollector", gc::run(c(), i(), sd()).boxed()),
         // One loop does both upstream duties; disabling either name stops it.
         ("serviceaccount", serviceaccount::run(c(), cfg.server_ca_pem.clone(), sd()).boxed()),
-        ("job", job::run(c(), sd()).boxed()),
+        ("job", job::run(c(), i(), sd()).boxed()),
         ("cronjob", cronjob::run(c(), sd()).boxed()),
-        ("nodelifecycle", node_lifecycle::run(c(), cfg.node_lifecycle, sd()).boxed()),
-        ("resourcequota", resourcequota::run(c(), sd()).boxed()),
+        ("nodelifecycle", node_lifecycle::run(c(), i(), cfg.node_lifecycle, sd()).boxed()),
+        ("resourcequota", resourcequota::run(c(), i(), sd()).boxed()),
         ("persistentvolume-binder", volume_binding::run(c(), cfg.local_path_dir.clone(), sd()).boxed()),
-        ("disruption", disruption::run(c(), sd()).boxed()),
-        ("statefulset", statefulset::run(c(), sd()).boxed()),
-        ("daemonset", daemonset::run(c(), sd()).boxed()),
-        ("replicationcontroller", replicationcontroller::run(c(), sd()).boxed()),
+        ("disruption", disruption::run(c(), i(), sd()).boxed()),
+        ("statefulset", statefulset::run(c(), i(), sd()).boxed()),
+        ("daemonset", daemonset::run(c(), i(), sd()).boxed()),
+        ("replicationcontroller", replicationcontroller::run(c(), i(), sd()).boxed()),
         ("horizontalpodautoscaling", hpa::run_with_period(c(), cfg.hpa_sync_period, sd()).boxed()),
     ];
     let mut all = all;

@@ -261,14 +261,19 @@ struct Ctx {
 }
 
 /// Runs the health monitor, the taint pass and taint eviction until `shutdown` fires.
-pub async fn run(client: kube::Client, timings: Timings, shutdown: CancellationToken) {
+pub async fn run(
+    client: kube::Client,
+    informers: super::informer::Informers,
+    timings: Timings,
+    shutdown: CancellationToken,
+) {
     let nodes = spawn_reflector(Api::<Node>::all(client.clone()), watcher::Config::default(), shutdown.clone());
     let leases = spawn_reflector(
         Api::<Lease>::namespaced(client.clone(), LEASE_NAMESPACE),
         watcher::Config::default(),
         shutdown.clone(),
     );
-    let pods = spawn_reflector(Api::<Pod>::all(client.clone()), watcher::Config::default(), shutdown.clone());
+    let pods = informers.pods.store();
     for store in [nodes.wait_until_ready().await.is_ok(), leases.wait_until_ready().await.is_ok()] {
         if !store {
             return;

@@ -114,37 +114,19 @@ where
     }
 }
 
-/// One watch of every pod that feeds `cache` and yields the `K`s each event should wake
-/// ([`owners_of`]). A trigger is only seen after the cache applied the same event, so a
-/// reconcile never reads an older pod than the one that woke it.
+/// The `K`s each event of the shared pod watch should wake ([`owners_of`]). A trigger is only
+/// seen after the shared cache applied the same event, so a reconcile never reads an older pod
+/// than the one that woke it.
 pub fn pod_triggers<K>(
-    client: &kube::Client,
-    cache: kube::runtime::reflector::store::Writer<Pod>,
+    pods: &super::informer::Shared<Pod>,
     owners: kube::runtime::reflector::Store<K>,
-    component: &'static str,
     selector: impl Fn(&K) -> Option<LabelSelector> + Send + 'static,
 ) -> impl futures::Stream<Item = kube::runtime::reflector::ObjectRef<K>> + Send
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     use futures::StreamExt;
-    use kube::runtime::{reflector, watcher};
-    let pods = kube::Api::<Pod>::all(client.clone());
-    reflector::reflector(cache, watcher(pods, watcher::Config::default()))
-        .filter_map(move |ev| {
-            let refs = match ev {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p)) => {
-                    owners_of(&p, &owners, &selector)
-                }
-                Ok(_) => vec![],
-                Err(e) => {
-                    tracing::warn!(error = %e, component, "pod watch failed; retrying");
-                    vec![]
-                }
-            };
-            futures::future::ready(Some(futures::stream::iter(refs)))
-        })
-        .flatten()
+    pods.events().map(move |ev| futures::stream::iter(owners_of(ev.object(), &owners, &selector))).flatten()
 }
 
 /// Carries out a pod [`Claim`]: adopts (adding `owner_ref`, keeping the pod's other owners,

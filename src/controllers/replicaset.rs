@@ -14,6 +14,7 @@
 //! running ahead of the cache never doubles a scale-up.
 
 use super::events::{object_ref, Recorder};
+use super::informer::Informers;
 use super::podutil::{self, apply_pod_claim, claim, controller_ref, is_active, is_available, is_ready};
 use futures::{future, StreamExt};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
@@ -22,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -394,17 +395,22 @@ fn error_policy<K: Replicated>(rs: Arc<K>, err: &ReplicaSetError, _ctx: Arc<Cont
 }
 
 /// Runs the ReplicaSet controller until `shutdown` fires.
-pub async fn run(client: kube::Client, shutdown: CancellationToken) {
-    run_for::<ReplicaSet>(client, COMPONENT, shutdown).await
+pub async fn run(client: kube::Client, informers: Informers, shutdown: CancellationToken) {
+    run_for::<ReplicaSet>(client, informers, COMPONENT, shutdown).await
 }
 
 /// Runs the controller for kind `K` until `shutdown` fires, recording events as `component`.
-pub async fn run_for<K: Replicated>(client: kube::Client, component: &'static str, shutdown: CancellationToken) {
-    let (pods, writer) = reflector::store::<Pod>();
+pub async fn run_for<K: Replicated>(
+    client: kube::Client,
+    informers: Informers,
+    component: &'static str,
+    shutdown: CancellationToken,
+) {
     let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default());
     let sets = controller.store();
     let pod_events =
-        podutil::pod_triggers(&client, writer, sets, component, |rs: &K| rs.as_replica_set().spec.map(|s| s.selector));
+        podutil::pod_triggers(&informers.pods, sets, |rs: &K| rs.as_replica_set().spec.map(|s| s.selector));
+    let pods = informers.pods.store();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), component, shutdown.clone()),
         client,

@@ -45,8 +45,8 @@ impl Replicated for ReplicationController {
 }
 
 /// Runs the controller until `shutdown` fires.
-pub async fn run(client: kube::Client, shutdown: CancellationToken) {
-    replicaset::run_for::<ReplicationController>(client, COMPONENT, shutdown).await
+pub async fn run(client: kube::Client, informers: super::informer::Informers, shutdown: CancellationToken) {
+    replicaset::run_for::<ReplicationController>(client, informers, COMPONENT, shutdown).await
 }
 
 #[cfg(test)]

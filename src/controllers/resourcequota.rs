@@ -12,7 +12,7 @@ use crate::api::policy::{format_quantity, legacy_quota_name, quota_usage};
 use crate::registry::{self, Resource};
 use futures::{future, StreamExt};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, Pod, ResourceQuota, ResourceQuotaStatus, Secret, Service,
+    ConfigMap, PersistentVolumeClaim, ResourceQuota, ResourceQuotaStatus, Secret, Service,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
@@ -118,7 +118,7 @@ fn error_policy(_q: Arc<ResourceQuota>, e: &QuotaError, _ctx: Arc<Context>) -> A
 }
 
 /// Runs until `shutdown` fires.
-pub async fn run(client: kube::Client, shutdown: CancellationToken) {
+pub async fn run(client: kube::Client, informers: super::informer::Informers, shutdown: CancellationToken) {
     let controller = Controller::new(Api::<ResourceQuota>::all(client.clone()), watcher::Config::default());
     let quotas = controller.store();
     // A change of a counted object re-checks every quota of its namespace (a deletion frees
@@ -132,8 +132,10 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
     }
     let cfg = watcher::Config::default;
     let (q1, q2, q3, q4, q5) = (quotas.clone(), quotas.clone(), quotas.clone(), quotas.clone(), quotas);
+    let pod_events =
+        informers.pods.events().map(move |ev| futures::stream::iter(in_namespace(&q1, ev.object()))).flatten();
     let controller = controller
-        .watches(Api::<Pod>::all(client.clone()), cfg(), move |o| in_namespace(&q1, &o))
+        .reconcile_on(pod_events)
         .watches(Api::<ConfigMap>::all(client.clone()), cfg(), move |o| in_namespace(&q2, &o))
         .watches(Api::<Secret>::all(client.clone()), cfg(), move |o| in_namespace(&q3, &o))
         .watches(Api::<Service>::all(client.clone()), cfg(), move |o| in_namespace(&q4, &o))

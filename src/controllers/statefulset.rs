@@ -14,6 +14,7 @@
 //! [`claim_owner_refs`], [`compute_status`]); [`reconcile`] gathers state and performs them.
 
 use super::events::{object_ref, Recorder};
+use super::informer::Informers;
 use super::podutil::{self, apply_pod_claim, claim, controller_ref, is_available};
 use super::revision::{self, RevisionError};
 use futures::{future, StreamExt};
@@ -26,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, HashSet};
@@ -707,13 +708,12 @@ fn error_policy(set: Arc<StatefulSet>, e: &StatefulSetError, _ctx: Arc<Context>)
 }
 
 /// Runs the controller until `shutdown` fires.
-pub async fn run(client: kube::Client, shutdown: CancellationToken) {
-    let (pods, writer) = reflector::store::<Pod>();
+pub async fn run(client: kube::Client, informers: Informers, shutdown: CancellationToken) {
+    let pods = informers.pods.store();
     let controller = Controller::new(Api::<StatefulSet>::all(client.clone()), watcher::Config::default());
     let sets = controller.store();
-    let pod_events = podutil::pod_triggers(&client, writer, sets, COMPONENT, |s: &StatefulSet| {
-        s.spec.as_ref().map(|s| s.selector.clone())
-    });
+    let pod_events =
+        podutil::pod_triggers(&informers.pods, sets, |s: &StatefulSet| s.spec.as_ref().map(|s| s.selector.clone()));
     let ctx = Arc::new(Context { recorder: Recorder::new(client.clone(), COMPONENT, shutdown.clone()), client, pods });
     controller
         .reconcile_on(pod_events)

@@ -1,0 +1,163 @@
+//! One watch of a kind shared by every controller that needs it (upstream's shared informer
+//! factory). Each controller used to run its own reflector: with nine of them on pods, every
+//! pod write was encoded nine times by the API server, decoded nine times here and cached nine
+//! times, which cost more CPU than the write itself and most of the server's memory. Now one
+//! watch feeds one cache ([`Shared::store`]), and each subscriber gets the events as `Arc`s of
+//! the objects, after the cache applied them (so a reader never sees an older object than the
+//! event that woke it).
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// What a subscriber hears: an object as it now is, or as it was when deleted.
+#[derive(Debug)]
+pub enum Event<K> {
+    Apply(Arc<K>),
+    Delete(Arc<K>),
+}
+
+impl<K> Clone for Event<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Event::Apply(o) => Event::Apply(o.clone()),
+            Event::Delete(o) => Event::Delete(o.clone()),
+        }
+    }
+}
+
+impl<K> Event<K> {
+    /// The object the event is about.
+    pub fn object(&self) -> &K {
+        match self {
+            Event::Apply(o) | Event::Delete(o) => o,
+        }
+    }
+}
+
+struct Subscribers<K> {
+    senders: Vec<mpsc::UnboundedSender<Event<K>>>,
+    /// The initial list has been applied: a new subscriber is caught up from the cache.
+    listed: bool,
+}
+
+/// A shared watch of every object of kind `K`, with its cache.
+pub struct Shared<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+    store: Store<K>,
+    subs: Arc<Mutex<Subscribers<K>>>,
+}
+
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Clone for Shared<K> {
+    fn clone(&self) -> Self {
+        Shared { store: self.store.clone(), subs: self.subs.clone() }
+    }
+}
+
+fn lock<K>(m: &Mutex<Subscribers<K>>) -> MutexGuard<'_, Subscribers<K>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<K> Shared<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    /// Starts watching `api` until `shutdown` fires; `who` names the watch in logs.
+    pub fn start(api: Api<K>, shutdown: CancellationToken, who: &'static str) -> Shared<K> {
+        let (store, mut writer) = reflector::store::<K>();
+        let subs = Arc::new(Mutex::new(Subscribers { senders: vec![], listed: false }));
+        let shared = Shared { store: store.clone(), subs: subs.clone() };
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+            loop {
+                let ev = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    ev = stream.next() => match ev { Some(ev) => ev, None => return },
+                };
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        tracing::warn!(error = %e, kind = %K::kind(&()), who, "shared watch failed; retrying");
+                        continue;
+                    }
+                };
+                // Applying and dispatching under the subscribers' lock makes a new subscription
+                // atomic with respect to events: it is caught up from the cache or sees the event.
+                let mut s = lock(&subs);
+                writer.apply_watcher_event(&ev);
+                let out = match ev {
+                    // The cache's own Arc, so subscribers share its copy.
+                    watcher::Event::Apply(o) => {
+                        Event::Apply(store.get(&ObjectRef::from_obj(&o)).unwrap_or_else(|| Arc::new(o)))
+                    }
+                    watcher::Event::InitApply(o) => Event::Apply(Arc::new(o)),
+                    watcher::Event::Delete(o) => Event::Delete(Arc::new(o)),
+                    watcher::Event::InitDone => {
+                        s.listed = true;
+                        continue;
+                    }
+                    watcher::Event::Init => continue,
+                };
+                s.senders.retain(|tx| tx.send(out.clone()).is_ok());
+            }
+        });
+        shared
+    }
+
+    /// The cache; see `Store::wait_until_ready` before trusting an empty answer.
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// Every event from now on, preceded by an `Apply` of each cached object when the
+    /// initial list is already in (so a late subscriber misses nothing).
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Event<K>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut s = lock(&self.subs);
+        if s.listed {
+            for o in self.store.state() {
+                let _ = tx.send(Event::Apply(o));
+            }
+        }
+        s.senders.push(tx);
+        rx
+    }
+
+    /// The events as a stream, for `Controller::reconcile_on` pipelines.
+    pub fn events(&self) -> impl futures::Stream<Item = Event<K>> + Send + 'static {
+        tokio_stream::wrappers::UnboundedReceiverStream::new(self.subscribe())
+    }
+
+    /// Wakes `notify` at every event until `shutdown` fires (for whole-pass controllers).
+    pub fn notify_on_events(&self, notify: Arc<Notify>, shutdown: CancellationToken) {
+        let mut rx = self.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    ev = rx.recv() => match ev {
+                        Some(_) => notify.notify_one(),
+                        None => return,
+                    },
+                }
+            }
+        });
+    }
+}
+
+/// The informers the controllers share, started once per term of leadership.
+#[derive(Clone)]
+pub struct Informers {
+    pub pods: Shared<k8s_openapi::api::core::v1::Pod>,
+}
+
+impl Informers {
+    pub fn start(client: &kube::Client, shutdown: &CancellationToken) -> Informers {
+        Informers { pods: Shared::start(Api::all(client.clone()), shutdown.clone(), "controllers") }
+    }
+}
