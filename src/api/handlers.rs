@@ -325,12 +325,66 @@ impl Selectors {
     pub fn matches(&self, o: &Value) -> bool {
         self.labels.matches(o.pointer("/metadata/labels")) && self.fields.matches(o)
     }
+
+    /// Whether these selectors can be decided from an object's metadata alone (labels, name
+    /// and namespace), as [`Selectors::matches_raw`] does.
+    pub fn metadata_only(&self) -> bool {
+        self.fields.0.iter().all(|(f, _, _)| f == "metadata.name" || f == "metadata.namespace")
+    }
+
+    /// [`Selectors::matches`] on a stored object left raw; only for [`Selectors::metadata_only`].
+    pub fn matches_raw(&self, o: &super::rawjson::RawObject<'_>) -> bool {
+        if !self.labels.is_empty() && !self.labels.matches(o.labels().as_ref()) {
+            return false;
+        }
+        if self.fields.is_empty() {
+            return true;
+        }
+        let meta = json!({"metadata": {"name": o.meta_str("name"), "namespace": o.meta_str("namespace")}});
+        self.fields.matches(&meta)
+    }
 }
 
 /// Lists objects (limit/continue, resourceVersion semantics, selectors). Returns the items,
 /// the list's resourceVersion and the continue token.
 pub async fn list_objects(req: &Req) -> ApiResult<(Vec<Value>, i64, Option<String>, Option<i64>)> {
     let sel = Selectors::from(req)?;
+    list_with(req, &sel, |kv| {
+        let o = objects::decode_as(&req.r, kv)?;
+        Ok(sel.matches(&o).then_some(o))
+    })
+    .await
+}
+
+/// A page of a list as JSON bytes, each item as stored but for its resourceVersion (see
+/// [`super::rawjson`]); for kinds served as stored and metadata-only selectors.
+async fn list_raw(req: &Req, sel: &Selectors) -> ApiResult<(Vec<Vec<u8>>, i64, Option<String>, Option<i64>)> {
+    list_with(req, sel, |kv| {
+        let mut out = Vec::with_capacity(kv.value.len() + 32);
+        match super::rawjson::RawObject::parse(&kv.value) {
+            Some(o) if sel.matches_raw(&o) => o.write_with_rv(kv.mod_revision, &mut out),
+            Some(_) => return Ok(None),
+            // Not an object: the Value path names the broken key.
+            None => {
+                let o = objects::decode_as(&req.r, kv)?;
+                if !sel.matches(&o) {
+                    return Ok(None);
+                }
+                out = serde_json::to_vec(&o).map_err(|e| ApiError::internal(e.to_string()))?;
+            }
+        }
+        Ok(Some(out))
+    })
+    .await
+}
+
+/// Walks the store for a list: limit/continue, resourceVersion semantics; `accept` turns each
+/// stored object into an item, or `None` when the selectors leave it out.
+async fn list_with<T>(
+    req: &Req,
+    sel: &Selectors,
+    mut accept: impl FnMut(&crate::store::KeyValue) -> ApiResult<Option<T>>,
+) -> ApiResult<(Vec<T>, i64, Option<String>, Option<i64>)> {
     let limit = req.q.int("limit")?.filter(|l| *l > 0).map(|l| l as usize);
     let (mut revision, mut start_after) = (0i64, String::new());
     if let Some(c) = req.q.get("continue").filter(|c| !c.is_empty()) {
@@ -388,9 +442,8 @@ pub async fn list_objects(req: &Req) -> ApiResult<(Vec<Value>, i64, Option<Strin
             if exact && kv.key != prefix.as_bytes() {
                 continue;
             }
-            let o = objects::decode_as(&req.r, kv)?;
-            if sel.matches(&o) {
-                items.push(o);
+            if let Some(item) = accept(kv)? {
+                items.push(item);
             }
             if limit.is_some_and(|l| items.len() >= l) {
                 stopped_early = true;
@@ -429,6 +482,29 @@ pub async fn list_objects(req: &Req) -> ApiResult<(Vec<Value>, i64, Option<Strin
 }
 
 pub async fn list(req: &Req) -> ApiResult<Response> {
+    let sel = Selectors::from(req)?;
+    if !req.wants_metadata() && !req.wants_table() && objects::served_as_stored(&req.r) && sel.metadata_only() {
+        let (items, rev, cont, remaining) = list_raw(req, &sel).await?;
+        let mut meta = json!({"resourceVersion": rev.to_string()});
+        if let Some(c) = cont {
+            meta["continue"] = json!(c);
+        }
+        if let Some(n) = remaining {
+            meta["remainingItemCount"] = json!(n);
+        }
+        let head = json!({"kind": list_kind(&req.r), "apiVersion": req.r.api_version(), "metadata": meta});
+        let mut body = serde_json::to_vec(&head).map_err(|e| ApiError::internal(e.to_string()))?;
+        body.pop(); // the closing brace
+        body.extend_from_slice(b",\"items\":[");
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(item);
+        }
+        body.extend_from_slice(b"]}");
+        return Ok((StatusCode::OK, [("content-type", "application/json")], body).into_response());
+    }
     let (items, rev, cont, remaining) = list_objects(req).await?;
     if req.wants_metadata() {
         let mut meta = json!({"resourceVersion": rev.to_string()});

@@ -19,6 +19,7 @@ pub mod policy;
 pub mod protobuf;
 pub mod proxy;
 pub mod query;
+pub mod rawjson;
 pub mod request;
 pub mod selector;
 pub mod stream;

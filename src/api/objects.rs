@@ -32,6 +32,12 @@ pub fn decode_as(r: &Resource, kv: &KeyValue) -> ApiResult<Value> {
     Ok(v)
 }
 
+/// Whether objects of `r` are served as stored, but for their resourceVersion (no version
+/// conversion), so reads may skip the `Value` tree ([`super::rawjson`]).
+pub fn served_as_stored(r: &Resource) -> bool {
+    !r.is_custom() && crate::registry::convert::storage_of(r).is_none()
+}
+
 /// Rewrites a custom object's apiVersion to `r`'s version (conversion strategy None).
 pub fn convert(r: &Resource, v: &mut Value) {
     if crate::registry::convert::storage_of(r).is_some() {

@@ -22,6 +22,51 @@ fn line(v: &Value) -> bytes::Bytes {
     bytes::Bytes::from(s)
 }
 
+/// An event line around an object already in JSON (see [`super::rawjson`]).
+fn raw_line(ty: &str, object: &[u8]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(object.len() + 32);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(ty.as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    out.extend_from_slice(object);
+    out.extend_from_slice(b"}\n");
+    bytes::Bytes::from(out)
+}
+
+/// The line for one store event of a watch served raw, `Some(None)` when the selectors leave it
+/// out (same transitions as the `Value` path), `None` when the new object does not parse (the
+/// `Value` path then reports it).
+fn raw_event(ev: &crate::store::Event, sel: &Selectors) -> Option<Option<bytes::Bytes>> {
+    use super::rawjson::RawObject;
+    let rev = ev.kv.mod_revision;
+    let everything = sel.labels.is_empty() && sel.fields.is_empty();
+    // An update seen by a watch without selectors needs nothing of the old object.
+    let skip_old = everything && ev.kind == EventKind::Put;
+    let old = ev.prev_kv.as_ref().filter(|_| !skip_old).and_then(|p| RawObject::parse(&p.value));
+    let had_old = if skip_old { ev.prev_kv.is_some() } else { old.is_some() };
+    let old_m = had_old && (everything || old.as_ref().is_some_and(|o| sel.matches_raw(o)));
+    let (ty, obj) = match ev.kind {
+        EventKind::Put => {
+            let new = RawObject::parse(&ev.kv.value)?;
+            let new_m = everything || sel.matches_raw(&new);
+            let ty = match (had_old, old_m, new_m) {
+                (_, true, true) => "MODIFIED",
+                (false, _, true) | (true, false, true) => "ADDED",
+                (_, true, false) => "DELETED",
+                _ => return Some(None),
+            };
+            (ty, new)
+        }
+        EventKind::Delete => match old {
+            Some(o) if old_m => ("DELETED", o),
+            _ => return Some(None),
+        },
+    };
+    let mut bytes = Vec::with_capacity(ev.kv.value.len() + 32);
+    obj.write_with_rv(rev, &mut bytes);
+    Some(Some(raw_line(ty, &bytes)))
+}
+
 pub async fn serve(req: Req) -> ApiResult<Response> {
     let sel = Selectors::from(&req)?;
     let bookmarks = req.q.flag("allowWatchBookmarks");
@@ -37,10 +82,13 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
     // A Table row carries the object as includeObject asks (kubectl's custom-columns -w wants it whole).
     let include = req.q.get("includeObject").unwrap_or("Metadata").to_string();
     let metadata_only = req.wants_metadata();
+    // Plain objects of kinds served as stored skip the Value tree.
+    let raw = !table && !metadata_only && objects::served_as_stored(&req.r) && sel.metadata_only();
     let store = req.st.store.clone();
 
     // Initial state: unset/"0" resourceVersion (or sendInitialEvents=true) lists first.
     let mut initial = Vec::new();
+    let mut initial_raw = Vec::new();
     let list_first = send_initial.unwrap_or(rv.is_empty() || rv == "0");
     let mut from: i64 = if rv.is_empty() || rv == "0" {
         0
@@ -52,6 +100,16 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
         for kv in &resp.kvs {
             if exact_key && kv.key != prefix.as_bytes() {
                 continue;
+            }
+            if raw {
+                if let Some(o) = super::rawjson::RawObject::parse(&kv.value) {
+                    if sel.matches_raw(&o) {
+                        let mut bytes = Vec::with_capacity(kv.value.len() + 32);
+                        o.write_with_rv(kv.mod_revision, &mut bytes);
+                        initial_raw.push(raw_line("ADDED", &bytes));
+                    }
+                    continue;
+                }
             }
             let o = objects::decode_as(&req.r, kv)?;
             if sel.matches(&o) {
@@ -95,6 +153,11 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
             }
             t
         };
+        for l in initial_raw {
+            if tx.send(Ok(l)).await.is_err() {
+                return;
+            }
+        }
         for o in &initial {
             if tx.send(Ok(line(&json!({"type": "ADDED", "object": wrap(o, &mut first_table)})))).await.is_err() {
                 return;
@@ -143,6 +206,19 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
                 Some(Ok(WatchMessage::Events(evs))) => evs,
             };
             for ev in evs_filter(&events, exact_key, prefix.as_bytes()) {
+                if raw {
+                    match raw_event(ev, &sel) {
+                        Some(Some(l)) => {
+                            if tx.send(Ok(l)).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        Some(None) => continue,
+                        // Does not parse: the Value path below reports or skips it.
+                        None => {}
+                    }
+                }
                 let rev = ev.kv.mod_revision;
                 let old = match &ev.prev_kv {
                     Some(p) => match objects::decode_as(&r, p) {
