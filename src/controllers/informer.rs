@@ -73,7 +73,11 @@ where
         let subs = Arc::new(Mutex::new(Subscribers { senders: vec![], listed: false }));
         let shared = Shared { store: store.clone(), subs: subs.clone() };
         tokio::spawn(async move {
-            let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+            // No controller reads managedFields; they are a good part of an object's size.
+            let stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .modify(|o: &mut K| o.meta_mut().managed_fields = None);
+            let mut stream = std::pin::pin!(stream);
             loop {
                 let ev = tokio::select! {
                     _ = shutdown.cancelled() => return,

@@ -154,7 +154,7 @@ pub async fn run_all(client: kube::Client, cfg: ControllerConfig, shutdown: Canc
     let mut all = all;
     all.push(("csrapproving", csr_approval::run(c(), sd()).boxed()));
     // One loop does both upstream duties; disabling either name stops it.
-    all.push(("pvc-protection", volume_protection::run(c(), sd()).boxed()));
+    all.push(("pvc-protection", volume_protection::run(c(), i(), sd()).boxed()));
     if let Some(keys) = cfg.csr_signing.clone() {
         all.push(("csrsigning", csr::run(c(), keys, sd()).boxed()));
     }

@@ -72,13 +72,31 @@ where
 }
 
 /// Runs both protection controllers until shutdown.
-pub async fn run(client: kube::Client, shutdown: CancellationToken) {
+pub async fn run(client: kube::Client, informers: super::informer::Informers, shutdown: CancellationToken) {
     let notify = Arc::new(Notify::new());
     let claims: Store<PersistentVolumeClaim> =
         passes::cache(Api::all(client.clone()), notify.clone(), shutdown.clone(), COMPONENT);
     let volumes: Store<PersistentVolume> =
         passes::cache(Api::all(client.clone()), notify.clone(), shutdown.clone(), COMPONENT);
-    let pods: Store<Pod> = passes::cache(Api::all(client.clone()), notify.clone(), shutdown.clone(), COMPONENT);
+    // A pod frees its claims when it is deleted or finishes: only those events wake the loop.
+    let pods: Store<Pod> = informers.pods.store();
+    let mut pod_events = informers.pods.subscribe();
+    let (n2, sd2) = (notify.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                _ = sd2.cancelled() => return,
+                ev = pod_events.recv() => match ev { Some(ev) => ev, None => return },
+            };
+            let finished =
+                |p: &Pod| matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+            match ev {
+                super::informer::Event::Delete(_) => n2.notify_one(),
+                super::informer::Event::Apply(p) if finished(&p) => n2.notify_one(),
+                super::informer::Event::Apply(_) => {}
+            }
+        }
+    });
     if !passes::ready(
         &shutdown,
         vec![passes::when_ready(&claims), passes::when_ready(&volumes), passes::when_ready(&pods)],
@@ -88,8 +106,10 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
         return;
     }
     loop {
-        let pod_list = pods.state();
-        for c in claims.state().iter().filter(|c| deleting_with(c.as_ref(), PVC_FINALIZER)) {
+        let deleting: Vec<_> =
+            claims.state().into_iter().filter(|c| deleting_with(c.as_ref(), PVC_FINALIZER)).collect();
+        let pod_list = if deleting.is_empty() { vec![] } else { pods.state() };
+        for c in &deleting {
             let ns = c.namespace().unwrap_or_default();
             let name = c.name_any();
             let used =

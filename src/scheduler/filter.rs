@@ -34,17 +34,40 @@ pub struct PodInfo<'a> {
     pub volumes: Option<volumes::State>,
     pub spread: Option<spread::State>,
     pub interpod: Option<interpod::State>,
+    /// The non-zero requests other than `pods`, cpu and memory first (upstream's order of
+    /// "Insufficient …" reasons), sorted once rather than for every node tried.
+    pub ordered_requests: Vec<(String, i128)>,
+    /// Whether the pod tolerates `node.kubernetes.io/not-ready:NoSchedule` and
+    /// `node.kubernetes.io/unschedulable:NoSchedule` (asked for every node tried).
+    pub tolerates_not_ready: bool,
+    pub tolerates_unschedulable: bool,
 }
 
 impl<'a> PodInfo<'a> {
     pub fn new(pod: &'a Pod) -> Self {
+        let requests = super::resources::pod_requests(pod);
+        let order = ["cpu", "memory", "ephemeral-storage"];
+        let mut ordered_requests: Vec<(String, i128)> =
+            requests.iter().filter(|(k, v)| k.as_str() != "pods" && **v > 0).map(|(k, v)| (k.clone(), *v)).collect();
+        ordered_requests.sort_by(|(a, _), (b, _)| {
+            let rank = |k: &str| order.iter().position(|o| *o == k).unwrap_or(order.len());
+            (rank(a), a.as_str()).cmp(&(rank(b), b.as_str()))
+        });
+        let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or(&[]);
+        let tolerated = |key: &str| {
+            let taint = Taint { key: key.into(), effect: "NoSchedule".into(), ..Default::default() };
+            tolerations.iter().any(|t| tolerates(t, &taint))
+        };
         PodInfo {
             pod,
-            requests: super::resources::pod_requests(pod),
             ports: super::cache::host_ports(pod),
             volumes: None,
             spread: None,
             interpod: None,
+            ordered_requests,
+            tolerates_not_ready: tolerated("node.kubernetes.io/not-ready"),
+            tolerates_unschedulable: tolerated("node.kubernetes.io/unschedulable"),
+            requests,
         }
     }
 
@@ -126,9 +149,7 @@ pub fn node_unschedulable(pod: &PodInfo<'_>, node: &Node) -> Verdict {
     if !node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false) {
         return Ok(());
     }
-    let taint =
-        Taint { key: "node.kubernetes.io/unschedulable".into(), effect: "NoSchedule".into(), ..Default::default() };
-    if pod.tolerations().iter().any(|t| tolerates(t, &taint)) {
+    if pod.tolerates_unschedulable {
         Ok(())
     } else {
         fail(ERR_UNSCHEDULABLE)
@@ -248,15 +269,9 @@ pub fn node_resources_fit(pod: &PodInfo<'_>, node: &NodeInfo) -> Verdict {
             reasons.push(ERR_TOO_MANY_PODS.to_string());
         }
     }
-    let order = ["cpu", "memory", "ephemeral-storage"];
-    let mut names: Vec<&String> = pod.requests.keys().filter(|k| k.as_str() != "pods").collect();
-    names.sort_by_key(|k| (order.iter().position(|o| o == k).unwrap_or(order.len()), k.as_str()));
-    for name in names {
-        let want = pod.requests.get(name).copied().unwrap_or(0);
-        // Zero requests never fail, even for resources the node does not have.
-        if want <= 0 {
-            continue;
-        }
+    // Zero requests never fail, even for resources the node does not have (they are not listed).
+    for (name, want) in &pod.ordered_requests {
+        let want = *want;
         let free = alloc.get(name).copied().unwrap_or(0) - node.requested.get(name).copied().unwrap_or(0);
         if want > free {
             reasons.push(format!("Insufficient {name}"));
@@ -274,9 +289,7 @@ pub fn node_resources_fit(pod: &PodInfo<'_>, node: &NodeInfo) -> Verdict {
 /// controller adds; checking the condition too keeps a node that has never reported from getting
 /// pods.) As with that taint, a pod tolerating it — a DaemonSet's, say — may go there anyway.
 pub fn node_ready(pod: &PodInfo<'_>, node: &Node) -> Verdict {
-    let not_ready =
-        Taint { key: "node.kubernetes.io/not-ready".into(), effect: "NoSchedule".into(), ..Default::default() };
-    if pod.tolerations().iter().any(|t| tolerates(t, &not_ready)) {
+    if pod.tolerates_not_ready {
         return Ok(());
     }
     let ready = node

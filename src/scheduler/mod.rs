@@ -41,7 +41,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use queue::{Attempt, Queue};
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
@@ -277,6 +277,11 @@ pub fn unschedulable_conditions(pod: &Pod, message: &str, now: Timestamp) -> Opt
     Some(conds)
 }
 
+/// The scheduler never reads managedFields; dropping them from its caches saves memory.
+fn strip_managed_fields<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
 /// The `Binding` POSTed to `pods/{name}/binding`.
 pub fn binding(pod: &Pod, node: &str) -> Binding {
     Binding {
@@ -392,7 +397,7 @@ async fn watch_objects<K>(
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let api: Api<K> = Api::all(client);
-    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let mut stream = watcher(api, watcher::Config::default()).modify(strip_managed_fields).boxed();
     let key_of = |m: &ObjectMeta| if namespaced { cache::meta_key(m) } else { m.name.clone().unwrap_or_default() };
     let (mut seen, mut known): (HashSet<String>, HashSet<String>) = Default::default();
     loop {
@@ -437,7 +442,7 @@ async fn watch_objects<K>(
 
 async fn watch_nodes(client: kube::Client, shared: Arc<Shared>, shutdown: CancellationToken) {
     let api: Api<Node> = Api::all(client);
-    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let mut stream = watcher(api, watcher::Config::default()).modify(strip_managed_fields).boxed();
     let mut seen: HashSet<String> = HashSet::new();
     let mut known: HashSet<String> = HashSet::new();
     loop {
@@ -486,7 +491,7 @@ async fn watch_nodes(client: kube::Client, shared: Arc<Shared>, shutdown: Cancel
 
 async fn watch_pods(client: kube::Client, shared: Arc<Shared>, shutdown: CancellationToken) {
     let api: Api<Pod> = Api::all(client);
-    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let mut stream = watcher(api, watcher::Config::default()).modify(strip_managed_fields).boxed();
     loop {
         let ev = tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -116,22 +116,29 @@ const MAX_CONTAINER_THRESHOLD: i64 = 1000 * MB;
 /// nodes holding it (so an image everywhere does not pull every pod to one node), mapped
 /// between the thresholds to 0..=100 (`calculatePriority`).
 pub fn image_locality(pod: &Pod, node: &NodeInfo, cache: &Cache, total_nodes: usize) -> i64 {
-    let Some(spec) = pod.spec.as_ref() else { return 0 };
-    let containers: Vec<&str> = spec
-        .init_containers
+    image_locality_of(&pod_images(pod), node, cache, total_nodes)
+}
+
+/// The normalized image names of a pod's containers, init containers first.
+fn pod_images(pod: &Pod) -> Vec<String> {
+    let Some(spec) = pod.spec.as_ref() else { return vec![] };
+    spec.init_containers
         .iter()
         .flatten()
         .chain(spec.containers.iter())
-        .map(|c| c.image.as_deref().unwrap_or(""))
-        .collect();
+        .map(|c| normalized_image(c.image.as_deref().unwrap_or("")))
+        .collect()
+}
+
+/// [`image_locality`] with the pod's image names normalized once for all nodes.
+fn image_locality_of(containers: &[String], node: &NodeInfo, cache: &Cache, total_nodes: usize) -> i64 {
     if containers.is_empty() || total_nodes == 0 {
         return 0;
     }
     let mut sum: i64 = 0;
-    for image in &containers {
-        let name = normalized_image(image);
-        if let Some(size) = node.images.get(&name) {
-            let spread = cache.image_spread(&name) as f64 / total_nodes as f64;
+    for name in containers {
+        if let Some(size) = node.images.get(name) {
+            let spread = cache.image_spread(name) as f64 / total_nodes as f64;
             sum += (*size as f64 * spread) as i64;
         }
     }
@@ -163,11 +170,12 @@ pub fn total_with(info: &PodInfo<'_>, cache: Option<&Cache>, nodes: &[&NodeInfo]
         None => vec![0; nodes.len()],
     };
     let total_nodes = cache.map_or(0, |c| c.node_count());
+    let images = pod_images(pod);
     nodes
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let image = cache.map_or(0, |c| image_locality(pod, n, c, total_nodes));
+            let image = cache.map_or(0, |c| image_locality_of(&images, n, c, total_nodes));
             3 * taint[i]
                 + 2 * aff[i]
                 + 2 * spread[i]
