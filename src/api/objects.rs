@@ -87,7 +87,7 @@ pub async fn get(store: &dyn Store, r: &Resource, ns: Option<&str>, name: &str) 
 }
 
 /// [`get`] from this server's applied state (a serializable read): for admission's lookups,
-/// which follow the request's linearizable namespace check.
+/// which read informer caches upstream (eventually consistent, as these are).
 pub async fn get_serializable(store: &dyn Store, r: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Stored> {
     let key = r.key(ns, name).into_bytes();
     let resp = store

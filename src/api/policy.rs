@@ -53,7 +53,7 @@ fn qty(v: Option<&Value>) -> Option<f64> {
 }
 
 /// The objects of one kind in `ns`. `serializable`: from this server's applied state, for
-/// lookups that follow the request's linearizable namespace check.
+/// admission lookups, which read informer caches upstream.
 async fn list_in(req: &Req, group: &str, plural: &str, ns: &str, serializable: bool) -> ApiResult<Vec<Value>> {
     let Some(r) = registry::BUILTIN.iter().find(|r| r.group == group && r.plural == plural) else { return Ok(vec![]) };
     let resp = req
