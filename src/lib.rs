@@ -6,6 +6,8 @@
 
 pub mod agent;
 pub mod api;
+#[cfg(feature = "bench")]
+pub mod bench_support;
 pub mod cli;
 pub mod config;
 pub mod controllers;

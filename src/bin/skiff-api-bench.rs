@@ -11,44 +11,14 @@
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use skiff::bench_support::{default_skiff, start_server};
 use skiff::store::{Op, Store, Txn};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type BoxErr = Box<dyn std::error::Error + Send + Sync>;
-
-/// The server child, killed by PID when dropped.
-struct Server {
-    child: Child,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn rss_mib(&self) -> f64 {
-        rss_mib(self.child.id())
-    }
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
 
 struct Opts {
     quick: bool,
@@ -57,8 +27,7 @@ struct Opts {
 }
 
 fn opts() -> Result<Opts, BoxErr> {
-    let mut o =
-        Opts { quick: false, clients: 16, skiff: std::env::current_exe()?.parent().ok_or("no exe dir")?.join("skiff") };
+    let mut o = Opts { quick: false, clients: 16, skiff: default_skiff()? };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -69,45 +38,6 @@ fn opts() -> Result<Opts, BoxErr> {
         }
     }
     Ok(o)
-}
-
-fn free_port() -> Result<u16, BoxErr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-async fn start_server(bin: &Path, dir: &Path) -> Result<(Server, kube::Client), BoxErr> {
-    let port = free_port()?;
-    let kubeconfig = dir.join("kubeconfig.yaml");
-    let log = std::fs::File::create(dir.join("server.log"))?;
-    let child = Command::new(bin)
-        .args(["server", "--disable-agent", "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1"])
-        .args(["--node-ip", "127.0.0.1", "--https-listen-port", &port.to_string()])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--write-kubeconfig")
-        .arg(&kubeconfig)
-        .env("SKIFF_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-    let server = Server { child };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(yaml) = std::fs::read_to_string(&kubeconfig) {
-            if let Ok(cfg) = skiff::server::kube_config(&yaml).await {
-                let client = kube::Client::try_from(cfg)?;
-                let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-                if ns.get("default").await.is_ok() {
-                    return Ok((server, client));
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the server did not become ready; see {}", dir.join("server.log").display()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn configmap(name: &str) -> ConfigMap {
@@ -254,7 +184,7 @@ async fn main() -> Result<(), BoxErr> {
     let mut raw = store_puts(&tmp.path().join("store"), o.clients, per_client_create).await?;
 
     eprintln!("starting {}…", o.skiff.display());
-    let (server, client) = start_server(&o.skiff, tmp.path()).await?;
+    let (server, client) = start_server(&o.skiff, tmp.path(), &[]).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle_rss = server.rss_mib();
 

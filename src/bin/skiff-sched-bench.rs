@@ -1,12 +1,12 @@
-//! skiff-sched-bench: issue #5's scheduler and controller benchmark. Starts an in-process
-//! `skiff server` with no agent, registers fake nodes (capacity, Ready, a zone label), creates
+//! skiff-sched-bench: issue #5's scheduler and controller benchmark. Starts `skiff server` with
+//! no agent (a child process, so its memory is measured alone), registers fake nodes (capacity, Ready, a zone label), creates
 //! pods with mixed requests (every tenth with required anti-affinity to its group's other
 //! pods), and measures how fast the scheduler binds them; then scales a Deployment from 0 to 100
 //! and measures how long the controllers take to create the pods. Prints one table.
 //!
 //! Run: `cargo run --release --features bench --bin skiff-sched-bench -- [--nodes 1000]
-//! [--pods 10000]`. Targets (issue #5): ≥ 1,000 pods/s, server RSS < 300 MB, scale to 100
-//! in < 2 s. RSS is this process's: the server plus the benchmark's own client and records.
+//! [--pods 10000] [--skiff PATH]` (the server binary defaults to `skiff` next to this one).
+//! Targets (issue #5): ≥ 1,000 pods/s, server RSS < 300 MB, scale to 100 in < 2 s.
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -14,20 +14,21 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
+use skiff::bench_support::{default_skiff, start_server, Server};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 type Times = Arc<Mutex<HashMap<String, Instant>>>;
 
 struct Args {
     nodes: usize,
     pods: usize,
+    skiff: std::path::PathBuf,
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { nodes: 1000, pods: 10_000 };
+    let mut a = Args { nodes: 1000, pods: 10_000, skiff: default_skiff().map_err(|e| anyhow::anyhow!("{e}"))? };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || -> anyhow::Result<usize> {
@@ -37,25 +38,15 @@ fn args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--nodes" => a.nodes = value()?,
             "--pods" => a.pods = value()?,
+            "--skiff" => a.skiff = it.next().ok_or_else(|| anyhow::anyhow!("--skiff needs a path"))?.into(),
             "-h" | "--help" => {
-                println!("usage: skiff-sched-bench [--nodes N] [--pods N]");
+                println!("usage: skiff-sched-bench [--nodes N] [--pods N] [--skiff PATH]");
                 std::process::exit(0);
             }
             other => anyhow::bail!("unknown flag {other} (try --help)"),
         }
     }
     Ok(a)
-}
-
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -66,34 +57,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn start_server(dir: &std::path::Path, shutdown: CancellationToken) -> anyhow::Result<kube::Client> {
-    let d = dir.display().to_string();
-    let argv = [
-        "skiff",
-        "server",
-        "--disable-agent",
-        "--disable",
-        "nodelifecycle",
-        "--data-dir",
-        &d,
-        "--write-kubeconfig",
-        &format!("{d}/kubeconfig.yaml"),
-        "--node-ip",
-        "127.0.0.1",
-        "--node-name",
-        "bench-server",
-        "--bind-address",
-        "127.0.0.1",
-    ];
-    let cli = <skiff::cli::Cli as clap::Parser>::parse_from(argv);
-    let skiff::cli::Command::Server(sa) = cli.command else { anyhow::bail!("not a server command") };
-    let host =
-        skiff::config::HostFacts { hostname: "bench".into(), first_ip: Some(std::net::Ipv4Addr::LOCALHOST.into()) };
-    let cfg = skiff::config::resolve_server(&sa, &host)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let running = skiff::server::start(cfg, listener, shutdown).await?;
-    let kc = skiff::server::kube_config(&running.admin_kubeconfig).await?;
-    Ok(kube::Client::try_from(kc)?)
+async fn start(skiff: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<(Server, kube::Client)> {
+    // Node lifecycle would mark the fake nodes (which renew no Lease) unreachable mid-run.
+    start_server(skiff, dir, &["--disable", "nodelifecycle"]).await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// This bench process's own resident set, MiB (its clients and records).
+fn own_rss_mib() -> f64 {
+    skiff::bench_support::rss_mib(std::process::id())
 }
 
 async fn create_node(client: kube::Client, i: usize) -> anyhow::Result<()> {
@@ -182,8 +153,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let a = args()?;
     let dir = tempfile::tempdir()?;
-    let shutdown = CancellationToken::new();
-    let client = start_server(dir.path(), shutdown.clone()).await?;
+    let (server, client) = start(&a.skiff, dir.path()).await?;
     let mut rows: Vec<(String, String)> = vec![];
 
     eprintln!("registering {} fake nodes…", a.nodes);
@@ -241,7 +211,8 @@ async fn main() -> anyhow::Result<()> {
     ));
     rows.push(("creation → binding p50".into(), format!("{:.1} ms", percentile(&lat, 0.50).as_secs_f64() * 1e3)));
     rows.push(("creation → binding p99".into(), format!("{:.1} ms", percentile(&lat, 0.99).as_secs_f64() * 1e3)));
-    rows.push(("RSS after scheduling (server + bench)".into(), format!("{:.0} MB", rss_mb())));
+    rows.push(("server RSS after scheduling".into(), format!("{:.0} MiB", server.rss_mib())));
+    rows.push(("bench process RSS (clients, records)".into(), format!("{:.0} MiB", own_rss_mib())));
 
     eprintln!("scaling a Deployment to 100…");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
@@ -275,7 +246,7 @@ async fn main() -> anyhow::Result<()> {
     };
     rows.push(("scale deployment 0 → 100: all pods created".into(), show(created, created_in)));
     rows.push(("scale deployment 0 → 100: all pods bound".into(), show(all, bound_in)));
-    rows.push(("RSS at the end (server + bench)".into(), format!("{:.0} MB", rss_mb())));
+    rows.push(("server RSS at the end".into(), format!("{:.0} MiB", server.rss_mib())));
 
     println!("\nskiff scheduler benchmark: {} nodes, {} pods (10% with required anti-affinity)\n", a.nodes, a.pods);
     println!("| {:<52} | {:>18} |", "measure", "value");
@@ -283,6 +254,6 @@ async fn main() -> anyhow::Result<()> {
     for (k, v) in rows {
         println!("| {k:<52} | {v:>18} |");
     }
-    shutdown.cancel();
+    drop(server);
     Ok(())
 }

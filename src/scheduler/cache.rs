@@ -82,6 +82,37 @@ pub struct NodeInfo {
     pub pods: BTreeSet<String>,
     /// Normalised image name → size in bytes, from `status.images`.
     pub images: HashMap<String, i64>,
+    /// What the filters and scores ask of every node for every pod, read once per node update
+    /// (a scheduling attempt visits hundreds of nodes; chasing each one's strings and maps cost
+    /// most of it).
+    pub facts: NodeFacts,
+    /// cpu and memory of `requested`, kept beside it for the same reason.
+    pub requested_cpu_mem: (i128, i128),
+}
+
+/// See [`NodeInfo::facts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// The `Ready` condition is `True`.
+    pub ready: bool,
+    /// `spec.unschedulable`.
+    pub unschedulable: bool,
+    /// Allocatable cpu and memory (milli-units) and pods (milli-pods), if the node lists them.
+    pub cpu: i128,
+    pub memory: i128,
+    pub pods: Option<i128>,
+}
+
+impl NodeFacts {
+    pub fn of(node: &Node, allocatable: &Resources) -> NodeFacts {
+        NodeFacts {
+            ready: super::filter::is_ready(node),
+            unschedulable: node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false),
+            cpu: allocatable.get("cpu").copied().unwrap_or(0),
+            memory: allocatable.get("memory").copied().unwrap_or(0),
+            pods: allocatable.get("pods").copied(),
+        }
+    }
 }
 
 impl NodeInfo {
@@ -100,8 +131,28 @@ impl NodeInfo {
         self.node.as_ref().and_then(|n| n.metadata.labels.as_ref()).unwrap_or(&EMPTY)
     }
 
+    /// What the node's pods request of `name` (milli-units).
+    pub fn requested_of(&self, name: &str) -> i128 {
+        match name {
+            "cpu" => self.requested_cpu_mem.0,
+            "memory" => self.requested_cpu_mem.1,
+            _ => self.requested.get(name).copied().unwrap_or(0),
+        }
+    }
+
+    /// What the node offers of `name` (milli-units).
+    pub fn allocatable_of(&self, name: &str) -> i128 {
+        match name {
+            "cpu" => self.facts.cpu,
+            "memory" => self.facts.memory,
+            _ => self.allocatable.get(name).copied().unwrap_or(0),
+        }
+    }
+
     pub(crate) fn add(&mut self, u: &PodUsage) {
         resources::add(&mut self.requested, &u.requests);
+        self.requested_cpu_mem.0 += u.requests.get("cpu").copied().unwrap_or(0);
+        self.requested_cpu_mem.1 += u.requests.get("memory").copied().unwrap_or(0);
         self.nonzero_requested.0 += u.nonzero.0;
         self.nonzero_requested.1 += u.nonzero.1;
         self.pod_count += 1;
@@ -114,6 +165,8 @@ impl NodeInfo {
                 *e -= v;
             }
         }
+        self.requested_cpu_mem.0 -= u.requests.get("cpu").copied().unwrap_or(0);
+        self.requested_cpu_mem.1 -= u.requests.get("memory").copied().unwrap_or(0);
         self.nonzero_requested.0 -= u.nonzero.0;
         self.nonzero_requested.1 -= u.nonzero.1;
         self.pod_count = self.pod_count.saturating_sub(1);
@@ -276,6 +329,7 @@ impl Cache {
         }
         info.images = images;
         info.allocatable = allocatable_of(&node);
+        info.facts = NodeFacts::of(&node, &info.allocatable);
         info.node = Some(Arc::new(node));
     }
 

@@ -99,7 +99,9 @@ fn fail(reason: impl Into<String>) -> Verdict {
 /// Runs every filter in upstream order; the first rejection wins.
 pub fn run_filters(pod: &PodInfo<'_>, node: &NodeInfo) -> Verdict {
     let Some(n) = node.node.as_deref() else { return fail(ERR_NOT_READY) };
-    node_unschedulable(pod, n)?;
+    if node.facts.unschedulable {
+        node_unschedulable(pod, n)?;
+    }
     node_name(pod, n)?;
     taint_toleration(pod, n)?;
     node_affinity(pod, n)?;
@@ -114,7 +116,11 @@ pub fn run_filters(pod: &PodInfo<'_>, node: &NodeInfo) -> Verdict {
     if let Some(i) = &pod.interpod {
         interpod::filter(i, node.labels())?;
     }
-    node_ready(pod, n)
+    if node.facts.ready || pod.tolerates_not_ready {
+        Ok(())
+    } else {
+        fail(ERR_NOT_READY)
+    }
 }
 
 /// Whether evicting pods cannot help with this reason (upstream's UnschedulableAndUnresolvable
@@ -262,17 +268,16 @@ pub fn node_ports(pod: &PodInfo<'_>, node: &NodeInfo) -> Verdict {
 /// already request; the pod count must stay within allocatable `pods`. Reports every
 /// insufficient resource, cpu and memory first, as upstream `fitsRequest` does.
 pub fn node_resources_fit(pod: &PodInfo<'_>, node: &NodeInfo) -> Verdict {
-    let alloc = node.allocatable();
     let mut reasons = vec![];
-    if let Some(max_pods) = alloc.get("pods") {
-        if (node.pod_count as i128 + 1) * 1000 > *max_pods {
+    if let Some(max_pods) = node.facts.pods {
+        if (node.pod_count as i128 + 1) * 1000 > max_pods {
             reasons.push(ERR_TOO_MANY_PODS.to_string());
         }
     }
     // Zero requests never fail, even for resources the node does not have (they are not listed).
     for (name, want) in &pod.ordered_requests {
         let want = *want;
-        let free = alloc.get(name).copied().unwrap_or(0) - node.requested.get(name).copied().unwrap_or(0);
+        let free = node.allocatable_of(name) - node.requested_of(name);
         if want > free {
             reasons.push(format!("Insufficient {name}"));
         }
@@ -289,20 +294,20 @@ pub fn node_resources_fit(pod: &PodInfo<'_>, node: &NodeInfo) -> Verdict {
 /// controller adds; checking the condition too keeps a node that has never reported from getting
 /// pods.) As with that taint, a pod tolerating it — a DaemonSet's, say — may go there anyway.
 pub fn node_ready(pod: &PodInfo<'_>, node: &Node) -> Verdict {
-    if pod.tolerates_not_ready {
-        return Ok(());
-    }
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.status == "True");
-    if ready {
+    if pod.tolerates_not_ready || is_ready(node) {
         Ok(())
     } else {
         fail(ERR_NOT_READY)
     }
+}
+
+/// Whether the node's `Ready` condition is `True`.
+pub fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
 }
 
 /// Upstream `FitError.Error()` without the preemption part: reasons counted over nodes, each

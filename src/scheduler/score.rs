@@ -12,10 +12,9 @@ pub const MAX_NODE_SCORE: i64 = 100;
 
 /// (cpu, memory) requested on the node once the pod is added, and the node's allocatable.
 fn usage(pod_nonzero: (i128, i128), node: &NodeInfo) -> [(i128, i128); 2] {
-    let alloc = node.allocatable();
     [
-        (node.nonzero_requested.0 + pod_nonzero.0, alloc.get("cpu").copied().unwrap_or(0)),
-        (node.nonzero_requested.1 + pod_nonzero.1, alloc.get("memory").copied().unwrap_or(0)),
+        (node.nonzero_requested.0 + pod_nonzero.0, node.facts.cpu),
+        (node.nonzero_requested.1 + pod_nonzero.1, node.facts.memory),
     ]
 }
 
