@@ -22,6 +22,34 @@ struct Gen {
     kv: Option<KeyValue>,
 }
 
+/// A [`Record`] borrowed from the state.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub rev: i64,
+    pub sub: u32,
+    pub key: &'a [u8],
+    pub kv: Option<&'a KeyValue>,
+    pub deadline_ms: Option<u64>,
+}
+
+impl RecordRef<'_> {
+    pub fn to_owned(self) -> Record {
+        Record {
+            rev: self.rev,
+            sub: self.sub,
+            key: self.key.to_vec(),
+            kv: self.kv.cloned(),
+            deadline_ms: self.deadline_ms,
+        }
+    }
+}
+
+impl Record {
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef { rev: self.rev, sub: self.sub, key: &self.key, kv: self.kv.as_ref(), deadline_ms: self.deadline_ms }
+    }
+}
+
 /// One durable change: the key's state after the write at (`rev`, `sub`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -202,14 +230,20 @@ impl Mvcc {
     /// Every record a [`Mvcc::restore`] needs to rebuild this state, in (rev, sub) order: what a
     /// Raft snapshot carries.
     pub fn records(&self) -> Vec<Record> {
-        let mut out: Vec<Record> = Vec::new();
+        self.record_refs().into_iter().map(RecordRef::to_owned).collect()
+    }
+
+    /// [`Mvcc::records`] borrowed from the state: a snapshot is encoded from these without a
+    /// second copy of every value.
+    pub fn record_refs(&self) -> Vec<RecordRef<'_>> {
+        let mut out: Vec<RecordRef<'_>> = Vec::new();
         for (key, h) in &self.keys {
             for g in h {
                 let deadline_ms = match self.expiries.get(key) {
                     Some((d, r)) if *r == g.rev && g.kv.is_some() => Some(*d),
                     _ => None,
                 };
-                out.push(Record { rev: g.rev, sub: g.sub, key: key.clone(), kv: g.kv.clone(), deadline_ms });
+                out.push(RecordRef { rev: g.rev, sub: g.sub, key, kv: g.kv.as_ref(), deadline_ms });
             }
         }
         out.sort_by_key(|r| (r.rev, r.sub));

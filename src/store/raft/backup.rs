@@ -34,7 +34,7 @@ impl RaftStore {
     fn save_local(&self, path: &Path) -> Result<SnapshotInfo, StoreError> {
         let (data, info) = {
             let m = self.shared.lock();
-            let records = m.records();
+            let records = m.record_refs();
             let info =
                 SnapshotInfo { revision: m.revision(), compact_revision: m.compact_revision(), records: records.len() };
             (codec::encode_snapshot(info.revision, info.compact_revision, &records), info)

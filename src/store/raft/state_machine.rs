@@ -299,7 +299,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // another task while later entries keep being applied.
         let mvcc = self.shared.lock();
         SnapshotBuilder {
-            data: codec::encode_snapshot(mvcc.revision(), mvcc.compact_revision(), &mvcc.records()),
+            data: codec::encode_snapshot(mvcc.revision(), mvcc.compact_revision(), &mvcc.record_refs()),
             applied: self.applied,
             membership: self.membership.clone(),
             dir: self.dir.clone(),
