@@ -179,7 +179,10 @@ pub fn hpa_v1_to_v2(mut v: Value) -> Value {
                 "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": cpu}},
             }));
         }
-        if !metrics.is_empty() {
+        if metrics.is_empty() {
+            // The v2 default a v1 object without targetCPUUtilizationPercentage gets.
+            spec.insert("metrics".into(), super::defaults::default_hpa_metrics());
+        } else {
             spec.insert("metrics".into(), Value::Array(metrics));
         }
         if let Some(b) = parse(BEHAVIOR_ANNOTATION) {
@@ -357,6 +360,15 @@ mod tests {
         want["metadata"]["annotations"] = json!({"keep": "me"});
         assert_eq!(back["metadata"], want["metadata"]);
         assert_eq!(back, want);
+    }
+
+    #[test]
+    fn an_hpa_v1_without_a_cpu_target_gets_the_80_percent_default() {
+        let v1 = json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "a"},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "a"}, "maxReplicas": 2}});
+        let v2 = hpa_v1_to_v2(v1);
+        assert_eq!(v2["spec"]["metrics"], crate::registry::defaults::default_hpa_metrics());
+        assert_eq!(hpa_v2_to_v1(v2)["spec"]["targetCPUUtilizationPercentage"], 80);
     }
 
     #[test]

@@ -107,6 +107,12 @@ fn template(v: &mut Value) {
     }
 }
 
+/// The metrics of an HorizontalPodAutoscaler that names none: 80% of the pods' cpu requests
+/// (upstream `DefaultCPUUtilization`).
+pub fn default_hpa_metrics() -> Value {
+    json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}])
+}
+
 /// Applies the kind's defaults. `create` is true for new objects (admission defaults apply).
 pub fn apply(r: &Resource, v: &mut Value, create: bool) {
     if let Some(c) = &r.custom {
@@ -114,6 +120,16 @@ pub fn apply(r: &Resource, v: &mut Value, create: bool) {
         return;
     }
     match (&*r.group, &*r.kind) {
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            if let Some(s) = obj_at(v, &["spec"]) {
+                set_default(s, "minReplicas", json!(1));
+                // autoscaling/v2 (upstream SetDefaults_HorizontalPodAutoscaler): no metrics means
+                // 80% of the cpu requested. A v1 object gets it on its conversion to v2.
+                if &*r.version == "v2" && s.get("metrics").and_then(|m| m.as_array()).is_none_or(|m| m.is_empty()) {
+                    s.insert("metrics".into(), default_hpa_metrics());
+                }
+            }
+        }
         ("", "Pod") => {
             if let Some(spec) = v.get_mut("spec") {
                 pod_spec(spec);
@@ -246,6 +262,20 @@ mod tests {
         assert_eq!(default_pull_policy("localhost:5000/busybox"), "Always");
         assert_eq!(default_pull_policy("localhost:5000/busybox:1.36"), "IfNotPresent");
         assert_eq!(default_pull_policy("busybox@sha256:abc"), "IfNotPresent");
+    }
+
+    #[test]
+    fn an_hpa_without_metrics_targets_80_percent_cpu_and_one_replica_at_least() {
+        let mut h = json!({"spec": {"scaleTargetRef": {"kind": "Deployment", "name": "a"}, "maxReplicas": 3}});
+        apply(find("autoscaling", "v2", "horizontalpodautoscalers").unwrap(), &mut h, true);
+        assert_eq!(h["spec"]["minReplicas"], 1);
+        assert_eq!(h["spec"]["metrics"], default_hpa_metrics());
+        assert_eq!(h["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 80);
+        // Metrics that are given stay.
+        let mem = json!([{"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "1Gi"}}}]);
+        let mut h = json!({"spec": {"minReplicas": 2, "maxReplicas": 3, "metrics": mem.clone()}});
+        apply(find("autoscaling", "v2", "horizontalpodautoscalers").unwrap(), &mut h, true);
+        assert_eq!((h["spec"]["minReplicas"].clone(), h["spec"]["metrics"].clone()), (json!(2), mem));
     }
 
     #[test]
