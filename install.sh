@@ -80,7 +80,7 @@ find_source() {
 }
 
 # --- packages ----------------------------------------------------------------------------------
-PACKAGES="containerd runc containernetworking-plugins protobuf-compiler build-essential pkg-config
+PACKAGES="containerd runc containernetworking-plugins protobuf-compiler libprotobuf-dev build-essential pkg-config
 git ca-certificates curl iproute2 nftables conntrack busybox-static python3"
 
 install_packages() {
