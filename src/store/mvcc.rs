@@ -5,8 +5,8 @@
 //!
 //! It does no I/O and reads no clock: [`Mvcc::apply`] takes the proposer's wall-clock time as an
 //! argument, so replaying the same Raft log on any server yields the same state (Raft's
-//! deterministic state machine requirement). Every change is also returned as a [`Record`], which
-//! the durable store writes to disk and feeds back through [`Mvcc::restore`] at start-up.
+//! deterministic state machine requirement). [`Mvcc::record_refs`] lists the state as
+//! [`Record`]s, which Raft snapshots carry and [`Mvcc::restore`] rebuilds the state from.
 
 use super::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -68,8 +68,6 @@ pub struct Applied {
     pub response: TxnResponse,
     /// Events of the new revision, in op order (empty when nothing was written).
     pub events: Vec<Event>,
-    /// Changes to persist, one per event.
-    pub records: Vec<Record>,
 }
 
 /// The MVCC state. Not thread-safe by itself: callers wrap it in a lock.
@@ -148,7 +146,8 @@ impl Mvcc {
         let writes = ops.iter().any(|o| !matches!(o, Op::Get { .. }));
         let rev = if writes { self.rev + 1 } else { self.rev };
         let mut events = Vec::new();
-        let mut records = Vec::new();
+        // Position of the next change inside this revision.
+        let mut sub = 0u32;
         let mut responses = Vec::new();
         for op in ops {
             match op {
@@ -163,20 +162,17 @@ impl Mvcc {
                         version: prev.as_ref().map(|p| p.version).unwrap_or(0) + 1,
                     };
                     let deadline_ms = ttl_seconds.map(|t| now_ms.saturating_add(t.saturating_mul(1000)));
-                    let record = Record { rev, sub: records.len() as u32, key: key.clone(), kv: Some(kv), deadline_ms };
-                    let event = self.push_record(&record, prev.clone());
-                    events.extend(event);
-                    records.push(record);
+                    let record = Record { rev, sub, key: key.clone(), kv: Some(kv), deadline_ms };
+                    sub += 1;
+                    events.extend(self.push_record(&record, prev.clone()));
                     responses.push(OpResponse::Put { prev });
                 }
                 Op::Delete { key } => {
                     let prev = self.current(key).cloned();
                     if prev.is_some() {
-                        let record =
-                            Record { rev, sub: records.len() as u32, key: key.clone(), kv: None, deadline_ms: None };
-                        let event = self.push_record(&record, prev.clone());
-                        events.extend(event);
-                        records.push(record);
+                        let record = Record { rev, sub, key: key.clone(), kv: None, deadline_ms: None };
+                        sub += 1;
+                        events.extend(self.push_record(&record, prev.clone()));
                     }
                     responses.push(OpResponse::Delete { prev });
                 }
@@ -185,7 +181,7 @@ impl Mvcc {
         if !events.is_empty() {
             self.rev = rev;
         }
-        Applied { response: TxnResponse { succeeded: ok, revision: self.rev, responses }, events, records }
+        Applied { response: TxnResponse { succeeded: ok, revision: self.rev, responses }, events }
     }
 
     /// Adds one change to the key index, the expiry table and (above the compaction point) the
@@ -394,7 +390,7 @@ mod tests {
         };
         let a = m.apply(&t, 0);
         assert_eq!(a.response.revision, 1);
-        assert_eq!(a.records.iter().map(|r| (r.rev, r.sub)).collect::<Vec<_>>(), vec![(1, 0), (1, 1)]);
+        assert_eq!(m.record_refs().iter().map(|r| (r.rev, r.sub)).collect::<Vec<_>>(), vec![(1, 0), (1, 1)]);
     }
 
     #[test]
@@ -403,7 +399,7 @@ mod tests {
         m.apply(&put("/a", "1"), 0);
         let a = m.apply(&txn::create(b"/a", b"2".to_vec(), None), 0);
         assert!(!a.response.succeeded);
-        assert_eq!((a.response.revision, a.records.len()), (1, 0));
+        assert_eq!((a.response.revision, a.events.len()), (1, 0));
         let a = m.apply(&del("/missing"), 0);
         assert_eq!((a.response.revision, a.events.len()), (1, 0));
     }
@@ -411,20 +407,18 @@ mod tests {
     #[test]
     fn restoring_from_records_reproduces_state_history_and_expiries() {
         let mut m = Mvcc::new();
-        let mut records = Vec::new();
-        records.extend(m.apply(&put("/a", "1"), 0).records);
-        records.extend(m.apply(&put("/b", "1"), 0).records);
-        records.extend(
-            m.apply(
-                &Txn {
-                    success: vec![Op::Put { key: b"/e".to_vec(), value: b"x".to_vec(), ttl_seconds: Some(2) }],
-                    ..Default::default()
-                },
-                1000,
-            )
-            .records,
+        m.apply(&put("/a", "1"), 0);
+        m.apply(&put("/b", "1"), 0);
+        m.apply(
+            &Txn {
+                success: vec![Op::Put { key: b"/e".to_vec(), value: b"x".to_vec(), ttl_seconds: Some(2) }],
+                ..Default::default()
+            },
+            1000,
         );
-        records.extend(m.apply(&del("/a"), 0).records);
+        m.apply(&del("/a"), 0);
+        let records = m.records();
+        assert_eq!(records.len(), 4);
         let r = Mvcc::restore(m.revision(), m.compact_revision(), records.clone());
         assert_eq!(r.revision(), 4);
         assert_eq!(r.history(b"/", 1).unwrap(), m.history(b"/", 1).unwrap());

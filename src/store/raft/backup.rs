@@ -2,7 +2,7 @@
 //! revision counters) in one checksummed file, restorable into an empty data dir as a new
 //! one-server cluster with identical keys and revisions, like `etcdctl snapshot save/restore`.
 
-use super::{codec, open_engine, state_machine, Error, NoTransport, RaftStore, RaftStoreConfig};
+use super::{codec, state_machine, Error, NoTransport, RaftStore, RaftStoreConfig};
 use crate::store::StoreError;
 use std::path::Path;
 use std::sync::Arc;
@@ -86,9 +86,9 @@ pub async fn cluster_reset(cfg: &RaftStoreConfig, backup: &Path) -> Result<Snaps
 }
 
 /// Restores a file written by [`RaftStore::save_snapshot`] into `cfg.dir` (the store directory,
-/// `<data-dir>/server/db`, with `cfg.engine`), which must be empty or missing. Opening it
-/// afterwards starts a new one-server cluster holding the snapshot's keys at their original
-/// revisions.
+/// `<data-dir>/server/db`), which must be empty or missing: as the state machine's snapshot
+/// with no log before it. Opening it afterwards starts a new one-server cluster holding the
+/// snapshot's keys at their original revisions.
 pub fn restore_snapshot(file: &Path, cfg: &RaftStoreConfig) -> Result<SnapshotInfo, StoreError> {
     let dir = cfg.dir.as_path();
     let data = std::fs::read(file).map_err(io(format!("reading snapshot {}", file.display())))?;
@@ -101,7 +101,11 @@ pub fn restore_snapshot(file: &Path, cfg: &RaftStoreConfig) -> Result<SnapshotIn
         )));
     }
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-    let db = open_engine(cfg)?;
-    state_machine::seed(&db, rev, compact_rev, &records)?;
+    let meta = openraft::SnapshotMeta {
+        last_log_id: None,
+        last_membership: openraft::StoredMembership::default(),
+        snapshot_id: "restored".into(),
+    };
+    state_machine::write_snapshot_file(dir, &meta, &data)?;
     Ok(SnapshotInfo { revision: rev, compact_revision: compact_rev, records: records.len() })
 }

@@ -1,7 +1,8 @@
-//! The storage-engine seam: the few operations the Raft log and state machine need (named trees
-//! of ordered byte keys, atomic write batches, a durable flush), with sled 0.34 as the
-//! default implementation and redb 2 as the alternative the store issue names should sled miss
-//! its space or durability targets; the Raft code never sees which one runs.
+//! The storage engines of earlier store layouts (sled 0.34, then redb 2), which kept the Raft
+//! log and the state machine as named trees of ordered byte keys in one database. The store no
+//! longer runs on them ([`super::wal`] and snapshots replaced them: they wrote 14-25 bytes per
+//! logical byte where etcd writes ~4); [`super::legacy`] reads them once to convert an old data
+//! dir, and its tests write them to make one.
 
 use super::Error;
 use async_trait::async_trait;

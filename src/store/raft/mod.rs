@@ -1,7 +1,7 @@
 //! The embedded, Raft-replicated store that replaces etcd: openraft 0.9 (storage v2) for
-//! consensus, sled for the log ([`log`]) and the state machine ([`state_machine`]), the shared
-//! MVCC core ([`crate::store::mvcc`]) for etcd's data model, and a pluggable peer transport
-//! ([`network`]).
+//! consensus, an append-only write-ahead log ([`wal`]) for the Raft log, the in-memory MVCC core
+//! ([`crate::store::mvcc`]) as the state machine ([`state_machine`]) persisted through Raft
+//! snapshots, and a pluggable peer transport ([`network`]).
 //!
 //! [`RaftStore`] implements [`Store`]: writes go through a batching proposer (group commit:
 //! concurrent writes share one entry and one fsync) and are answered once applied, their entry
@@ -12,19 +12,21 @@
 //! compaction, as kube-apiserver's compactor does for etcd.
 //!
 //! A fresh data dir initializes a one-voter cluster automatically. Start-up verifies every
-//! checksum and the durability [`marker`]; [`backup`] saves and restores snapshots.
+//! checksum and the durability [`marker`]; [`backup`] saves and restores snapshots; [`legacy`]
+//! converts stores of earlier versions.
 //!
-//! Store directory layout (`<data-dir>/server/db`): `sled/` (or `store.redb`) holding the trees
-//! `log`, `raft_meta` and `sm`; `snapshot.bin`, the last Raft snapshot; `durable`, the
+//! Store directory layout (`<data-dir>/server/db`): `wal/`, the Raft log's segments;
+//! `snapshot.bin`, the last Raft snapshot (the state machine's durable form); `durable`, the
 //! durability marker.
 
 pub mod backup;
 pub mod codec;
 pub mod engine;
-pub mod log;
+pub mod legacy;
 pub mod marker;
 pub mod network;
 pub mod state_machine;
+pub mod wal;
 
 use crate::store::watch;
 use crate::store::*;
@@ -85,10 +87,10 @@ pub enum Error {
     /// On-disk data failed a check (checksum, truncation, gap); nothing is served from it.
     #[error("{0}")]
     Corrupt(String),
-    /// The storage engine failed.
+    /// The storage engine of an older store layout failed (while converting it).
     #[error("storage engine error while {context}: {message}")]
     Engine { context: String, message: String },
-    /// A file operation outside sled failed (snapshot files, the data dir).
+    /// A file operation failed (log segments, snapshot files, the data dir).
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     /// A bug or an impossible state.
@@ -107,19 +109,6 @@ impl From<Error> for StoreError {
             other => StoreError::Internal(other.to_string()),
         }
     }
-}
-
-/// Which storage engine holds the log and the state machine. redb is the default: on this
-/// machine's benchmark it writes less per logical byte, is faster, and idles in half the memory
-/// of sled (README, "Store engine"). A data dir that an earlier skiff created with sled keeps
-/// sled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum EngineKind {
-    /// sled 0.34 in `<dir>/sled/`.
-    Sled,
-    /// redb 2 in `<dir>/store.redb`.
-    #[default]
-    Redb,
 }
 
 /// How to open a [`RaftStore`].
@@ -159,10 +148,9 @@ pub struct RaftStoreConfig {
     /// Log entries kept before the last snapshot, so briefly lagging followers catch up from the
     /// log rather than a full snapshot.
     pub keep_logs_after_snapshot: u64,
-    /// The storage engine (fixed for the life of a data dir).
-    pub engine: EngineKind,
-    /// The storage engine's page cache size in bytes.
-    pub cache_bytes: u64,
+    /// Size at which the log moves on to a new segment file (old segments are deleted once
+    /// their entries are in a snapshot).
+    pub segment_bytes: u64,
 }
 
 impl RaftStoreConfig {
@@ -181,10 +169,7 @@ impl RaftStoreConfig {
             snapshot_every_entries: 20_000,
             snapshot_min_log_bytes: 8 << 20,
             keep_logs_after_snapshot: 1000,
-            engine: EngineKind::default(),
-            // Reads are served from the in-memory MVCC state; the engine cache only serves
-            // start-up and Raft log reads, so it stays small for small boards.
-            cache_bytes: 32 << 20,
+            segment_bytes: 8 << 20,
         }
     }
 }
@@ -202,12 +187,13 @@ pub struct RaftStore {
     proposals: tokio::sync::mpsc::Sender<Pending>,
     raft: Raft<TypeConfig>,
     shared: Arc<state_machine::Shared>,
-    db: Arc<dyn engine::Engine>,
+    /// The Raft log (openraft holds the other handles): synced at shutdown.
+    log: wal::LogStore,
     node_id: NodeId,
     request_timeout: Duration,
     transport: Arc<dyn RaftTransport>,
     dir: PathBuf,
-    durable: log::DurableProgress,
+    durable: wal::DurableProgress,
     /// The index last written to the durability marker.
     marked: Mutex<Option<u64>>,
     cancel: CancellationToken,
@@ -241,16 +227,19 @@ impl RaftStore {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| {
             StoreError::Internal(format!("cannot create the store directory {}: {e}", cfg.dir.display()))
         })?;
-        let db = open_engine(&cfg)?;
-        let log = log::LogStore::open(&db).map_err(|e| {
+        legacy::migrate_if_needed(&cfg.dir, cfg.segment_bytes).map_err(|e| {
+            tracing::error!(error = %e, dir = %cfg.dir.display(), "converting the store from an older layout failed");
+            StoreError::from(e)
+        })?;
+        let log = wal::LogStore::open(&cfg.dir.join(wal::WAL_DIR), cfg.segment_bytes).map_err(|e| {
             tracing::error!(error = %e, dir = %cfg.dir.display(), "the raft log failed verification");
             StoreError::from(e)
         })?;
-        let sm = state_machine::StateMachine::open(&db, cfg.dir.clone()).map_err(|e| {
-            tracing::error!(error = %e, dir = %cfg.dir.display(), "the state machine failed verification");
+        let sm = state_machine::StateMachine::open(cfg.dir.clone()).map_err(|e| {
+            tracing::error!(error = %e, dir = %cfg.dir.display(), "the state machine's snapshot failed verification");
             StoreError::from(e)
         })?;
-        let on_disk = log.last_index().map_err(StoreError::from)?.max(sm.applied_index());
+        let on_disk = log.last_index().max(sm.applied_index());
         marker::check(&cfg.dir, on_disk).map_err(|e| {
             tracing::error!(error = %e, dir = %cfg.dir.display(), "the store lost data it had acknowledged");
             StoreError::from(e)
@@ -275,6 +264,7 @@ impl RaftStore {
         .validate()
         .map_err(|e| StoreError::Internal(format!("invalid raft configuration: {e}")))?;
         let network = network::NetworkFactory::new(cfg.transport.clone());
+        let log_handle = log.clone();
         let raft = Raft::new(cfg.node_id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| StoreError::Internal(format!("starting raft: {e}")))?;
@@ -297,7 +287,7 @@ impl RaftStore {
             proposals,
             raft,
             shared,
-            db,
+            log: log_handle,
             node_id: cfg.node_id,
             request_timeout: cfg.request_timeout,
             transport: cfg.transport.clone(),
@@ -394,7 +384,7 @@ impl RaftStore {
         &self.raft
     }
 
-    /// Stops the background loops and Raft, and flushes sled. The store answers `Unavailable`
+    /// Stops the background loops and Raft, and syncs the log. The store answers `Unavailable`
     /// afterwards; drop it to release the data dir.
     pub async fn shutdown(&self) -> Result<(), StoreError> {
         self.cancel.cancel();
@@ -405,26 +395,24 @@ impl RaftStore {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
-        self.db.flush().await.map_err(StoreError::from)?;
+        self.log.sync().map_err(StoreError::from)?;
         self.update_marker(true).map_err(StoreError::from)?;
-        // openraft's state-machine worker and the log flusher hold the engine too and exit
-        // on their own once the core is gone. Wait for them, so that when this returns (and
-        // the caller drops the store) the database is closed and can be opened again: redb
-        // refuses a second open of a file that is still open in this process.
+        // openraft's log and state-machine tasks hold the log too and exit on their own once
+        // the core is gone. Wait for them, so that when this returns (and the caller drops the
+        // store) the log's lock is released and the store can be opened again.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let in_use = || Arc::strong_count(&self.db) > 1 || self.db.trees_in_use();
-        while in_use() && tokio::time::Instant::now() < deadline {
+        while self.log.shared_elsewhere() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if in_use() {
-            tracing::warn!("the store's database is still in use after shutdown");
+        if self.log.shared_elsewhere() {
+            tracing::warn!("the raft log is still in use after shutdown");
         }
         Ok(())
     }
 
     /// Records in the durability marker how far the store is known to be on disk: applied
     /// entries (committed, so never truncated) whose log entry was flushed.
-    /// `all_flushed`: sled was just flushed, so everything applied is on disk.
+    /// `all_flushed`: the log was just synced, so everything applied is on disk.
     fn update_marker(&self, all_flushed: bool) -> Result<(), Error> {
         let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index);
         let durable = if all_flushed { applied } else { applied.min(self.durable.flushed_index()) };
@@ -564,36 +552,6 @@ impl RaftStore {
     }
 }
 
-/// Opens the configured storage engine under the store directory.
-pub(crate) fn open_engine(cfg: &RaftStoreConfig) -> Result<Arc<dyn engine::Engine>, StoreError> {
-    let mut kind = cfg.engine;
-    if kind == EngineKind::Redb && !cfg.dir.join("store.redb").exists() && cfg.dir.join("sled").exists() {
-        // Created before redb became the default: keep its engine.
-        tracing::info!(dir = %cfg.dir.display(), "this data dir holds a sled store; keeping sled");
-        kind = EngineKind::Sled;
-    }
-    let cfg = &RaftStoreConfig { engine: kind, ..cfg.clone() };
-    let other = match cfg.engine {
-        EngineKind::Sled => cfg.dir.join("store.redb"),
-        EngineKind::Redb => cfg.dir.join("sled"),
-    };
-    if other.exists() {
-        return Err(StoreError::Internal(format!(
-            "{} belongs to the other storage engine than the configured {:?}; configure the engine this data dir was created with",
-            other.display(),
-            cfg.engine
-        )));
-    }
-    let opened = match cfg.engine {
-        EngineKind::Sled => engine::SledEngine::open(&cfg.dir.join("sled"), cfg.cache_bytes),
-        EngineKind::Redb => engine::RedbEngine::open(&cfg.dir.join("store.redb"), cfg.cache_bytes),
-    };
-    opened.map_err(|e| {
-        tracing::error!(error = %e, dir = %cfg.dir.display(), "cannot open the store");
-        StoreError::from(e)
-    })
-}
-
 /// The leader to forward to, or `Unavailable` while none is known (an election is running).
 fn leader_of(id: Option<NodeId>, node: Option<BasicNode>) -> Result<(NodeId, String), StoreError> {
     match (id, node) {
@@ -659,7 +617,8 @@ async fn proposer_loop(
 }
 
 /// Triggers a snapshot (after which openraft purges the log) once the log has grown by more than
-/// the state's size, measured by the last snapshot file.
+/// the state's size, measured by the last snapshot file, or once compaction has dropped more
+/// than half of the records the last snapshot holds (so the data dir shrinks with the history).
 async fn snapshot_loop(
     store: std::sync::Weak<RaftStore>,
     appended: Arc<std::sync::atomic::AtomicU64>,
@@ -677,7 +636,10 @@ async fn snapshot_loop(
         let Some(store) = store.upgrade() else { return };
         let now = appended.load(Ordering::Relaxed);
         let state = std::fs::metadata(store.dir.join(state_machine::SNAPSHOT_FILE)).map(|m| m.len()).unwrap_or(0);
-        if now.saturating_sub(at_last) > state.max(min_bytes) {
+        let compacted = store.shared.compacted_since_snapshot.load(Ordering::Relaxed);
+        let in_snapshot = store.shared.snapshot_records.load(Ordering::Relaxed);
+        let mostly_compacted = compacted >= 1000 && compacted * 2 > in_snapshot;
+        if now.saturating_sub(at_last) > state.max(min_bytes) || mostly_compacted {
             at_last = now;
             if let Err(e) = store.raft.trigger().snapshot().await {
                 tracing::warn!(error = %e, "triggering a raft snapshot failed");

@@ -1,4 +1,4 @@
-//! Tests of the Raft store: openraft's storage suite against the log and state machine on both engines, the
+//! Tests of the Raft store: openraft's storage suite against the write-ahead log and the state machine, the
 //! shared store contract, durability across restarts, corruption detection, TTL expiry,
 //! compaction and watch resumption.
 
@@ -8,31 +8,23 @@ use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
 use tempfile::TempDir;
 
-struct Builder(EngineKind);
+struct Builder;
 
-impl StoreBuilder<TypeConfig, log::LogStore, state_machine::StateMachine, TempDir> for Builder {
-    async fn build(&self) -> Result<(TempDir, log::LogStore, state_machine::StateMachine), StorageError<NodeId>> {
+impl StoreBuilder<TypeConfig, wal::LogStore, state_machine::StateMachine, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, wal::LogStore, state_machine::StateMachine), StorageError<NodeId>> {
         let dir = TempDir::new().map_err(|e| openraft::StorageIOError::write(&e))?;
-        let db = match self.0 {
-            EngineKind::Sled => engine::SledEngine::open(&dir.path().join("sled"), 1 << 20),
-            EngineKind::Redb => engine::RedbEngine::open(&dir.path().join("store.redb"), 1 << 20),
-        }
-        .map_err(|e| openraft::StorageIOError::write(&e))?;
-        let log = log::LogStore::open(&db).map_err(|e| openraft::StorageIOError::write(&e))?;
-        let sm = state_machine::StateMachine::open(&db, dir.path().to_path_buf())
+        // Small segments, so the suite's logs span several segment files.
+        let log = wal::LogStore::open(&dir.path().join(wal::WAL_DIR), 4096)
+            .map_err(|e| openraft::StorageIOError::write(&e))?;
+        let sm = state_machine::StateMachine::open(dir.path().to_path_buf())
             .map_err(|e| openraft::StorageIOError::write(&e))?;
         Ok((dir, log, sm))
     }
 }
 
 #[test]
-fn the_sled_log_and_state_machine_pass_openraft_storage_suite() {
-    Suite::test_all(Builder(EngineKind::Sled)).unwrap();
-}
-
-#[test]
-fn the_redb_log_and_state_machine_pass_openraft_storage_suite() {
-    Suite::test_all(Builder(EngineKind::Redb)).unwrap();
+fn the_wal_log_and_state_machine_pass_openraft_storage_suite() {
+    Suite::test_all(Builder).unwrap();
 }
 
 /// A store with its temp dir, deleted when dropped.
@@ -44,7 +36,6 @@ struct TestStore {
 fn fast_config(dir: &std::path::Path) -> RaftStoreConfig {
     let mut cfg = RaftStoreConfig::new(dir.join("db"));
     cfg.expiry_interval = Duration::from_millis(100);
-    cfg.cache_bytes = 8 << 20;
     cfg
 }
 
@@ -92,31 +83,23 @@ async fn the_raft_store_conforms_to_the_store_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_raft_store_on_sled_conforms_and_an_existing_sled_dir_stays_on_sled() {
-    crate::store::conformance::run_all(|| async {
+async fn a_store_of_an_older_layout_is_converted_with_its_data_and_revisions() {
+    for kind in [legacy::EngineKind::Redb, legacy::EngineKind::Sled] {
         let dir = TempDir::new().unwrap();
-        TestStore { store: open(engine_config(dir.path(), EngineKind::Sled)).await.unwrap(), _dir: dir }
-    })
-    .await;
-    let dir = TempDir::new().unwrap();
-    let s = open(engine_config(dir.path(), EngineKind::Sled)).await.unwrap();
-    s.txn(put("/r", "1")).await.unwrap();
-    s.shutdown().await.unwrap();
-    drop(s);
-    // The default (redb) configuration opens a data dir an earlier skiff made with sled as sled.
-    assert_eq!(fast_config(dir.path()).engine, EngineKind::Redb);
-    let s = open(fast_config(dir.path())).await.unwrap();
-    assert_eq!(s.get(b"/r").await.unwrap().0.unwrap().mod_revision, 1);
-    s.shutdown().await.unwrap();
-    drop(s);
-    assert!(!dir.path().join("db/store.redb").exists());
-    // A redb data dir is never opened as sled.
-    let dir = TempDir::new().unwrap();
-    let s = open(fast_config(dir.path())).await.unwrap();
-    s.txn(put("/r", "1")).await.unwrap();
-    s.shutdown().await.unwrap();
-    drop(s);
-    assert!(open(engine_config(dir.path(), EngineKind::Sled)).await.is_err(), "a redb data dir is not opened as sled");
+        // Keys /old/1..=5 applied, and two more committed entries only in the log.
+        legacy::tests::write_old_store(&dir.path().join("db"), kind, 5);
+        let s = open(fast_config(dir.path())).await.unwrap();
+        for i in 1..=7i64 {
+            let kv = s.get(format!("/old/{i}").as_bytes()).await.unwrap().0;
+            assert_eq!(kv.map(|kv| kv.mod_revision), Some(i), "{kind:?}: /old/{i}");
+        }
+        assert_eq!(s.txn(put("/new", "x")).await.unwrap().revision, 8);
+        s.shutdown().await.unwrap();
+        drop(s);
+        let s = open(fast_config(dir.path())).await.unwrap();
+        assert_eq!(s.get(b"/new").await.unwrap().0.map(|kv| kv.mod_revision), Some(8));
+        s.shutdown().await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,62 +235,31 @@ async fn wait_for_revision(s: &RaftStore, revision: i64) {
     }
 }
 
-fn engine_config(dir: &std::path::Path, engine: EngineKind) -> RaftStoreConfig {
-    let mut cfg = fast_config(dir);
-    cfg.engine = engine;
-    cfg
-}
-
-/// Writes some data, closes the store and returns the engine's data file.
-async fn closed_store_with_data(dir: &std::path::Path, engine: EngineKind) -> std::path::PathBuf {
-    let store = open(engine_config(dir, engine)).await.unwrap();
+/// Writes some data, closes the store and returns its log segment.
+async fn closed_store_with_data(dir: &std::path::Path) -> std::path::PathBuf {
+    let store = open(fast_config(dir)).await.unwrap();
     for i in 0..50 {
         store.txn(put(&format!("/x/{i}"), &"v".repeat(100))).await.unwrap();
     }
     store.shutdown().await.unwrap();
     drop(store);
-    match engine {
-        EngineKind::Sled => dir.join("db/sled/db"),
-        EngineKind::Redb => dir.join("db/store.redb"),
-    }
+    let wal = dir.join("db").join(wal::WAL_DIR);
+    let mut segments: Vec<_> = std::fs::read_dir(&wal)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segments.sort();
+    segments.pop().unwrap()
 }
 
-async fn altered_data_file_is_refused(engine: EngineKind) {
-    let dir = TempDir::new().unwrap();
-    let file = closed_store_with_data(dir.path(), engine).await;
-    let mut bytes = std::fs::read(&file).unwrap();
-    match engine {
-        // Flip bits in the middle of the data, where log entries and records live.
-        EngineKind::Sled => {
-            let mid = bytes.len() / 2;
-            for b in &mut bytes[mid..mid + 64] {
-                *b ^= 0x5a;
-            }
+fn assert_refused(opened: std::result::Result<Arc<RaftStore>, StoreError>, want: &str) {
+    match opened {
+        Err(StoreError::Corrupt(msg)) => {
+            assert!(msg.contains("snapshot restore"), "{msg}");
+            assert!(msg.contains(want), "{msg}");
         }
-        // redb's file has free regions in its middle; damage every page after the header.
-        EngineKind::Redb => {
-            for page in bytes.chunks_mut(4096).skip(1) {
-                for b in page.iter_mut().take(64) {
-                    *b ^= 0x5a;
-                }
-            }
-        }
-    }
-    std::fs::write(&file, bytes).unwrap();
-    match open(engine_config(dir.path(), engine)).await {
-        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("snapshot restore"), "{msg}"),
-        Err(other) => panic!("expected Corrupt, got {other:?}"),
-        Ok(_) => panic!("a damaged store was opened"),
-    }
-}
-
-async fn truncated_data_file_is_refused(engine: EngineKind) {
-    let dir = TempDir::new().unwrap();
-    let file = closed_store_with_data(dir.path(), engine).await;
-    let len = std::fs::metadata(&file).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(len / 2).unwrap();
-    match open(engine_config(dir.path(), engine)).await {
-        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("snapshot restore"), "{msg}"),
         Err(other) => panic!("expected Corrupt, got {other:?}"),
         Ok(_) => panic!("a damaged store was opened"),
     }
@@ -315,63 +267,53 @@ async fn truncated_data_file_is_refused(engine: EngineKind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_altered_data_file_is_refused_at_start_up() {
-    altered_data_file_is_refused(EngineKind::Redb).await;
-    altered_data_file_is_refused(EngineKind::Sled).await;
+    let dir = TempDir::new().unwrap();
+    let file = closed_store_with_data(dir.path()).await;
+    let mut bytes = std::fs::read(&file).unwrap();
+    // Flip bits in the middle of the log, where entries live.
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&file, bytes).unwrap();
+    assert_refused(open(fast_config(dir.path())).await, "raft log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_data_file_is_refused_at_start_up() {
-    truncated_data_file_is_refused(EngineKind::Redb).await;
-    truncated_data_file_is_refused(EngineKind::Sled).await;
+    let dir = TempDir::new().unwrap();
+    let file = closed_store_with_data(dir.path()).await;
+    let len = std::fs::metadata(&file).unwrap().len();
+    // Cut at half: what looks like a torn tail is cut off, and the durability marker then
+    // shows that acknowledged entries went with it.
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(len / 2).unwrap();
+    assert_refused(open(fast_config(dir.path())).await, "truncated or damaged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_altered_behind_the_engines_back_is_refused_at_start_up() {
+async fn an_altered_snapshot_is_refused_at_start_up() {
     let dir = TempDir::new().unwrap();
-    closed_store_with_data(dir.path(), EngineKind::Sled).await;
-    {
-        // Bit rot that sled's own checks pass: rewrite one stored record's value.
-        let db = sled::Config::new().path(dir.path().join("db/sled")).open().unwrap();
-        let sm = db.open_tree("sm").unwrap();
-        let key = codec::record_key(10, 0);
-        let mut v = sm.get(key).unwrap().unwrap().to_vec();
-        let last = v.len() - 1;
-        v[last] ^= 1;
-        sm.insert(key, v).unwrap();
-        db.flush().unwrap();
+    let mut cfg = fast_config(dir.path());
+    cfg.snapshot_every_entries = 10;
+    let store = open(cfg.clone()).await.unwrap();
+    for i in 0..30 {
+        store.txn(put(&format!("/x/{i}"), "v")).await.unwrap();
     }
-    match open(engine_config(dir.path(), EngineKind::Sled)).await {
-        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("checksum"), "{msg}"),
-        Err(other) => panic!("expected Corrupt, got {other:?}"),
-        Ok(_) => panic!("a damaged store was opened"),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_altered_behind_redbs_back_is_refused_at_start_up() {
-    let dir = TempDir::new().unwrap();
-    let file = closed_store_with_data(dir.path(), EngineKind::Redb).await;
-    {
-        // A write that passes redb's own checks: rewrite one stored record's value.
-        let db = redb::Database::create(&file).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            use redb::ReadableTable;
-            let def = redb::TableDefinition::<&[u8], &[u8]>::new("sm");
-            let mut t = tx.open_table(def).unwrap();
-            let key = codec::record_key(10, 0);
-            let mut v = t.get(&key[..]).unwrap().unwrap().value().to_vec();
-            let last = v.len() - 1;
-            v[last] ^= 1;
-            t.insert(&key[..], &v[..]).unwrap();
-        }
-        tx.commit().unwrap();
-    }
-    match open(fast_config(dir.path())).await {
-        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("checksum"), "{msg}"),
-        Err(other) => panic!("expected Corrupt, got {other:?}"),
-        Ok(_) => panic!("a damaged store was opened"),
-    }
+    store.raft().trigger().snapshot().await.unwrap();
+    store
+        .raft()
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.snapshot.is_some(), "a snapshot was built")
+        .await
+        .unwrap();
+    store.shutdown().await.unwrap();
+    drop(store);
+    let file = dir.path().join("db").join(state_machine::SNAPSHOT_FILE);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 10;
+    bytes[last] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    assert_refused(open(cfg).await, "checksum");
 }
 
 /// Rough throughput figures (run with `cargo test store::raft::tests::throughput -- --ignored --nocapture`).
@@ -691,9 +633,6 @@ async fn space_amplification() {
     let dir = TempDir::new().unwrap();
     let mut cfg = fast_config(dir.path());
     cfg.keep_logs_after_snapshot = 10;
-    if std::env::var("SKIFF_ENGINE").as_deref() == Ok("sled") {
-        cfg.engine = EngineKind::Sled;
-    }
     let s = TestStore { store: open(cfg.clone()).await.unwrap(), _dir: dir };
     let value = "v".repeat(1024);
     let keys = 5000;
