@@ -1,19 +1,18 @@
 //! skiff-bench: issue #3's store benchmark, skiff's embedded store against etcd 3.4 on the same
 //! machine, same run, same durability (fsync per commit on both), each through its own client
-//! path: skiff's `Store` trait on an in-process `RaftStore` (sled), etcd through `etcd-client`
+//! path: skiff's `Store` trait on an in-process `RaftStore` (write-ahead log + snapshots), etcd through `etcd-client`
 //! over gRPC on loopback. Prints one table with the ratio skiff/etcd per row.
 //!
 //! Workloads: (a) 1 client, sequential 256-byte puts; (b) 64 concurrent clients; (c) range over
 //! 10,000 keys; (d) put-to-event latency with 100 watchers; (e) disk bytes written per logical
 //! byte over N updates (from /proc/<pid>/io), and the data dir size after compaction; plus RSS.
 //!
-//! Run: `cargo run --release --features bench --bin skiff-bench -- [--quick] [--engine sled|redb]`
-//! (one engine per run, so RSS is the engine's own). Needs `etcd`
+//! Run: `cargo run --release --features bench --bin skiff-bench -- [--quick]`. Needs `etcd`
 //! (Debian `etcd-server`) on PATH; it is started on 127.0.0.1 random ports in a temp dir and
 //! killed by PID at the end.
 
 use futures::StreamExt;
-use skiff::store::raft::{EngineKind, RaftStore, RaftStoreConfig};
+use skiff::store::raft::{RaftStore, RaftStoreConfig};
 use skiff::store::{Op, RangeRequest, Store, Txn, WatchMessage};
 use std::path::Path;
 use std::sync::Arc;
@@ -337,6 +336,71 @@ async fn run(kv: Arc<dyn Kv>, dir: &Path, z: &Sizes) -> Result<Row, BoxErr> {
     Ok(row)
 }
 
+/// Leader failover in a three-server group (in-process servers on an in-process transport, each
+/// with its own data dir and fsync): the time from stopping the leader to the first write
+/// acknowledged by the survivors, `rounds` times (the stopped server rejoins between rounds).
+async fn failover(dir: &Path, rounds: usize) -> Result<Vec<Duration>, BoxErr> {
+    use skiff::store::raft::InProcessTransport;
+    let transport = InProcessTransport::default();
+    let config = |id: u64| {
+        let mut cfg = RaftStoreConfig::new(dir.join(format!("node-{id}")));
+        cfg.node_id = id;
+        cfg.advertise_addr = format!("node-{id}");
+        cfg.transport = Arc::new(transport.clone());
+        cfg.bootstrap = id == 1;
+        cfg
+    };
+    let mut stores = Vec::new();
+    for id in 1..=3 {
+        let s = skiff::store::raft::open(config(id)).await?;
+        transport.register(id, s.raft_router());
+        stores.push(s);
+    }
+    stores[0].add_voter(2, "node-2".into()).await?;
+    stores[0].add_voter(3, "node-3".into()).await?;
+    let mut took = Vec::new();
+    for round in 0..rounds {
+        let leader = stores.iter().find_map(|s| s.leader()).ok_or("no leader")?;
+        let pos = stores.iter().position(|s| s.node_id() == leader).ok_or("leader not found")?;
+        let victim = stores.remove(pos);
+        transport.unregister(leader);
+        let killed = Instant::now();
+        victim.shutdown().await?;
+        drop(victim);
+        let survivor = stores[0].clone();
+        let mut n = 0;
+        loop {
+            n += 1;
+            let put = Txn {
+                success: vec![Op::Put {
+                    key: format!("/f/{round}/{n}").into_bytes(),
+                    value: vec![b'f'],
+                    ttl_seconds: None,
+                }],
+                ..Default::default()
+            };
+            if survivor.txn(put).await.is_ok() {
+                break;
+            }
+            if killed.elapsed() > Duration::from_secs(30) {
+                return Err("no write succeeded within 30 s of the leader stopping".into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        took.push(killed.elapsed());
+        let mut cfg = config(leader);
+        cfg.bootstrap = false;
+        let back = skiff::store::raft::open(cfg).await?;
+        transport.register(leader, back.raft_router());
+        stores.push(back);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for s in stores {
+        s.shutdown().await?;
+    }
+    Ok(took)
+}
+
 fn free_port() -> Result<u16, BoxErr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -384,12 +448,6 @@ async fn start_etcd(dir: &Path) -> Result<(Etcd, etcd_client::Client), BoxErr> {
 async fn main() -> Result<(), BoxErr> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let engine = match args.iter().position(|a| a == "--engine").and_then(|i| args.get(i + 1)).map(String::as_str) {
-        None => EngineKind::default(),
-        Some("sled") => EngineKind::Sled,
-        Some("redb") => EngineKind::Redb,
-        Some(other) => return Err(format!("--engine {other}: expected sled or redb").into()),
-    };
     let z = if quick {
         Sizes { seq: 300, conc: 3200, range_keys: 10_000, watch_puts: 50, updates: 10_000 }
     } else {
@@ -406,12 +464,11 @@ async fn main() -> Result<(), BoxErr> {
     let sdir = tmp.path().join("skiff");
     let mut cfg = RaftStoreConfig::new(sdir.clone());
     cfg.compaction_interval = Duration::from_secs(3600);
-    cfg.engine = engine;
     let store = skiff::store::raft::open(cfg).await?;
     eprintln!("running the workloads on skiff…");
     let srow = run(Arc::new(SkiffKv(store.clone())), &sdir, &z).await?;
     store.shutdown().await?;
-    let name = format!("skiff {engine:?}").to_lowercase();
+    let name = "skiff";
     println!("{:<44} {:>12} {:>12} {:>10}", "workload", name, "etcd 3.4", "skiff/etcd");
     for ((label, s, higher), (_, e, _)) in srow.iter().zip(&erow) {
         let ratio = if *e > 0.0 { s / e } else { f64::NAN };
@@ -421,6 +478,16 @@ async fn main() -> Result<(), BoxErr> {
     println!(
         "(* = skiff misses the issue's target on this row; sizes: {} seq, {} concurrent, {} updates)",
         z.seq, z.conc, z.updates
+    );
+    eprintln!("measuring leader failover in a three-server group…");
+    let took = failover(&tmp.path().join("failover"), if quick { 3 } else { 5 }).await?;
+    let worst = took.iter().max().copied().unwrap_or_default();
+    let all: Vec<String> = took.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect();
+    println!(
+        "leader stopped -> next write acknowledged, s: {} (worst {:.2}; target < 3 s){}",
+        all.join(" "),
+        worst.as_secs_f64(),
+        if worst < Duration::from_secs(3) { "" } else { " *" }
     );
     Ok(())
 }
