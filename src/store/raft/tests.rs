@@ -408,11 +408,9 @@ async fn three_servers_replicate_and_survive_the_loss_of_the_leader() {
     cfg.bootstrap = false;
     let back = open(cfg).await.unwrap();
     transport.register(1, back.raft_router());
-    back.raft()
-        .wait(Some(Duration::from_secs(10)))
-        .applied_index_at_least(new_leader.raft().metrics().borrow().last_applied.map(|l| l.index), "caught up")
-        .await
-        .unwrap();
+    // (Read the index first: a metrics borrow held across the await would block the leader.)
+    let leader_applied = new_leader.raft().metrics().borrow().last_applied.map(|l| l.index);
+    back.raft().wait(Some(Duration::from_secs(10))).applied_index_at_least(leader_applied, "caught up").await.unwrap();
     let local = |key: &str| RangeRequest { prefix: key.as_bytes().to_vec(), serializable: true, ..Default::default() };
     let got = back.range(local("/r/c")).await.unwrap();
     assert_eq!(got.kvs.iter().map(|kv| kv.mod_revision).collect::<Vec<_>>(), vec![r3.revision]);
