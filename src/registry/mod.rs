@@ -7,6 +7,7 @@
 //! current from the store. Both are [`Resource`]s: built-ins borrow `'static` strings, custom
 //! ones own theirs (behind an `Arc`, freed when a CRD update replaces them).
 
+pub mod cel;
 pub mod convert;
 pub mod custom;
 pub mod defaults;
