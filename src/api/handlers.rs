@@ -626,7 +626,7 @@ async fn create_object_as(req: &Req, obj: Value, record: bool) -> ApiResult<(Val
     ensure_namespace_usable(req).await?;
     defaults::apply(r, &mut obj, true);
     super::policy::mutate(req, &mut obj).await?;
-    let causes = validation::validate(r, &obj);
+    let causes = validation::validate(r, &obj, None);
     if !causes.is_empty() {
         return Err(ApiError::invalid(r, &name, &causes));
     }
@@ -728,7 +728,7 @@ async fn write_update(
     let (new, warnings) = normalize(req, new)?;
     let mut new = prepare_update(r, &old.obj, new, part);
     defaults::apply(r, &mut new, false);
-    let causes = validation::validate(r, &new);
+    let causes = validation::validate(r, &new, Some(&old.obj));
     if !causes.is_empty() {
         return Err(ApiError::invalid(r, req.name(), &causes));
     }

@@ -12,6 +12,8 @@ pub mod convert;
 pub mod custom;
 pub mod defaults;
 pub mod dynamic;
+pub mod listtype;
+pub mod rules;
 pub mod schema;
 pub mod tables;
 pub mod typed;

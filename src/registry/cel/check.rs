@@ -307,12 +307,14 @@ pub fn check(e: &Expr, env: &mut Env) -> Result<Ty, Issue> {
                 (Ty::List(t), _) => (**t).clone(),
                 (Ty::Map(k, _), _) => (**k).clone(),
                 (Ty::Object(_), _) => Ty::String,
-                _ => return issue(
-                    range.pos(),
-                    format!(
+                _ => {
+                    return issue(
+                        range.pos(),
+                        format!(
                         "expression of type '{rt}' cannot be range of a comprehension (must be list, map, or dynamic)"
                     ),
-                ),
+                    )
+                }
             };
             env.vars.push((var.clone(), vt.clone()));
             let bt = check(body, env);
