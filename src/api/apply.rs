@@ -180,7 +180,7 @@ fn walk(v: &Value, shape: Shape, path: &mut Path, field: &str, out: &mut FieldSe
         return;
     }
     match v {
-        Value::Object(o) if !o.is_empty() && !(shape.map_atomic() && !path.is_empty()) => {
+        Value::Object(o) if !o.is_empty() && (!shape.map_atomic() || path.is_empty()) => {
             let root = path.is_empty();
             for (k, x) in o {
                 path.push(Pe::F(k.clone()));
@@ -232,7 +232,7 @@ fn walk(v: &Value, shape: Shape, path: &mut Path, field: &str, out: &mut FieldSe
 /// key, sets take the union, atomic lists and maps are replaced.
 pub fn merge(live: &mut Value, applied: &Value, shape: Shape, field: &str, root: bool) {
     match applied {
-        Value::Object(p) if !(shape.map_atomic() && !root) => {
+        Value::Object(p) if !shape.map_atomic() || root => {
             if !live.is_object() {
                 *live = Value::Object(Map::new());
             }

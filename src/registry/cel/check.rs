@@ -562,12 +562,12 @@ fn member_type(pos: usize, f: &str, t: &Ty, args: &[Ty]) -> Result<Ty, Issue> {
             | "getMinutes" | "getSeconds" | "getMilliseconds",
             [] | [Ty::String | Ty::Dyn],
         ) => Some(Ty::Int),
-        (Ty::Quantity, "isLessThan" | "isGreaterThan", [a]) if matches!(a, Ty::Quantity | Ty::Dyn) => Some(Ty::Bool),
-        (Ty::Quantity, "compareTo", [a]) if matches!(a, Ty::Quantity | Ty::Dyn) => Some(Ty::Int),
+        (Ty::Quantity, "isLessThan" | "isGreaterThan", [Ty::Quantity | Ty::Dyn]) => Some(Ty::Bool),
+        (Ty::Quantity, "compareTo", [Ty::Quantity | Ty::Dyn]) => Some(Ty::Int),
         (Ty::Quantity, "sign" | "asInteger", []) => Some(Ty::Int),
         (Ty::Quantity, "isInteger", []) => Some(Ty::Bool),
         (Ty::Quantity, "asApproximateFloat", []) => Some(Ty::Double),
-        (Ty::Quantity, "add" | "sub", [a]) if matches!(a, Ty::Quantity | Ty::Int | Ty::Dyn) => Some(Ty::Quantity),
+        (Ty::Quantity, "add" | "sub", [Ty::Quantity | Ty::Int | Ty::Dyn]) => Some(Ty::Quantity),
         _ => None,
     };
     match out {

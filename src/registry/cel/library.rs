@@ -49,10 +49,7 @@ fn global(name: &str, mut args: Vec<Val>, meter: &mut Meter) -> R<Val> {
         };
     }
     if args.len() != 1 {
-        return match (name, args.as_slice()) {
-            ("dyn" | "type", _) => no_overload(),
-            _ => no_overload(),
-        };
+        return no_overload();
     }
     let v = args.remove(0);
     match name {
@@ -70,7 +67,7 @@ fn global(name: &str, mut args: Vec<Val>, meter: &mut Meter) -> R<Val> {
             Val::Str(s) => match &*s {
                 "true" | "True" | "TRUE" | "t" | "1" => Ok(Val::Bool(true)),
                 "false" | "False" | "FALSE" | "f" | "0" => Ok(Val::Bool(false)),
-                _ => err(format!("type conversion error from 'string' to 'bool'")),
+                _ => err("type conversion error from 'string' to 'bool'"),
             },
             _ => no_overload(),
         },
@@ -390,7 +387,7 @@ fn to_uint(v: Val) -> R<Val> {
         Val::Uint(u) => Ok(Val::Uint(u)),
         Val::Int(i) => u64::try_from(i).map(Val::Uint).map_err(|_| overflow()),
         Val::Double(d) => {
-            if d.is_nan() || d < 0.0 || d >= 1.844_674_407_370_955_2e19 {
+            if d.is_nan() || !(0.0..1.844_674_407_370_955_2e19).contains(&d) {
                 return Err(overflow());
             }
             Ok(Val::Uint(d as u64))
@@ -627,7 +624,7 @@ impl Quantity {
         Some((scale(self.mantissa, self.exp)?, scale(o.mantissa, o.exp)?, e))
     }
 
-    pub fn cmp(&self, o: &Quantity) -> Ordering {
+    pub fn compare(&self, o: &Quantity) -> Ordering {
         match self.aligned(o) {
             Some((a, b, _)) => a.cmp(&b),
             None => self.as_f64().partial_cmp(&o.as_f64()).unwrap_or(Ordering::Equal),
@@ -644,9 +641,9 @@ fn quantity_call(q: &Quantity, f: &str, args: &[Val]) -> R<Val> {
         }
     };
     match (f, args) {
-        ("isLessThan", [o]) => Ok(Val::Bool(q.cmp(&other(o)?) == Ordering::Less)),
-        ("isGreaterThan", [o]) => Ok(Val::Bool(q.cmp(&other(o)?) == Ordering::Greater)),
-        ("compareTo", [o]) => Ok(Val::Int(match q.cmp(&other(o)?) {
+        ("isLessThan", [o]) => Ok(Val::Bool(q.compare(&other(o)?) == Ordering::Less)),
+        ("isGreaterThan", [o]) => Ok(Val::Bool(q.compare(&other(o)?) == Ordering::Greater)),
+        ("compareTo", [o]) => Ok(Val::Int(match q.compare(&other(o)?) {
             Ordering::Less => -1,
             Ordering::Equal => 0,
             Ordering::Greater => 1,
@@ -679,15 +676,18 @@ fn quantity_call(q: &Quantity, f: &str, args: &[Val]) -> R<Val> {
 }
 
 fn format_quantity(m: i128, e: i32) -> String {
+    let exact = |m: i128, e: i32| 10i128.checked_pow(e.unsigned_abs()).and_then(|p| m.checked_mul(p));
     if e >= 0 {
-        return format!("{}", m * 10i128.pow(e as u32));
+        if let Some(v) = exact(m, e) {
+            return v.to_string();
+        }
+    } else if e >= -3 {
+        // Milli-units when that is exact (Kubernetes' canonical form for fractions).
+        if let Some(v) = exact(m, 3 + e) {
+            return format!("{v}m");
+        }
     }
-    // Milli-units when that is exact (Kubernetes' canonical form for fractions).
-    let p = 10i128.pow((-e) as u32);
-    if e >= -3 {
-        return format!("{}m", m * 10i128.pow((3 + e) as u32));
-    }
-    format!("{}", m as f64 / p as f64)
+    format_g(m as f64 * 10f64.powi(e))
 }
 
 #[cfg(test)]
@@ -710,10 +710,10 @@ mod tests {
     #[test]
     fn quantities_compare_exactly() {
         let q = |s: &str| Quantity::parse(s).unwrap();
-        assert_eq!(q("1Gi").cmp(&q("1073741824")), Ordering::Equal);
-        assert_eq!(q("100m").cmp(&q("0.1")), Ordering::Equal);
-        assert_eq!(q("1.5").cmp(&q("2")), Ordering::Less);
-        assert_eq!(q("2e3").cmp(&q("2k")), Ordering::Equal);
+        assert_eq!(q("1Gi").compare(&q("1073741824")), Ordering::Equal);
+        assert_eq!(q("100m").compare(&q("0.1")), Ordering::Equal);
+        assert_eq!(q("1.5").compare(&q("2")), Ordering::Less);
+        assert_eq!(q("2e3").compare(&q("2k")), Ordering::Equal);
         assert!(Quantity::parse("1.2.3").is_none());
         assert!(Quantity::parse("12XB").is_none());
     }

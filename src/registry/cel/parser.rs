@@ -560,27 +560,43 @@ impl Parser<'_> {
 
     fn or(&mut self) -> Result<Expr, Issue> {
         let mut l = self.and()?;
+        let mut n = 0;
         while self.is("||") {
+            // Each link of a chain nests the tree one level deeper.
+            self.enter()?;
+            n += 1;
             let pos = self.pos();
             self.bump();
             let r = self.and()?;
             l = Expr::Or(pos, Box::new(l), Box::new(r));
         }
+        self.depth -= n;
         Ok(l)
     }
 
     fn and(&mut self) -> Result<Expr, Issue> {
         let mut l = self.relation()?;
+        let mut n = 0;
         while self.is("&&") {
+            self.enter()?;
+            n += 1;
             let pos = self.pos();
             self.bump();
             let r = self.relation()?;
             l = Expr::And(pos, Box::new(l), Box::new(r));
         }
+        self.depth -= n;
         Ok(l)
     }
 
     fn relation(&mut self) -> Result<Expr, Issue> {
+        let start = self.depth;
+        let r = self.relation_chain();
+        self.depth = start;
+        r
+    }
+
+    fn relation_chain(&mut self) -> Result<Expr, Issue> {
         let mut l = self.addition()?;
         loop {
             let op = match self.peek() {
@@ -593,6 +609,7 @@ impl Parser<'_> {
                 Tok::Ident(w) if w == "in" => BinOp::In,
                 _ => return Ok(l),
             };
+            self.enter()?;
             let pos = self.pos();
             self.bump();
             let r = self.addition()?;
@@ -601,6 +618,13 @@ impl Parser<'_> {
     }
 
     fn addition(&mut self) -> Result<Expr, Issue> {
+        let start = self.depth;
+        let r = self.addition_chain();
+        self.depth = start;
+        r
+    }
+
+    fn addition_chain(&mut self) -> Result<Expr, Issue> {
         let mut l = self.multiplication()?;
         loop {
             let op = match self.peek() {
@@ -608,6 +632,7 @@ impl Parser<'_> {
                 Tok::P("-") => BinOp::Sub,
                 _ => return Ok(l),
             };
+            self.enter()?;
             let pos = self.pos();
             self.bump();
             let r = self.multiplication()?;
@@ -616,6 +641,13 @@ impl Parser<'_> {
     }
 
     fn multiplication(&mut self) -> Result<Expr, Issue> {
+        let start = self.depth;
+        let r = self.multiplication_chain();
+        self.depth = start;
+        r
+    }
+
+    fn multiplication_chain(&mut self) -> Result<Expr, Issue> {
         let mut l = self.unary()?;
         loop {
             let op = match self.peek() {
@@ -624,6 +656,7 @@ impl Parser<'_> {
                 Tok::P("%") => BinOp::Rem,
                 _ => return Ok(l),
             };
+            self.enter()?;
             let pos = self.pos();
             self.bump();
             let r = self.unary()?;
@@ -676,8 +709,18 @@ impl Parser<'_> {
     }
 
     fn member(&mut self) -> Result<Expr, Issue> {
+        let start = self.depth;
+        let r = self.member_chain();
+        self.depth = start;
+        r
+    }
+
+    fn member_chain(&mut self) -> Result<Expr, Issue> {
         let mut e = self.primary()?;
         loop {
+            if self.is(".") || self.is(".?") || self.is("[") || self.is("[?") {
+                self.enter()?;
+            }
             if self.is(".") || self.is(".?") {
                 let optional = self.is(".?");
                 let pos = self.pos();
@@ -878,5 +921,11 @@ mod tests {
         assert_eq!(e.pos, 9);
         assert!(parse("self # 1").unwrap_err().message.contains("token recognition error at: '#'"));
         assert!(parse(&"(".repeat(500)).is_err(), "deep nesting is refused, not a stack overflow");
+        for long in [vec!["1"; 50_000].join(" + "), vec!["a"; 50_000].join(" || "), format!("a{}", ".b".repeat(50_000))]
+        {
+            let e = parse(&long).unwrap_err();
+            assert_eq!(e.message, "expression recursion limit exceeded");
+        }
+        assert!(parse(&vec!["a"; 60].join(" && ")).is_ok());
     }
 }

@@ -134,7 +134,7 @@ impl Val {
             (Val::Duration(a), Val::Duration(b)) => a == b,
             (Val::Timestamp(a), Val::Timestamp(b)) => a == b,
             (Val::Type(a), Val::Type(b)) => a == b,
-            (Val::Quantity(a), Val::Quantity(b)) => a.cmp(b) == Ordering::Equal,
+            (Val::Quantity(a), Val::Quantity(b)) => a.compare(b) == Ordering::Equal,
             (Val::Optional(a), Val::Optional(b)) => match (a, b) {
                 (None, None) => true,
                 (Some(x), Some(y)) => x.equals(y),
@@ -180,7 +180,7 @@ impl Val {
             (Val::Bytes(a), Val::Bytes(b)) => Some(a.cmp(b)),
             (Val::Duration(a), Val::Duration(b)) => Some(a.cmp(b)),
             (Val::Timestamp(a), Val::Timestamp(b)) => Some(a.cmp(b)),
-            (Val::Quantity(a), Val::Quantity(b)) => Some(a.cmp(b)),
+            (Val::Quantity(a), Val::Quantity(b)) => Some(a.compare(b)),
             _ => num_cmp(self.as_number()?, o.as_number()?),
         }
     }
