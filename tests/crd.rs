@@ -358,3 +358,151 @@ fn crd_definitions_are_validated_and_name_conflicts_are_reported() {
     assert!(!out.contains("crontabs2"), "a CRD whose names were refused is not served:\n{out}");
     ok(&s, &["delete", "crd", "crontabs2.stable.example.com", "crontabs.stable.example.com"]);
 }
+
+const RULES_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.cel.example.com
+spec:
+  group: cel.example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            x-kubernetes-validations:
+            - rule: self.replicas <= self.maxReplicas
+              message: must be at most maxReplicas
+              fieldPath: .replicas
+            - rule: self.mode == oldSelf.mode
+              message: mode is immutable
+              reason: FieldValueForbidden
+            - rule: "!has(self.name) || self.name.lowerAscii().startsWith('w')"
+              messageExpression: "'name ' + self.name + ' must start with w'"
+            properties:
+              replicas: {type: integer}
+              maxReplicas: {type: integer}
+              mode: {type: string}
+              name: {type: string}
+              tags:
+                type: array
+                x-kubernetes-list-type: set
+                items: {type: string}
+              ports:
+                type: array
+                x-kubernetes-list-type: map
+                x-kubernetes-list-map-keys: [port, protocol]
+                items:
+                  type: object
+                  required: [port]
+                  properties:
+                    port: {type: integer}
+                    protocol: {type: string, default: TCP}
+                    name: {type: string}
+"#;
+
+fn widget(name: &str, spec: &str) -> String {
+    format!("apiVersion: cel.example.com/v1\nkind: Widget\nmetadata:\n  name: {name}\nspec:\n{spec}")
+}
+
+#[test]
+fn cel_rules_and_list_types_behave_as_upstream() {
+    let Some(()) = require_kubectl() else { return };
+    let s = TestServer::start(&[]);
+
+    // A rule that does not compile refuses the CRD, with the compile error.
+    let broken = RULES_CRD.replace("rule: self.replicas <= self.maxReplicas", "rule: self.replicas <=");
+    let (okk, _, err) = k_stdin(&s, &["apply", "-f", "-"], Some(&broken));
+    assert!(!okk, "a CRD with a broken rule was accepted");
+    assert!(
+        err.contains("spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule: Invalid value: apiextensions.ValidationRule{Rule:\"self.replicas <=\"")
+            && err.contains("compilation failed: ERROR: <input>:1:17: Syntax error: mismatched input '<EOF>'"),
+        "{err}"
+    );
+    let typo = RULES_CRD.replace("self.replicas <= self.maxReplicas", "self.replicas <= self.maxReplica");
+    let (okk, _, err) = k_stdin(&s, &["apply", "-f", "-"], Some(&typo));
+    assert!(!okk && err.contains("undefined field 'maxReplica'"), "{err}");
+
+    ok_stdin(&s, &["apply", "-f", "-"], RULES_CRD);
+    ok(&s, &["wait", "--for=condition=Established", "crd/widgets.cel.example.com", "--timeout=20s"]);
+    eventually("widgets in api-resources", || {
+        let (_, out, _) = k(&s, &["api-resources", "--api-group=cel.example.com"]);
+        out.contains("widgets").then_some(())
+    });
+
+    // A custom resource that breaks a rule is refused with the rule's message at its fieldPath.
+    let bad = widget("w1", "  replicas: 5\n  maxReplicas: 3\n  mode: a\n");
+    let (okk, _, err) = k_stdin(&s, &["apply", "-f", "-"], Some(&bad));
+    assert!(!okk, "a Widget breaking its rule was accepted");
+    assert!(err.contains("spec.replicas: Invalid value: \"object\": must be at most maxReplicas"), "{err}");
+    let bad = widget("w1", "  replicas: 1\n  maxReplicas: 3\n  mode: a\n  name: Gadget\n");
+    let (_, _, err) = k_stdin(&s, &["apply", "-f", "-"], Some(&bad));
+    assert!(err.contains("spec: Invalid value: \"object\": name Gadget must start with w"), "{err}");
+    // Set elements and map-list keys are unique.
+    let dup = widget("w1", "  replicas: 1\n  maxReplicas: 3\n  mode: a\n  tags: [x, y, x]\n");
+    let (_, _, err) = k_stdin(&s, &["apply", "--validate=false", "-f", "-"], Some(&dup));
+    assert!(err.contains("spec.tags[2]: Duplicate value: \"x\""), "{err}");
+
+    // A transition rule runs on update only.
+    let good = widget("w1", "  replicas: 1\n  maxReplicas: 3\n  mode: a\n");
+    assert!(ok_stdin(&s, &["apply", "-f", "-"], &good).contains("widget.cel.example.com/w1 created"));
+    let changed = good.replace("mode: a", "mode: b");
+    let (okk, _, err) = k_stdin(&s, &["apply", "-f", "-"], Some(&changed));
+    assert!(!okk && err.contains("spec: Forbidden: mode is immutable"), "{err}");
+    ok_stdin(&s, &["apply", "-f", "-"], &good.replace("replicas: 1", "replicas: 2"));
+    assert_eq!(ok(&s, &["get", "widget", "w1", "-o", "jsonpath={.spec.replicas}"]), "2");
+
+    // Server-side apply by two managers onto a map list keyed by port+protocol: elements with
+    // different keys merge, the same element set differently conflicts on that element.
+    let a = widget("w2", "  replicas: 1\n  maxReplicas: 3\n  mode: a\n  ports:\n  - port: 80\n    name: http\n");
+    ok_stdin(&s, &["apply", "--server-side", "--field-manager=alice", "-f", "-"], &a);
+    let b = widget("w2", "  ports:\n  - port: 80\n    protocol: UDP\n    name: dns\n");
+    ok_stdin(&s, &["apply", "--server-side", "--field-manager=bob", "-f", "-"], &b);
+    assert_eq!(
+        ok(&s, &["get", "widget", "w2", "-o", "jsonpath={range .spec.ports[*]}{.port}/{.protocol}={.name} {end}"]),
+        "80/TCP=http 80/UDP=dns "
+    );
+    let fields = ok(
+        &s,
+        &[
+            "get",
+            "widget",
+            "w2",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[?(@.manager==\"bob\")].fieldsV1}",
+        ],
+    );
+    assert!(
+        fields.contains(r#"k:{\"port\":80,\"protocol\":\"UDP\"}"#)
+            || fields.contains(r#"k:{"port":80,"protocol":"UDP"}"#),
+        "{fields}"
+    );
+    let steal = widget("w2", "  ports:\n  - port: 80\n    name: web\n");
+    let (okk, _, err) = k_stdin(&s, &["apply", "--server-side", "--field-manager=bob", "-f", "-"], Some(&steal));
+    assert!(!okk, "taking another manager's field did not conflict");
+    assert!(
+        err.contains("conflict with \"alice\"") && err.contains(".spec.ports[port=80,protocol=\"TCP\"].name"),
+        "{err}"
+    );
+    ok_stdin(&s, &["apply", "--server-side", "--field-manager=bob", "--force-conflicts", "-f", "-"], &steal);
+    assert_eq!(
+        ok(&s, &["get", "widget", "w2", "-o", "jsonpath={range .spec.ports[*]}{.port}/{.protocol}={.name} {end}"]),
+        "80/TCP=web ",
+        "bob's apply no longer lists the UDP port, so it goes"
+    );
+
+    // Strategic merge patch is refused for custom resources (415), as upstream.
+    let (okk, _, err) = k(&s, &["patch", "widget", "w2", "--type=strategic", "-p", "{\"spec\":{\"mode\":\"a\"}}"]);
+    assert!(!okk && (err.contains("UnsupportedMediaType") || err.contains("unknown format")), "{err}");
+
+    ok(&s, &["delete", "crd", "widgets.cel.example.com", "--timeout=30s"]);
+}

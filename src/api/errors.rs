@@ -59,7 +59,9 @@ impl ApiError {
     }
 
     pub fn invalid(r: &Resource, name: &str, causes: &[Cause]) -> ApiError {
-        let msg = crate::registry::validation::invalid_message(&r.kind, name, causes);
+        // Upstream names the kind with its group (`CronTab.stable.example.com "x" is invalid`).
+        let kind = if r.group.is_empty() { r.kind.to_string() } else { format!("{}.{}", r.kind, r.group) };
+        let msg = crate::registry::validation::invalid_message(&kind, name, causes);
         let mut d = json!({
             "name": name,
             "kind": r.kind,

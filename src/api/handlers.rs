@@ -626,7 +626,7 @@ async fn create_object_as(req: &Req, obj: Value, record: bool) -> ApiResult<(Val
     ensure_namespace_usable(req).await?;
     defaults::apply(r, &mut obj, true);
     super::policy::mutate(req, &mut obj).await?;
-    let causes = validation::validate(r, &obj);
+    let causes = validation::validate(r, &obj, None);
     if !causes.is_empty() {
         return Err(ApiError::invalid(r, &name, &causes));
     }
@@ -634,7 +634,7 @@ async fn create_object_as(req: &Req, obj: Value, record: bool) -> ApiResult<(Val
     super::crd::on_write(req, None, &mut obj).await?;
     super::admission::on_create(req, &mut obj).await?;
     if record {
-        super::apply::record_update(None, &mut obj, &manager(req), &r.api_version(), None);
+        super::apply::record_update(None, &mut obj, &manager(req), &r.api_version(), None, super::apply::Shape::of(r));
     }
     if req.q.dry_run()? {
         return Ok((obj, warnings));
@@ -728,7 +728,7 @@ async fn write_update(
     let (new, warnings) = normalize(req, new)?;
     let mut new = prepare_update(r, &old.obj, new, part);
     defaults::apply(r, &mut new, false);
-    let causes = validation::validate(r, &new);
+    let causes = validation::validate(r, &new, Some(&old.obj));
     if !causes.is_empty() {
         return Err(ApiError::invalid(r, req.name(), &causes));
     }
@@ -736,7 +736,14 @@ async fn write_update(
     super::admission::on_update(req, &old.obj, &mut new)?;
     if record {
         let sub = (part == Part::Status).then_some("status");
-        super::apply::record_update(Some(&old.obj), &mut new, &manager(req), &r.api_version(), sub);
+        super::apply::record_update(
+            Some(&old.obj),
+            &mut new,
+            &manager(req),
+            &r.api_version(),
+            sub,
+            super::apply::Shape::of(r),
+        );
     } else if let Some(mf) = old.obj.pointer("/metadata/managedFields").cloned() {
         // A status write through apply keeps the main resource's ownership records.
         if new.pointer("/metadata/managedFields").is_none() {
@@ -893,7 +900,9 @@ async fn server_side_apply(req: &Req, body: &Value, part: Part) -> ApiResult<Res
     };
     match objects::get(req.st.store.as_ref(), &req.r, req.ns(), &name).await {
         Err(e) if e.code == 404 && part == Part::Main => {
-            let obj = super::apply::apply(None, &applied, manager, &api_version, force).map_err(conflict)?;
+            let obj =
+                super::apply::apply(None, &applied, manager, &api_version, force, super::apply::Shape::of(&req.r))
+                    .map_err(conflict)?;
             let (out, w) = create_object_as(req, obj, false).await?;
             let mut w2 = warnings;
             w2.extend(w);
@@ -910,7 +919,15 @@ async fn server_side_apply(req: &Req, body: &Value, part: Part) -> ApiResult<Res
                 let (out, w) = write_update(req, &old, live, part, true).await?;
                 return Ok(with_warnings(json_response(StatusCode::OK, &out), &[warnings, w].concat()));
             }
-            let obj = super::apply::apply(Some(&live), &applied, manager, &api_version, force).map_err(conflict)?;
+            let obj = super::apply::apply(
+                Some(&live),
+                &applied,
+                manager,
+                &api_version,
+                force,
+                super::apply::Shape::of(&req.r),
+            )
+            .map_err(conflict)?;
             let (out, w) = write_update(req, &old, obj, part, false).await?;
             Ok(with_warnings(json_response(StatusCode::OK, &out), &[warnings, w].concat()))
         }

@@ -39,6 +39,8 @@ struct Base {
     defs: Map<String, Value>,
     v3: BTreeMap<String, (String, String)>,
     v2_paths: Map<String, Value>,
+    /// (group, version, kind) → definition name.
+    kinds: Vec<((String, String, String), String)>,
 }
 
 /// The patch metadata of a list property: (merge key, strategy); the key is empty for a
@@ -79,6 +81,58 @@ fn add_patch_extensions(defs: &mut Map<String, Value>) {
             }
         }
     }
+}
+
+/// Upstream's `+listType`/`+listMapKey` markers where they say more than the patch merge key
+/// (structured-merge-diff keys these lists by all their keys; kube-openapi reads a patch merge
+/// key as a one-key map list and a merge strategy without a key as a set). k8s-openapi's schemas
+/// do not carry the markers, so they are added here, from k8s.io/api at v1.33.
+const LIST_TYPES: &[(&str, &str, &str, &[&str])] = &[
+    ("io.k8s.api.core.v1.Container", "ports", "map", &["containerPort", "protocol"]),
+    ("io.k8s.api.core.v1.EphemeralContainer", "ports", "map", &["containerPort", "protocol"]),
+    ("io.k8s.api.core.v1.ServiceSpec", "ports", "map", &["port", "protocol"]),
+    ("io.k8s.api.core.v1.PodSpec", "topologySpreadConstraints", "map", &["topologyKey", "whenUnsatisfiable"]),
+    ("io.k8s.api.core.v1.PodSpec", "containers", "map", &["name"]),
+    ("io.k8s.api.core.v1.PodSpec", "initContainers", "map", &["name"]),
+    ("io.k8s.api.core.v1.PodSpec", "ephemeralContainers", "map", &["name"]),
+    ("io.k8s.api.core.v1.PodSpec", "volumes", "map", &["name"]),
+    ("io.k8s.api.core.v1.PodSpec", "tolerations", "atomic", &[]),
+    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", "set", &[]),
+    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", "map", &["uid"]),
+];
+
+/// The defaults of list-map keys SMD fills in for elements that omit them (the API's defaults:
+/// ports are TCP).
+pub fn builtin_key_default(key: &str) -> Option<Value> {
+    (key == "protocol").then(|| json!("TCP"))
+}
+
+fn add_list_type_extensions(defs: &mut Map<String, Value>) {
+    for (def, prop, ty, keys) in LIST_TYPES {
+        if let Some(p) = defs.get_mut(*def).and_then(|d| d.pointer_mut(&format!("/properties/{prop}"))) {
+            if let Some(o) = p.as_object_mut() {
+                o.insert("x-kubernetes-list-type".into(), json!(ty));
+                if !keys.is_empty() {
+                    o.insert("x-kubernetes-list-map-keys".into(), json!(keys));
+                }
+            }
+        }
+    }
+}
+
+/// The OpenAPI definitions of built-in kinds (with patch and list-type extensions), for
+/// walking objects by their schema (server-side apply).
+pub fn builtin_defs() -> &'static Map<String, Value> {
+    &base().defs
+}
+
+/// The definition of a built-in kind.
+pub fn builtin_def(r: &Resource) -> Option<&'static Value> {
+    let b = base();
+    b.kinds
+        .iter()
+        .find(|((g, v, k), _)| g == &*r.group && v == &*r.version && k == &*r.kind)
+        .and_then(|(_, n)| b.defs.get(n))
 }
 
 fn refs_in(v: &Value, out: &mut Vec<String>) {
@@ -306,6 +360,7 @@ fn build_base() -> Base {
         }
     }
     add_patch_extensions(&mut defs);
+    add_list_type_extensions(&mut defs);
     let info = info();
     let mut v3 = BTreeMap::new();
     for (g, v) in registry::group_versions() {
@@ -330,7 +385,11 @@ fn build_base() -> Base {
     for (r, n) in &names {
         v2_paths.extend(paths_for(r, n, false));
     }
-    Base { defs, v3, v2_paths }
+    let kinds = names
+        .iter()
+        .map(|(r, n)| ((r.group.to_string(), r.version.to_string(), r.kind.to_string()), n.clone()))
+        .collect();
+    Base { defs, v3, v2_paths, kinds }
 }
 
 fn base() -> &'static Base {

@@ -5,7 +5,9 @@
 
 use serde_json::{json, Value};
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use super::rules::Rules;
 
 use super::validation::{is_dns1123_label, is_dns1123_subdomain, Cause};
 use super::{Resource, Str};
@@ -46,6 +48,32 @@ pub struct CustomInfo {
     pub storage_version: String,
     /// The CRD's `spec.names.listKind`.
     pub list_kind: String,
+    /// The schema's `x-kubernetes-validations`, compiled once (on first use or when the
+    /// registry takes this version in).
+    pub rules: RulesCell,
+}
+
+impl CustomInfo {
+    /// The compiled validation rules of this version's schema.
+    pub fn rules(&self) -> &Rules {
+        self.rules.0.get_or_init(|| Rules::compile(&self.schema))
+    }
+}
+
+/// Holds compiled rules. Derived from the schema, so it takes no part in comparisons.
+#[derive(Default)]
+pub struct RulesCell(OnceLock<Rules>);
+
+impl PartialEq for RulesCell {
+    fn eq(&self, _: &RulesCell) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for RulesCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RulesCell(compiled: {})", self.0.get().is_some())
+    }
 }
 
 fn s(v: Option<&Value>) -> String {
@@ -146,6 +174,7 @@ pub fn resources_from_crd(crd: &Value) -> Vec<Resource> {
             scale,
             storage_version: storage_version.clone(),
             list_kind: list_kind.clone(),
+            rules: RulesCell::default(),
         };
         out.push(Resource {
             group: Cow::Owned(group.clone()),
@@ -227,6 +256,13 @@ pub fn validate_crd(crd: &Value) -> Vec<Cause> {
             "must have exactly one version marked as storage version",
         ));
     }
+    // Upstream lifts a schema all versions share to `spec.validation` before validating, so its
+    // errors name `spec.validation.openAPIV3Schema…` and are reported once.
+    let shared = !versions.is_empty()
+        && versions
+            .iter()
+            .all(|v| v.pointer("/schema/openAPIV3Schema") == versions[0].pointer("/schema/openAPIV3Schema"))
+        && versions[0].pointer("/schema/openAPIV3Schema").is_some_and(|s| !s.is_null());
     let mut seen = Vec::new();
     for (i, v) in versions.iter().enumerate() {
         let vn = s(v.get("name"));
@@ -241,8 +277,13 @@ pub fn validate_crd(crd: &Value) -> Vec<Cause> {
         seen.push(vn);
         match v.pointer("/schema/openAPIV3Schema") {
             None | Some(Value::Null) => out.push(Cause::required(format!("spec.versions[{i}].schema.openAPIV3Schema"))),
+            Some(_) if shared && i > 0 => {}
             Some(sch) => {
-                let base = format!("spec.versions[{i}].schema.openAPIV3Schema");
+                let base = if shared {
+                    "spec.validation.openAPIV3Schema".to_string()
+                } else {
+                    format!("spec.versions[{i}].schema.openAPIV3Schema")
+                };
                 if sch.get("type").and_then(|t| t.as_str()) != Some("object") {
                     out.push(Cause::invalid(
                         format!("{base}.type"),
@@ -250,7 +291,11 @@ pub fn validate_crd(crd: &Value) -> Vec<Cause> {
                         "must be object at the root",
                     ));
                 }
+                let before = out.len();
                 super::schema::check_structural(sch, &base, true, &mut out);
+                if out.len() == before {
+                    super::rules::check_crd_rules(sch, &base, true, None, &mut out);
+                }
             }
         }
         if let Some(sc) = v.pointer("/subresources/scale").filter(|x| !x.is_null()) {

@@ -90,13 +90,25 @@ impl Registry {
     /// Replaces the custom resources with those the given CRDs serve. Returns whether the
     /// served set changed. Built-in resources always win a clash (a CRD cannot shadow `pods`).
     pub fn set_crds(&self, crds: &[Value]) -> bool {
+        let current = self.custom();
         let mut next: Vec<Arc<Resource>> = Vec::new();
         for crd in crds {
             for r in custom::resources_from_crd(crd) {
                 let clash = BUILTIN.iter().any(|b| b.group == r.group && b.plural == r.plural)
                     || next.iter().any(|o| o.group == r.group && o.version == r.version && o.plural == r.plural);
-                if !clash {
-                    next.push(Arc::new(r));
+                if clash {
+                    continue;
+                }
+                // An unchanged version keeps its resource, and with it its compiled rules: a
+                // CRD's rules are compiled once, not on every change of any CRD.
+                match current.iter().find(|o| ***o == r) {
+                    Some(o) => next.push(o.clone()),
+                    None => {
+                        if let Some(c) = &r.custom {
+                            c.rules();
+                        }
+                        next.push(Arc::new(r));
+                    }
                 }
             }
         }
@@ -183,7 +195,15 @@ mod tests {
         let reg = Registry::new();
         reg.set_crds(&[crd("things", &["v1"])]);
         let old = Arc::downgrade(&reg.custom()[0]);
-        reg.set_crds(&[crd("things", &["v1", "v2"])]);
+        reg.set_crds(&[crd("things", &["v1", "v2"]), crd("others", &["v1"])]);
+        let kept = reg.custom();
+        assert!(
+            old.upgrade().is_some_and(|o| Arc::ptr_eq(&o, &kept[0])),
+            "an unchanged version keeps its resource (and its compiled rules)"
+        );
+        drop(kept);
+        // v2 becomes the storage version: v1 changes and its old resource goes.
+        reg.set_crds(&[crd("things", &["v2", "v1"])]);
         assert!(old.upgrade().is_none(), "the previous resource is dropped, not leaked");
     }
 }

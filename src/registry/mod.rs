@@ -7,10 +7,13 @@
 //! current from the store. Both are [`Resource`]s: built-ins borrow `'static` strings, custom
 //! ones own theirs (behind an `Arc`, freed when a CRD update replaces them).
 
+pub mod cel;
 pub mod convert;
 pub mod custom;
 pub mod defaults;
 pub mod dynamic;
+pub mod listtype;
+pub mod rules;
 pub mod schema;
 pub mod tables;
 pub mod typed;

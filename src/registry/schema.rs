@@ -3,8 +3,9 @@
 //! field paths, reasons and messages kube-apiserver's validator (kube-openapi) gives:
 //! `spec.replicas: Invalid value: "string": spec.replicas in body must be of type integer: "string"`.
 //!
-//! Order on every write, as upstream: prune → default → validate. CEL rules
-//! (`x-kubernetes-validations`) are not evaluated.
+//! Order on every write, as upstream: prune → default → validate (this file), then the list-type
+//! invariants (`listtype.rs`) and, when the object has no type errors, the CEL rules of
+//! `x-kubernetes-validations` (`rules.rs`).
 
 use serde_json::{json, Value};
 
@@ -322,7 +323,8 @@ fn validate_at(s: &Value, v: &Value, path: &str, root: bool, out: &mut Vec<Cause
                     });
                 }
             }
-            if flag(s, "uniqueItems") || s.get("x-kubernetes-list-type").and_then(|t| t.as_str()) == Some("set") {
+            // x-kubernetes-list-type set and map are checked by listtype::validate.
+            if flag(s, "uniqueItems") && s.get("x-kubernetes-list-type").is_none() {
                 for (i, x) in a.iter().enumerate() {
                     if a[..i].contains(x) {
                         out.push(Cause::duplicate(format!("{f}[{i}]"), x));
@@ -422,6 +424,7 @@ pub fn check_structural(s: &Value, path: &str, root: bool, out: &mut Vec<Cause>)
             message: "Forbidden: additionalProperties and properties are mutual exclusive".into(),
         });
     }
+    super::listtype::check_schema(s, path, out);
     if let Some(p) = m.get("pattern").and_then(|p| p.as_str()) {
         if regex::Regex::new(p).is_err() {
             out.push(Cause::invalid(format!("{path}.pattern"), &m["pattern"], "must be a valid regular expression"));

@@ -26,6 +26,11 @@ impl Cause {
         };
         Cause { reason: "FieldValueInvalid", field: field.into(), message: format!("Invalid value: {shown}: {detail}") }
     }
+    /// An Invalid cause whose value is shown as given (upstream prints some values with Go's
+    /// `%#v`, e.g. a whole ValidationRule).
+    pub fn invalid_shown(field: impl Into<String>, shown: &str, detail: &str) -> Cause {
+        Cause { reason: "FieldValueInvalid", field: field.into(), message: format!("Invalid value: {shown}: {detail}") }
+    }
     pub fn duplicate(field: impl Into<String>, value: &Value) -> Cause {
         Cause { reason: "FieldValueDuplicate", field: field.into(), message: format!("Duplicate value: {value}") }
     }
@@ -208,15 +213,32 @@ fn validate_workload(v: &Value, out: &mut Vec<Cause>, require_selector: bool) {
     }
 }
 
-/// Validates an object of kind `r` (after defaulting). Empty = valid.
-pub fn validate(r: &Resource, v: &Value) -> Vec<Cause> {
+/// Validates an object of kind `r` (after defaulting); `old` is the stored object on update
+/// (transition rules of custom resources compare with it). Empty = valid.
+pub fn validate(r: &Resource, v: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut out = Vec::new();
     if let Some(name) = v.pointer("/metadata/name").and_then(|n| n.as_str()) {
         out.extend(validate_name(r, name, "metadata.name"));
     }
     validate_labels(v.pointer("/metadata/labels"), "metadata.labels", &mut out);
     if let Some(c) = &r.custom {
-        out.extend(super::schema::validate(&c.schema, v));
+        let schema_errors = super::schema::validate(&c.schema, v);
+        // As upstream: a value of the wrong type would make the rules' errors meaningless.
+        let blocking = schema_errors.iter().any(|e| e.message.contains(" must be of type "));
+        out.extend(schema_errors);
+        out.extend(super::listtype::validate(&c.schema, v));
+        let rules = c.rules();
+        if !rules.is_empty() {
+            if blocking {
+                out.push(Cause::invalid(
+                    "<nil>",
+                    &Value::String("null".into()),
+                    "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
+                ));
+            } else {
+                out.extend(rules.validate(v, old));
+            }
+        }
         return out;
     }
     match (&*r.group, &*r.kind) {
@@ -302,6 +324,7 @@ mod tests {
         let causes = validate(
             pod,
             &json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}, {"name": "c", "image": "x"}]}}),
+            None,
         );
         let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
         assert_eq!(fields, vec!["spec.containers[0].image", "spec.containers[1].name"]);
@@ -315,6 +338,7 @@ mod tests {
             d,
             &json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"app": "a"}},
                 "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}}),
+            None,
         );
         assert_eq!(causes.len(), 1);
         assert!(causes[0].message.contains("`selector` does not match template `labels`"));

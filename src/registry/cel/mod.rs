@@ -1,0 +1,238 @@
+//! The Common Expression Language as CustomResourceDefinition validation rules use it
+//! (`x-kubernetes-validations`): parse ([`parser`]), type-check against the types a schema gives
+//! `self` ([`check`]), evaluate with a cost meter ([`eval`]) over values converted from JSON
+//! ([`value`]) with the functions Kubernetes offers ([`library`]).
+//!
+//! Written here rather than taken from a crate: the evaluator must charge every step to a cost
+//! budget (apiserver stops a rule at 1,000,000 units and an object at 10,000,000, so a nested
+//! `all` over a large list cannot pin a core), rules are type-checked against the schema when a
+//! CRD is written (a misspelt field is refused then, as upstream, not at the first object), and
+//! `set`/`map` lists compare without order. The crates that exist (`cel-interpreter`, `cel`)
+//! offer none of the three, and `cel-interpreter` 0.9 panics on `1 / 0` and on overflow.
+
+pub mod check;
+pub mod eval;
+pub mod library;
+pub mod parser;
+pub mod value;
+
+use std::sync::Arc;
+
+pub use check::Ty;
+pub use eval::{EvalError, Meter};
+pub use value::Val;
+
+/// The cost one rule may use in one evaluation (apiserver's `PerCallLimit`).
+pub const PER_CALL_LIMIT: u64 = 1_000_000;
+/// The cost all rules of one object may use together (apiserver's `RuntimeCELCostBudget`).
+pub const RUNTIME_BUDGET: u64 = 10_000_000;
+
+/// What an expression must evaluate to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Want {
+    Bool,
+    String,
+}
+
+/// A compiled (parsed and checked) expression.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Program {
+    expr: parser::Expr,
+    /// Whether it refers to `oldSelf` (a transition rule).
+    pub uses_old_self: bool,
+}
+
+/// A compile failure, in the words apiextensions puts after the field path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CompileError {
+    /// Syntax or type errors, formatted as cel-go's issues (`ERROR: <input>:1:6: …`).
+    Issues(String),
+    /// The expression has the wrong result type.
+    ResultType(Ty),
+}
+
+impl Program {
+    /// Parses and checks `src` with the given variables in scope.
+    pub fn compile(src: &str, vars: &[(&str, Ty)], want: Want) -> Result<Program, CompileError> {
+        let expr = parser::parse(src).map_err(|i| CompileError::Issues(parser::format_issues(src, &[i])))?;
+        let mut env = check::Env::new(vars.iter().map(|(n, t)| (Arc::from(*n), t.clone())).collect());
+        let ty = check::check(&expr, &mut env).map_err(|i| CompileError::Issues(parser::format_issues(src, &[i])))?;
+        let ok = match want {
+            Want::Bool => ty == Ty::Bool,
+            Want::String => ty == Ty::String,
+        };
+        if !ok {
+            return Err(CompileError::ResultType(ty));
+        }
+        let uses_old_self = expr.references("oldSelf");
+        Ok(Program { expr, uses_old_self })
+    }
+
+    /// Evaluates with `vars` bound, charging `meter`.
+    pub fn eval(&self, vars: Vec<(Arc<str>, Val)>, meter: &mut Meter) -> Result<Val, EvalError> {
+        let mut scope = eval::Scope { vars, meter };
+        eval::eval(&self.expr, &mut scope)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn schema() -> Value {
+        json!({"type": "object", "properties": {
+            "replicas": {"type": "integer"}, "maxReplicas": {"type": "integer"},
+            "name": {"type": "string"}, "ratio": {"type": "number"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "ports": {"type": "array", "items": {"type": "object", "properties": {"port": {"type": "integer"}, "name": {"type": "string"}}}},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "timeout": {"type": "string", "format": "duration"},
+            "when": {"type": "string", "format": "date-time"},
+            "size": {"x-kubernetes-int-or-string": true}
+        }})
+    }
+
+    fn run(rule: &str, obj: Value) -> Result<Val, String> {
+        let s = schema();
+        let ty = check::schema_type(&s, false).unwrap();
+        let p = Program::compile(rule, &[("self", ty)], Want::Bool).map_err(|e| format!("{e:?}"))?;
+        let mut m = Meter::new(PER_CALL_LIMIT);
+        p.eval(vec![(Arc::from("self"), value::from_json(&obj, &s, false))], &mut m).map_err(|e| format!("{e:?}"))
+    }
+
+    fn yes(rule: &str, obj: Value) {
+        match run(rule, obj) {
+            Ok(Val::Bool(true)) => {}
+            other => panic!("{rule}: {other:?}"),
+        }
+    }
+
+    fn no(rule: &str, obj: Value) {
+        match run(rule, obj) {
+            Ok(Val::Bool(false)) => {}
+            other => panic!("{rule}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn arithmetic_comparisons_and_logic() {
+        let o = json!({"replicas": 3, "maxReplicas": 5, "ratio": 0.5, "name": "web-1"});
+        yes("self.replicas <= self.maxReplicas", o.clone());
+        yes("self.replicas * 2 + 1 == 7 && self.replicas % 2 == 1 && self.replicas / 2 == 1", o.clone());
+        yes("self.ratio < 1 && self.replicas > 2.5", o.clone());
+        yes("self.replicas > 10 ? false : true", o.clone());
+        no("!(self.replicas == 3)", o.clone());
+        yes("-self.replicas == -3 && 2u + 3u == 5u && 1.5 * 2.0 == 3.0", o.clone());
+        // Errors are absorbed by a decisive other side, in either order.
+        yes("has(self.tags) && self.tags[0] == 'x' || true", o.clone());
+        yes("self.tags[0] == 'x' || true", o.clone());
+        no("self.tags[0] == 'x' && false", o.clone());
+    }
+
+    #[test]
+    fn strings_lists_maps_and_macros() {
+        let o = json!({"name": "Web-1", "tags": ["a", "b", "c"], "labels": {"app": "web"},
+            "ports": [{"port": 80, "name": "http"}, {"port": 443, "name": "https"}]});
+        yes("self.name.size() == 5 && size(self.name) == 5", o.clone());
+        yes("self.name.startsWith('We') && self.name.endsWith('-1') && self.name.contains('b-')", o.clone());
+        yes("self.name.matches('^[A-Z][a-z]+-[0-9]$')", o.clone());
+        yes("'a' in self.tags && !('z' in self.tags) && 'app' in self.labels", o.clone());
+        yes("self.tags.all(t, t.size() == 1) && self.tags.exists(t, t == 'b')", o.clone());
+        yes("self.tags.exists_one(t, t == 'c') && !self.tags.exists_one(t, t != 'c')", o.clone());
+        yes("self.ports.map(p, p.port) == [80, 443] && self.ports.filter(p, p.port > 100).size() == 1", o.clone());
+        yes("self.ports.map(p, p.port > 100, p.name) == ['https']", o.clone());
+        yes("self.labels.all(k, self.labels[k] == 'web') && self.labels.app == 'web'", o.clone());
+        yes("has(self.labels) && !has(self.replicas)", o.clone());
+        yes("{'a': 1}.a == 1 && [1, 2] + [3] == [1, 2, 3]", o.clone());
+    }
+
+    #[test]
+    fn conversions_durations_and_timestamps() {
+        let o = json!({"replicas": 3, "timeout": "90s", "when": "2024-03-01T10:00:00Z", "size": "10"});
+        yes("string(self.replicas) == '3' && int('42') == 42 && double(self.replicas) == 3.0", o.clone());
+        yes("self.timeout == duration('1m30s') && self.timeout > duration('1m')", o.clone());
+        yes("self.when.getFullYear() == 2024 && self.when.getMonth() == 2 && self.when.getHours() == 10", o.clone());
+        yes("self.when + duration('24h') > self.when && timestamp('2024-03-01T10:00:00Z') == self.when", o.clone());
+        yes("string(self.timeout) == '90s' && type(self.replicas) == int", o.clone());
+        yes("int(self.size) == 10", o.clone());
+    }
+
+    #[test]
+    fn kubernetes_libraries() {
+        let o = json!({"tags": ["a", "b", "c"], "name": " Hello World "});
+        yes("self.tags.isSorted() && ['b', 'a'].isSorted() == false", o.clone());
+        yes("[1, 2, 3].sum() == 6 && [3, 1, 2].min() == 1 && [3, 1, 2].max() == 3", o.clone());
+        yes("self.tags.indexOf('b') == 1 && self.tags.lastIndexOf('z') == -1", o.clone());
+        yes(
+            "self.name.trim().lowerAscii() == 'hello world' && self.name.upperAscii().trim() == 'HELLO WORLD'",
+            o.clone(),
+        );
+        yes("self.name.trim().split(' ') == ['Hello', 'World'] && self.tags.join('-') == 'a-b-c'", o.clone());
+        yes("self.name.replace('o', '0') == ' Hell0 W0rld ' && 'abc'.substring(1) == 'bc'", o.clone());
+        yes("'hello'.indexOf('l') == 2 && 'hello'.charAt(1) == 'e'", o.clone());
+        yes(
+            "quantity('1Gi').isGreaterThan(quantity('1G')) && quantity('500m').compareTo(quantity('0.5')) == 0",
+            o.clone(),
+        );
+        yes("isQuantity('10Mi') && !isQuantity('ten')", o.clone());
+        yes("sets.contains(self.tags, ['a']) && sets.intersects(self.tags, ['c', 'z'])", o.clone());
+        yes("'abc123'.find('[0-9]+') == '123' && 'a1b2'.findAll('[0-9]') == ['1', '2']", o.clone());
+    }
+
+    #[test]
+    fn runtime_errors_have_cel_go_wording() {
+        let o = json!({"replicas": 3, "tags": ["a"]});
+        assert_eq!(run("self.name == 'x'", o.clone()).unwrap_err(), "Msg(\"no such key: name\")");
+        assert_eq!(
+            run("self.tags[5] == 'x'", o.clone()).unwrap_err(),
+            "Msg(\"index '5' out of range in list size '1'\")"
+        );
+        assert_eq!(run("self.replicas / 0 == 1", o.clone()).unwrap_err(), "Msg(\"division by zero\")");
+        assert_eq!(run("9223372036854775807 + self.replicas > 0", o.clone()).unwrap_err(), "Msg(\"integer overflow\")");
+        assert_eq!(run("-(-9223372036854775807 - self.replicas) > 0", o).unwrap_err(), "Msg(\"integer overflow\")");
+    }
+
+    #[test]
+    fn rules_are_type_checked_against_the_schema() {
+        let ty = check::schema_type(&schema(), false).unwrap();
+        let c = |r: &str| Program::compile(r, &[("self", ty.clone())], Want::Bool);
+        let err = |r: &str| match c(r) {
+            Err(CompileError::Issues(s)) => s,
+            other => panic!("{r}: {other:?}"),
+        };
+        assert!(err("self.replica > 0").starts_with("ERROR: <input>:1:5: undefined field 'replica'"));
+        assert!(err("foo > 0").starts_with("ERROR: <input>:1:1: undeclared reference to 'foo' (in container '')"));
+        assert!(
+            err("self.replicas == 'a'").contains("found no matching overload for '_==_' applied to '(int, string)'")
+        );
+        assert!(err("self.name.frobnicate()").contains("undeclared reference to 'frobnicate'"));
+        assert!(err("self.replicas.startsWith('a')")
+            .contains("found no matching overload for 'startsWith' applied to 'int.(string)'"));
+        assert_eq!(c("self.replicas + 1"), Err(CompileError::ResultType(Ty::Int)));
+        assert!(c("self.size == 'a' || self.size == 1").is_ok(), "int-or-string is dyn");
+        assert!(c("oldSelf.replicas <= self.replicas").is_err(), "oldSelf is only there when declared");
+        assert!(
+            Program::compile("oldSelf == self", &[("self", Ty::Int), ("oldSelf", Ty::Int)], Want::Bool)
+                .unwrap()
+                .uses_old_self
+        );
+    }
+
+    #[test]
+    fn runaway_rules_stop_at_the_cost_limit() {
+        let s = json!({"type": "array", "items": {"type": "integer"}});
+        let big: Vec<i64> = (0..300).collect();
+        let p = Program::compile(
+            "self.all(a, self.all(b, self.all(c, a + b + c >= 0)))",
+            &[("self", check::schema_type(&s, false).unwrap())],
+            Want::Bool,
+        )
+        .unwrap();
+        let mut m = Meter::new(PER_CALL_LIMIT);
+        let started = std::time::Instant::now();
+        let r = p.eval(vec![(Arc::from("self"), value::from_json(&json!(big), &s, false))], &mut m);
+        assert!(matches!(r, Err(EvalError::CostLimit)), "{r:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+}
