@@ -188,6 +188,7 @@ fn container(p: &PodRef, name: &str, image: &ImageRef, script: &str, log: PathBu
         resources: Resources::default(),
         tty: false,
         stdin: false,
+        stdin_once: false,
         privileged: false,
         run_as_user: None,
         run_as_group: None,
