@@ -88,6 +88,39 @@ pub trait TaskControl: Send + Sync + 'static {
     async fn resize(&self, size: TermSize);
 }
 
+/// [`TaskControl`] over containerd's Tasks service, for the main process (exec id "").
+pub struct ContainerdTask {
+    pub client: super::client::Client,
+    pub container_id: String,
+}
+
+#[async_trait]
+impl TaskControl for ContainerdTask {
+    async fn close_stdin(&self) {
+        use containerd_client::services::v1 as api;
+        let c = &self.client;
+        let r = api::CloseIoRequest { container_id: self.container_id.clone(), exec_id: String::new(), stdin: true };
+        // NotFound: the container exited meanwhile, and its stdin with it.
+        if let Err(s) = c.tasks().close_io(c.req(r)).await {
+            tracing::debug!(container = %self.container_id, error = %s.message(), "CloseIO of the container's stdin failed");
+        }
+    }
+
+    async fn resize(&self, size: TermSize) {
+        use containerd_client::services::v1 as api;
+        let c = &self.client;
+        let r = api::ResizePtyRequest {
+            container_id: self.container_id.clone(),
+            exec_id: String::new(),
+            width: size.width.into(),
+            height: size.height.into(),
+        };
+        if let Err(s) = c.tasks().resize_pty(c.req(r)).await {
+            tracing::debug!(container = %self.container_id, error = %s.message(), "ResizePty failed");
+        }
+    }
+}
+
 /// The container's FIFO directory: short (a hash of the id) so paths stay readable in `ls`, and
 /// unique per container id.
 pub fn dir_for(run_dir: &Path, container_id: &str) -> PathBuf {
