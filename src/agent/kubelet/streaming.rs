@@ -534,7 +534,7 @@ fn cri_line(line: &[u8]) -> Option<(u8, Vec<u8>)> {
 /// the output keeps flowing until the container exits (what `kubectl run -i` relies on);
 /// otherwise the client detaches and the container keeps running.
 pub fn session_ends_with_stdin(stdin_once: bool, tty: bool) -> bool {
-    !(stdin_once && !tty)
+    !stdin_once || tty
 }
 
 async fn run_attach(rt: Arc<dyn Runtime>, socket: WebSocket, c: ContainerStatus, q: StreamQuery) {

@@ -35,7 +35,7 @@ use bytes::Bytes;
 use sha2::Digest;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,10 +150,14 @@ pub fn bind_in(dir: &Path, name: &str) -> std::io::Result<UnixListener> {
     UnixListener::bind(short_addr(&d, name))
 }
 
-/// Connects to the unix socket at `dir/name`, however long `dir` is.
-pub fn connect_in(dir: &Path, name: &str) -> std::io::Result<UnixStream> {
+/// Connects to the unix socket at `dir/name`, however long `dir` is. Non-blocking (a logger
+/// that stopped accepting must not hold a runtime thread), at most [`ACK_TIMEOUT`].
+pub async fn connect_in(dir: &Path, name: &str) -> std::io::Result<tokio::net::UnixStream> {
     let d = open_dir(dir)?;
-    UnixStream::connect(short_addr(&d, name))
+    // `d` stays open until the connect has completed: the address goes through it.
+    let r = tokio::time::timeout(ACK_TIMEOUT, tokio::net::UnixStream::connect(short_addr(&d, name))).await;
+    drop(d);
+    r.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the attach socket did not accept"))?
 }
 
 /// The FIFOs and socket of one container, opened and ready for Tasks.Create.
@@ -289,15 +293,14 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
 
 /// Attaches to the logger serving `dir`'s socket (see the module header).
 pub async fn connect(dir: &Path, opts: AttachOptions, control: Arc<dyn TaskControl>) -> Result<AttachSession> {
-    let std_stream = connect_in(dir, SOCKET_NAME).map_err(|e| match e.kind() {
-        // The logger removes its socket when the container's output has ended.
+    let stream = connect_in(dir, SOCKET_NAME).await.map_err(|e| match e.kind() {
+        // The logger removes its socket when the container's output has ended (refused: it
+        // died without doing so, and the output has ended all the same).
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-            RuntimeError::NotFound("the container has exited (its output has ended)".into())
+            RuntimeError::NotFound("its output has ended".into())
         }
         _ => RuntimeError::Other(format!("connecting to the container's attach socket in {}: {e}", dir.display())),
     })?;
-    std_stream.set_nonblocking(true).map_err(|e| RuntimeError::Other(e.to_string()))?;
-    let stream = tokio::net::UnixStream::from_std(std_stream).map_err(|e| RuntimeError::Other(e.to_string()))?;
     let (mut rx, mut tx) = stream.into_split();
     let hello = Hello { stdin: opts.stdin, stdout: opts.stdout, stderr: opts.stderr };
     tx.write_all(&proto::json_frame(Kind::Hello, &hello))
@@ -313,7 +316,7 @@ pub async fn connect(dir: &Path, opts: AttachOptions, control: Arc<dyn TaskContr
                 proto::ProtoError::Unexpected { expected: Kind::Ack, got: f.kind }.to_string(),
             ))
         }
-        Ok(Ok(None)) => return Err(RuntimeError::NotFound("the container has exited (its output has ended)".into())),
+        Ok(Ok(None)) => return Err(RuntimeError::NotFound("its output has ended".into())),
         Ok(Err(e)) => return Err(RuntimeError::Other(format!("attach handshake: {e}"))),
     };
 

@@ -246,7 +246,7 @@ impl OutQueue {
         self.done = true;
     }
 
-    pub fn next(&mut self) -> Next {
+    pub fn pop(&mut self) -> Next {
         if self.done {
             return Next::Done;
         }
@@ -311,16 +311,16 @@ mod tests {
     #[test]
     fn a_queue_delivers_in_order_then_its_end_reason() {
         let mut q = OutQueue::new(100);
-        assert_eq!(q.next(), Next::Wait);
+        assert_eq!(q.pop(), Next::Wait);
         assert!(q.push(vec![1; 10]));
         assert!(q.push(vec![2; 10]));
         assert_eq!(q.backlog(), 20);
         q.finish(EndReason::Exited);
         assert!(!q.push(vec![3]), "nothing is queued after the end");
-        assert_eq!(q.next(), Next::Send(vec![1; 10]));
-        assert_eq!(q.next(), Next::Send(vec![2; 10]));
-        assert_eq!(q.next(), Next::End(End { reason: EndReason::Exited, limit: 0 }));
-        assert_eq!(q.next(), Next::Done);
+        assert_eq!(q.pop(), Next::Send(vec![1; 10]));
+        assert_eq!(q.pop(), Next::Send(vec![2; 10]));
+        assert_eq!(q.pop(), Next::End(End { reason: EndReason::Exited, limit: 0 }));
+        assert_eq!(q.pop(), Next::Done);
     }
 
     #[test]
@@ -330,7 +330,7 @@ mod tests {
         assert!(!q.push(vec![0; 10]), "over the cap");
         assert_eq!(q.backlog(), 0, "the backlog is released at once");
         q.finish(EndReason::Exited);
-        assert_eq!(q.next(), Next::End(End { reason: EndReason::TooSlow, limit: 25 }), "the first reason wins");
+        assert_eq!(q.pop(), Next::End(End { reason: EndReason::TooSlow, limit: 25 }), "the first reason wins");
     }
 
     #[test]
@@ -338,7 +338,7 @@ mod tests {
         let mut q = OutQueue::new(100);
         q.push(vec![1]);
         q.close();
-        assert_eq!(q.next(), Next::Done);
+        assert_eq!(q.pop(), Next::Done);
         assert!(!q.push(vec![1]));
     }
 }

@@ -543,7 +543,7 @@ fn write_client(c: &Client, w: &mut UnixStream) {
         let next = {
             let mut q = c.queue();
             loop {
-                match q.next() {
+                match q.pop() {
                     Next::Wait => q = c.ready.wait(q).unwrap_or_else(|p| p.into_inner()),
                     n => break n,
                 }
@@ -617,6 +617,34 @@ mod tests {
         lf.write(b"two\n").unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join("0.log.1")).unwrap(), "one\n");
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "two\n");
+    }
+
+    fn attach_args(stdout: Option<i32>, stdin: Option<i32>, listen: Option<i32>) -> LoggerArgs {
+        LoggerArgs {
+            path: "/nonexistent/0.log".into(),
+            attach_dir: None,
+            stdout_fd: stdout,
+            stderr_fd: None,
+            stdin_fd: stdin,
+            listen_fd: listen,
+            tty: false,
+            stdin_once: false,
+        }
+    }
+
+    #[test]
+    fn attach_mode_refuses_missing_closed_or_repeated_descriptors() {
+        let e = run_attach(&attach_args(Some(900), None, None)).unwrap_err();
+        assert!(matches!(e, LoggerError::BadFd { fd: 900, .. }), "{e}");
+        let e = run_attach(&attach_args(Some(1), Some(2), Some(0))).unwrap_err();
+        assert!(matches!(e, LoggerError::BadFd { .. }), "our own stdio is never taken: {e}");
+        let e = run_attach(&attach_args(Some(901), Some(901), Some(902))).unwrap_err();
+        assert!(matches!(e, LoggerError::BadFd { .. }), "{e}");
+        let f = tempfile::tempfile().unwrap();
+        use std::os::fd::AsRawFd;
+        let fd = f.as_raw_fd();
+        let e = run_attach(&attach_args(None, Some(fd), Some(903))).unwrap_err();
+        assert!(matches!(e, LoggerError::MissingFd), "{e}");
     }
 
     #[test]
