@@ -246,6 +246,9 @@ impl PreparedIo {
         let mut cmd = tokio::process::Command::new(logger);
         cmd.arg("logger").args(&args);
         cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+        // Not the agent's cwd: a long-lived process should pin nothing of the agent's (and
+        // tools that find a node's processes by their directory find it with the FIFOs).
+        cmd.current_dir(&self.dir);
         // stderr stays the agent's: the logger's rare diagnostics land in the agent's log.
         cmd.kill_on_drop(false);
         // SAFETY: between fork and exec only async-signal-safe calls (fcntl, setsid) run. They
@@ -319,6 +322,9 @@ pub async fn connect(dir: &Path, opts: AttachOptions, control: Arc<dyn TaskContr
         Ok(Ok(None)) => return Err(RuntimeError::NotFound("its output has ended".into())),
         Ok(Err(e)) => return Err(RuntimeError::Other(format!("attach handshake: {e}"))),
     };
+    if ack.ended {
+        return Err(RuntimeError::NotFound("its output has ended".into()));
+    }
 
     let cancel = CancellationToken::new();
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(16);

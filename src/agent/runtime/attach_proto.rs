@@ -153,6 +153,9 @@ pub struct Ack {
     pub stdin_once: bool,
     /// The container's stdin can still take input (false once a `stdinOnce` stdin has closed).
     pub stdin_open: bool,
+    /// The container's output has already ended (it exited; the logger is finishing).
+    #[serde(default)]
+    pub ended: bool,
 }
 
 /// Why the logger ends a client's session.
@@ -299,10 +302,10 @@ mod tests {
 
     #[test]
     fn json_messages_use_camel_case_and_decode_back() {
-        let ack = Ack { tty: true, stdin_once: true, stdin_open: false };
+        let ack = Ack { tty: true, stdin_once: true, stdin_open: false, ended: false };
         let f = json_frame(Kind::Ack, &ack);
         assert_eq!(f[0], Kind::Ack as u8);
-        assert_eq!(&f[HEADER..], br#"{"tty":true,"stdinOnce":true,"stdinOpen":false}"#);
+        assert_eq!(&f[HEADER..], br#"{"tty":true,"stdinOnce":true,"stdinOpen":false,"ended":false}"#);
         assert_eq!(decode_json::<Ack>("ack", &f[HEADER..]).unwrap(), ack);
         let end: End = decode_json("end", br#"{"reason":"tooSlow"}"#).unwrap();
         assert_eq!(end.reason, EndReason::TooSlow);

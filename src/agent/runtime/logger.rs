@@ -484,14 +484,15 @@ fn serve_client(hub: Arc<Hub>, stream: UnixStream) {
         queue: Mutex::new(OutQueue::new(hub.backlog)),
         ready: Condvar::new(),
     });
-    let ack = Ack { tty: hub.tty, stdin_once: hub.stdin_once, stdin_open: hub.stdin_open() };
     // The ack is queued first and the client registered under the same lock the pumps take, so
     // it sees every byte written after this point and nothing from before (attach shows output
     // from now on, as upstream).
     {
         let mut clients = hub.clients();
+        let ended = *hub.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let ack = Ack { tty: hub.tty, stdin_once: hub.stdin_once, stdin_open: hub.stdin_open(), ended };
         client.queue().push(proto::json_frame(Kind::Ack, &ack));
-        if *hub.ended.lock().unwrap_or_else(|p| p.into_inner()) {
+        if ended {
             client.queue().finish(EndReason::Exited);
         } else {
             clients.push(client.clone());
