@@ -425,6 +425,22 @@ async fn host_network_pods_share_the_node_namespace_and_docker_archives_import()
     }
 }
 
+/// Children of this process that have exited but were not reaped.
+fn zombie_children() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else { continue };
+        // pid (comm) state ppid …: split after the comm, which may contain spaces.
+        let Some((_, rest)) = stat.rsplit_once(") ") else { continue };
+        let f: Vec<&str> = rest.split(' ').collect();
+        if f.first() == Some(&"Z") && f.get(1) == Some(&me.as_str()) {
+            out.push(stat);
+        }
+    }
+    out
+}
+
 /// Collects a session's stdout until it contains `want` (or 20 s pass).
 async fn read_until(rx: &mut tokio::sync::mpsc::Receiver<bytes::Bytes>, want: &str) -> String {
     let mut got = String::new();
@@ -494,6 +510,16 @@ async fn a_container_with_stdin_is_attached_through_its_logger_and_never_waits_f
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(gone, "no attach after the exit");
+    // The logger was our child (the agent's, in production): it is reaped, not left a zombie.
+    let mut zombies = Vec::new();
+    for _ in 0..50 {
+        zombies = zombie_children();
+        if zombies.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(zombies.is_empty(), "unreaped children: {zombies:?}");
     rt.remove_container(&id).await.expect("remove");
     assert!(!node.data().join("agent/run/attach").read_dir().map(|mut d| d.next().is_some()).unwrap_or(false));
 

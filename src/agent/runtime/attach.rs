@@ -297,10 +297,17 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
 /// Attaches to the logger serving `dir`'s socket (see the module header).
 pub async fn connect(dir: &Path, opts: AttachOptions, control: Arc<dyn TaskControl>) -> Result<AttachSession> {
     let stream = connect_in(dir, SOCKET_NAME).await.map_err(|e| match e.kind() {
-        // The logger removes its socket when the container's output has ended (refused: it
-        // died without doing so, and the output has ended all the same).
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-            RuntimeError::NotFound("its output has ended".into())
+        // The logger removes its socket when the container's output has ended.
+        std::io::ErrorKind::NotFound => RuntimeError::NotFound("its output has ended".into()),
+        // The socket is there but nobody listens: the logger died without finishing, and the
+        // container's output is no longer drained (it will stall once a pipe fills).
+        std::io::ErrorKind::ConnectionRefused => {
+            tracing::warn!(dir = %dir.display(), "a stdin container's attach logger is gone");
+            RuntimeError::Other(format!(
+                "the container's stdio logger is not running (attach socket {} refuses connections); its output is \
+                 no longer logged, restart the pod",
+                dir.join(SOCKET_NAME).display()
+            ))
         }
         _ => RuntimeError::Other(format!("connecting to the container's attach socket in {}: {e}", dir.display())),
     })?;
