@@ -280,7 +280,10 @@ fn run_attach(args: &LoggerArgs) -> Result<(), LoggerError> {
     distinct.sort_unstable();
     distinct.dedup();
     if distinct.len() != given.len() {
-        return Err(LoggerError::BadFd { what: "*-fd (the same descriptor twice)", fd: given[0] });
+        return Err(LoggerError::BadFd {
+            what: "*-fd (the same descriptor twice)",
+            fd: given.first().copied().unwrap_or_default(),
+        });
     }
     let stdout = take_fd("stdout-fd", args.stdout_fd)?;
     let stderr = match args.stderr_fd {
