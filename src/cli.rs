@@ -183,4 +183,26 @@ pub struct LoggerArgs {
     /// CRI-format log file to append to.
     #[arg(long)]
     pub path: PathBuf,
+    /// Attach mode (started by the agent for a container with stdin): the container's FIFO
+    /// directory, whose attach socket is removed at exit.
+    #[arg(long)]
+    pub attach_dir: Option<PathBuf>,
+    /// Attach mode: inherited read end of the stdout FIFO.
+    #[arg(long)]
+    pub stdout_fd: Option<i32>,
+    /// Attach mode: inherited read end of the stderr FIFO (none with a tty).
+    #[arg(long)]
+    pub stderr_fd: Option<i32>,
+    /// Attach mode: inherited read-write end of the stdin FIFO.
+    #[arg(long)]
+    pub stdin_fd: Option<i32>,
+    /// Attach mode: inherited listening unix socket for attach clients.
+    #[arg(long)]
+    pub listen_fd: Option<i32>,
+    /// Attach mode: the container has a terminal.
+    #[arg(long)]
+    pub tty: bool,
+    /// Attach mode: the container's stdin closes when its first attached client ends it.
+    #[arg(long)]
+    pub stdin_once: bool,
 }

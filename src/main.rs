@@ -34,7 +34,8 @@ async fn snapshot_command(c: cli::SnapshotCommand) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     if let cli::Command::Logger(args) = &cli.command {
-        // The logger runs under containerd's shim with no runtime needed; keep it tiny.
+        // The logger runs under containerd's shim (or detached, for a container with stdin) with
+        // no runtime needed; keep it tiny.
         return agent::runtime::logger::run(args);
     }
     tracing_subscriber::fmt()

@@ -7,8 +7,8 @@
 //! otherwise. Run: `cargo test --test runtime -- --nocapture`.
 
 use skiff::agent::runtime::{
-    ContainerSpec, ContainerState, ContainerdRuntime, DnsConfig, ImageRef, ManagedContainerd, PodRef, PullPolicy,
-    Resources, Runtime, RuntimeError, RuntimeEvent, RuntimeOptions, SandboxSpec,
+    AttachOptions, ContainerSpec, ContainerState, ContainerdRuntime, DnsConfig, ImageRef, ManagedContainerd, PodRef,
+    PullPolicy, Resources, Runtime, RuntimeError, RuntimeEvent, RuntimeOptions, SandboxSpec, TermSize,
 };
 use skiff::config::Cidr;
 use std::path::{Path, PathBuf};
@@ -188,6 +188,7 @@ fn container(p: &PodRef, name: &str, image: &ImageRef, script: &str, log: PathBu
         resources: Resources::default(),
         tty: false,
         stdin: false,
+        stdin_once: false,
         privileged: false,
         run_as_user: None,
         run_as_group: None,
@@ -422,6 +423,150 @@ async fn host_network_pods_share_the_node_namespace_and_docker_archives_import()
     if let Some(m) = node.containerd.take() {
         m.stop().await;
     }
+}
+
+/// Children of this process that have exited but were not reaped.
+fn zombie_children() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else { continue };
+        // pid (comm) state ppid …: split after the comm, which may contain spaces.
+        let Some((_, rest)) = stat.rsplit_once(") ") else { continue };
+        let f: Vec<&str> = rest.split(' ').collect();
+        if f.first() == Some(&"Z") && f.get(1) == Some(&me.as_str()) {
+            out.push(stat);
+        }
+    }
+    out
+}
+
+/// Collects a session's stdout until it contains `want` (or 20 s pass).
+async fn read_until(rx: &mut tokio::sync::mpsc::Receiver<bytes::Bytes>, want: &str) -> String {
+    let mut got = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !got.contains(want) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(b)) => got.push_str(&String::from_utf8_lossy(&b)),
+            _ => panic!("no {want:?} in the output; got {got:?}"),
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_with_stdin_is_attached_through_its_logger_and_never_waits_for_a_client() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let node = Node::start("stdin").await;
+    build_image(&node.data().join("agent/images/busybox.tar"), IMAGE);
+    let rt = ContainerdRuntime::new(node.options()).await.expect("runtime connects");
+    let mut events = rt.events();
+    rt.import_images().await;
+    let image = rt.ensure_image(IMAGE, PullPolicy::Never).await.expect("image");
+    rt.set_pod_cidr(Cidr::parse("10.244.10.0/24").unwrap()).await.expect("cidr");
+    let ps = pod("uid-s", "stdin");
+    let sb = rt
+        .run_sandbox(&SandboxSpec {
+            pod: ps.clone(),
+            hostname: "stdin".into(),
+            host_network: false,
+            dns: DnsConfig::default(),
+            host_aliases: vec![],
+        })
+        .await
+        .expect("sandbox");
+    let all = AttachOptions { stdin: true, stdout: true, stderr: true };
+
+    // stdin + stdinOnce: input reaches `read`, the end of the client's stdin is EOF for `cat`.
+    let log = node.data().join("logs/once.log");
+    let mut spec = container(&ps, "once", &image, "read x; echo got $x; echo err >&2; cat; echo eof", log.clone());
+    spec.stdin = true;
+    spec.stdin_once = true;
+    let id = rt.start_container(&sb, &spec).await.expect("start");
+    let mut s = rt.attach(&id, &all).await.expect("attach").expect("a live stream for a stdin container");
+    assert!(s.stdin_once && !s.tty);
+    let input = s.stdin.take().expect("stdin");
+    input.send(bytes::Bytes::from_static(b"hello\nrest\n")).await.unwrap();
+    read_until(&mut s.stdout, "got hello").await;
+    drop(input);
+    read_until(&mut s.stdout, "eof").await;
+    assert_eq!(tokio::time::timeout(Duration::from_secs(10), &mut s.end).await.expect("end"), Ok(Ok(())));
+    wait_exit(&mut events, &id, 30).await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains(" stdout F got hello\n") && text.contains(" stdout F rest\n"), "{text}");
+    assert!(text.contains(" stderr F err\n"), "{text}");
+    // The exit event may come before the logger has read the last output; soon after, attach
+    // says the container is gone.
+    let mut gone = false;
+    for _ in 0..50 {
+        if matches!(rt.attach(&id, &all).await, Err(RuntimeError::NotFound(_))) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "no attach after the exit");
+    // The logger was our child (the agent's, in production): it is reaped, not left a zombie.
+    let mut zombies = Vec::new();
+    for _ in 0..50 {
+        zombies = zombie_children();
+        if zombies.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(zombies.is_empty(), "unreaped children: {zombies:?}");
+    rt.remove_container(&id).await.expect("remove");
+    assert!(!node.data().join("agent/run/attach").read_dir().map(|mut d| d.next().is_some()).unwrap_or(false));
+
+    // A client that never reads is dropped; the container writes 8 MB and exits regardless.
+    let mut spec = container(
+        &ps,
+        "loud",
+        &image,
+        "read go; head -c 8000000 /dev/zero | tr '\\0' y; echo; echo done",
+        node.data().join("logs/loud.log"),
+    );
+    spec.stdin = true;
+    let id = rt.start_container(&sb, &spec).await.expect("start");
+    let s = rt.attach(&id, &all).await.expect("attach").expect("live");
+    s.stdin.as_ref().expect("stdin").send(bytes::Bytes::from_static(b"go\n")).await.unwrap();
+    wait_exit(&mut events, &id, 60).await;
+    let mut loud = 0;
+    for _ in 0..50 {
+        loud = std::fs::read_to_string(node.data().join("logs/loud.log")).map(|t| t.len()).unwrap_or(0);
+        if loud > 8_000_000 && std::fs::read_to_string(node.data().join("logs/loud.log")).unwrap().contains("F done") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(loud > 8_000_000, "everything reached the log ({loud} bytes)");
+    drop(s);
+    rt.remove_container(&id).await.expect("remove");
+
+    // A tty: resizes reach the pty through ResizePty; a fresh runtime (agent restart) attaches
+    // to the same logger.
+    let mut spec = container(&ps, "tty", &image, "read x; stty size; echo got $x", node.data().join("logs/tty.log"));
+    spec.stdin = true;
+    spec.stdin_once = true;
+    spec.tty = true;
+    let id = rt.start_container(&sb, &spec).await.expect("start");
+    let rt2 = ContainerdRuntime::new(node.options()).await.expect("second runtime");
+    let mut s = rt2.attach(&id, &all).await.expect("attach").expect("live");
+    assert!(s.tty);
+    s.resize.send(TermSize { width: 91, height: 17 }).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.stdin.as_ref().expect("stdin").send(bytes::Bytes::from_static(b"hi\r")).await.unwrap();
+    let out = read_until(&mut s.stdout, "got hi").await;
+    assert!(out.contains("17 91"), "{out:?}");
+    wait_exit(&mut events, &id, 30).await;
+    drop(s);
+    rt.remove_container(&id).await.expect("remove");
+    rt.remove_sandbox("uid-s").await.expect("remove sandbox");
 }
 
 /// A Debian `docker-registry` on a free loopback port, killed by PID on drop.

@@ -1,6 +1,8 @@
 //! `kubectl exec`, `cp`, `attach` and `port-forward` with real kubectl 1.32 against one skiff
 //! node (issue #4: pods exec/attach): WebSocket v5 from kubectl through the API server's upgrade
-//! proxy to the kubelet, and containerd Tasks.Exec underneath.
+//! proxy to the kubelet, and containerd Tasks.Exec underneath. Then a container's own stdin:
+//! `kubectl attach -i`, `kubectl run -i --rm` and `kubectl run -it` through the attach-mode
+//! logger that owns a stdin container's FIFOs.
 
 use crate::harness::{self, Cluster, Node, BUSYBOX_IMAGE};
 use std::path::Path;
@@ -162,6 +164,130 @@ fn kubectl_exec_cp_attach_and_port_forward_work_against_busybox_pods() {
     assert!(!r.stdout.contains("error"), "{r}");
 
     n.kubectl_ok(&["delete", "pod", "sleeper", "talker", "web", "--wait=true"]);
+    let problems = cluster.shutdown();
+    assert!(problems.is_empty(), "left behind after teardown: {problems:?}");
+}
+
+fn stdin_pod_manifest(name: &str, command: &str, restart: &str, stdin_once: bool) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{{"restartPolicy":"{restart}",
+        "terminationGracePeriodSeconds":1,
+        "containers":[{{"name":"main","image":"{BUSYBOX_IMAGE}","stdin":true,"stdinOnce":{stdin_once},
+        "command":["sh","-c","{command}"]}}]}}}}"#
+    )
+}
+
+fn wait_gone(n: &mut Node, pod: &str) {
+    n.wait_for(&format!("pod {pod} deleted"), READY, |n| {
+        let r = n.kubectl(&["get", "pod", pod, "-o", "name"]);
+        if !r.ok() && r.stderr.contains("NotFound") {
+            Ok(())
+        } else {
+            Err(format!("still there: {r}"))
+        }
+    });
+}
+
+#[test]
+fn kubectl_attach_i_and_run_i_rm_and_run_it_reach_a_containers_stdin() {
+    if !harness::require(harness::NODE_TOOLS) {
+        return;
+    }
+    if !Path::new(KUBECTL_132).is_file() {
+        assert!(!harness::in_ci(), "{KUBECTL_132} missing under CI=true");
+        eprintln!("SKIPPED: {KUBECTL_132} missing");
+        return;
+    }
+    let mut cluster = Cluster::single_server(READY);
+    let n = cluster.server();
+    let work = tempfile::tempdir().expect("temp dir");
+
+    // A long-running reader with stdin but not stdinOnce: every attach may type into it, and
+    // the end of one client's input detaches without closing the container's stdin.
+    let manifest = work.path().join("reader.json");
+    std::fs::write(
+        &manifest,
+        stdin_pod_manifest("reader", "while read l; do echo got $l; done; echo stdin closed", "Always", false),
+    )
+    .expect("write manifest");
+    n.kubectl_ok(&["apply", "-f", manifest.to_str().expect("utf-8 path")]);
+    wait_running(n, "reader");
+    // Output written before an attach is not replayed; what the input causes comes back. The
+    // pause keeps kubectl's stdin open until the answer is back (at stdin EOF it detaches).
+    let r = run_sh(n, "(echo one; sleep 3) | $K attach -i reader -c main");
+    assert!(r.ok(), "{r}");
+    assert!(r.stdout.contains("got one"), "input reached the container and its answer came back: {r}");
+    let r = run_sh(n, "(echo two; sleep 3) | $K attach -i reader -c main");
+    assert!(r.ok() && r.stdout.contains("got two") && !r.stdout.contains("got one"), "a second attach: {r}");
+    assert!(!r.stdout.contains("stdin closed"), "the container's stdin stays open between attaches: {r}");
+    let phase = n.kubectl_ok(&["get", "pod", "reader", "-o", "jsonpath={.status.phase}"]);
+    assert_eq!(phase, "Running", "detaching leaves the container running");
+    // Output still goes to the CRI log.
+    let logs = n.kubectl_ok(&["logs", "reader"]);
+    assert_eq!(logs, "got one\ngot two\n", "kubectl logs sees the attached output");
+
+    // The logger that owns the FIFOs outlives the agent: after a restart of skiff the same
+    // container still takes input, and its output still reaches the client and the log.
+    n.restart(Duration::from_secs(30));
+    n.wait_api(READY);
+    let node = n.name.clone();
+    n.wait_ready(&node, READY);
+    let r = run_sh(n, "(echo three; sleep 3) | $K attach -i reader -c main");
+    assert!(r.ok() && r.stdout.contains("got three"), "attach after an agent restart: {r}");
+    let rc = n.kubectl_ok(&["get", "pod", "reader", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"]);
+    assert_eq!(rc, "0", "the container was re-adopted, not restarted");
+    assert_eq!(n.kubectl_ok(&["logs", "reader"]), "got one\ngot two\ngot three\n");
+
+    // Input for a container without stdin is ignored; its output is still relayed.
+    std::fs::write(
+        work.path().join("quiet.json"),
+        pod_manifest("quiet", "sleep 4; echo tick; sleep 1; echo tock", "Never"),
+    )
+    .expect("write manifest");
+    n.kubectl_ok(&["apply", "-f", work.path().join("quiet.json").to_str().expect("utf-8 path")]);
+    wait_running(n, "quiet");
+    let r = run_sh(n, "echo ignored | $K attach -i quiet");
+    assert!(r.ok(), "attach -i to a container without stdin is no error: {r}");
+    assert!(r.stdout.contains("tock"), "its output is relayed until it exits: {r}");
+
+    // kubectl run -i --rm: stdinOnce, so the end of the piped input closes the container's
+    // stdin; kubectl returns the container's exit code and deletes the pod.
+    let image = BUSYBOX_IMAGE;
+    let r = run_sh(
+        n,
+        &format!(
+            "echo hello | $K run -i --rm --restart=Never once --image={image} -- sh -c 'read x; echo got $x; exit 3'"
+        ),
+    );
+    assert_eq!(r.status.code(), Some(3), "the container's exit code: {r}");
+    assert!(r.stdout.contains("got hello"), "{r}");
+    assert!(r.stdout.contains("pod \"once\" deleted"), "--rm deleted the pod: {r}");
+    wait_gone(n, "once");
+    // stdin EOF reaches a container that reads to the end.
+    let r = run_sh(
+        n,
+        &format!("printf 'a\\nb\\n' | $K run -i --rm --restart=Never eof --image={image} -- sh -c 'wc -l; echo done'"),
+    );
+    assert!(r.ok(), "{r}");
+    assert!(r.stdout.contains('2') && r.stdout.contains("done"), "cat-like readers see EOF: {r}");
+    wait_gone(n, "eof");
+
+    // kubectl run -it: `script` gives kubectl a terminal, so the pod gets a tty and kubectl sends
+    // its size on channel 4 (ResizePty on the container's pty) before the delayed input.
+    let r = run_sh(
+        n,
+        &format!(
+            "(sleep 3; printf 'hello\\r') | script -qec \"stty cols 123 rows 45; $K run -it --rm --restart=Never tty \
+             --image={image} -- sh -c 'read x; stty size; tty; echo got \\$x'\" /dev/null"
+        ),
+    );
+    assert!(r.ok(), "{r}");
+    assert!(r.stdout.contains("45 123"), "the container's pty has kubectl's size: {r}");
+    assert!(r.stdout.contains("/dev/pts/"), "the container has a pty: {r}");
+    assert!(r.stdout.contains("got hello"), "typed input reached it: {r}");
+    wait_gone(n, "tty");
+
+    n.kubectl_ok(&["delete", "pod", "reader", "quiet", "--wait=true"]);
     let problems = cluster.shutdown();
     assert!(problems.is_empty(), "left behind after teardown: {problems:?}");
 }

@@ -398,6 +398,7 @@ pub fn container_spec(
         resources: container_resources(c),
         tty: c.tty.unwrap_or(false),
         stdin: c.stdin.unwrap_or(false),
+        stdin_once: c.stdin_once.unwrap_or(false),
         privileged: csc.and_then(|s| s.privileged).unwrap_or(false),
         run_as_user: run_as_user.and_then(|u| u32::try_from(u).ok()),
         run_as_group: run_as_group.and_then(|g| u32::try_from(g).ok()),

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
 
 use crate::agent::runtime::{
-    ContainerSpec, ContainerState, ContainerStatus, ExecOptions, ExecOutput, ExecSession, ImageRef, PullPolicy, Result,
-    Runtime, RuntimeError, RuntimeEvent, Sandbox, SandboxSpec,
+    AttachOptions, AttachSession, ContainerSpec, ContainerState, ContainerStatus, ExecOptions, ExecOutput, ExecSession,
+    ImageRef, PullPolicy, Result, Runtime, RuntimeError, RuntimeEvent, Sandbox, SandboxSpec,
 };
 use crate::config::Cidr;
 
@@ -27,6 +27,7 @@ pub enum Call {
     RemoveContainer(String),
     ExecSync(String, Vec<String>),
     Exec { container_id: String, command: Vec<String> },
+    Attach { container_id: String, stdin: bool },
     PortForward { pod_uid: String, port: u16 },
 }
 
@@ -42,16 +43,19 @@ struct State {
     next: u32,
     /// Scripted exec results by container name; the last one repeats. Default: exit 0.
     exec_results: HashMap<String, Vec<ExecOutput>>,
+    /// Containers with a live attach stream: id → (tty, stdinOnce).
+    attachable: HashMap<String, (bool, bool)>,
 }
 
 pub struct FakeRuntime {
-    state: Mutex<State>,
+    // Shared so that scripted attach sessions can make their container exit.
+    state: std::sync::Arc<Mutex<State>>,
     events: broadcast::Sender<RuntimeEvent>,
 }
 
 impl Default for FakeRuntime {
     fn default() -> Self {
-        FakeRuntime { state: Mutex::new(State::default()), events: broadcast::channel(256).0 }
+        FakeRuntime { state: Default::default(), events: broadcast::channel(256).0 }
     }
 }
 
@@ -95,26 +99,13 @@ impl FakeRuntime {
 
     /// Makes a running container exit with `code`, as if its process ended.
     pub fn exit(&self, id: &str, code: i32) {
-        let mut st = self.lock();
-        let mut uid = None;
-        if let Some(c) = st.containers.iter_mut().find(|c| c.id == id) {
-            let started_at = match c.state {
-                ContainerState::Running { started_at } => Some(started_at),
-                _ => None,
-            };
-            let reason = if code == 0 { "Completed" } else { "Error" };
-            c.state = ContainerState::Exited {
-                exit_code: code,
-                reason: reason.into(),
-                started_at,
-                finished_at: SystemTime::now(),
-            };
-            uid = Some(c.pod.uid.clone());
-        }
-        drop(st);
-        if let Some(pod_uid) = uid {
-            let _ = self.events.send(RuntimeEvent::ContainerExited { pod_uid, container_id: id.to_string() });
-        }
+        exit_in(&self.state, &self.events, id, code);
+    }
+
+    /// Gives container `id` a live attach stream, as a container started with `stdin: true`
+    /// has; its main process behaves like `cat` (see [`Runtime::attach`] below).
+    pub fn make_attachable(&self, id: &str, tty: bool, stdin_once: bool) {
+        self.lock().attachable.insert(id.to_string(), (tty, stdin_once));
     }
 
     /// The newest container named `name` in pod `uid`.
@@ -149,6 +140,30 @@ impl FakeRuntime {
         let mut st = self.lock();
         st.sandboxes.insert(sandbox.pod.uid.clone(), sandbox);
         st.containers.push(c);
+    }
+}
+
+/// Marks a running container exited with `code` and tells the kubelet.
+fn exit_in(state: &Mutex<State>, events: &broadcast::Sender<RuntimeEvent>, id: &str, code: i32) {
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    let mut uid = None;
+    if let Some(c) = st.containers.iter_mut().find(|c| c.id == id) {
+        let started_at = match c.state {
+            ContainerState::Running { started_at } => Some(started_at),
+            _ => None,
+        };
+        let reason = if code == 0 { "Completed" } else { "Error" };
+        c.state = ContainerState::Exited {
+            exit_code: code,
+            reason: reason.into(),
+            started_at,
+            finished_at: SystemTime::now(),
+        };
+        uid = Some(c.pod.uid.clone());
+    }
+    drop(st);
+    if let Some(pod_uid) = uid {
+        let _ = events.send(RuntimeEvent::ContainerExited { pod_uid, container_id: id.to_string() });
     }
 }
 
@@ -331,6 +346,71 @@ impl Runtime for FakeRuntime {
             exit: exit_rx,
             kill_on_drop: cancel.drop_guard(),
         })
+    }
+
+    /// A container made attachable (or started with `stdin: true`) runs a scripted `cat` per
+    /// session: stdin is echoed to stdout, and with a tty every resize prints `WxH`. When the
+    /// session's stdin ends and the container is stdinOnce without a tty, its stdin closes as the
+    /// real runtime's would: `cat` prints `EOF`, the output ends and the container exits 0.
+    async fn attach(&self, container_id: &str, opts: &AttachOptions) -> Result<Option<AttachSession>> {
+        let (tty, stdin_once) = {
+            let mut st = self.lock();
+            st.calls.push(Call::Attach { container_id: container_id.to_string(), stdin: opts.stdin });
+            let Some(c) = st.containers.iter().find(|c| c.id == container_id) else {
+                return Err(RuntimeError::NotFound(format!("container {container_id}")));
+            };
+            if !matches!(c.state, ContainerState::Running { .. }) {
+                return Err(RuntimeError::NotFound(format!("container {container_id} is not running")));
+            }
+            let from_spec = st.specs.get(container_id).filter(|s| s.stdin).map(|s| (s.tty, s.stdin_once));
+            match st.attachable.get(container_id).copied().or(from_spec) {
+                Some(x) => x,
+                None => return Ok(None),
+            }
+        };
+        use bytes::Bytes;
+        use tokio::sync::{mpsc, oneshot};
+        let (out_tx, out_rx) = mpsc::channel::<Bytes>(16);
+        let (err_tx, err_rx) = mpsc::channel::<Bytes>(16);
+        let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(16);
+        let (resize_tx, mut resize_rx) = mpsc::unbounded_channel::<crate::agent::runtime::TermSize>();
+        let (end_tx, end_rx) = oneshot::channel();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let stop = cancel.clone();
+        let mut has_stdin = opts.stdin;
+        let (state, events, id) = (self.state.clone(), self.events.clone(), container_id.to_string());
+        tokio::spawn(async move {
+            let _stderr = err_tx;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    b = in_rx.recv(), if has_stdin => match b {
+                        Some(b) => { let _ = out_tx.send(b).await; }
+                        None if stdin_once && !tty => {
+                            let _ = out_tx.send(Bytes::from_static(b"EOF\n")).await;
+                            break;
+                        }
+                        None => has_stdin = false,
+                    },
+                    Some(sz) = resize_rx.recv(), if tty => {
+                        let _ = out_tx.send(Bytes::from(format!("{}x{}\n", sz.width, sz.height))).await;
+                    }
+                }
+            }
+            drop(out_tx);
+            exit_in(&state, &events, &id, 0);
+            let _ = end_tx.send(Ok(()));
+        });
+        Ok(Some(AttachSession {
+            tty,
+            stdin_once,
+            stdin: opts.stdin.then_some(in_tx),
+            stdout: out_rx,
+            stderr: err_rx,
+            resize: resize_tx,
+            end: end_rx,
+            detach_on_drop: cancel.drop_guard(),
+        }))
     }
 
     async fn port_forward(&self, pod_uid: &str, port: u16) -> Result<tokio::net::TcpStream> {

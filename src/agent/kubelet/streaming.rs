@@ -19,10 +19,14 @@
 //! Anything but a WebSocket upgrade offering `v5.channel.k8s.io` gets 400 (upstream's
 //! "Upgrade request required"); the SPDY fallback is not served.
 //!
-//! Attach: a container's output goes through the `binary://` logger into its CRI log file (so it
-//! outlives the agent), so attach follows that file from its end and relays new lines on channels
-//! 1 and 2, ending with Success once the container stops. The main process's stdin is not
-//! connected to anything skiff holds, so attach with `stdin` is refused with a Failure status.
+//! Attach: a container started with `stdin: true` has a live stream through its attach-mode
+//! logger ([`Runtime::attach`]): input goes to its stdin, its output from now on comes back, and
+//! resizes reach its terminal; when the client's stdin ends the session ends, except with
+//! `stdinOnce` and no tty, where the container's stdin is closed and the output relayed until the
+//! container exits ([`session_ends_with_stdin`], containerd CRI's rule). Any other container's
+//! output goes through the `binary://` logger into its CRI log file only, so attach follows that
+//! file from its end and relays new lines on channels 1 and 2; input is ignored, as upstream
+//! ignores it for a container without stdin. Both end with Success once the container stops.
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -37,7 +41,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::agent::runtime::{ContainerState, ContainerStatus, ExecOptions, Runtime, TermSize};
+use crate::agent::runtime::{
+    AttachOptions, AttachSession, ContainerState, ContainerStatus, ExecOptions, Runtime, RuntimeError, TermSize,
+};
 
 /// The only subprotocol served (guide §2).
 pub const V5: &str = "v5.channel.k8s.io";
@@ -523,18 +529,105 @@ fn cri_line(line: &[u8]) -> Option<(u8, Vec<u8>)> {
     Some((ch, content))
 }
 
+/// Whether an attach session ends when its client's stdin ends, as containerd's CRI decides
+/// (`ContainerIO.Attach`): with `stdinOnce` and no tty the container's stdin is closed instead and
+/// the output keeps flowing until the container exits (what `kubectl run -i` relies on);
+/// otherwise the client detaches and the container keeps running.
+pub fn session_ends_with_stdin(stdin_once: bool, tty: bool) -> bool {
+    !stdin_once || tty
+}
+
 async fn run_attach(rt: Arc<dyn Runtime>, socket: WebSocket, c: ContainerStatus, q: StreamQuery) {
-    if q.stdin {
-        return finish(
-            socket,
-            Err(format!(
-                "attaching to the stdin of container {} is not supported by skiff: its output goes to the log \
-                 file; use `kubectl logs -f` or `kubectl exec -i`",
-                c.name
-            )),
-        )
-        .await;
+    let opts = AttachOptions { stdin: q.stdin, stdout: q.stdout, stderr: q.stderr };
+    match rt.attach(&c.id, &opts).await {
+        Ok(Some(session)) => relay_attach(socket, q, session).await,
+        Ok(None) => follow_log(rt, socket, c, q).await,
+        Err(RuntimeError::NotFound(m)) => {
+            finish(socket, Err(format!("container {} is not running: {m}", c.name))).await
+        }
+        Err(e) => finish(socket, Err(format!("attaching to container {}: {e}", c.name))).await,
     }
+}
+
+/// Attach to a container with a live stream ([`AttachSession`]): client input to its stdin,
+/// its output from now on to the client, resizes to its terminal.
+async fn relay_attach(socket: WebSocket, q: StreamQuery, session: AttachSession) {
+    let AttachSession { tty, stdin_once, stdin, mut stdout, mut stderr, resize, end, detach_on_drop } = session;
+    let (mut tx, rx) = socket.split();
+    let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let (resize_tx, mut resize_rx) = tokio::sync::mpsc::unbounded_channel::<TermSize>();
+    let mut reader = tokio::spawn(read_client(rx, q.stdin.then_some(stdin_tx), resize_tx));
+    // `stdin` is None when the container has no (more) stdin: input is then read and dropped,
+    // and its end changes nothing (upstream ignores attach input for such a container).
+    let mut stdin = stdin;
+    let (mut out_open, mut err_open, mut in_open, mut resize_open) = (true, true, q.stdin, true);
+    let mut result = None;
+    while out_open || err_open {
+        tokio::select! {
+            b = stdout.recv(), if out_open => match b {
+                Some(b) if q.stdout => if tx.send(Message::Binary(frame(STDOUT, &b))).await.is_err() {
+                    return;
+                },
+                Some(_) => {}
+                None => out_open = false,
+            },
+            b = stderr.recv(), if err_open => match b {
+                // Never channel 2 with a tty (guide §2); the logger sends no stderr then anyway.
+                Some(b) if q.stderr && !tty => if tx.send(Message::Binary(frame(STDERR, &b))).await.is_err() {
+                    return;
+                },
+                Some(_) => {}
+                None => err_open = false,
+            },
+            b = stdin_rx.recv(), if in_open => match b {
+                Some(b) => {
+                    if let Some(s) = &stdin {
+                        if s.send(b).await.is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                // [255,0], or the client is gone (then the reader branch ends the session).
+                // Dropping our sender ends this client's stdin: with stdinOnce (no tty) the
+                // runtime closes the container's stdin.
+                None => {
+                    in_open = false;
+                    if stdin.take().is_some() && session_ends_with_stdin(stdin_once, tty) {
+                        result = Some(Ok(0));
+                        break;
+                    }
+                }
+            },
+            sz = resize_rx.recv(), if resize_open => match sz {
+                Some(sz) => { let _ = resize.send(sz); }
+                None => resize_open = false,
+            },
+            r = &mut reader => match r {
+                Ok(ClientEnd::Protocol(e)) => {
+                    result = Some(Err(e));
+                    break;
+                }
+                // Nobody to report to: detach (dropping the session).
+                _ => return,
+            },
+        }
+    }
+    let result = match result {
+        Some(r) => r,
+        None => match end.await {
+            Ok(Ok(())) => Ok(0),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("the attach ended without a reason".to_string()),
+        },
+    };
+    reader.abort();
+    drop((stdin, detach_on_drop));
+    finish_split(tx, result).await;
+}
+
+/// Attach to a container whose output only goes to its log file: follow the file from its end.
+/// Input is read and dropped (the container has no stdin to give it to).
+async fn follow_log(rt: Arc<dyn Runtime>, socket: WebSocket, c: ContainerStatus, q: StreamQuery) {
     let mut file = match tokio::fs::File::open(&c.log_path).await {
         Ok(f) => f,
         Err(e) => return finish(socket, Err(format!("opening the log of container {}: {e}", c.name))).await,
@@ -653,11 +746,17 @@ mod tests {
 
     // --- whole sessions over a real WebSocket, against the fake runtime ---
 
-    use crate::agent::kubelet::fake_runtime::FakeRuntime;
+    use crate::agent::kubelet::fake_runtime::{Call, FakeRuntime};
     use crate::agent::runtime::{ImageRef, PodRef, Sandbox};
     use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message as WsMsg};
 
     async fn kubelet() -> std::net::SocketAddr {
+        kubelet_rt("/nonexistent/0.log").await.0
+    }
+
+    /// A kubelet on the fake runtime with one running container `c1` (`default/p1`, `main`)
+    /// whose log file is `log_path`.
+    async fn kubelet_rt(log_path: &str) -> (std::net::SocketAddr, Arc<FakeRuntime>) {
         let rt = Arc::new(FakeRuntime::new());
         let pod = PodRef { uid: "u1".into(), namespace: "default".into(), name: "p1".into() };
         rt.insert(
@@ -669,13 +768,28 @@ mod tests {
                 image: ImageRef { name: "busybox".into(), id: "sha256:x".into() },
                 state: ContainerState::Running { started_at: std::time::SystemTime::now() },
                 restart_count: 0,
-                log_path: "/nonexistent/0.log".into(),
+                log_path: log_path.into(),
             },
         );
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(l, router(rt)).await });
-        addr
+        let served = rt.clone();
+        tokio::spawn(async move { axum::serve(l, router(served)).await });
+        (addr, rt)
+    }
+
+    fn c1_running(rt: &FakeRuntime) -> bool {
+        matches!(rt.container("u1", "main").map(|c| c.state), Some(ContainerState::Running { .. }))
+    }
+
+    /// Opens a v5 session and returns the socket.
+    async fn open(
+        addr: std::net::SocketAddr,
+        path: &str,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+        let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+        req.headers_mut().insert("sec-websocket-protocol", V5.parse().unwrap());
+        tokio_tungstenite::connect_async(req).await.unwrap().0
     }
 
     /// Runs one session: sends `input` messages, returns (stdout, stderr, status JSON, close code).
@@ -772,5 +886,107 @@ mod tests {
         let mut req = format!("ws://{addr}/exec/default/p1/main?command=ls&stdout=1").into_client_request().unwrap();
         req.headers_mut().insert("sec-websocket-protocol", "v4.channel.k8s.io".parse().unwrap());
         assert!(tokio_tungstenite::connect_async(req).await.is_err());
+    }
+
+    #[test]
+    fn only_stdin_once_without_a_tty_keeps_a_session_past_the_end_of_its_stdin() {
+        assert!(!session_ends_with_stdin(true, false), "kubectl run -i: stdin closes, output flows on");
+        assert!(session_ends_with_stdin(false, false));
+        assert!(session_ends_with_stdin(true, true));
+        assert!(session_ends_with_stdin(false, true));
+    }
+
+    #[tokio::test]
+    async fn attach_with_stdin_once_closes_the_containers_stdin_and_relays_output_until_it_exits() {
+        let (addr, rt) = kubelet_rt("/nonexistent/0.log").await;
+        rt.make_attachable("c1", false, true);
+        let (out, err, status, close) = session(
+            addr,
+            "/attach/default/p1/main?stdin=true&stdout=true&stderr=true",
+            &[&[STDIN, b'h', b'i', b'\n'], &[CLOSE, STDIN]],
+        )
+        .await;
+        assert_eq!(out, "hi\nEOF\n", "input reached the container, then its EOF, then its last output");
+        assert!(err.is_empty());
+        assert_eq!(status, r#"{"metadata":{},"status":"Success"}"#);
+        assert_eq!(close, Some(1000));
+        assert!(!c1_running(&rt), "the container exited on its stdin's EOF");
+    }
+
+    #[tokio::test]
+    async fn without_stdin_once_the_end_of_stdin_detaches_and_the_container_keeps_running() {
+        let (addr, rt) = kubelet_rt("/nonexistent/0.log").await;
+        rt.make_attachable("c1", false, false);
+        let (_, _, status, close) =
+            session(addr, "/attach/default/p1/main?stdin=1&stdout=1&stderr=1", &[&[STDIN, b'x'], &[CLOSE, STDIN]])
+                .await;
+        assert!(status.contains("Success"), "{status}");
+        assert_eq!(close, Some(1000));
+        assert!(c1_running(&rt));
+        assert!(rt.calls().contains(&Call::Attach { container_id: "c1".into(), stdin: true }));
+    }
+
+    #[tokio::test]
+    async fn a_tty_attach_relays_resizes_and_input_and_never_uses_channel_2() {
+        let (addr, rt) = kubelet_rt("/nonexistent/0.log").await;
+        rt.make_attachable("c1", true, true);
+        let mut ws = open(addr, "/attach/default/p1/main?stdin=true&stdout=true&tty=true").await;
+        for m in [&b"\x04{\"Width\":80,\"Height\":24}\n"[..], &[STDIN, b'x']] {
+            ws.send(WsMsg::Binary(Bytes::copy_from_slice(m))).await.unwrap();
+        }
+        let mut out = String::new();
+        while !(out.contains("80x24\n") && out.contains('x')) {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap() {
+                Some(Ok(WsMsg::Binary(b))) => {
+                    assert_eq!(b.first(), Some(&STDOUT), "only stdout with a tty");
+                    out.push_str(std::str::from_utf8(&b[1..]).unwrap());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // With a tty the end of the client's stdin detaches (stdinOnce or not).
+        ws.send(WsMsg::Binary(Bytes::from_static(&[CLOSE, STDIN]))).await.unwrap();
+        let mut status = Vec::new();
+        while let Some(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap() {
+            if let WsMsg::Binary(b) = m {
+                assert_ne!(b.first(), Some(&STDERR));
+                if b.first() == Some(&STATUS) {
+                    status.extend_from_slice(&b[1..]);
+                }
+            }
+        }
+        assert_eq!(status, br#"{"metadata":{},"status":"Success"}"#);
+        assert!(c1_running(&rt));
+    }
+
+    #[tokio::test]
+    async fn attach_with_stdin_to_a_container_without_stdin_ignores_the_input_and_follows_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("0.log");
+        std::fs::write(&log, "2024-01-01T00:00:00Z stdout F old line\n").unwrap();
+        let (addr, rt) = kubelet_rt(log.to_str().unwrap()).await;
+        let mut ws = open(addr, "/attach/default/p1/main?stdin=true&stdout=true&stderr=true").await;
+        ws.send(WsMsg::Binary(Bytes::from_static(&[STDIN, b'x']))).await.unwrap();
+        ws.send(WsMsg::Binary(Bytes::from_static(&[CLOSE, STDIN]))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+            f.write_all(b"2024-01-01T00:00:01Z stderr F new line\n").unwrap();
+        }
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap() {
+            Some(Ok(WsMsg::Binary(b))) => assert_eq!(&b[..], b"\x02new line\n", "only output from now on"),
+            other => panic!("unexpected {other:?}"),
+        }
+        rt.exit("c1", 0);
+        let mut status = Vec::new();
+        while let Some(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap() {
+            if let WsMsg::Binary(b) = m {
+                if b.first() == Some(&STATUS) {
+                    status.extend_from_slice(&b[1..]);
+                }
+            }
+        }
+        assert_eq!(status, br#"{"metadata":{},"status":"Success"}"#, "no Failure for the ignored stdin");
     }
 }

@@ -4,7 +4,8 @@
 //! [`crate::agent::network`]); a container is a containerd container record (labels carry the
 //! pod and Kubernetes container identity, so `list_containers` rebuilds statuses after an agent
 //! restart) with a task whose output goes to the CRI log through the `binary://` log URI and the
-//! `skiff logger` subcommand.
+//! `skiff logger` subcommand. A container with `stdin: true` gets FIFOs owned by an attach-mode
+//! logger instead ([`super::attach`]), so `kubectl attach -i` can reach its stdin.
 
 use super::client::{call, Client, ClientError};
 use super::images::{self, ImageError, SNAPSHOTTER};
@@ -29,6 +30,8 @@ pub const LABEL_LOG_PATH: &str = "skiff.io/log-path";
 pub const LABEL_IMAGE_ID: &str = "skiff.io/image-id";
 pub const LABEL_STARTED_AT: &str = "skiff.io/started-at";
 pub const LABEL_OOM: &str = "skiff.io/oom-killed";
+/// The FIFO directory of a container with stdin (its attach socket is inside).
+pub const LABEL_ATTACH_DIR: &str = "skiff.io/attach-dir";
 
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const RUNC_V2: &str = "io.containerd.runc.v2";
@@ -267,6 +270,10 @@ impl ContainerdRuntime {
         &self.inner.network
     }
 
+    fn attach_dir(&self, container_id: &str) -> PathBuf {
+        super::attach::dir_for(&self.inner.run_dir, container_id)
+    }
+
     fn pod_dir(&self, uid: &str) -> PodDir {
         PodDir::new(&self.inner.run_dir, uid)
     }
@@ -357,6 +364,15 @@ impl ContainerdRuntime {
             Err(s) => return Err(call("delete container")(s).into()),
         }
         self.remove_snapshot(id).await?;
+        // The task is gone, so the shim has closed the FIFOs; the logger removes only its socket.
+        let dir = self.attach_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(container = id, dir = %dir.display(), error = %e, "removing the FIFO directory failed")
+            }
+        }
         if let Ok(mut s) = self.inner.oom_seen.lock() {
             s.remove(id);
         }
@@ -406,7 +422,7 @@ impl ContainerdRuntime {
             };
             let oci = spec::build(spec, &img.config, &ctx).map_err(|e| RuntimeError::Other(e.to_string()))?;
             let oci_bytes = serde_json::to_vec(&oci).map_err(|e| RuntimeError::Other(e.to_string()))?;
-            let labels: HashMap<String, String> = [
+            let mut labels: HashMap<String, String> = [
                 (LABEL_POD_UID, spec.pod.uid.clone()),
                 (LABEL_POD_NAME, spec.pod.name.clone()),
                 (LABEL_POD_NAMESPACE, spec.pod.namespace.clone()),
@@ -418,6 +434,9 @@ impl ContainerdRuntime {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
+            if spec.stdin {
+                labels.insert(LABEL_ATTACH_DIR.into(), self.attach_dir(id).display().to_string());
+            }
             let container = api::Container {
                 id: id.to_string(),
                 labels,
@@ -445,16 +464,36 @@ impl ContainerdRuntime {
             std::fs::create_dir_all(dir)
                 .map_err(|e| RuntimeError::Other(format!("create log dir {}: {e}", dir.display())))?;
         }
-        let uri = log_uri(&self.inner.logger, &spec.log_path);
-        let create = api::CreateTaskRequest {
-            container_id: id.to_string(),
-            rootfs: mounts,
-            stdout: uri.clone(),
-            stderr: uri,
-            terminal: spec.tty,
-            ..Default::default()
+        // stdin: FIFOs whose far ends an attach-mode logger will own (order: attach.rs header).
+        let attach_io = if spec.stdin { Some(super::attach::prepare(&self.attach_dir(id), spec.tty)?) } else { None };
+        let create = match &attach_io {
+            Some(io) => api::CreateTaskRequest {
+                container_id: id.to_string(),
+                rootfs: mounts,
+                stdin: io.stdin_path.display().to_string(),
+                stdout: io.stdout_path.display().to_string(),
+                // The 1.6 shim ignores stderr with a terminal (the pty merges the streams).
+                stderr: io.stderr_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                terminal: spec.tty,
+                ..Default::default()
+            },
+            None => {
+                let uri = log_uri(&self.inner.logger, &spec.log_path);
+                api::CreateTaskRequest {
+                    container_id: id.to_string(),
+                    rootfs: mounts,
+                    stdout: uri.clone(),
+                    stderr: uri,
+                    terminal: spec.tty,
+                    ..Default::default()
+                }
+            }
         };
         c.tasks().create(c.req(create)).await.map_err(call("create task"))?;
+        if let Some(io) = attach_io {
+            let pid = io.spawn_logger(&self.inner.logger, &spec.log_path, spec.tty, spec.stdin_once)?;
+            tracing::debug!(container = id, logger_pid = pid, "attach logger started");
+        }
         c.tasks()
             .start(c.req(api::StartRequest { container_id: id.to_string(), exec_id: String::new() }))
             .await
@@ -696,6 +735,23 @@ impl Runtime for ContainerdRuntime {
         super::exec::exec(&self.inner.client, &self.inner.run_dir, container_id, opts).await
     }
 
+    async fn attach(&self, container_id: &str, opts: &AttachOptions) -> Result<Option<AttachSession>> {
+        let c = &self.inner.client;
+        let rec = match c.containers().get(c.req(api::GetContainerRequest { id: container_id.to_string() })).await {
+            Ok(r) => r.into_inner().container.ok_or_else(|| RuntimeError::NotFound(container_id.to_string()))?,
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return Err(RuntimeError::NotFound(container_id.to_string()))
+            }
+            Err(s) => return Err(call("get container")(s).into()),
+        };
+        // Only containers started with stdin have a live stream; the rest are followed in their
+        // log file by the caller.
+        let Some(dir) = rec.labels.get(LABEL_ATTACH_DIR) else { return Ok(None) };
+        let control =
+            Arc::new(super::attach::ContainerdTask { client: c.clone(), container_id: container_id.to_string() });
+        super::attach::connect(Path::new(dir), *opts, control).await.map(Some)
+    }
+
     async fn port_forward(&self, pod_uid: &str, port: u16) -> Result<tokio::net::TcpStream> {
         let pod = self.pod_dir(pod_uid);
         let record = pod.read_record().ok_or_else(|| RuntimeError::NotFound(format!("sandbox of pod {pod_uid}")))?;
@@ -819,6 +875,7 @@ mod tests {
             resources: Resources::default(),
             tty: false,
             stdin: false,
+            stdin_once: false,
             privileged: false,
             run_as_user: None,
             run_as_group: None,

@@ -20,8 +20,9 @@
 //!   Dropping the [`ExecSession`] before the exit kills the process (SIGKILL), as containerd's
 //!   CRI does when the streaming connection goes away.
 //!
-//! Attach does not live here: a container's output goes through the `binary://` logger to its
-//! CRI log file (so it survives agent restarts), and the kubelet's attach follows that file.
+//! Attach does not live here: a container's output goes through a logger to its CRI log file (so
+//! it survives agent restarts); the kubelet follows that file, or for a container with stdin
+//! talks to its attach-mode logger ([`super::attach`]).
 //!
 //! Port-forward connects to `127.0.0.1:PORT` from a short-lived OS thread that `setns`es into the
 //! pod's pinned network namespace; the socket stays in that namespace after the thread exits.

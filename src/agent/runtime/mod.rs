@@ -3,6 +3,8 @@
 //! The kubelet talks to it only through the [`Runtime`] trait below (a CRI-shaped interface in
 //! pods and containers), so the kubelet's logic is tested against a recording fake.
 
+pub mod attach;
+pub mod attach_proto;
 pub mod client;
 pub mod containerd;
 pub mod exec;
@@ -16,6 +18,7 @@ pub mod pull;
 pub mod sandbox;
 pub mod spec;
 
+pub use attach::{AttachOptions, AttachSession};
 pub use containerd::{ContainerdRuntime, RuntimeOptions};
 pub use exec::{ExecOptions, ExecSession, TermSize};
 pub use managed::ManagedContainerd;
@@ -105,7 +108,10 @@ pub struct ContainerSpec {
     pub mounts: Vec<Mount>,
     pub resources: Resources,
     pub tty: bool,
+    /// Give the main process a stdin that `kubectl attach -i` can write to (`stdin: true`).
     pub stdin: bool,
+    /// `stdinOnce`: close that stdin when the first attached client ends its input.
+    pub stdin_once: bool,
     pub privileged: bool,
     pub run_as_user: Option<u32>,
     pub run_as_group: Option<u32>,
@@ -205,4 +211,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// A TCP connection to `127.0.0.1:port` inside the pod's network namespace
     /// (`kubectl port-forward`).
     async fn port_forward(&self, pod_uid: &str, port: u16) -> Result<tokio::net::TcpStream>;
+    /// Attaches to the main process of running container `container_id` (`kubectl attach`),
+    /// for containers whose stdio the runtime relays live (those started with `stdin: true`).
+    /// `Ok(None)`: the runtime has no live stream for this container, and the caller follows
+    /// its log file instead (output only).
+    async fn attach(&self, _container_id: &str, _opts: &AttachOptions) -> Result<Option<AttachSession>> {
+        Ok(None)
+    }
 }

@@ -340,6 +340,7 @@ mod tests {
             resources: Resources::default(),
             tty: false,
             stdin: false,
+            stdin_once: false,
             privileged: false,
             run_as_user: None,
             run_as_group: None,

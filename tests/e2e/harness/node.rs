@@ -57,6 +57,8 @@ pub struct Node {
     child: Option<Child>,
     /// The server `install.sh` started in the background (not our child): its pid file.
     pub pid_file: Option<PathBuf>,
+    /// How skiff was started (role, flags), to start it again in [`Node::restart`].
+    launch: Option<(Role, Vec<String>)>,
     footprint: Mutex<Footprint>,
     dir: Option<tempfile::TempDir>,
     torn_down: bool,
@@ -78,7 +80,6 @@ impl Node {
         }
         let kubeconfig = data_dir.join("kubeconfig.yaml");
         let log = data_dir.join("skiff.log");
-        let logf = std::fs::File::create(&log).expect("skiff log file");
 
         let flags: Vec<String> = [
             "--node-ip".to_string(),
@@ -97,22 +98,8 @@ impl Node {
             assert!(matches!(opts.role, Role::Server), "install.sh starts servers only");
             (None, Some(run_install_script(&netns, &unique, &data_dir, &kubeconfig, &log, &flags)))
         } else {
-            let mut cmd = netns.command(skiff_bin());
-            match &opts.role {
-                Role::Server => {
-                    cmd.arg("server").arg("--write-kubeconfig").arg(&kubeconfig);
-                }
-                Role::Agent { server, token } => {
-                    cmd.args(["agent", "--server", server, "--token", token]);
-                }
-            }
-            cmd.arg("--data-dir").arg(&data_dir).args(&flags);
-            clean_env(&mut cmd, &unique);
-            cmd.stdin(Stdio::null()).stdout(logf.try_clone().unwrap()).stderr(logf);
-            // Its own process group, so teardown signals skiff and what it started with it.
-            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-            eprintln!("[e2e] starting {name} ({ip}) in netns {unique}: {cmd:?}");
-            (Some(cmd.spawn().unwrap_or_else(|e| panic!("starting skiff: {e}"))), None)
+            let child = spawn_skiff(&netns, &opts.role, &name, &data_dir, &kubeconfig, &log, &flags, &unique);
+            (Some(child), None)
         };
 
         let footprint = Footprint {
@@ -134,10 +121,42 @@ impl Node {
             cgroup_root: unique,
             child,
             pid_file,
+            launch: (!opts.install_script).then(|| (opts.role.clone(), flags.clone())),
             footprint: Mutex::new(footprint),
             dir: Some(dir),
             torn_down: false,
         }
+    }
+
+    /// Stops skiff with SIGTERM to its pid only (containerd, shims, loggers and containers keep
+    /// running, as when a service manager restarts skiff) and starts it again with the same flags
+    /// and data dir, appending to the same log. Panics if it does not stop within `timeout`.
+    pub fn restart(&mut self, timeout: Duration) {
+        let (role, flags) = self.launch.clone().expect("restart needs a node the harness started itself");
+        let child = self.child.as_mut().expect("skiff is running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("skiff on {} did not stop within {timeout:?} of SIGTERM\n{}", self.name, self.context());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let unique = self.netns.name.clone();
+        self.child = Some(spawn_skiff(
+            &self.netns,
+            &role,
+            &self.name,
+            &self.data_dir,
+            &self.kubeconfig,
+            &self.log,
+            &flags,
+            &unique,
+        ));
     }
 
     /// Pid of the skiff process (while the harness still owns it).
@@ -439,6 +458,37 @@ impl Drop for Cluster {
 
 /// Only the harness's own settings: no SKIFF_* variable of the caller's environment leaks into
 /// what the node runs, and everything carries the node's marker (so teardown finds it).
+/// Starts `skiff server|agent` in `netns` with the node's flags, output appended to `log`.
+#[allow(clippy::too_many_arguments)]
+fn spawn_skiff(
+    netns: &Netns,
+    role: &Role,
+    name: &str,
+    data_dir: &Path,
+    kubeconfig: &Path,
+    log: &Path,
+    flags: &[String],
+    unique: &str,
+) -> Child {
+    let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("skiff log file");
+    let mut cmd = netns.command(skiff_bin());
+    match role {
+        Role::Server => {
+            cmd.arg("server").arg("--write-kubeconfig").arg(kubeconfig);
+        }
+        Role::Agent { server, token } => {
+            cmd.args(["agent", "--server", server, "--token", token]);
+        }
+    }
+    cmd.arg("--data-dir").arg(data_dir).args(flags);
+    clean_env(&mut cmd, unique);
+    cmd.stdin(Stdio::null()).stdout(logf.try_clone().expect("log file handle")).stderr(logf);
+    // Its own process group, so teardown signals skiff and what it started with it.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    eprintln!("[e2e] starting {name} in netns {unique}: {cmd:?}");
+    cmd.spawn().unwrap_or_else(|e| panic!("starting skiff: {e}"))
+}
+
 fn clean_env(cmd: &mut std::process::Command, marker: &str) {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("SKIFF_") || k.to_string_lossy().starts_with("INSTALL_SKIFF_") {
