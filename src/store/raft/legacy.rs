@@ -263,9 +263,9 @@ pub mod tests {
             assert_eq!((rev, records.len()), (5, 5));
             rt.block_on(async {
                 let log = LogStore::open(&dir.join(WAL_DIR), 1 << 20).unwrap();
-                let (vote, committed, purged) = log.hard_state();
-                assert_eq!(vote, Some(Vote::new_committed(1, 1)));
-                assert_eq!((committed.map(|l| l.index), purged.map(|l| l.index)), (Some(7), Some(5)));
+                let hard = log.hard_state();
+                assert_eq!(hard.vote, Some(Vote::new_committed(1, 1)));
+                assert_eq!((hard.committed.map(|l| l.index), hard.purged.map(|l| l.index)), (Some(7), Some(5)));
                 assert_eq!(log.last_index(), Some(7));
             });
             // Converting again is a no-op.

@@ -490,6 +490,14 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(format!("syncing the directory {}", dir.display())))
 }
 
+/// What the log records besides entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HardState {
+    pub vote: Option<Vote<NodeId>>,
+    pub committed: Option<LogId<NodeId>>,
+    pub purged: Option<LogId<NodeId>>,
+}
+
 /// The log store. Clones share the same log and flusher.
 #[derive(Clone)]
 pub struct LogStore {
@@ -548,9 +556,9 @@ impl LogStore {
     }
 
     /// The vote, commit index and last purged id as recorded.
-    pub fn hard_state(&self) -> (Option<Vote<NodeId>>, Option<LogId<NodeId>>, Option<LogId<NodeId>>) {
+    pub fn hard_state(&self) -> HardState {
         let w = self.lock();
-        (w.vote, w.committed, w.purged)
+        HardState { vote: w.vote, committed: w.committed, purged: w.purged }
     }
 
     /// Makes everything written so far durable (shutdown).
@@ -870,7 +878,9 @@ mod tests {
         assert!(segment_files(dir.path()).len() > 1, "small segments rotate");
         let mut log = LogStore::open(dir.path(), 600).unwrap();
         assert_eq!(indexes(&mut log).await, (10..20).collect::<Vec<_>>());
-        assert_eq!(log.hard_state(), (Some(Vote::new_committed(1, 1)), Some(lid(1, 15)), Some(lid(1, 9))));
+        let want =
+            HardState { vote: Some(Vote::new_committed(1, 1)), committed: Some(lid(1, 15)), purged: Some(lid(1, 9)) };
+        assert_eq!(log.hard_state(), want);
         assert_eq!(log.last_index(), Some(19));
         // Fully purged segments are gone, and the vote survives the loss of the one holding it.
         let before = segment_files(dir.path()).len();
@@ -879,7 +889,7 @@ mod tests {
         drop(log);
         let mut log = LogStore::open(dir.path(), 600).unwrap();
         assert_eq!(indexes(&mut log).await, vec![19]);
-        assert_eq!(log.hard_state().0, Some(Vote::new_committed(1, 1)));
+        assert_eq!(log.hard_state().vote, Some(Vote::new_committed(1, 1)));
     }
 
     #[tokio::test]
