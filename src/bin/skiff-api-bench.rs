@@ -106,8 +106,11 @@ async fn store_puts(dir: &Path, clients: usize, per_client: usize) -> Result<Sam
     let sample = concurrent(clients, per_client, move |c, i| {
         let s = s.clone();
         async move {
-            let op =
-                Op::Put { key: format!("/bench/{c}/{i}").into_bytes(), value: vec![b'x'; 1024], ttl_seconds: None };
+            let op = Op::Put {
+                key: format!("/bench/{c}/{i}").into_bytes(),
+                value: vec![b'x'; 1024].into(),
+                ttl_seconds: None,
+            };
             s.txn(Txn { success: vec![op], ..Default::default() }).await?;
             Ok(())
         }

@@ -41,8 +41,10 @@ struct SkiffKv(Arc<RaftStore>);
 #[async_trait::async_trait]
 impl Kv for SkiffKv {
     async fn put(&self, key: String, value: Vec<u8>) -> Result<(), BoxErr> {
-        let txn =
-            Txn { success: vec![Op::Put { key: key.into_bytes(), value, ttl_seconds: None }], ..Default::default() };
+        let txn = Txn {
+            success: vec![Op::Put { key: key.into_bytes(), value: value.into(), ttl_seconds: None }],
+            ..Default::default()
+        };
         self.0.txn(txn).await?;
         Ok(())
     }
@@ -374,7 +376,7 @@ async fn failover(dir: &Path, rounds: usize) -> Result<Vec<Duration>, BoxErr> {
             let put = Txn {
                 success: vec![Op::Put {
                     key: format!("/f/{round}/{n}").into_bytes(),
-                    value: vec![b'f'],
+                    value: vec![b'f'].into(),
                     ttl_seconds: None,
                 }],
                 ..Default::default()

@@ -860,8 +860,8 @@ async fn record_server(store: &RaftStore, name: &str, addr: &str) -> anyhow::Res
     let key = format!("{SERVERS_PREFIX}{}", rec.node_id);
     let value = serde_json::to_vec(&rec)?;
     let (current, _) = store.get(key.as_bytes()).await.context("reading this server's member record")?;
-    if current.as_ref().map(|kv| &kv.value) != Some(&value) {
-        let put = crate::store::Op::Put { key: key.into_bytes(), value, ttl_seconds: None };
+    if current.as_ref().map(|kv| &kv.value[..]) != Some(&value[..]) {
+        let put = crate::store::Op::Put { key: key.into_bytes(), value: value.into(), ttl_seconds: None };
         store
             .txn(crate::store::Txn { success: vec![put], ..Default::default() })
             .await
@@ -1017,7 +1017,7 @@ async fn carry_out_removals(store: &RaftStore) {
                         let put = crate::store::Txn {
                             success: vec![crate::store::Op::Put {
                                 key: key.into_bytes(),
-                                value: name.clone().into_bytes(),
+                                value: name.clone().into_bytes().into(),
                                 ttl_seconds: None,
                             }],
                             ..Default::default()

@@ -11,7 +11,10 @@ use std::future::Future;
 use std::time::Duration;
 
 fn put(k: &str, v: &str) -> Txn {
-    Txn { success: vec![Op::Put { key: k.into(), value: v.into(), ttl_seconds: None }], ..Default::default() }
+    Txn {
+        success: vec![Op::Put { key: k.into(), value: bytes::Bytes::copy_from_slice(v.as_bytes()), ttl_seconds: None }],
+        ..Default::default()
+    }
 }
 
 fn del(k: &str) -> Txn {
@@ -52,7 +55,7 @@ async fn revisions_count_up_and_versions_per_key(s: &impl Store) {
     let kv = kv.unwrap();
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version, rev), (b + 1, b + 2, 2, b + 2));
     let r = s.txn(del("/a")).await.unwrap();
-    assert!(matches!(&r.responses[0], OpResponse::Delete { prev: Some(p) } if p.value == b"2"));
+    assert!(matches!(&r.responses[0], OpResponse::Delete { prev: Some(p) } if p.value[..] == b"2"[..]));
     s.txn(put("/a", "3")).await.unwrap();
     let kv = s.get(b"/a").await.unwrap().0.unwrap();
     assert_eq!((kv.create_revision, kv.version), (b + 4, 1));
@@ -65,14 +68,14 @@ async fn failed_compares_return_the_current_value(s: &impl Store) {
     let r = s.txn(txn::create(b"/k", b"v2".to_vec(), None)).await.unwrap();
     assert!(!r.succeeded);
     assert_eq!(r.revision, b + 1);
-    assert!(matches!(&r.responses[0], OpResponse::Get { kv: Some(kv) } if kv.value == b"v1"));
+    assert!(matches!(&r.responses[0], OpResponse::Get { kv: Some(kv) } if kv.value[..] == b"v1"[..]));
     assert!(!s.txn(txn::update(b"/k", b"x".to_vec(), b + 7, None)).await.unwrap().succeeded);
     let r = s.txn(txn::update(b"/k", b"x".to_vec(), b + 1, None)).await.unwrap();
     assert!(r.succeeded);
-    assert!(matches!(&r.responses[0], OpResponse::Put { prev: Some(p) } if p.value == b"v1"));
+    assert!(matches!(&r.responses[0], OpResponse::Put { prev: Some(p) } if p.value[..] == b"v1"[..]));
     let r = s.txn(txn::delete(b"/k", b + 1)).await.unwrap();
     assert!(!r.succeeded);
-    assert!(matches!(&r.responses[0], OpResponse::Get { kv: Some(kv) } if kv.value == b"x"));
+    assert!(matches!(&r.responses[0], OpResponse::Get { kv: Some(kv) } if kv.value[..] == b"x"[..]));
     assert!(s.txn(txn::delete(b"/k", b + 2)).await.unwrap().succeeded);
     assert!(s.get(b"/k").await.unwrap().0.is_none());
 }
@@ -95,14 +98,14 @@ async fn range_pages_and_reads_past_revisions_until_compacted(s: &impl Store) {
     assert_eq!((r.kvs.len(), r.count), (0, 3));
     let r = s.range(RangeRequest { prefix: b"/p/".to_vec(), revision: b + 2, ..Default::default() }).await.unwrap();
     assert_eq!((r.kvs.len(), r.revision), (2, b + 2));
-    assert_eq!(r.kvs[0].value, b"1");
+    assert_eq!(&r.kvs[0].value[..], b"1");
     s.compact(b + 3).await.unwrap();
     assert_eq!(s.compact_revision().await.unwrap(), b + 3);
     let e = s.range(RangeRequest { prefix: b"/p/".to_vec(), revision: b + 2, ..Default::default() }).await;
     assert!(matches!(e, Err(StoreError::Compacted { .. })), "{e:?}");
     let r = s.range(RangeRequest { prefix: b"/p/".to_vec(), revision: b + 3, ..Default::default() }).await.unwrap();
     assert_eq!(r.kvs.len(), 3);
-    assert_eq!(r.kvs[0].value, b"1");
+    assert_eq!(&r.kvs[0].value[..], b"1");
 }
 
 async fn watch_replays_history_then_streams_live_in_order(s: &impl Store) {
@@ -114,8 +117,8 @@ async fn watch_replays_history_then_streams_live_in_order(s: &impl Store) {
     s.txn(del("/w/a")).await.unwrap();
     s.txn(Txn {
         success: vec![
-            Op::Put { key: b"/w/b".to_vec(), value: b"1".to_vec(), ttl_seconds: None },
-            Op::Put { key: b"/w/c".to_vec(), value: b"1".to_vec(), ttl_seconds: None },
+            Op::Put { key: b"/w/b".to_vec(), value: bytes::Bytes::from_static(b"1"), ttl_seconds: None },
+            Op::Put { key: b"/w/c".to_vec(), value: bytes::Bytes::from_static(b"1"), ttl_seconds: None },
         ],
         ..Default::default()
     })
@@ -123,11 +126,11 @@ async fn watch_replays_history_then_streams_live_in_order(s: &impl Store) {
     .unwrap();
     let a = next_events(&mut w).await;
     assert_eq!(a[0].kv.mod_revision, b + 3);
-    assert_eq!(a[0].prev_kv.as_ref().unwrap().value, b"1");
+    assert_eq!(&a[0].prev_kv.as_ref().unwrap().value[..], b"1");
     let d = next_events(&mut w).await;
     assert_eq!(d[0].kind, EventKind::Delete);
     assert_eq!(d[0].kv.mod_revision, b + 4);
-    assert_eq!(d[0].prev_kv.as_ref().unwrap().value, b"2");
+    assert_eq!(&d[0].prev_kv.as_ref().unwrap().value[..], b"2");
     let c = next_events(&mut w).await;
     assert_eq!(c.len(), 2, "all events of one revision arrive in one message");
     assert!(c.iter().all(|e| e.kv.mod_revision == b + 5));

@@ -160,7 +160,7 @@ fn plain(e: etcd_client::Error) -> StoreError {
 fn kv(k: &etcd_client::KeyValue) -> KeyValue {
     KeyValue {
         key: k.key().to_vec(),
-        value: k.value().to_vec(),
+        value: bytes::Bytes::copy_from_slice(k.value()),
         create_revision: k.create_revision(),
         mod_revision: k.mod_revision(),
         version: k.version(),
@@ -837,7 +837,7 @@ mod tests {
         let etcd = LocalEtcd::start(dir.path(), false).await.unwrap();
         let s = EtcdStore::connect(etcd.config()).await.unwrap();
         let put = |k: &str, ttl: Option<u64>| Txn {
-            success: vec![Op::Put { key: k.into(), value: b"v".to_vec(), ttl_seconds: ttl }],
+            success: vec![Op::Put { key: k.into(), value: bytes::Bytes::from_static(b"v"), ttl_seconds: ttl }],
             ..Default::default()
         };
         let mut w = s.watch(b"/e/".to_vec(), 0).await.unwrap();
@@ -864,7 +864,7 @@ mod tests {
             if let Some(Ok(WatchMessage::Events(evs))) = m {
                 for e in evs {
                     if e.kind == EventKind::Delete && !e.kv.key.starts_with(b"/e/s") {
-                        assert_eq!(e.prev_kv.as_ref().map(|p| p.value.clone()), Some(b"v".to_vec()));
+                        assert_eq!(e.prev_kv.as_ref().map(|p| &p.value[..]), Some(&b"v"[..]));
                         deleted.push(e.kv.key);
                     }
                 }
@@ -896,7 +896,7 @@ mod tests {
         let c = s.client.clone();
         for i in 0..5 {
             s.txn(Txn {
-                success: vec![Op::Put { key: b"/c".to_vec(), value: vec![i], ttl_seconds: None }],
+                success: vec![Op::Put { key: b"/c".to_vec(), value: vec![i].into(), ttl_seconds: None }],
                 ..Default::default()
             })
             .await

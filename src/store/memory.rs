@@ -106,7 +106,14 @@ mod tests {
     }
 
     fn put(k: &str, v: &str) -> Txn {
-        Txn { success: vec![Op::Put { key: k.into(), value: v.into(), ttl_seconds: None }], ..Default::default() }
+        Txn {
+            success: vec![Op::Put {
+                key: k.into(),
+                value: bytes::Bytes::copy_from_slice(v.as_bytes()),
+                ttl_seconds: None,
+            }],
+            ..Default::default()
+        }
     }
 
     #[tokio::test]
@@ -125,7 +132,7 @@ mod tests {
         s.txn(txn::create(b"/k", b"v1".to_vec(), None)).await.unwrap();
         let r = s.txn(txn::create(b"/k", b"v2".to_vec(), None)).await.unwrap();
         assert!(!r.succeeded);
-        assert!(matches!(&r.responses[0], OpResponse::Get { kv: Some(kv) } if kv.value == b"v1"));
+        assert!(matches!(&r.responses[0], OpResponse::Get { kv: Some(kv) } if kv.value[..] == b"v1"[..]));
     }
 
     #[tokio::test]
@@ -144,7 +151,7 @@ mod tests {
         s.txn(put("/p/a", "2")).await.unwrap();
         let r = s.range(RangeRequest { prefix: b"/p/".to_vec(), revision: 1, ..Default::default() }).await.unwrap();
         assert_eq!(r.kvs.len(), 1);
-        assert_eq!(r.kvs[0].value, b"1");
+        assert_eq!(&r.kvs[0].value[..], b"1");
         s.compact(2).await.unwrap();
         let e = s.range(RangeRequest { prefix: b"/p/".to_vec(), revision: 1, ..Default::default() }).await;
         assert!(matches!(e, Err(StoreError::Compacted { .. })));
@@ -186,7 +193,7 @@ mod tests {
         match (m1, m2) {
             (WatchMessage::Events(a), WatchMessage::Events(b)) => {
                 assert_eq!(a[0].kv.mod_revision, 3);
-                assert_eq!(a[0].prev_kv.as_ref().unwrap().value, b"1");
+                assert_eq!(&a[0].prev_kv.as_ref().unwrap().value[..], b"1");
                 assert_eq!(b[0].kind, EventKind::Delete);
                 assert_eq!(b[0].kv.mod_revision, 4);
             }
@@ -209,7 +216,11 @@ mod tests {
     async fn ttl_keys_expire() {
         let s = MemStore::new();
         s.txn(Txn {
-            success: vec![Op::Put { key: b"/e".to_vec(), value: b"x".to_vec(), ttl_seconds: Some(1) }],
+            success: vec![Op::Put {
+                key: b"/e".to_vec(),
+                value: bytes::Bytes::from_static(b"x"),
+                ttl_seconds: Some(1),
+            }],
             ..Default::default()
         })
         .await

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     pub key: Vec<u8>,
-    pub value: Vec<u8>,
+    /// Shared, not copied, between the MVCC state, its history and every watcher's events.
+    pub value: bytes::Bytes,
     /// Revision of the put that created this key (since its last deletion).
     pub create_revision: i64,
     /// Revision of the last change to this key.
@@ -59,7 +60,7 @@ pub enum Op {
     /// Put a value. `ttl_seconds` makes the key expire that long after this put (Events use it).
     Put {
         key: Vec<u8>,
-        value: Vec<u8>,
+        value: bytes::Bytes,
         ttl_seconds: Option<u64>,
     },
     Delete {
@@ -219,7 +220,7 @@ pub mod txn {
                 result: CompareResult::Equal,
                 target: CompareTarget::ModRevision(0),
             }],
-            success: vec![Op::Put { key: key.to_vec(), value, ttl_seconds }],
+            success: vec![Op::Put { key: key.to_vec(), value: value.into(), ttl_seconds }],
             failure: vec![Op::Get { key: key.to_vec() }],
         }
     }
@@ -232,7 +233,7 @@ pub mod txn {
                 result: CompareResult::Equal,
                 target: CompareTarget::ModRevision(expected),
             }],
-            success: vec![Op::Put { key: key.to_vec(), value, ttl_seconds }],
+            success: vec![Op::Put { key: key.to_vec(), value: value.into(), ttl_seconds }],
             failure: vec![Op::Get { key: key.to_vec() }],
         }
     }

@@ -124,7 +124,7 @@ impl Mvcc {
             CompareTarget::CreateRevision(v) => kv.map(|k| k.create_revision).unwrap_or(0).cmp(v),
             CompareTarget::ModRevision(v) => kv.map(|k| k.mod_revision).unwrap_or(0).cmp(v),
             CompareTarget::Value(v) => match kv {
-                Some(k) => k.value.cmp(v),
+                Some(k) => k.value[..].cmp(&v[..]),
                 // etcd: a value compare against a missing key fails
                 None => return false,
             },
@@ -360,7 +360,13 @@ fn event_of(key: &[u8], rev: i64, kv: Option<KeyValue>, prev_kv: Option<KeyValue
         Some(kv) => Event { kind: EventKind::Put, kv, prev_kv },
         None => Event {
             kind: EventKind::Delete,
-            kv: KeyValue { key: key.to_vec(), value: vec![], create_revision: 0, mod_revision: rev, version: 0 },
+            kv: KeyValue {
+                key: key.to_vec(),
+                value: bytes::Bytes::new(),
+                create_revision: 0,
+                mod_revision: rev,
+                version: 0,
+            },
             prev_kv,
         },
     }
@@ -371,7 +377,14 @@ mod tests {
     use super::*;
 
     fn put(k: &str, v: &str) -> Txn {
-        Txn { success: vec![Op::Put { key: k.into(), value: v.into(), ttl_seconds: None }], ..Default::default() }
+        Txn {
+            success: vec![Op::Put {
+                key: k.into(),
+                value: bytes::Bytes::copy_from_slice(v.as_bytes()),
+                ttl_seconds: None,
+            }],
+            ..Default::default()
+        }
     }
 
     fn del(k: &str) -> Txn {
@@ -383,8 +396,8 @@ mod tests {
         let mut m = Mvcc::new();
         let t = Txn {
             success: vec![
-                Op::Put { key: b"/a".to_vec(), value: b"1".to_vec(), ttl_seconds: None },
-                Op::Put { key: b"/b".to_vec(), value: b"1".to_vec(), ttl_seconds: None },
+                Op::Put { key: b"/a".to_vec(), value: bytes::Bytes::from_static(b"1"), ttl_seconds: None },
+                Op::Put { key: b"/b".to_vec(), value: bytes::Bytes::from_static(b"1"), ttl_seconds: None },
             ],
             ..Default::default()
         };
@@ -411,7 +424,11 @@ mod tests {
         m.apply(&put("/b", "1"), 0);
         m.apply(
             &Txn {
-                success: vec![Op::Put { key: b"/e".to_vec(), value: b"x".to_vec(), ttl_seconds: Some(2) }],
+                success: vec![Op::Put {
+                    key: b"/e".to_vec(),
+                    value: bytes::Bytes::from_static(b"x"),
+                    ttl_seconds: Some(2),
+                }],
                 ..Default::default()
             },
             1000,
@@ -441,7 +458,7 @@ mod tests {
         // reads at the compaction revision still see /a=2
         let r = m.range(&RangeRequest { prefix: b"/".to_vec(), revision: 4, ..Default::default() }).unwrap();
         assert_eq!(r.kvs.len(), 1);
-        assert_eq!(r.kvs[0].value, b"2");
+        assert_eq!(&r.kvs[0].value[..], b"2");
         let restored = Mvcc::restore(m.revision(), m.compact_revision(), m.records());
         assert_eq!(restored.range(&RangeRequest { prefix: b"/".to_vec(), ..Default::default() }).unwrap().kvs.len(), 1);
         assert_eq!(restored.history(b"/", 4).unwrap(), m.history(b"/", 4).unwrap());
@@ -471,7 +488,11 @@ mod tests {
         let mut m = Mvcc::new();
         m.apply(
             &Txn {
-                success: vec![Op::Put { key: b"/e".to_vec(), value: b"x".to_vec(), ttl_seconds: Some(1) }],
+                success: vec![Op::Put {
+                    key: b"/e".to_vec(),
+                    value: bytes::Bytes::from_static(b"x"),
+                    ttl_seconds: Some(1),
+                }],
                 ..Default::default()
             },
             0,

@@ -71,7 +71,7 @@ fn record_len(r: &RecordRef<'_>) -> usize {
 
 fn write_record(out: &mut Vec<u8>, r: &RecordRef<'_>) {
     let (value, create, version) = match r.kv {
-        Some(kv) => (kv.value.as_slice(), kv.create_revision, kv.version),
+        Some(kv) => (&kv.value[..], kv.create_revision, kv.version),
         None => (&[][..], 0, 0),
     };
     out.extend_from_slice(&r.rev.to_be_bytes());
@@ -171,7 +171,7 @@ fn decode_ops(r: &mut Reader<'_>) -> Result<Vec<Op>, Error> {
                     0 => None,
                     _ => Some(r.u64()?),
                 };
-                Op::Put { key, value, ttl_seconds }
+                Op::Put { key, value: value.into(), ttl_seconds }
             }
             1 => Op::Delete { key: r.bytes()? },
             2 => Op::Get { key: r.bytes()? },
@@ -374,8 +374,13 @@ pub fn decode_record(buf: &[u8]) -> Result<Record, Error> {
     let key_len = r.u32()? as usize;
     let key = r.take(key_len)?.to_vec();
     let value = r.buf.to_vec();
-    let kv =
-        (flags & 1 == 1).then(|| KeyValue { key: key.clone(), value, create_revision, mod_revision: rev, version });
+    let kv = (flags & 1 == 1).then(|| KeyValue {
+        key: key.clone(),
+        value: value.into(),
+        create_revision,
+        mod_revision: rev,
+        version,
+    });
     let deadline_ms = (flags & 2 == 2).then_some(deadline);
     Ok(Record { rev, sub, key, kv, deadline_ms })
 }
@@ -430,7 +435,7 @@ mod tests {
             key: b"/a".to_vec(),
             kv: put.then(|| KeyValue {
                 key: b"/a".to_vec(),
-                value: b"v".to_vec(),
+                value: bytes::Bytes::from_static(b"v"),
                 create_revision: 1,
                 mod_revision: rev,
                 version: 3,
@@ -469,12 +474,12 @@ mod tests {
                 },
             ],
             success: vec![
-                Op::Put { key: b"/a".to_vec(), value: vec![0, 255, 7], ttl_seconds: Some(3600) },
+                Op::Put { key: b"/a".to_vec(), value: vec![0, 255, 7].into(), ttl_seconds: Some(3600) },
                 Op::Delete { key: b"/b".to_vec() },
             ],
             failure: vec![
                 Op::Get { key: b"/a".to_vec() },
-                Op::Put { key: b"/c".to_vec(), value: vec![], ttl_seconds: None },
+                Op::Put { key: b"/c".to_vec(), value: vec![].into(), ttl_seconds: None },
             ],
         };
         let one = Request::Txn { txn, now_ms: 1234 };

@@ -209,7 +209,11 @@ pub mod tests {
         let mut entries =
             vec![Entry::<TypeConfig> { log_id: lid(0), payload: EntryPayload::Membership(membership.clone()) }];
         for i in 1..=(puts as u64 + 2) {
-            let put = Op::Put { key: format!("/old/{i}").into_bytes(), value: b"v".to_vec(), ttl_seconds: None };
+            let put = Op::Put {
+                key: format!("/old/{i}").into_bytes(),
+                value: bytes::Bytes::from_static(b"v"),
+                ttl_seconds: None,
+            };
             let txn = Txn { success: vec![put], ..Default::default() };
             entries.push(Entry { log_id: lid(i), payload: EntryPayload::Normal(Request::Txn { txn, now_ms: 0 }) });
         }
@@ -227,7 +231,7 @@ pub mod tests {
             let key = format!("/old/{rev}").into_bytes();
             let kv = KeyValue {
                 key: key.clone(),
-                value: b"v".to_vec(),
+                value: bytes::Bytes::from_static(b"v"),
                 create_revision: rev,
                 mod_revision: rev,
                 version: 1,

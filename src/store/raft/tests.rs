@@ -68,7 +68,10 @@ impl Store for TestStore {
 }
 
 fn put(k: &str, v: &str) -> Txn {
-    Txn { success: vec![Op::Put { key: k.into(), value: v.into(), ttl_seconds: None }], ..Default::default() }
+    Txn {
+        success: vec![Op::Put { key: k.into(), value: bytes::Bytes::copy_from_slice(v.as_bytes()), ttl_seconds: None }],
+        ..Default::default()
+    }
 }
 
 async fn reopen(dir: &std::path::Path, store: Arc<RaftStore>) -> Arc<RaftStore> {
@@ -124,7 +127,7 @@ async fn every_acknowledged_write_survives_a_restart_with_its_revisions() {
     let after = store.range(RangeRequest { prefix: b"/k/".to_vec(), ..Default::default() }).await.unwrap();
     assert_eq!(after, before);
     let kv = store.get(b"/k/00").await.unwrap().0.unwrap();
-    assert_eq!((kv.version, kv.mod_revision, kv.value.as_slice()), (2, 21, &b"again"[..]));
+    assert_eq!((kv.version, kv.mod_revision, &kv.value[..]), (2, 21, &b"again"[..]));
     // The revision counter continues where it stopped.
     assert_eq!(store.txn(put("/k/new", "x")).await.unwrap().revision, 23);
     store.shutdown().await.unwrap();
@@ -162,7 +165,7 @@ async fn a_watch_resumes_from_a_revision_after_restart_and_compacted_history_is_
 async fn ttl_keys_are_deleted_by_the_leader_after_their_deadline() {
     let s = fresh().await;
     s.txn(Txn {
-        success: vec![Op::Put { key: b"/e".to_vec(), value: b"x".to_vec(), ttl_seconds: Some(1) }],
+        success: vec![Op::Put { key: b"/e".to_vec(), value: bytes::Bytes::from_static(b"x"), ttl_seconds: Some(1) }],
         ..Default::default()
     })
     .await
@@ -393,7 +396,7 @@ async fn three_servers_replicate_and_survive_the_loss_of_the_leader() {
     let r2 = new_leader.txn(put("/r/b", "2")).await.unwrap();
     assert_eq!(r2.revision, r.revision + 1);
     eprintln!("first write after the leader stopped: {:?}", t.elapsed());
-    assert_eq!(new_leader.get(b"/r/a").await.unwrap().0.unwrap().value, b"1");
+    assert_eq!(&new_leader.get(b"/r/a").await.unwrap().0.unwrap().value[..], b"1");
     // The follower forwards writes to the leader and reads linearizably through its read index.
     let follower = stores.iter().find(|s| s.node_id != new_leader.node_id).unwrap().clone();
     let r3 = follower.txn(put("/r/c", "3")).await.unwrap();
