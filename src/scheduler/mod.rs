@@ -26,6 +26,7 @@ pub mod preemption;
 pub mod queue;
 pub mod resources;
 pub mod score;
+pub mod selectors;
 pub mod spread;
 pub mod volumes;
 
@@ -33,8 +34,10 @@ use crate::controllers::events::{object_ref, Recorder};
 use cache::{pod_key, Cache};
 use filter::PodInfo;
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
     Binding, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, PodCondition,
+    ReplicationController, Service,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -218,7 +221,7 @@ pub fn schedule(pod: &Pod, cache: &Cache) -> Decision {
     }
     let post = match &info {
         Some(info) => preemption::preempt(info, cache, &failure.failures),
-        None => Err(preemption::eligible(pod, cache).err().unwrap_or_else(|| {
+        None => Err(preemption::eligible(pod, cache, &failure.failures).err().unwrap_or_else(|| {
             let statuses: Vec<Vec<String>> = failure.failures.iter().map(|(_, r)| r.clone()).collect();
             filter::fit_error(total, None, &statuses, None)
         })),
@@ -340,29 +343,65 @@ pub async fn run_unelected(client: kube::Client, shutdown: CancellationToken) {
     let pods = tokio::spawn(watch_pods(client.clone(), shared.clone(), shutdown.clone()));
     let (c, sh, sd) = (&client, &shared, &shutdown);
     let others = vec![
-        tokio::spawn(watch_objects::<Namespace>(c.clone(), sh.clone(), sd.clone(), false, |cache, key, o| match o {
-            Some(ns) => {
-                cache.namespaces.insert(key, ns.metadata.labels.unwrap_or_default());
-            }
-            None => {
-                cache.namespaces.remove(&key);
-            }
-        })),
+        tokio::spawn(watch_objects::<Namespace>(
+            c.clone(),
+            sh.clone(),
+            sd.clone(),
+            false,
+            true,
+            |cache, key, o| match o {
+                Some(ns) => {
+                    cache.namespaces.insert(key, ns.metadata.labels.unwrap_or_default());
+                }
+                None => {
+                    cache.namespaces.remove(&key);
+                }
+            },
+        )),
         tokio::spawn(watch_objects::<PersistentVolumeClaim>(
             c.clone(),
             sh.clone(),
             sd.clone(),
             true,
+            true,
             |cache, key, o| upsert(&mut cache.pvcs, key, o),
         )),
-        tokio::spawn(watch_objects::<PersistentVolume>(c.clone(), sh.clone(), sd.clone(), false, |cache, key, o| {
-            upsert(&mut cache.pvs, key, o)
-        })),
-        tokio::spawn(watch_objects::<StorageClass>(c.clone(), sh.clone(), sd.clone(), false, |cache, key, o| {
+        tokio::spawn(watch_objects::<PersistentVolume>(
+            c.clone(),
+            sh.clone(),
+            sd.clone(),
+            false,
+            true,
+            |cache, key, o| upsert(&mut cache.pvs, key, o),
+        )),
+        tokio::spawn(watch_objects::<StorageClass>(c.clone(), sh.clone(), sd.clone(), false, true, |cache, key, o| {
             upsert(&mut cache.classes, key, o)
         })),
-        tokio::spawn(watch_objects::<PodDisruptionBudget>(c.clone(), sh.clone(), sd.clone(), true, |cache, key, o| {
-            upsert(&mut cache.pdbs, key, o)
+        tokio::spawn(watch_objects::<PodDisruptionBudget>(
+            c.clone(),
+            sh.clone(),
+            sd.clone(),
+            true,
+            true,
+            |cache, key, o| upsert(&mut cache.pdbs, key, o),
+        )),
+        // Default topology spreading reads only these kinds' selectors (see `selectors.rs`).
+        tokio::spawn(watch_objects::<Service>(c.clone(), sh.clone(), sd.clone(), true, false, |cache, key, o| {
+            cache.selectors.set_service(&key, o.as_ref())
+        })),
+        tokio::spawn(watch_objects::<ReplicationController>(
+            c.clone(),
+            sh.clone(),
+            sd.clone(),
+            true,
+            false,
+            |cache, key, o| cache.selectors.set_replication_controller(&key, o.as_ref()),
+        )),
+        tokio::spawn(watch_objects::<ReplicaSet>(c.clone(), sh.clone(), sd.clone(), true, false, |cache, key, o| {
+            cache.selectors.set_replica_set(&key, o.as_ref())
+        })),
+        tokio::spawn(watch_objects::<StatefulSet>(c.clone(), sh.clone(), sd.clone(), true, false, |cache, key, o| {
+            cache.selectors.set_stateful_set(&key, o.as_ref())
         })),
     ];
     schedule_loop(client, shared, recorder, shutdown).await;
@@ -384,14 +423,17 @@ fn upsert<K>(map: &mut HashMap<String, K>, key: String, o: Option<K>) {
     }
 }
 
-/// Mirrors one kind the plugins read (namespaces, claims, volumes, classes, budgets) into the
-/// cache; any change may make waiting pods schedulable. Keys are `namespace/name` for
-/// namespaced kinds and the name otherwise.
+/// Mirrors one kind the plugins read (namespaces, claims, volumes, classes, budgets, and the
+/// selectors of Services and controllers) into the cache. Keys are `namespace/name` for
+/// namespaced kinds and the name otherwise. With `wakes`, any change may make waiting pods
+/// schedulable and retries them; kinds only scores read (the selectors) wake nobody, as
+/// upstream registers no events for them.
 async fn watch_objects<K>(
     client: kube::Client,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     namespaced: bool,
+    wakes: bool,
     apply: fn(&mut Cache, String, Option<K>),
 ) where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
@@ -433,6 +475,9 @@ async fn watch_objects<K>(
                     apply(&mut st.cache, gone, None);
                 }
             }
+        }
+        if !wakes {
+            continue;
         }
         st.queue.cluster_changed(Instant::now());
         drop(st);
