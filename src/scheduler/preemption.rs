@@ -245,8 +245,11 @@ pub fn preempt(info: &PodInfo<'_>, cache: &Cache, failures: &[(String, Vec<Strin
     // One copy of the PreFilter state for all nodes: each dry run restores what it changes.
     let mut sim_info = info.clone();
     for (name, reasons) in failures {
+        // Readiness is the last filter here, but upstream's not-ready taint is checked before
+        // the others: a node that is not ready is unresolvable whatever it failed on first.
+        let usable = |n: &NodeInfo| n.facts.ready || info.tolerates_not_ready;
         let node = match cache.node(name) {
-            Some(n) if !reasons.iter().any(|r| filter::is_unresolvable(r)) => n,
+            Some(n) if usable(n) && !reasons.iter().any(|r| filter::is_unresolvable(r)) => n,
             _ => {
                 statuses.push(vec![NOT_HELPFUL.into()]);
                 continue;
@@ -372,6 +375,23 @@ mod tests {
         let p = pod("high", None, "1", 100, "y");
         let f = vec![("a".to_string(), vec![filter::ERR_AFFINITY.to_string()])];
         assert_eq!(preempt(&PodInfo::new(&p), &c, &f), Err(format!("0/1 nodes are available: 1 {NOT_HELPFUL}.")));
+    }
+
+    #[test]
+    fn a_node_that_is_not_ready_is_not_a_candidate_whatever_it_failed_on_first() {
+        let mut c = Cache::default();
+        let mut n = node("a", "1");
+        if let Some(cs) = n.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+            cs[0].status = "False".into();
+        }
+        c.set_node(n);
+        c.update_pod(&pod("low", Some("a"), "1", 0, "x"));
+        let p = pod("high", None, "1", 100, "y");
+        assert_eq!(failures(&c, &p), vec![("a".to_string(), vec!["Insufficient cpu".to_string()])]);
+        assert_eq!(
+            preempt(&PodInfo::new(&p), &c, &failures(&c, &p)),
+            Err(format!("0/1 nodes are available: 1 {NOT_HELPFUL}."))
+        );
     }
 
     #[test]
