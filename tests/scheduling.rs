@@ -49,6 +49,11 @@ where
 
 /// A Ready node with `cpu` allocatable and the given labels (plus the hostname label).
 async fn fake_node(client: &kube::Client, name: &str, cpu: &str, labels: &[(&str, &str)]) {
+    fake_node_sized(client, name, cpu, "8Gi", labels).await
+}
+
+/// [`fake_node`] with `memory` allocatable too.
+async fn fake_node_sized(client: &kube::Client, name: &str, cpu: &str, memory: &str, labels: &[(&str, &str)]) {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut l: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     l.insert("kubernetes.io/hostname".into(), name.into());
@@ -58,8 +63,8 @@ async fn fake_node(client: &kube::Client, name: &str, cpu: &str, labels: &[(&str
     .expect("node");
     nodes.create(&PostParams::default(), &node).await.expect("create node");
     let status = json!({"status": {
-        "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
-        "allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+        "capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
+        "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "fake"}],
     }});
     nodes.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("node status");
@@ -337,4 +342,173 @@ async fn a_wait_for_first_consumer_claim_gets_the_chosen_node_and_an_immediate_o
         kubectl(&s, &["delete", "pod", p, "--grace-period=0", "--force"], None);
     }
     kubectl(&s, &["delete", "pvc", "data-later", "data-now"], None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployments_replicas_spread_over_hostnames_and_zones_with_no_constraints_of_their_own() {
+    if require_kubectl().is_none() {
+        return;
+    }
+    let (s, client) = start().await;
+    let zone = "topology.kubernetes.io/zone";
+    // Resource scoring alone would stack every replica on the big node.
+    fake_node_sized(&client, "big", "64", "128Gi", &[(zone, "zone-a")]).await;
+    fake_node_sized(&client, "a2", "2", "4Gi", &[(zone, "zone-a")]).await;
+    fake_node_sized(&client, "b1", "2", "4Gi", &[(zone, "zone-b")]).await;
+    fake_node_sized(&client, "b2", "2", "4Gi", &[(zone, "zone-b")]).await;
+    // The ReplicaSet exists before any pod, as after a rollout: the scheduler knows the
+    // selector of the pods' controller by the time it sees them.
+    apply(&s, &deployment("web", 0, json!({})));
+    eventually("the Deployment's ReplicaSet", 30, || async {
+        let (ok, out, _) = kubectl(&s, &["get", "rs", "-l", "app=web", "-o", "name"], None);
+        (ok && out.contains("replicaset")).then_some(())
+    })
+    .await;
+    kubectl(&s, &["scale", "deployment", "web", "--replicas=4"], None);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let placed = eventually("four replicas bound", 60, || {
+        let pods = pods.clone();
+        async move {
+            let list = pods.list(&ListParams::default().labels("app=web")).await.ok()?.items;
+            let placed: Vec<String> = list.iter().filter_map(node_of).collect();
+            (placed.len() == 4).then_some(placed)
+        }
+    })
+    .await;
+    let distinct: BTreeSet<&String> = placed.iter().collect();
+    assert_eq!(distinct.len(), 4, "one replica per hostname: {placed:?}");
+    let in_a = placed.iter().filter(|n| *n == "big" || *n == "a2").count();
+    assert_eq!(in_a, 2, "two replicas per zone: {placed:?}");
+    kubectl(&s, &["delete", "deployment", "web"], None);
+}
+
+/// A PriorityClass `high` (1000) and a pod manifest with 100m cpu, the given labels and extras.
+fn priority_pod(
+    name: &str,
+    class: Option<&str>,
+    labels: serde_json::Value,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut spec = json!({"containers": [{"name": "c", "image": "registry.local/app:1",
+        "resources": {"requests": {"cpu": "100m"}}}]});
+    if let Some(c) = class {
+        spec["priorityClassName"] = json!(c);
+    }
+    if let (Some(s), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": labels}, "spec": spec})
+}
+
+fn high_priority_class(s: &TestServer) {
+    apply(
+        s,
+        &json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+        "metadata": {"name": "high"}, "value": 1000}),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_priority_pod_with_required_anti_affinity_preempts_the_low_priority_pod_it_repels() {
+    if require_kubectl().is_none() {
+        return;
+    }
+    let (s, client) = start().await;
+    // Plenty of room: only the anti-affinity keeps the pod out.
+    fake_node(&client, "only", "8", &[]).await;
+    high_priority_class(&s);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    apply(&s, &priority_pod("batch", None, json!({"app": "batch"}), json!({})));
+    eventually("the low-priority pod to be bound", 30, || {
+        let pods = pods.clone();
+        async move { pods.get("batch").await.ok().as_ref().and_then(node_of) }
+    })
+    .await;
+    let anti = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "batch"}}, "topologyKey": "kubernetes.io/hostname"}]}}});
+    apply(&s, &priority_pod("web", Some("high"), json!({"app": "web"}), anti));
+
+    let victim = eventually("the repelled pod to be preempted", 30, || {
+        let pods = pods.clone();
+        async move { pods.get("batch").await.ok().filter(|p| p.metadata.deletion_timestamp.is_some()) }
+    })
+    .await;
+    let cond = victim
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "DisruptionTarget").cloned());
+    assert_eq!(cond.as_ref().and_then(|c| c.reason.as_deref()), Some("PreemptionByScheduler"));
+    let nominated = eventually("the preemptor's nominated node", 20, || {
+        let pods = pods.clone();
+        async move { pods.get("web").await.ok()?.status?.nominated_node_name }
+    })
+    .await;
+    assert_eq!(nominated, "only");
+    // Until the victim is gone the preemptor is unschedulable for the filter's reason, with no
+    // "preemption:" part (the preemption succeeded).
+    let want = "0/1 nodes are available: 1 node(s) didn't match pod anti-affinity rules.";
+    eventually("the preemptor's FailedScheduling event", 20, || {
+        let client = client.clone();
+        async move {
+            events(&client, "FailedScheduling", "web").await.into_iter().find(|e| e.message.as_deref() == Some(want))
+        }
+    })
+    .await;
+
+    // The kubelet's part: the victim's containers stop and the pod object goes.
+    pods.delete("batch", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.expect("finish");
+    let node = eventually("the preemptor to be bound", 30, || {
+        let pods = pods.clone();
+        async move { pods.get("web").await.ok().as_ref().and_then(node_of) }
+    })
+    .await;
+    assert_eq!(node, "only");
+    kubectl(&s, &["delete", "pod", "web", "--grace-period=0", "--force"], None);
+    kubectl(&s, &["delete", "priorityclass", "high"], None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_only_a_taint_keeps_out_preempts_nothing() {
+    if require_kubectl().is_none() {
+        return;
+    }
+    let (s, client) = start().await;
+    fake_node(&client, "tainted", "1", &[]).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let taint = json!({"spec": {"taints": [{"key": "dedicated", "value": "batch", "effect": "NoSchedule"}]}});
+    nodes.patch("tainted", &PatchParams::default(), &Patch::Merge(&taint)).await.expect("taint the node");
+    high_priority_class(&s);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let tolerates = json!({"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "batch",
+        "effect": "NoSchedule"}]});
+    apply(&s, &priority_pod("batch", None, json!({"app": "batch"}), tolerates));
+    eventually("the tolerating low-priority pod to be bound", 30, || {
+        let pods = pods.clone();
+        async move { pods.get("batch").await.ok().as_ref().and_then(node_of) }
+    })
+    .await;
+    apply(&s, &priority_pod("web", Some("high"), json!({"app": "web"}), json!({})));
+    let msg = eventually("the verdict on the high-priority pod", 30, || {
+        let pods = pods.clone();
+        async move { pods.get("web").await.ok().as_ref().and_then(unschedulable_message) }
+    })
+    .await;
+    assert_eq!(
+        msg,
+        "0/1 nodes are available: 1 node(s) had untolerated taint {dedicated: batch}. \
+         preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.."
+    );
+    let batch = pods.get("batch").await.expect("the low-priority pod is still there");
+    assert!(batch.metadata.deletion_timestamp.is_none(), "nothing was preempted");
+    let web = pods.get("web").await.expect("web");
+    assert_eq!(web.status.and_then(|s| s.nominated_node_name), None);
+    assert!(events(&client, "Preempted", "batch").await.is_empty());
+    for p in ["web", "batch"] {
+        kubectl(&s, &["delete", "pod", p, "--grace-period=0", "--force"], None);
+    }
+    kubectl(&s, &["delete", "priorityclass", "high"], None);
 }

@@ -7,6 +7,7 @@
 
 use super::labels::Labels;
 use super::resources::{self, Resources};
+use super::selectors::Selectors;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, PodAffinity, PodAntiAffinity};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -247,6 +248,9 @@ pub struct PlacedPod {
     pub priority: i32,
     pub group: Arc<GroupKey>,
     pub affinity: Option<Arc<str>>,
+    /// `status.startTime`; `None` until the kubelet starts it, which preemption orders as
+    /// "now", the latest (upstream `GetPodStartTime`).
+    pub start: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 /// A pod that preempted others and waits for room on `node` (`status.nominatedNodeName`).
@@ -270,6 +274,8 @@ pub struct Cache {
     pub pvs: HashMap<String, PersistentVolume>,
     pub classes: HashMap<String, StorageClass>,
     pub pdbs: HashMap<String, PodDisruptionBudget>,
+    /// What selects pods, for default topology spreading.
+    pub selectors: Selectors,
     nominated: HashMap<String, Nominated>,
 }
 
@@ -461,6 +467,7 @@ impl Cache {
             priority: priority(pod),
             group,
             affinity,
+            start: pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0),
         };
         self.pods.insert(key, placed);
     }
@@ -518,6 +525,11 @@ impl Cache {
     /// Placed pods that carry pod affinity or anti-affinity terms, grouped.
     pub fn affinity_groups(&self) -> impl Iterator<Item = &AffinityGroup> {
         self.affinity.values()
+    }
+
+    /// The (anti-)affinity group a placed pod belongs to ([`PlacedPod::affinity`]).
+    pub fn affinity_group(&self, sig: &str) -> Option<&AffinityGroup> {
+        self.affinity.get(sig)
     }
 
     /// On how many nodes an image (normalised name) is present.

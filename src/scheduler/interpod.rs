@@ -7,7 +7,7 @@
 //! sharing namespace and labels are matched once, see `cache::GroupKey`) counting matches per
 //! topology domain. [`filter`] and [`score`] then cost a few map look-ups per node.
 
-use super::cache::{Cache, NodeInfo};
+use super::cache::{AffinityGroup, Cache, GroupKey, NodeInfo};
 use super::filter::Verdict;
 use super::labels::{self, Labels};
 use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm, WeightedPodAffinityTerm};
@@ -20,8 +20,20 @@ pub const ERR_EXISTING_ANTI_AFFINITY: &str = "node(s) didn't satisfy existing po
 /// Counts per topology key, then per topology value.
 pub type TopoCounts = HashMap<String, HashMap<String, i64>>;
 
+/// Adds `by` to a domain's count. A count that drops to zero is removed (so is a key left
+/// with no domains), as upstream's `topologyToMatchedTermCount.update` does: whether any domain
+/// is counted at all decides the first pod of an affinity group, and preemption takes counts
+/// away.
 fn bump(c: &mut TopoCounts, key: &str, value: &str, by: i64) {
-    *c.entry(key.to_string()).or_default().entry(value.to_string()).or_default() += by;
+    let values = c.entry(key.to_string()).or_default();
+    let n = values.entry(value.to_string()).or_default();
+    *n += by;
+    if *n == 0 {
+        values.remove(value);
+        if values.is_empty() {
+            c.remove(key);
+        }
+    }
 }
 
 fn get(c: &TopoCounts, key: &str, value: &str) -> i64 {
@@ -184,6 +196,53 @@ pub fn prepare(pod: &Pod, cache: &Cache) -> State {
     st.required_affinity = req_aff;
     st.required_anti_affinity = req_anti;
     st
+}
+
+/// PreFilter extension (upstream `preFilterState.updateWithPod`): counts `delta` more pods of
+/// `group`, carrying the terms of `terms`, on a node with `node_labels` — how preemption sees
+/// the domains without its victims (and with them again when they are reprieved).
+pub fn update(
+    st: &mut State,
+    pod: &Pod,
+    cache: &Cache,
+    group: &GroupKey,
+    terms: Option<&AffinityGroup>,
+    node_labels: &Labels,
+    delta: i64,
+) {
+    if node_labels.is_empty() {
+        return;
+    }
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+    let empty = Labels::new();
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    let ns_labels = |n: &str| cache.namespaces.get(n).unwrap_or(&empty);
+    let gns = ns_labels(&group.namespace);
+    let m = |t: &PodAffinityTerm| term_matches(t, ns, &group.namespace, gns, &group.labels);
+    if !st.required_affinity.is_empty() && st.required_affinity.iter().all(m) {
+        for t in &st.required_affinity {
+            if let Some(v) = node_labels.get(&t.topology_key) {
+                bump(&mut st.affinity_counts, &t.topology_key, v, delta);
+            }
+        }
+    }
+    for t in st.required_anti_affinity.iter().filter(|t| m(t)) {
+        if let Some(v) = node_labels.get(&t.topology_key) {
+            bump(&mut st.anti_affinity_counts, &t.topology_key, v, delta);
+        }
+    }
+    // The victim's own required anti-affinity terms that select the incoming pod.
+    let Some(g) = terms else { return };
+    let own_ns = ns_labels(ns);
+    let required =
+        g.pod_anti_affinity.as_ref().and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
+    for t in required.into_iter().flatten() {
+        if term_matches(t, &g.namespace, ns, own_ns, labels) {
+            if let Some(v) = node_labels.get(&t.topology_key) {
+                bump(&mut st.existing_anti_affinity_counts, &t.topology_key, v, delta);
+            }
+        }
+    }
 }
 
 /// Filter: affinity first (unresolvable by preemption), then the pod's anti-affinity, then

@@ -12,8 +12,11 @@
 //!
 //! Plugins with cluster-wide state (`interpod.rs`, `spread.rs`, `volumes.rs`) have a PreFilter
 //! step run once per attempt ([`filter::PodInfo::prepare`]) over counts the cache keeps per label
-//! group and node, so a pod costs O(groups + nodes), not O(pods × nodes). When a pod fits
-//! nowhere, `preemption.rs` looks for victims; the loop deletes them, records
+//! group and node, so a pod costs O(groups + nodes), not O(pods × nodes). Default topology
+//! spreading scores a pod by the selectors of the Services and controller that select it, which
+//! `selectors.rs` keeps (selectors only) from watches that, being score-only, retry no pods.
+//! When a pod fits nowhere, `preemption.rs` dry-runs every filter without lower-priority pods
+//! to find victims; the loop deletes them, records
 //! `status.nominatedNodeName` and keeps the room reserved until the pod is retried. A pod with
 //! an unbound WaitForFirstConsumer claim is bound right after its claim gets
 //! `volume.kubernetes.io/selected-node` (the kubelet waits for the claim to be bound).
@@ -26,6 +29,7 @@ pub mod preemption;
 pub mod queue;
 pub mod resources;
 pub mod score;
+pub mod selectors;
 pub mod spread;
 pub mod volumes;
 
@@ -33,8 +37,10 @@ use crate::controllers::events::{object_ref, Recorder};
 use cache::{pod_key, Cache};
 use filter::PodInfo;
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
     Binding, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, PodCondition,
+    ReplicationController, Service,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -218,7 +224,7 @@ pub fn schedule(pod: &Pod, cache: &Cache) -> Decision {
     }
     let post = match &info {
         Some(info) => preemption::preempt(info, cache, &failure.failures),
-        None => Err(preemption::eligible(pod, cache).err().unwrap_or_else(|| {
+        None => Err(preemption::eligible(pod, cache, &failure.failures).err().unwrap_or_else(|| {
             let statuses: Vec<Vec<String>> = failure.failures.iter().map(|(_, r)| r.clone()).collect();
             filter::fit_error(total, None, &statuses, None)
         })),
@@ -340,29 +346,65 @@ pub async fn run_unelected(client: kube::Client, shutdown: CancellationToken) {
     let pods = tokio::spawn(watch_pods(client.clone(), shared.clone(), shutdown.clone()));
     let (c, sh, sd) = (&client, &shared, &shutdown);
     let others = vec![
-        tokio::spawn(watch_objects::<Namespace>(c.clone(), sh.clone(), sd.clone(), false, |cache, key, o| match o {
-            Some(ns) => {
-                cache.namespaces.insert(key, ns.metadata.labels.unwrap_or_default());
-            }
-            None => {
-                cache.namespaces.remove(&key);
-            }
-        })),
+        tokio::spawn(watch_objects::<Namespace>(
+            c.clone(),
+            sh.clone(),
+            sd.clone(),
+            false,
+            true,
+            |cache, key, o| match o {
+                Some(ns) => {
+                    cache.namespaces.insert(key, ns.metadata.labels.unwrap_or_default());
+                }
+                None => {
+                    cache.namespaces.remove(&key);
+                }
+            },
+        )),
         tokio::spawn(watch_objects::<PersistentVolumeClaim>(
             c.clone(),
             sh.clone(),
             sd.clone(),
             true,
+            true,
             |cache, key, o| upsert(&mut cache.pvcs, key, o),
         )),
-        tokio::spawn(watch_objects::<PersistentVolume>(c.clone(), sh.clone(), sd.clone(), false, |cache, key, o| {
-            upsert(&mut cache.pvs, key, o)
-        })),
-        tokio::spawn(watch_objects::<StorageClass>(c.clone(), sh.clone(), sd.clone(), false, |cache, key, o| {
+        tokio::spawn(watch_objects::<PersistentVolume>(
+            c.clone(),
+            sh.clone(),
+            sd.clone(),
+            false,
+            true,
+            |cache, key, o| upsert(&mut cache.pvs, key, o),
+        )),
+        tokio::spawn(watch_objects::<StorageClass>(c.clone(), sh.clone(), sd.clone(), false, true, |cache, key, o| {
             upsert(&mut cache.classes, key, o)
         })),
-        tokio::spawn(watch_objects::<PodDisruptionBudget>(c.clone(), sh.clone(), sd.clone(), true, |cache, key, o| {
-            upsert(&mut cache.pdbs, key, o)
+        tokio::spawn(watch_objects::<PodDisruptionBudget>(
+            c.clone(),
+            sh.clone(),
+            sd.clone(),
+            true,
+            true,
+            |cache, key, o| upsert(&mut cache.pdbs, key, o),
+        )),
+        // Default topology spreading reads only these kinds' selectors (see `selectors.rs`).
+        tokio::spawn(watch_objects::<Service>(c.clone(), sh.clone(), sd.clone(), true, false, |cache, key, o| {
+            cache.selectors.set_service(&key, o.as_ref())
+        })),
+        tokio::spawn(watch_objects::<ReplicationController>(
+            c.clone(),
+            sh.clone(),
+            sd.clone(),
+            true,
+            false,
+            |cache, key, o| cache.selectors.set_replication_controller(&key, o.as_ref()),
+        )),
+        tokio::spawn(watch_objects::<ReplicaSet>(c.clone(), sh.clone(), sd.clone(), true, false, |cache, key, o| {
+            cache.selectors.set_replica_set(&key, o.as_ref())
+        })),
+        tokio::spawn(watch_objects::<StatefulSet>(c.clone(), sh.clone(), sd.clone(), true, false, |cache, key, o| {
+            cache.selectors.set_stateful_set(&key, o.as_ref())
         })),
     ];
     schedule_loop(client, shared, recorder, shutdown).await;
@@ -384,14 +426,17 @@ fn upsert<K>(map: &mut HashMap<String, K>, key: String, o: Option<K>) {
     }
 }
 
-/// Mirrors one kind the plugins read (namespaces, claims, volumes, classes, budgets) into the
-/// cache; any change may make waiting pods schedulable. Keys are `namespace/name` for
-/// namespaced kinds and the name otherwise.
+/// Mirrors one kind the plugins read (namespaces, claims, volumes, classes, budgets, and the
+/// selectors of Services and controllers) into the cache. Keys are `namespace/name` for
+/// namespaced kinds and the name otherwise. With `wakes`, any change may make waiting pods
+/// schedulable and retries them; kinds only scores read (the selectors) wake nobody, as
+/// upstream registers no events for them.
 async fn watch_objects<K>(
     client: kube::Client,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     namespaced: bool,
+    wakes: bool,
     apply: fn(&mut Cache, String, Option<K>),
 ) where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
@@ -433,6 +478,9 @@ async fn watch_objects<K>(
                     apply(&mut st.cache, gone, None);
                 }
             }
+        }
+        if !wakes {
+            continue;
         }
         st.queue.cluster_changed(Instant::now());
         drop(st);
@@ -1015,5 +1063,128 @@ mod tests {
         let mid = with_priority(pod("mid", "1"), 10);
         assert!(matches!(schedule(&mid, &c), Decision::Unschedulable { .. }));
         assert_eq!(schedule(&high, &c), Decision::Bind { node: "a".into(), volumes: vec![] });
+    }
+
+    fn labelled(name: &str, cpu: &str, memory: &str, zone: &str) -> Node {
+        let mut n = node(name, cpu);
+        n.metadata.labels = Some(
+            [(spread::HOSTNAME.to_string(), name.to_string()), (spread::ZONE.to_string(), zone.to_string())].into(),
+        );
+        if let Some(a) = n.status.as_mut().and_then(|s| s.allocatable.as_mut()) {
+            a.insert("memory".into(), Quantity(memory.into()));
+        }
+        n
+    }
+
+    fn replica(i: usize) -> Pod {
+        let mut p = pod(&format!("web-1-{i}"), "100m");
+        p.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+        p.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "ReplicaSet".into(),
+            name: "web-1".into(),
+            uid: "rs-uid".into(),
+            controller: Some(true),
+            ..Default::default()
+        }]);
+        p
+    }
+
+    fn place_replicas(c: &mut Cache, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let p = replica(i);
+                let Decision::Bind { node, .. } = schedule(&p, c) else { panic!("replica {i} fits") };
+                c.assume(&p, &node);
+                node
+            })
+            .collect()
+    }
+
+    fn two_zones_one_big_node() -> Cache {
+        let mut c = Cache::default();
+        c.set_node(labelled("big", "64", "128Gi", "zone-a"));
+        c.set_node(labelled("a2", "2", "4Gi", "zone-a"));
+        c.set_node(labelled("b1", "2", "4Gi", "zone-b"));
+        c.set_node(labelled("b2", "2", "4Gi", "zone-b"));
+        c
+    }
+
+    #[test]
+    fn replicas_without_constraints_spread_over_hosts_and_zones_though_one_node_is_much_bigger() {
+        // The ReplicaSet is not known yet: nothing selects the pods, and the big node wins all.
+        let mut c = two_zones_one_big_node();
+        assert_eq!(place_replicas(&mut c, 4), vec!["big"; 4]);
+
+        let mut c = two_zones_one_big_node();
+        let rs = k8s_openapi::api::apps::v1::ReplicaSet {
+            spec: Some(k8s_openapi::api::apps::v1::ReplicaSetSpec {
+                selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                    match_labels: Some([("app".to_string(), "web".to_string())].into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        c.selectors.set_replica_set("default/web-1", Some(&rs));
+        let mut placed = place_replicas(&mut c, 4);
+        placed.sort();
+        assert_eq!(placed, vec!["a2", "b1", "b2", "big"], "one per node, two per zone");
+    }
+
+    #[test]
+    fn a_pod_kept_out_by_a_lower_priority_pods_anti_affinity_preempts_it() {
+        let mut c = Cache::default();
+        c.set_node(labelled("a", "4", "8Gi", "z"));
+        let mut low = bound(with_priority(pod("loner", "100m"), 0), "a");
+        if let Some(s) = low.spec.as_mut() {
+            s.affinity = Some(k8s_openapi::api::core::v1::Affinity {
+                pod_anti_affinity: Some(k8s_openapi::api::core::v1::PodAntiAffinity {
+                    required_during_scheduling_ignored_during_execution: Some(vec![
+                        k8s_openapi::api::core::v1::PodAffinityTerm {
+                            label_selector: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                                match_labels: Some([("app".to_string(), "web".to_string())].into()),
+                                ..Default::default()
+                            }),
+                            topology_key: spread::HOSTNAME.into(),
+                            ..Default::default()
+                        },
+                    ]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        c.update_pod(&low);
+        let mut high = with_priority(pod("web", "100m"), 1000);
+        high.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+        let Decision::Unschedulable { message, preemption: Some(cand) } = schedule(&high, &c) else {
+            panic!("expected a preemption")
+        };
+        assert_eq!(message, "0/1 nodes are available: 1 node(s) didn't satisfy existing pods anti-affinity rules.");
+        assert_eq!((cand.node.as_str(), cand.victims.len()), ("a", 1));
+        assert_eq!(cand.victims[0].name, "loner");
+    }
+
+    #[test]
+    fn a_pod_only_a_taint_keeps_out_preempts_nothing() {
+        let mut c = Cache::default();
+        let mut n = node("a", "1");
+        n.spec = Some(NodeSpec {
+            taints: Some(vec![Taint { key: "dedicated".into(), effect: "NoSchedule".into(), ..Default::default() }]),
+            ..Default::default()
+        });
+        c.set_node(n);
+        c.update_pod(&bound(with_priority(pod("low", "1"), 0), "a"));
+        assert_eq!(
+            schedule(&with_priority(pod("high", "1"), 1000), &c),
+            Decision::Unschedulable {
+                message: "0/1 nodes are available: 1 node(s) had untolerated taint {dedicated: }. \
+                          preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.."
+                    .into(),
+                preemption: None,
+            }
+        );
     }
 }

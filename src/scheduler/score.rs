@@ -158,11 +158,10 @@ pub fn total_with(info: &PodInfo<'_>, cache: Option<&Cache>, nodes: &[&NodeInfo]
         nodes.iter().map(|n| n.node.as_deref().map_or(0, |node| preferred_affinity(pod, node))).collect();
     let taint = normalize(&raw_taint, true);
     let aff = normalize(&raw_aff, false);
-    let spread = match &info.spread {
-        Some(st) if spread::has_soft(st) => spread::normalize(
-            &nodes.iter().map(|n| n.node.as_deref().and_then(|node| spread::raw_score(st, node))).collect::<Vec<_>>(),
-        ),
-        _ => vec![0; nodes.len()],
+    // PreScore once per attempt; then a few map look-ups per node.
+    let spread = match cache.and_then(|c| spread::pre_score(info, c, nodes)) {
+        Some(st) => spread::normalize(&nodes.iter().map(|n| st.raw_score(n)).collect::<Vec<_>>()),
+        None => vec![0; nodes.len()],
     };
     let inter = match &info.interpod {
         Some(st) => interpod::normalize(&nodes.iter().map(|n| interpod::raw_score(st, n.labels())).collect::<Vec<_>>()),
