@@ -2,7 +2,8 @@
 //! node (issue #4: pods exec/attach): WebSocket v5 from kubectl through the API server's upgrade
 //! proxy to the kubelet, and containerd Tasks.Exec underneath. Then a container's own stdin:
 //! `kubectl attach -i`, `kubectl run -i --rm` and `kubectl run -it` through the attach-mode
-//! logger that owns a stdin container's FIFOs.
+//! logger that owns a stdin container's FIFOs. Last, the Python `kubernetes` client's exec,
+//! attach and port-forward over the v5 and v4 channel protocols (`tests/python/stream_check.py`).
 
 use crate::harness::{self, Cluster, Node, BUSYBOX_IMAGE};
 use std::path::Path;

@@ -153,11 +153,11 @@ async fn session(
                         continue;
                     }
                 };
-                let Some(i) = data_port(ch, ports.len()) else { continue };
-                if let Some(tx) = &inputs[i] {
+                let Some(slot) = data_port(ch, ports.len()).and_then(|i| inputs.get_mut(i)) else { continue };
+                if let Some(tx) = slot {
                     if !payload.is_empty() && tx.send(payload).await.is_err() {
                         // That port's connection has ended; later data has nowhere to go.
-                        inputs[i] = None;
+                        *slot = None;
                     }
                 }
             }
