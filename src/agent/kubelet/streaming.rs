@@ -281,8 +281,7 @@ fn handle_port_forward(
         Ok(p) => p,
         Err(e) => return status_response(StatusCode::BAD_REQUEST, "BadRequest", &e),
     };
-    let ws = Some(ws);
-    let (ws, proto) = match negotiate(ws, headers, super::channel_protocol::PORT_FORWARD_PROTOCOLS) {
+    let (ws, proto) = match negotiate(Some(ws), headers, super::channel_protocol::PORT_FORWARD_PROTOCOLS) {
         Ok(r) => r,
         Err(r) => return *r,
     };
