@@ -7,8 +7,13 @@
 //!    joins the two upgraded connections;
 //! 3. a kubelet answer of 400 or more is relayed as is; anything else is an error.
 //!
-//! Since both ends are skiff's, exec/attach stay WebSocket `v5.channel.k8s.io` end to end (the
-//! frames are read in `agent::kubelet::streaming`); nothing here parses them.
+//! Since both ends are skiff's, the subprotocol the client offers (`Sec-WebSocket-Protocol`) goes
+//! to the kubelet and the kubelet's choice comes back in the 101, so whatever it negotiates —
+//! `v5.channel.k8s.io` for kubectl, `v4.channel.k8s.io` for the Python client, the base64 and
+//! pre-v4 ones, or kubectl's `SPDY/3.1+portforward.k8s.io` tunnel — holds end to end (the frames
+//! are read in `agent::kubelet::streaming`); nothing here parses them. Port-forward's `ports`
+//! query (WebSocket channel clients) becomes the kubelet's `port`, as upstream's
+//! `PortForwardLocation` writes it.
 //!
 //! Checks made here, as upstream does: the request must be an upgrade (else 400 "Upgrade request
 //! required"); exec and attach refuse Succeeded and Failed pods; port-forward needs phase
@@ -52,11 +57,20 @@ pub fn is_upgrade(h: &HeaderMap) -> bool {
 }
 
 /// The kubelet path and query for a request (guide §6): `/exec|attach/NS/POD/CONTAINER` with
-/// `command` repeated and the stream flags as `1`, or `/portForward/NS/POD`.
-pub fn kubelet_path(sub: &str, ns: &str, pod: &str, container: &str, q: &[(String, String)]) -> String {
+/// `command` repeated and the stream flags as `1`, or `/portForward/NS/POD` with the requested
+/// ports as one `port=A,B` (none for kubectl, whose tunnel names ports per stream).
+pub fn kubelet_path(sub: &str, ns: &str, pod: &str, container: &str, q: &[(String, String)]) -> ApiResult<String> {
     let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    match sub {
-        "portforward" => format!("/portForward/{ns}/{pod}"),
+    Ok(match sub {
+        "portforward" => {
+            let ports = forwarded_ports(q)?;
+            if ports.is_empty() {
+                format!("/portForward/{ns}/{pod}")
+            } else {
+                let list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+                format!("/portForward/{ns}/{pod}?port={}", enc(&list.join(",")))
+            }
+        }
         _ => {
             let mut query = Vec::new();
             if sub == "exec" {
@@ -71,7 +85,24 @@ pub fn kubelet_path(sub: &str, ns: &str, pod: &str, container: &str, q: &[(Strin
             }
             format!("/{sub}/{ns}/{pod}/{}?{}", enc(container), query.join("&"))
         }
+    })
+}
+
+/// `PodPortForwardOptions.ports`: every `ports` value, each a comma-separated list of integers
+/// (upstream converts them to int32 and leaves the range check to the kubelet, which answers 400).
+pub fn forwarded_ports(q: &[(String, String)]) -> ApiResult<Vec<i32>> {
+    let mut ports = Vec::new();
+    for (_, v) in q.iter().filter(|(k, _)| k == "ports") {
+        for p in v.split(',') {
+            let n = p.trim().parse::<i32>().map_err(|e| {
+                ApiError::bad_request(format!(
+                    "invalid value {p:?} for ports: {e} (ports are numbers, e.g. ports=80,8080)"
+                ))
+            })?;
+            ports.push(n);
+        }
     }
+    Ok(ports)
 }
 
 /// Go's ParseBool, true side (kubectl sends `true`).
@@ -158,7 +189,7 @@ pub async fn pod_stream(req: &Req, user: &User, upgrade: Option<OnUpgrade>) -> A
     let (ip, port) = logs::kubelet_address(req, node).await?;
     let host = if ip.contains(':') { format!("[{ip}]") } else { ip };
     let pairs = &req.q.pairs;
-    let path = kubelet_path(&sub, &ns, &name, &container, pairs);
+    let path = kubelet_path(&sub, &ns, &name, &container, pairs)?;
     let url = format!("https://{host}:{port}{path}");
     let uri: hyper::Uri = url.parse().map_err(|e| ApiError::internal(format!("kubelet URL {url}: {e}")))?;
 
@@ -236,11 +267,25 @@ mod tests {
             ("tty", "false"),
         ]);
         assert_eq!(
-            kubelet_path("exec", "default", "p1", "c1", &q),
+            kubelet_path("exec", "default", "p1", "c1", &q).unwrap(),
             "/exec/default/p1/c1?command=sh&command=-c&command=echo+a+b&stdout=1&stderr=1"
         );
-        assert_eq!(kubelet_path("attach", "ns", "p", "c", &q), "/attach/ns/p/c?stdout=1&stderr=1");
-        assert_eq!(kubelet_path("portforward", "ns", "p", "", &q), "/portForward/ns/p");
+        assert_eq!(kubelet_path("attach", "ns", "p", "c", &q).unwrap(), "/attach/ns/p/c?stdout=1&stderr=1");
+        assert_eq!(kubelet_path("portforward", "ns", "p", "", &q).unwrap(), "/portForward/ns/p");
+    }
+
+    #[test]
+    fn port_forward_ports_become_the_kubelets_port_parameter() {
+        let q = pairs(&[("ports", "8080"), ("ports", "80, 9090")]);
+        assert_eq!(kubelet_path("portforward", "ns", "p", "", &q).unwrap(), "/portForward/ns/p?port=8080%2C80%2C9090");
+        let e = kubelet_path("portforward", "ns", "p", "", &pairs(&[("ports", "http")])).unwrap_err();
+        assert_eq!(e.status()["code"], 400);
+        assert!(e.status()["message"].as_str().unwrap().contains("invalid value \"http\" for ports"));
+        // The kubelet checks the range (upstream: int32 here, 1–65535 there).
+        assert_eq!(
+            kubelet_path("portforward", "ns", "p", "", &pairs(&[("ports", "70000")])).unwrap(),
+            "/portForward/ns/p?port=70000"
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - `selftest.rs`: the harness checked on its own (no skiff needed).
 //! - `skeleton.rs`: the walking skeleton, one node from start to `kubectl logs`.
 //! - `pod_features.rs`: volumes, env from Secrets, probes and liveness restarts on one node.
-//! - `streaming.rs`: `kubectl exec`/`cp`/`attach` (kubectl 1.32, WebSocket v5) on one node.
+//! - `streaming.rs`: `kubectl exec`/`cp`/`attach`/`port-forward` (kubectl 1.32, WebSocket v5 and
+//!   the SPDY tunnel) and the Python client's exec/attach/port-forward (v4, v5) on one node.
 //! - `autoscaling.rs`: `kubectl top` from metrics.k8s.io and an HPA scaling a busy Deployment.
 
 mod autoscaling;

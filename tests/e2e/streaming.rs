@@ -2,7 +2,8 @@
 //! node (issue #4: pods exec/attach): WebSocket v5 from kubectl through the API server's upgrade
 //! proxy to the kubelet, and containerd Tasks.Exec underneath. Then a container's own stdin:
 //! `kubectl attach -i`, `kubectl run -i --rm` and `kubectl run -it` through the attach-mode
-//! logger that owns a stdin container's FIFOs.
+//! logger that owns a stdin container's FIFOs. Last, the Python `kubernetes` client's exec,
+//! attach and port-forward over the v5 and v4 channel protocols (`tests/python/stream_check.py`).
 
 use crate::harness::{self, Cluster, Node, BUSYBOX_IMAGE};
 use std::path::Path;
@@ -288,6 +289,57 @@ fn kubectl_attach_i_and_run_i_rm_and_run_it_reach_a_containers_stdin() {
     wait_gone(n, "tty");
 
     n.kubectl_ok(&["delete", "pod", "reader", "quiet", "--wait=true"]);
+    let problems = cluster.shutdown();
+    assert!(problems.is_empty(), "left behind after teardown: {problems:?}");
+}
+
+/// The official Python `kubernetes` client (`kubernetes.stream.stream`/`portforward`), which
+/// offers `v5.channel.k8s.io` and `v4.channel.k8s.io` and speaks the v4 channel protocol for
+/// port-forward: `tests/python/stream_check.py` runs inside the node's namespace against one
+/// node, through the API server's relay to the kubelet.
+#[test]
+fn python_client_exec_attach_and_port_forward_over_the_v4_and_v5_channel_protocols() {
+    if !harness::require(harness::NODE_TOOLS) {
+        return;
+    }
+    let has_client =
+        Command::new("python3").args(["-c", "import kubernetes"]).output().is_ok_and(|o| o.status.success());
+    if !has_client {
+        assert!(!harness::in_ci(), "the Python kubernetes client is required under CI=true");
+        eprintln!("SKIPPED: python3 with the kubernetes package is not installed");
+        return;
+    }
+    let mut cluster = Cluster::single_server(READY);
+    let n = cluster.server();
+    let work = tempfile::tempdir().expect("temp dir");
+    for (name, manifest) in [
+        ("sleeper", pod_manifest("sleeper", "sleep 3600", "Always")),
+        ("reader", stdin_pod_manifest("reader", "while read l; do echo got $l; done", "Always", false)),
+        (
+            "web",
+            pod_manifest(
+                "web",
+                "mkdir -p /www && echo hello-pf > /www/index.html && exec httpd -f -p 8080 -h /www",
+                "Always",
+            ),
+        ),
+    ] {
+        let path = work.path().join(format!("{name}.json"));
+        std::fs::write(&path, manifest).expect("write manifest");
+        n.kubectl_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
+    }
+    for pod in ["sleeper", "reader", "web"] {
+        wait_running(n, pod);
+    }
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/stream_check.py");
+    let mut cmd = n.netns.command("python3");
+    cmd.arg(script).arg(&n.kubeconfig).arg("default");
+    let r = harness::run(&mut cmd, Duration::from_secs(180)).unwrap_or_else(|e| panic!("stream_check.py: {e}"));
+    eprintln!("{}", r.stdout);
+    assert!(r.ok() && r.stdout.contains("stream checks passed"), "{r}\n{}", n.context());
+
+    n.kubectl_ok(&["delete", "pod", "sleeper", "reader", "web", "--wait=true"]);
     let problems = cluster.shutdown();
     assert!(problems.is_empty(), "left behind after teardown: {problems:?}");
 }

@@ -45,6 +45,8 @@ struct State {
     exec_results: HashMap<String, Vec<ExecOutput>>,
     /// Containers with a live attach stream: id → (tty, stdinOnce).
     attachable: HashMap<String, (bool, bool)>,
+    /// Pod ports that port_forward connects to: port → a local listener standing in for it.
+    served_ports: HashMap<u16, std::net::SocketAddr>,
 }
 
 pub struct FakeRuntime {
@@ -106,6 +108,11 @@ impl FakeRuntime {
     /// has; its main process behaves like `cat` (see [`Runtime::attach`] below).
     pub fn make_attachable(&self, id: &str, tty: bool, stdin_once: bool) {
         self.lock().attachable.insert(id.to_string(), (tty, stdin_once));
+    }
+
+    /// port_forward to `port` (of any pod) connects to `addr` from now on; other ports fail.
+    pub fn serve_port(&self, port: u16, addr: std::net::SocketAddr) {
+        self.lock().served_ports.insert(port, addr);
     }
 
     /// The newest container named `name` in pod `uid`.
@@ -414,7 +421,16 @@ impl Runtime for FakeRuntime {
     }
 
     async fn port_forward(&self, pod_uid: &str, port: u16) -> Result<tokio::net::TcpStream> {
-        self.lock().calls.push(Call::PortForward { pod_uid: pod_uid.to_string(), port });
-        Err(RuntimeError::Other("the fake runtime has no pod network".into()))
+        let served = {
+            let mut st = self.lock();
+            st.calls.push(Call::PortForward { pod_uid: pod_uid.to_string(), port });
+            st.served_ports.get(&port).copied()
+        };
+        match served {
+            Some(addr) => tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| RuntimeError::Other(format!("connecting to {addr}: {e}"))),
+            None => Err(RuntimeError::Other("the fake runtime has no pod network".into())),
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! `pod_workers`, `events` and `server` do the API and network I/O.
 
 pub mod backoff;
+pub mod channel_protocol;
 pub mod container_spec;
 pub mod cri_log;
 pub mod events;
@@ -22,6 +23,7 @@ pub mod pod_status;
 pub mod pod_sync;
 pub mod pod_workers;
 pub mod portforward;
+pub mod portforward_ws;
 pub mod probes;
 pub mod resources;
 pub mod server;

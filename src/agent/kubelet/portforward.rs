@@ -333,7 +333,7 @@ pub fn serve(
 }
 
 /// The pod's uid on this node (its running instance if several).
-async fn pod_uid(rt: &dyn Runtime, ns: &str, pod: &str, uid: Option<&str>) -> Result<String, String> {
+pub(super) async fn pod_uid(rt: &dyn Runtime, ns: &str, pod: &str, uid: Option<&str>) -> Result<String, String> {
     let sandboxes = rt.list_sandboxes().await.map_err(|e| e.to_string())?;
     let mut uids: Vec<String> = sandboxes
         .into_iter()

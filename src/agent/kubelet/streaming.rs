@@ -1,23 +1,33 @@
 //! The kubelet's streaming endpoints: `/exec/{ns}/{pod}/{container}` and
-//! `/attach/{ns}/{pod}/{container}` over WebSocket `v5.channel.k8s.io` (and `/portForward/{ns}/{pod}`,
-//! handed to `super::portforward`), the protocol kubectl 1.32
-//! speaks first (kubectl-streaming guide §1–§2). The API server relays the upgraded connection
-//! byte for byte (`src/api/stream.rs`), so this is where the frames are read and written.
+//! `/attach/{ns}/{pod}/{container}` over WebSocket `v5.channel.k8s.io`, the protocol kubectl 1.32
+//! speaks first (kubectl-streaming guide §1–§2), and the older channel protocols other clients
+//! offer (`v4.channel.k8s.io` for the Python client, base64 and pre-v4 ones: negotiation and
+//! framing in `super::channel_protocol`); `/portForward/{ns}/{pod}` is handed to
+//! `super::portforward` (kubectl's SPDY tunnel) or `super::portforward_ws` (the v4 channel
+//! protocol). The API server relays the upgraded connection byte for byte (`src/api/stream.rs`),
+//! subprotocol header included, so this is where the frames are read and written.
 //!
-//! Protocol facts reproduced here (guide §2):
-//! - binary messages only; the first byte is the channel: 0 stdin, 1 stdout, 2 stderr,
-//!   3 status, 4 resize. A text message would make kubectl drop every stream, so none is sent.
+//! Protocol facts reproduced here (guide §2; v5 unless said otherwise):
+//! - the first byte is the channel: 0 stdin, 1 stdout, 2 stderr, 3 status, 4 resize. Only the
+//!   base64 protocols send text messages (a text message would make kubectl drop every stream);
+//!   the client's messages are read alike whether text or binary.
+//! - right after the upgrade an empty message goes to the lowest channel the server writes
+//!   (stdout, else stderr, else status), as upstream's kubelet and API server tell the client the
+//!   session is established.
 //! - with a tty nothing is sent on channel 2 (kubectl reports "Unknown stream id 2").
 //! - resize messages are `{"Width":W,"Height":H}` JSON values, possibly split or batched across
 //!   messages, so they go through a streaming decoder.
 //! - the client's `[255, ch]` half-closes channel `ch` (kubectl sends `[255,0]` at stdin EOF,
 //!   which `kubectl cp` relies on); any other length is a protocol error. The server never sends
-//!   255 messages (kubectl ignores them): output ends when the socket closes.
-//! - the end is one JSON Status on channel 3 and then Close 1000; an exit code becomes
-//!   `NonZeroExitCode` with an `ExitCode` cause kubectl turns into its own exit status.
+//!   255 messages (kubectl ignores them): output ends when the socket closes. Older protocols
+//!   have no close signal: their stdin ends with the session.
+//! - the end is one JSON Status on channel 3 (v4 too; v1–v3 send an error text, or nothing for
+//!   success) and then Close 1000; an exit code becomes `NonZeroExitCode` with an `ExitCode`
+//!   cause kubectl (and the Python client) turn into an exit status.
 //!
-//! Anything but a WebSocket upgrade offering `v5.channel.k8s.io` gets 400 (upstream's
-//! "Upgrade request required"); the SPDY fallback is not served.
+//! A request that is not a WebSocket upgrade gets 400 (upstream's "Upgrade request required"),
+//! as does one offering no channel protocol skiff serves (a client offering none at all gets
+//! `channel.k8s.io` framing, as upstream); the SPDY fallback is not served.
 //!
 //! Attach: a container started with `stdin: true` has a live stream through its attach-mode
 //! logger ([`Runtime::attach`]): input goes to its stdin, its output from now on comes back, and
@@ -31,7 +41,7 @@
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as UrlPath, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
@@ -45,47 +55,10 @@ use crate::agent::runtime::{
     AttachOptions, AttachSession, ContainerState, ContainerStatus, ExecOptions, Runtime, RuntimeError, TermSize,
 };
 
-/// The only subprotocol served (guide §2).
+pub use super::channel_protocol::{Inbound, Protocol, CLOSE, RESIZE, STATUS, STDERR, STDIN, STDOUT};
+
+/// The subprotocol kubectl 1.30+ offers (guide §2).
 pub const V5: &str = "v5.channel.k8s.io";
-
-pub const STDIN: u8 = 0;
-pub const STDOUT: u8 = 1;
-pub const STDERR: u8 = 2;
-pub const STATUS: u8 = 3;
-pub const RESIZE: u8 = 4;
-/// The close signal's marker byte (`[255, channel]`).
-pub const CLOSE: u8 = 255;
-
-/// A message from the client, decoded.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Inbound {
-    Stdin(Bytes),
-    Resize(Bytes),
-    /// `[255, ch]`: the client will send nothing more on `ch`.
-    CloseChannel(u8),
-    /// An empty message or a channel the server does not read; ignored.
-    Ignored,
-}
-
-/// Decodes one binary message. Errors name the protocol violation; they never panic.
-pub fn decode(msg: &[u8]) -> Result<Inbound, String> {
-    let Some((&ch, rest)) = msg.split_first() else { return Ok(Inbound::Ignored) };
-    match ch {
-        STDIN => Ok(Inbound::Stdin(Bytes::copy_from_slice(rest))),
-        RESIZE => Ok(Inbound::Resize(Bytes::copy_from_slice(rest))),
-        CLOSE if rest.len() == 1 => Ok(Inbound::CloseChannel(rest[0])),
-        CLOSE => Err(format!("close signal must be 2 bytes, got {}", msg.len())),
-        _ => Ok(Inbound::Ignored),
-    }
-}
-
-/// A server message: channel byte, then the data.
-pub fn frame(channel: u8, data: &[u8]) -> Bytes {
-    let mut v = Vec::with_capacity(data.len() + 1);
-    v.push(channel);
-    v.extend_from_slice(data);
-    Bytes::from(v)
-}
 
 /// Resize JSON values arriving in arbitrary pieces.
 #[derive(Debug, Default)]
@@ -129,30 +102,6 @@ impl ResizeDecoder {
                 Err(e)
             }
         }
-    }
-}
-
-/// The final Status on channel 3 (guide §2 "Ending").
-pub fn status_json(result: &Result<i32, String>) -> String {
-    match result {
-        Ok(0) => r#"{"metadata":{},"status":"Success"}"#.to_string(),
-        Ok(code) => serde_json::json!({
-            "metadata": {},
-            "status": "Failure",
-            "message": format!("command terminated with non-zero exit code: error executing command [{code}], exit code {code}"),
-            "reason": "NonZeroExitCode",
-            // The cause type is serialised under `reason`; the message is the decimal code.
-            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
-        })
-        .to_string(),
-        Err(msg) => serde_json::json!({
-            "metadata": {},
-            "status": "Failure",
-            "message": msg,
-            "reason": "InternalError",
-            "code": 500,
-        })
-        .to_string(),
     }
 }
 
@@ -223,21 +172,24 @@ fn status_response(code: StatusCode, reason: &str, message: &str) -> Response {
     (code, [("content-type", "application/json")], body.to_string()).into_response()
 }
 
-/// Checks the upgrade and the subprotocol before switching protocols.
-fn negotiate(ws: Option<WebSocketUpgrade>) -> Result<WebSocketUpgrade, Box<Response>> {
+/// Checks the upgrade and picks the subprotocol before switching protocols.
+fn negotiate(
+    ws: Option<WebSocketUpgrade>,
+    headers: &HeaderMap,
+    served: &[Protocol],
+) -> Result<(WebSocketUpgrade, Protocol), Box<Response>> {
     let Some(ws) = ws else {
         return Err(Box::new(status_response(StatusCode::BAD_REQUEST, "BadRequest", "Upgrade request required")));
     };
-    let ws = ws.protocols([V5]);
-    if ws.selected_protocol().is_none() {
-        // axum would upgrade without a protocol, which kubectl treats as a failure anyway.
-        return Err(Box::new(status_response(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "unsupported streaming protocol: this kubelet speaks WebSocket v5.channel.k8s.io only (kubectl 1.30+)",
-        )));
-    }
-    Ok(ws)
+    let offered = super::channel_protocol::offered(headers);
+    let proto = super::channel_protocol::negotiate(&offered, served)
+        .map_err(|e| Box::new(status_response(StatusCode::BAD_REQUEST, "BadRequest", &e)))?;
+    // axum echoes the one name given here; `Unnamed` answers without the header, as upstream.
+    let ws = match proto.name() {
+        Some(name) => ws.protocols([name]),
+        None => ws,
+    };
+    Ok((ws, proto))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -250,58 +202,90 @@ async fn exec(
     State(st): State<StreamState>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    handle(st, Kind::Exec, ns, pod, None, container, q, ws.ok())
+    handle(st, Kind::Exec, ns, pod, None, container, q, &headers, ws.ok())
 }
 
 async fn exec_uid(
     State(st): State<StreamState>,
     UrlPath((ns, pod, uid, container)): UrlPath<(String, String, String, String)>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    handle(st, Kind::Exec, ns, pod, Some(uid), container, q, ws.ok())
+    handle(st, Kind::Exec, ns, pod, Some(uid), container, q, &headers, ws.ok())
 }
 
 async fn attach(
     State(st): State<StreamState>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    handle(st, Kind::Attach, ns, pod, None, container, q, ws.ok())
+    handle(st, Kind::Attach, ns, pod, None, container, q, &headers, ws.ok())
 }
 
 async fn attach_uid(
     State(st): State<StreamState>,
     UrlPath((ns, pod, uid, container)): UrlPath<(String, String, String, String)>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    handle(st, Kind::Attach, ns, pod, Some(uid), container, q, ws.ok())
+    handle(st, Kind::Attach, ns, pod, Some(uid), container, q, &headers, ws.ok())
 }
 
 async fn port_forward(
     State(st): State<StreamState>,
     UrlPath((ns, pod)): UrlPath<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match ws {
-        Ok(ws) => super::portforward::serve(st.runtime, ns, pod, None, ws),
-        Err(_) => status_response(StatusCode::BAD_REQUEST, "BadRequest", "Upgrade request required"),
-    }
+    handle_port_forward(st, ns, pod, None, q, &headers, ws.ok())
 }
 
 async fn port_forward_uid(
     State(st): State<StreamState>,
     UrlPath((ns, pod, uid)): UrlPath<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match ws {
-        Ok(ws) => super::portforward::serve(st.runtime, ns, pod, Some(uid), ws),
-        Err(_) => status_response(StatusCode::BAD_REQUEST, "BadRequest", "Upgrade request required"),
+    handle_port_forward(st, ns, pod, Some(uid), q, &headers, ws.ok())
+}
+
+/// kubectl 1.31+ offers `SPDY/3.1+portforward.k8s.io` (its SPDY tunnel); anything else is the
+/// channel protocol of upstream's `portforward/websocket.go`, whose ports are in the query.
+fn handle_port_forward(
+    st: StreamState,
+    ns: String,
+    pod: String,
+    uid: Option<String>,
+    raw_query: Option<String>,
+    headers: &HeaderMap,
+    ws: Option<WebSocketUpgrade>,
+) -> Response {
+    let Some(ws) = ws else {
+        return status_response(StatusCode::BAD_REQUEST, "BadRequest", "Upgrade request required");
+    };
+    let offered = super::channel_protocol::offered(headers);
+    if offered.iter().any(|p| p == super::portforward::PROTOCOL) {
+        return super::portforward::serve(st.runtime, ns, pod, uid, ws);
     }
+    // Upstream checks the ports before the upgrade: a bad query is a 400, not a broken session.
+    let ports = match super::portforward_ws::parse_ports(raw_query.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return status_response(StatusCode::BAD_REQUEST, "BadRequest", &e),
+    };
+    let (ws, proto) = match negotiate(Some(ws), headers, super::channel_protocol::PORT_FORWARD_PROTOCOLS) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    super::portforward_ws::serve(st.runtime, ns, pod, uid, ports, proto, ws)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -313,6 +297,7 @@ fn handle(
     uid: Option<String>,
     container: String,
     raw_query: Option<String>,
+    headers: &HeaderMap,
     ws: Option<WebSocketUpgrade>,
 ) -> Response {
     let q = match parse_query(raw_query.as_deref()) {
@@ -322,19 +307,34 @@ fn handle(
     if kind == Kind::Exec && q.command.is_empty() {
         return status_response(StatusCode::BAD_REQUEST, "BadRequest", "you must specify at least one command");
     }
-    let ws = match negotiate(ws) {
-        Ok(ws) => ws,
+    let (ws, proto) = match negotiate(ws, headers, super::channel_protocol::EXEC_PROTOCOLS) {
+        Ok(r) => r,
         Err(r) => return *r,
     };
-    ws.on_upgrade(move |socket| async move {
+    ws.on_upgrade(move |mut socket| async move {
+        // Upstream's "the connection is established" message (module header).
+        if socket.send(proto.encode(ready_channel(&q), &[])).await.is_err() {
+            return;
+        }
         // Errors from here on reach the user as a Failure status (kubectl prints "error: …").
         let target = find_container(st.runtime.as_ref(), &ns, &pod, uid.as_deref(), &container).await;
         match (kind, target) {
-            (_, Err(e)) => finish(socket, Err(e)).await,
-            (Kind::Exec, Ok(c)) => run_exec(st.runtime, socket, c, q).await,
-            (Kind::Attach, Ok(c)) => run_attach(st.runtime, socket, c, q).await,
+            (_, Err(e)) => finish(socket, proto, Err(e)).await,
+            (Kind::Exec, Ok(c)) => run_exec(st.runtime, socket, proto, c, q).await,
+            (Kind::Attach, Ok(c)) => run_attach(st.runtime, socket, proto, c, q).await,
         }
     })
+}
+
+/// The lowest channel the server writes to: stdout, else stderr, else the status channel.
+pub fn ready_channel(q: &StreamQuery) -> u8 {
+    if q.stdout {
+        STDOUT
+    } else if q.stderr {
+        STDERR
+    } else {
+        STATUS
+    }
 }
 
 /// The running container `name` of the pod (its newest instance).
@@ -361,10 +361,11 @@ async fn find_container(
         .ok_or_else(|| format!("container {name} is not running"))
 }
 
-/// Sends the final Status on channel 3, then Close 1000.
-async fn finish(mut socket: WebSocket, result: Result<i32, String>) {
-    let status = status_json(&result);
-    let _ = socket.send(Message::Binary(frame(STATUS, status.as_bytes()))).await;
+/// Sends the final status on channel 3 (if the protocol has one for `result`), then Close 1000.
+async fn finish(mut socket: WebSocket, proto: Protocol, result: Result<i32, String>) {
+    if let Some(m) = proto.final_status(&result) {
+        let _ = socket.send(m).await;
+    }
     let _ = socket.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
     // Let the close handshake finish (the client answers with its own Close).
     let _ =
@@ -379,9 +380,10 @@ enum ClientEnd {
     Protocol(String),
 }
 
-/// Reads client messages: stdin → `stdin`, resizes → `resize`, `[255,0]` closes stdin.
+/// Reads client messages: stdin → `stdin`, resizes → `resize`, `[255,0]` (v5) closes stdin.
 async fn read_client(
     mut rx: futures::stream::SplitStream<WebSocket>,
+    proto: Protocol,
     mut stdin: Option<tokio::sync::mpsc::Sender<Bytes>>,
     resize: tokio::sync::mpsc::UnboundedSender<TermSize>,
 ) -> ClientEnd {
@@ -389,11 +391,13 @@ async fn read_client(
     while let Some(msg) = rx.next().await {
         let data = match msg {
             Ok(Message::Binary(b)) => b,
+            // Upstream reads text frames like binary ones (channel_protocol's header).
+            Ok(Message::Text(t)) => Bytes::copy_from_slice(t.as_str().as_bytes()),
             Ok(Message::Close(_)) | Err(_) => return ClientEnd::Gone,
-            // Pings are answered by the WebSocket layer; text is not part of v5.
+            // Pings are answered by the WebSocket layer.
             Ok(_) => continue,
         };
-        match decode(&data) {
+        match proto.decode(&data) {
             Ok(Inbound::Stdin(b)) => {
                 if let Some(tx) = &stdin {
                     if tx.send(b).await.is_err() {
@@ -418,13 +422,13 @@ async fn read_client(
     ClientEnd::Gone
 }
 
-async fn run_exec(rt: Arc<dyn Runtime>, socket: WebSocket, c: ContainerStatus, q: StreamQuery) {
+async fn run_exec(rt: Arc<dyn Runtime>, socket: WebSocket, proto: Protocol, c: ContainerStatus, q: StreamQuery) {
     // Read the client from the start: with a tty kubectl sends the terminal size first
     // (guide §2), and the process should start with it rather than race a later ResizePty.
     let (mut tx, rx) = socket.split();
     let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let (resize_tx, mut resize_rx) = tokio::sync::mpsc::unbounded_channel::<TermSize>();
-    let mut reader = tokio::spawn(read_client(rx, q.stdin.then_some(stdin_tx), resize_tx));
+    let mut reader = tokio::spawn(read_client(rx, proto, q.stdin.then_some(stdin_tx), resize_tx));
     let initial_size =
         if q.tty { tokio::time::timeout(Duration::from_secs(1), resize_rx.recv()).await.ok().flatten() } else { None };
     let opts = ExecOptions { command: q.command.clone(), tty: q.tty, stdin: q.stdin, initial_size };
@@ -432,7 +436,7 @@ async fn run_exec(rt: Arc<dyn Runtime>, socket: WebSocket, c: ContainerStatus, q
         Ok(s) => s,
         Err(e) => {
             reader.abort();
-            return finish_split(tx, Err(format!("exec in container {}: {e}", c.name))).await;
+            return finish_split(tx, proto, Err(format!("exec in container {}: {e}", c.name))).await;
         }
     };
     tracing::debug!(container = %c.id, exec = %session.exec_id, command = ?q.command, "exec started");
@@ -458,7 +462,7 @@ async fn run_exec(rt: Arc<dyn Runtime>, socket: WebSocket, c: ContainerStatus, q
     while out_open || err_open {
         tokio::select! {
             b = stdout.recv(), if out_open => match b {
-                Some(b) if q.stdout => if tx.send(Message::Binary(frame(STDOUT, &b))).await.is_err() {
+                Some(b) if q.stdout => if tx.send(proto.encode(STDOUT, &b)).await.is_err() {
                     client_end = Some(ClientEnd::Gone);
                     break;
                 },
@@ -467,7 +471,7 @@ async fn run_exec(rt: Arc<dyn Runtime>, socket: WebSocket, c: ContainerStatus, q
             },
             b = stderr.recv(), if err_open => match b {
                 // Never channel 2 with a tty (guide §2); the runtime sends nothing there anyway.
-                Some(b) if q.stderr && !q.tty => if tx.send(Message::Binary(frame(STDERR, &b))).await.is_err() {
+                Some(b) if q.stderr && !q.tty => if tx.send(proto.encode(STDERR, &b)).await.is_err() {
                     client_end = Some(ClientEnd::Gone);
                     break;
                 },
@@ -499,14 +503,19 @@ async fn run_exec(rt: Arc<dyn Runtime>, socket: WebSocket, c: ContainerStatus, q
     };
     reader.abort();
     forward.abort();
-    finish_split(tx, result).await;
+    finish_split(tx, proto, result).await;
     drop(kill_on_drop);
 }
 
 /// [`finish`] on a split socket (the read half belongs to the aborted reader).
-async fn finish_split(mut tx: futures::stream::SplitSink<WebSocket, Message>, result: Result<i32, String>) {
-    let status = status_json(&result);
-    let _ = tx.send(Message::Binary(frame(STATUS, status.as_bytes()))).await;
+async fn finish_split(
+    mut tx: futures::stream::SplitSink<WebSocket, Message>,
+    proto: Protocol,
+    result: Result<i32, String>,
+) {
+    if let Some(m) = proto.final_status(&result) {
+        let _ = tx.send(m).await;
+    }
     let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
     let _ = tx.flush().await;
 }
@@ -537,26 +546,26 @@ pub fn session_ends_with_stdin(stdin_once: bool, tty: bool) -> bool {
     !stdin_once || tty
 }
 
-async fn run_attach(rt: Arc<dyn Runtime>, socket: WebSocket, c: ContainerStatus, q: StreamQuery) {
+async fn run_attach(rt: Arc<dyn Runtime>, socket: WebSocket, proto: Protocol, c: ContainerStatus, q: StreamQuery) {
     let opts = AttachOptions { stdin: q.stdin, stdout: q.stdout, stderr: q.stderr };
     match rt.attach(&c.id, &opts).await {
-        Ok(Some(session)) => relay_attach(socket, q, session).await,
-        Ok(None) => follow_log(rt, socket, c, q).await,
+        Ok(Some(session)) => relay_attach(socket, proto, q, session).await,
+        Ok(None) => follow_log(rt, socket, proto, c, q).await,
         Err(RuntimeError::NotFound(m)) => {
-            finish(socket, Err(format!("container {} is not running: {m}", c.name))).await
+            finish(socket, proto, Err(format!("container {} is not running: {m}", c.name))).await
         }
-        Err(e) => finish(socket, Err(format!("attaching to container {}: {e}", c.name))).await,
+        Err(e) => finish(socket, proto, Err(format!("attaching to container {}: {e}", c.name))).await,
     }
 }
 
 /// Attach to a container with a live stream ([`AttachSession`]): client input to its stdin,
 /// its output from now on to the client, resizes to its terminal.
-async fn relay_attach(socket: WebSocket, q: StreamQuery, session: AttachSession) {
+async fn relay_attach(socket: WebSocket, proto: Protocol, q: StreamQuery, session: AttachSession) {
     let AttachSession { tty, stdin_once, stdin, mut stdout, mut stderr, resize, end, detach_on_drop } = session;
     let (mut tx, rx) = socket.split();
     let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let (resize_tx, mut resize_rx) = tokio::sync::mpsc::unbounded_channel::<TermSize>();
-    let mut reader = tokio::spawn(read_client(rx, q.stdin.then_some(stdin_tx), resize_tx));
+    let mut reader = tokio::spawn(read_client(rx, proto, q.stdin.then_some(stdin_tx), resize_tx));
     // `stdin` is None when the container has no (more) stdin: input is then read and dropped,
     // and its end changes nothing (upstream ignores attach input for such a container).
     let mut stdin = stdin;
@@ -565,7 +574,7 @@ async fn relay_attach(socket: WebSocket, q: StreamQuery, session: AttachSession)
     while out_open || err_open {
         tokio::select! {
             b = stdout.recv(), if out_open => match b {
-                Some(b) if q.stdout => if tx.send(Message::Binary(frame(STDOUT, &b))).await.is_err() {
+                Some(b) if q.stdout => if tx.send(proto.encode(STDOUT, &b)).await.is_err() {
                     return;
                 },
                 Some(_) => {}
@@ -573,7 +582,7 @@ async fn relay_attach(socket: WebSocket, q: StreamQuery, session: AttachSession)
             },
             b = stderr.recv(), if err_open => match b {
                 // Never channel 2 with a tty (guide §2); the logger sends no stderr then anyway.
-                Some(b) if q.stderr && !tty => if tx.send(Message::Binary(frame(STDERR, &b))).await.is_err() {
+                Some(b) if q.stderr && !tty => if tx.send(proto.encode(STDERR, &b)).await.is_err() {
                     return;
                 },
                 Some(_) => {}
@@ -622,23 +631,23 @@ async fn relay_attach(socket: WebSocket, q: StreamQuery, session: AttachSession)
     };
     reader.abort();
     drop((stdin, detach_on_drop));
-    finish_split(tx, result).await;
+    finish_split(tx, proto, result).await;
 }
 
 /// Attach to a container whose output only goes to its log file: follow the file from its end.
 /// Input is read and dropped (the container has no stdin to give it to).
-async fn follow_log(rt: Arc<dyn Runtime>, socket: WebSocket, c: ContainerStatus, q: StreamQuery) {
+async fn follow_log(rt: Arc<dyn Runtime>, socket: WebSocket, proto: Protocol, c: ContainerStatus, q: StreamQuery) {
     let mut file = match tokio::fs::File::open(&c.log_path).await {
         Ok(f) => f,
-        Err(e) => return finish(socket, Err(format!("opening the log of container {}: {e}", c.name))).await,
+        Err(e) => return finish(socket, proto, Err(format!("opening the log of container {}: {e}", c.name))).await,
     };
     // Attach shows what the container writes from now on.
     if let Err(e) = file.seek(std::io::SeekFrom::End(0)).await {
-        return finish(socket, Err(format!("reading the log of container {}: {e}", c.name))).await;
+        return finish(socket, proto, Err(format!("reading the log of container {}: {e}", c.name))).await;
     }
     let (mut tx, rx) = socket.split();
     let (resize_tx, _resize_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut reader = tokio::spawn(read_client(rx, None, resize_tx));
+    let mut reader = tokio::spawn(read_client(rx, proto, None, resize_tx));
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 32 * 1024];
     let mut last_check = std::time::Instant::now();
@@ -661,7 +670,7 @@ async fn follow_log(rt: Arc<dyn Runtime>, socket: WebSocket, c: ContainerStatus,
                 let wanted = (ch == STDOUT && q.stdout) || (ch == STDERR && q.stderr);
                 // With a tty everything the container wrote goes to stdout (never channel 2).
                 let ch = if q.tty { STDOUT } else { ch };
-                if (wanted || (q.tty && q.stdout)) && tx.send(Message::Binary(frame(ch, &data))).await.is_err() {
+                if (wanted || (q.tty && q.stdout)) && tx.send(proto.encode(ch, &data)).await.is_err() {
                     reader.abort();
                     return;
                 }
@@ -680,24 +689,12 @@ async fn follow_log(rt: Arc<dyn Runtime>, socket: WebSocket, c: ContainerStatus,
         }
     }
     reader.abort();
-    finish_split(tx, Ok(0)).await;
+    finish_split(tx, proto, Ok(0)).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn messages_decode_by_their_channel_byte() {
-        assert_eq!(decode(&[0, b'h', b'i']).unwrap(), Inbound::Stdin(Bytes::from_static(b"hi")));
-        assert_eq!(decode(&[4, b'{']).unwrap(), Inbound::Resize(Bytes::from_static(b"{")));
-        assert_eq!(decode(&[255, 0]).unwrap(), Inbound::CloseChannel(0));
-        assert_eq!(decode(&[]).unwrap(), Inbound::Ignored);
-        assert_eq!(decode(&[1, 2]).unwrap(), Inbound::Ignored);
-        assert!(decode(&[255]).is_err(), "a close signal is exactly two bytes");
-        assert!(decode(&[255, 0, 1]).is_err());
-        assert_eq!(&frame(STDOUT, b"x")[..], &[1, b'x']);
-    }
 
     #[test]
     fn resizes_split_or_batched_across_messages_all_decode() {
@@ -712,16 +709,6 @@ mod tests {
         assert_eq!(d.push(b"{\"Width\":5,\"Height\":6}").unwrap(), vec![TermSize { width: 5, height: 6 }]);
         assert!(d.push(&[b' '; 5000]).unwrap().is_empty());
         assert!(d.push(&[b'{'; 5000]).is_err(), "an endless value is cut off");
-    }
-
-    #[test]
-    fn the_status_carries_the_exit_code_the_way_kubectl_reads_it() {
-        assert_eq!(status_json(&Ok(0)), r#"{"metadata":{},"status":"Success"}"#);
-        let v: serde_json::Value = serde_json::from_str(&status_json(&Ok(3))).unwrap();
-        assert_eq!(v["reason"], "NonZeroExitCode");
-        assert_eq!(v["details"]["causes"][0], serde_json::json!({"reason": "ExitCode", "message": "3"}));
-        let v: serde_json::Value = serde_json::from_str(&status_json(&Err("boom".into()))).unwrap();
-        assert_eq!((v["status"].as_str(), v["message"].as_str()), (Some("Failure"), Some("boom")));
     }
 
     #[test]
@@ -792,31 +779,90 @@ mod tests {
         tokio_tungstenite::connect_async(req).await.unwrap().0
     }
 
-    /// Runs one session: sends `input` messages, returns (stdout, stderr, status JSON, close code).
+    /// Runs one v5 session: sends `input` messages, returns (stdout, stderr, status JSON, close code).
     async fn session(addr: std::net::SocketAddr, path: &str, input: &[&[u8]]) -> (String, String, String, Option<u16>) {
+        let input: Vec<WsMsg> = input.iter().map(|m| WsMsg::Binary(Bytes::copy_from_slice(m))).collect();
+        let r = session_with(addr, path, Some(V5), input).await;
+        assert_eq!(r.protocol.as_deref(), Some(V5));
+        assert!(!r.text, "v5 sends binary messages only");
+        (r.stdout, r.stderr, r.status, r.close)
+    }
+
+    /// What a session sent back, channels decoded with the negotiated protocol.
+    struct Outcome {
+        protocol: Option<String>,
+        stdout: String,
+        stderr: String,
+        status: String,
+        /// Messages on channel 3 (v1–v3 send none for success).
+        status_messages: usize,
+        /// Whether any message was text.
+        text: bool,
+        /// The first message's (channel, data length): upstream's "connection established" one.
+        first: Option<(u8, usize)>,
+        close: Option<u16>,
+    }
+
+    /// Runs one session offering `protocols` (none: no header), sending `input` as is.
+    async fn session_with(
+        addr: std::net::SocketAddr,
+        path: &str,
+        protocols: Option<&str>,
+        input: Vec<WsMsg>,
+    ) -> Outcome {
         let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
-        req.headers_mut().insert("sec-websocket-protocol", V5.parse().unwrap());
-        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
-        assert_eq!(resp.headers()["sec-websocket-protocol"], V5);
-        for m in input {
-            ws.send(WsMsg::Binary(Bytes::copy_from_slice(m))).await.unwrap();
+        if let Some(p) = protocols {
+            req.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
         }
-        let (mut out, mut err, mut status, mut close) = (Vec::new(), Vec::new(), Vec::new(), None);
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let protocol = resp.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap().to_string());
+        let proto = match protocol.as_deref() {
+            None => Protocol::Unnamed,
+            Some(name) => *super::super::channel_protocol::EXEC_PROTOCOLS
+                .iter()
+                .find(|p| p.name() == Some(name))
+                .expect("a served protocol"),
+        };
+        for m in input {
+            ws.send(m).await.unwrap();
+        }
+        let mut o = Outcome {
+            protocol,
+            stdout: String::new(),
+            stderr: String::new(),
+            status: String::new(),
+            status_messages: 0,
+            text: false,
+            first: None,
+            close: None,
+        };
         while let Some(Ok(m)) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
-            match m {
-                WsMsg::Binary(b) => match b.first() {
-                    Some(&STDOUT) => out.extend_from_slice(&b[1..]),
-                    Some(&STDERR) => err.extend_from_slice(&b[1..]),
-                    Some(&STATUS) => status.extend_from_slice(&b[1..]),
-                    other => panic!("unexpected channel {other:?}"),
-                },
-                WsMsg::Close(f) => close = f.map(|f| u16::from(f.code)),
-                WsMsg::Text(t) => panic!("text message {t}"),
-                _ => {}
+            let raw = match m {
+                WsMsg::Binary(b) => b.to_vec(),
+                WsMsg::Text(t) => {
+                    o.text = true;
+                    t.as_bytes().to_vec()
+                }
+                WsMsg::Close(f) => {
+                    o.close = f.map(|f| u16::from(f.code));
+                    continue;
+                }
+                _ => continue,
+            };
+            let (ch, data) = proto.split(&raw).unwrap().expect("no empty messages");
+            o.first.get_or_insert((ch, data.len()));
+            let data = String::from_utf8(data.to_vec()).unwrap();
+            match ch {
+                STDOUT => o.stdout.push_str(&data),
+                STDERR => o.stderr.push_str(&data),
+                STATUS => {
+                    o.status_messages += 1;
+                    o.status.push_str(&data)
+                }
+                other => panic!("unexpected channel {other}"),
             }
         }
-        let s = |v: Vec<u8>| String::from_utf8(v).unwrap();
-        (s(out), s(err), s(status), close)
+        o
     }
 
     #[tokio::test]
@@ -882,10 +928,153 @@ mod tests {
         let mut resp = String::new();
         tcp.read_to_string(&mut resp).await.unwrap();
         assert!(resp.starts_with("HTTP/1.1 400") && resp.contains("Upgrade request required"), "{resp}");
-        // Offering only an older subprotocol is refused before switching.
+        // Offering no protocol skiff serves is refused before switching, with a Status.
         let mut req = format!("ws://{addr}/exec/default/p1/main?command=ls&stdout=1").into_client_request().unwrap();
+        req.headers_mut().insert("sec-websocket-protocol", "v9.channel.k8s.io".parse().unwrap());
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 400);
+                let body = String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap();
+                assert!(body.contains("\"kind\":\"Status\"") && body.contains("not supported"), "{body}");
+            }
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_python_clients_v4_gets_the_exit_code_as_a_json_status() {
+        let addr = kubelet().await;
+        let r = session_with(
+            addr,
+            "/exec/default/p1/main?command=exit&command=3&stdout=1&stderr=1",
+            Some("v4.channel.k8s.io"),
+            vec![],
+        )
+        .await;
+        assert_eq!(r.protocol.as_deref(), Some("v4.channel.k8s.io"));
+        assert!(!r.text);
+        assert_eq!(r.first, Some((STDOUT, 0)), "an empty stdout message opens the session");
+        let v: serde_json::Value = serde_json::from_str(&r.status).unwrap();
+        assert_eq!(v["details"]["causes"][0]["message"], "3");
+        assert_eq!(r.close, Some(1000));
+        let r = session_with(
+            addr,
+            "/exec/default/p1/main?command=stderr&command=oops&stdout=1&stderr=1",
+            Some("v4.channel.k8s.io"),
+            vec![],
+        )
+        .await;
+        assert_eq!((r.stderr.as_str(), r.status.as_str()), ("oops\n", r#"{"metadata":{},"status":"Success"}"#));
+    }
+
+    #[tokio::test]
+    async fn text_frames_from_the_client_are_stdin_too() {
+        // The Python client's write_stdin("…") sends text frames, channel byte first.
+        let addr = kubelet().await;
+        let r = session_with(
+            addr,
+            "/exec/default/p1/main?command=cat&stdin=1&stdout=1",
+            Some("v5.channel.k8s.io, v4.channel.k8s.io"),
+            vec![WsMsg::Text("\u{0}typed".into()), WsMsg::Binary(Bytes::from_static(&[CLOSE, STDIN]))],
+        )
+        .await;
+        assert_eq!(r.protocol.as_deref(), Some(V5), "the Python client's offer gets v5");
+        assert_eq!(r.stdout, "typed");
+        assert!(r.status.contains("Success"), "{}", r.status);
+    }
+
+    #[tokio::test]
+    async fn before_v5_the_close_signal_is_no_close_and_stdin_ends_with_the_socket() {
+        let (addr, rt) = kubelet_rt("/nonexistent/0.log").await;
+        let mut req =
+            format!("ws://{addr}/exec/default/p1/main?command=cat&stdin=1&stdout=1").into_client_request().unwrap();
         req.headers_mut().insert("sec-websocket-protocol", "v4.channel.k8s.io".parse().unwrap());
-        assert!(tokio_tungstenite::connect_async(req).await.is_err());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        ws.send(WsMsg::Binary(Bytes::from_static(b"\x00hi"))).await.unwrap();
+        ws.send(WsMsg::Binary(Bytes::from_static(&[CLOSE, STDIN]))).await.unwrap();
+        let mut out = Vec::new();
+        while out != b"hi" {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap() {
+                Some(Ok(WsMsg::Binary(b))) if b.first() == Some(&STDOUT) => out.extend_from_slice(&b[1..]),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // `cat` still runs: [255,0] was a message for a channel v4 does not have.
+        let more = tokio::time::timeout(Duration::from_millis(500), ws.next()).await;
+        assert!(more.is_err(), "nothing more until the client goes: {more:?}");
+        assert!(rt.calls().iter().any(|c| matches!(c, Call::Exec { .. })));
+        ws.close(None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn base64_protocols_send_text_frames_with_a_channel_digit_and_read_base64_stdin() {
+        let addr = kubelet().await;
+        let r = session_with(
+            addr,
+            "/exec/default/p1/main?command=echo&command=hi&stdout=1",
+            Some("v4.base64.channel.k8s.io"),
+            vec![],
+        )
+        .await;
+        assert_eq!(r.protocol.as_deref(), Some("v4.base64.channel.k8s.io"));
+        assert!(r.text, "base64 data travels in text messages");
+        assert_eq!((r.stdout.as_str(), r.status.as_str()), ("hi\n", r#"{"metadata":{},"status":"Success"}"#));
+        // Input: "0" + base64; the old base64 protocol has no close signal, so `exit` ends it.
+        let r = session_with(
+            addr,
+            "/exec/default/p1/main?command=exit&command=2&stdin=1&stdout=1",
+            Some("base64.channel.k8s.io"),
+            vec![WsMsg::Text("0aGk=".into())],
+        )
+        .await;
+        assert!(r.text);
+        assert!(r.status.ends_with("exit code 2"), "pre-v4: the error as text: {:?}", r.status);
+        // Malformed base64 is a protocol error reported on the status channel, not a panic.
+        let r = session_with(
+            addr,
+            "/exec/default/p1/main?command=cat&stdin=1&stdout=1",
+            Some("v4.base64.channel.k8s.io"),
+            vec![WsMsg::Text("0!!".into())],
+        )
+        .await;
+        assert!(r.status.contains("invalid base64 data on channel 0"), "{}", r.status);
+    }
+
+    #[tokio::test]
+    async fn pre_v4_protocols_say_nothing_for_success_and_the_message_for_a_failure() {
+        let addr = kubelet().await;
+        for offer in
+            [Some("channel.k8s.io"), Some("v2.channel.k8s.io"), Some("v3.channel.k8s.io, channel.k8s.io"), None]
+        {
+            let r = session_with(addr, "/exec/default/p1/main?command=echo&command=ok&stdout=1", offer, vec![]).await;
+            assert_eq!(r.stdout, "ok\n", "{offer:?}");
+            assert_eq!(r.status_messages, 0, "{offer:?}: success is silence");
+            assert_eq!(r.close, Some(1000));
+            let r = session_with(addr, "/exec/default/nope/main?command=ls&stdout=1", offer, vec![]).await;
+            assert!(
+                r.status.contains("not found on this node") && !r.status.starts_with('{'),
+                "{offer:?}: {}",
+                r.status
+            );
+        }
+        let r = session_with(addr, "/exec/default/p1/main?command=echo&command=ok&stdout=1", None, vec![]).await;
+        assert_eq!(r.protocol, None, "no subprotocol offered, none in the answer");
+        let r = session_with(
+            addr,
+            "/exec/default/p1/main?command=echo&command=ok&stdout=1",
+            Some("v3.channel.k8s.io, channel.k8s.io"),
+            vec![],
+        )
+        .await;
+        assert_eq!(r.protocol.as_deref(), Some("v3.channel.k8s.io"));
+    }
+
+    #[test]
+    fn the_first_message_goes_to_the_lowest_channel_the_server_writes() {
+        let q = |stdout, stderr| StreamQuery { stdout, stderr, ..Default::default() };
+        assert_eq!(ready_channel(&q(true, true)), STDOUT);
+        assert_eq!(ready_channel(&q(false, true)), STDERR);
+        assert_eq!(ready_channel(&q(false, false)), STATUS);
     }
 
     #[test]
@@ -974,9 +1163,16 @@ mod tests {
             let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
             f.write_all(b"2024-01-01T00:00:01Z stderr F new line\n").unwrap();
         }
-        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap() {
-            Some(Ok(WsMsg::Binary(b))) => assert_eq!(&b[..], b"\x02new line\n", "only output from now on"),
-            other => panic!("unexpected {other:?}"),
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap() {
+                // The empty stdout message that opens every session.
+                Some(Ok(WsMsg::Binary(b))) if b[..] == [STDOUT] => continue,
+                Some(Ok(WsMsg::Binary(b))) => {
+                    assert_eq!(&b[..], b"\x02new line\n", "only output from now on");
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
         }
         rt.exit("c1", 0);
         let mut status = Vec::new();
