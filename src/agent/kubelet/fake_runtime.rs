@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 
 use crate::agent::runtime::{
     AttachOptions, AttachSession, ContainerSpec, ContainerState, ContainerStatus, ExecOptions, ExecOutput, ExecSession,
-    ImageRef, PullPolicy, Result, Runtime, RuntimeError, RuntimeEvent, Sandbox, SandboxSpec,
+    ImageRef, PodRef, PullPolicy, Result, Runtime, RuntimeError, RuntimeEvent, Sandbox, SandboxSpec,
 };
 use crate::config::Cidr;
 
@@ -147,6 +147,26 @@ impl FakeRuntime {
         let mut st = self.lock();
         st.sandboxes.insert(sandbox.pod.uid.clone(), sandbox);
         st.containers.push(c);
+    }
+
+    /// A runtime with one running container `c1` (pod `default/p1`, uid `u1`, container `main`)
+    /// whose log file is `log_path`: what the streaming tests talk to.
+    pub fn with_running_container(log_path: &str) -> FakeRuntime {
+        let rt = FakeRuntime::new();
+        let pod = PodRef { uid: "u1".into(), namespace: "default".into(), name: "p1".into() };
+        rt.insert(
+            Sandbox { pod: pod.clone(), ip: None },
+            ContainerStatus {
+                id: "c1".into(),
+                pod,
+                name: "main".into(),
+                image: ImageRef { name: "busybox".into(), id: "sha256:x".into() },
+                state: ContainerState::Running { started_at: SystemTime::now() },
+                restart_count: 0,
+                log_path: log_path.into(),
+            },
+        );
+        rt
     }
 }
 

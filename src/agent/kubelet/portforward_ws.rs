@@ -305,20 +305,7 @@ mod tests {
     /// A kubelet whose pod `default/p1` has port 80 served by a one-shot echo server (it answers
     /// `echo:` + the first read, then closes) and no other port.
     async fn kubelet() -> std::net::SocketAddr {
-        let rt = Arc::new(FakeRuntime::new());
-        let pod = PodRef { uid: "u1".into(), namespace: "default".into(), name: "p1".into() };
-        rt.insert(
-            Sandbox { pod: pod.clone(), ip: None },
-            ContainerStatus {
-                id: "c1".into(),
-                pod,
-                name: "main".into(),
-                image: ImageRef { name: "busybox".into(), id: "sha256:x".into() },
-                state: ContainerState::Running { started_at: std::time::SystemTime::now() },
-                restart_count: 0,
-                log_path: "/nonexistent".into(),
-            },
-        );
+        let rt = Arc::new(FakeRuntime::with_running_container("/nonexistent"));
         let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         rt.serve_port(80, echo.local_addr().unwrap());
         tokio::spawn(async move {

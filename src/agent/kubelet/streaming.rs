@@ -744,20 +744,7 @@ mod tests {
     /// A kubelet on the fake runtime with one running container `c1` (`default/p1`, `main`)
     /// whose log file is `log_path`.
     async fn kubelet_rt(log_path: &str) -> (std::net::SocketAddr, Arc<FakeRuntime>) {
-        let rt = Arc::new(FakeRuntime::new());
-        let pod = PodRef { uid: "u1".into(), namespace: "default".into(), name: "p1".into() };
-        rt.insert(
-            Sandbox { pod: pod.clone(), ip: None },
-            ContainerStatus {
-                id: "c1".into(),
-                pod,
-                name: "main".into(),
-                image: ImageRef { name: "busybox".into(), id: "sha256:x".into() },
-                state: ContainerState::Running { started_at: std::time::SystemTime::now() },
-                restart_count: 0,
-                log_path: log_path.into(),
-            },
-        );
+        let rt = Arc::new(FakeRuntime::with_running_container(log_path));
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let served = rt.clone();

@@ -239,7 +239,7 @@ const PUNCT: &[&str] = &[
 ];
 
 /// Words CEL reserves: they may not be used as identifiers.
-const RESERVED: &[&str] = &[
+pub(super) const RESERVED: &[&str] = &[
     "as",
     "break",
     "const",

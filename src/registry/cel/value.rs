@@ -240,35 +240,11 @@ fn int_double_cmp(i: i128, d: f64) -> Option<Ordering> {
 
 // ---------- names ----------
 
-/// Words that CEL property names may not be as is (they are escaped as `__word__`).
-const ESCAPED_WORDS: &[&str] = &[
-    "true",
-    "false",
-    "null",
-    "in",
-    "as",
-    "break",
-    "const",
-    "continue",
-    "else",
-    "for",
-    "function",
-    "if",
-    "import",
-    "let",
-    "loop",
-    "package",
-    "namespace",
-    "return",
-    "var",
-    "void",
-    "while",
-];
-
 /// A property name as CEL expressions see it (apiserver's `cel.Escape`), or None when the name
 /// cannot be written in CEL at all (such properties are not visible to rules).
 pub fn escape(name: &str) -> Option<String> {
-    if ESCAPED_WORDS.contains(&name) {
+    // CEL's literals and keywords, and every reserved word, are escaped as `__word__`.
+    if matches!(name, "true" | "false" | "null" | "in") || super::parser::RESERVED.contains(&name) {
         return Some(format!("__{name}__"));
     }
     let mut chars = name.chars();
