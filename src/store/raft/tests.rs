@@ -915,14 +915,16 @@ async fn compare_and_swap_histories_stay_linearizable_across_a_leader_kill() {
     stores[0].add_voter(2, "node-2".into()).await.unwrap();
     stores[0].add_voter(3, "node-3".into()).await.unwrap();
     let live = Arc::new(std::sync::RwLock::new(stores.clone()));
-    let history = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let history = Arc::new(std::sync::Mutex::new(Vec::<HistOp>::new()));
+    // The clients run until the main task says stop: a while after the first write that
+    // succeeded on the new leader, or after a generous limit on a slow (debug, loaded) machine.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut clients = Vec::new();
     for c in 0..4usize {
-        let (live, history) = (live.clone(), history.clone());
+        let (live, history, stop) = (live.clone(), history.clone(), stop.clone());
         clients.push(tokio::spawn(async move {
             let mut n = c;
-            while std::time::Instant::now() < deadline {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 n += 1;
                 let s = {
                     let l = live.read().unwrap();
@@ -963,6 +965,20 @@ async fn compare_and_swap_histories_stay_linearizable_across_a_leader_kill() {
     transport.unregister(leader);
     let killed_at = std::time::Instant::now();
     victim.shutdown().await.unwrap();
+    let limit = killed_at + Duration::from_secs(15);
+    while std::time::Instant::now() < limit {
+        let recovered = history
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|o| matches!(o.what, Observed::Cas { .. }) && o.start > killed_at);
+        if recovered {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();
     }
