@@ -105,7 +105,7 @@ impl<'a> Shape<'a> {
             return self.with(self.defs.get("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"));
         }
         let n = self.resolved();
-        let p = n.and_then(|n| n.pointer(&format!("/properties/{}", k.replace('~', "~0").replace('/', "~1"))));
+        let p = n.and_then(|n| n.get("properties")).and_then(|p| p.get(k));
         let a = n.and_then(|n| n.get("additionalProperties")).filter(|a| a.is_object());
         self.with(p.or(a))
     }

@@ -120,15 +120,56 @@ fn add_list_type_extensions(defs: &mut Map<String, Value>) {
     }
 }
 
-/// The OpenAPI definitions of built-in kinds (with patch and list-type extensions), for
-/// walking objects by their schema (server-side apply).
+/// The built-in definitions as server-side apply walks objects by them: generated once, then
+/// stripped to the structure and the patch and list-type extensions. Every write records its
+/// managedFields through these, so they must not cost what the served OpenAPI documents do
+/// (descriptions are most of those; the documents stay unbuilt until a client asks).
+struct Shapes {
+    defs: Map<String, Value>,
+    /// (group, version, kind) → definition name.
+    kinds: Vec<((String, String, String), String)>,
+}
+
+fn shapes() -> &'static Shapes {
+    static SHAPES: OnceLock<Shapes> = OnceLock::new();
+    SHAPES.get_or_init(|| {
+        let (mut defs, names) = generate_defs();
+        for d in defs.values_mut() {
+            strip_to_shape(d);
+        }
+        Shapes { defs, kinds: kinds_of(&names) }
+    })
+}
+
+/// Keeps what walking by schema reads: references, nesting, defaults and the extensions.
+fn strip_to_shape(s: &mut Value) {
+    let Some(o) = s.as_object_mut() else { return };
+    o.retain(|k, _| {
+        matches!(k.as_str(), "$ref" | "allOf" | "properties" | "items" | "additionalProperties" | "default")
+            || (k.starts_with("x-kubernetes-") && k != "x-kubernetes-group-version-kind")
+    });
+    if let Some(p) = o.get_mut("properties").and_then(|p| p.as_object_mut()) {
+        p.values_mut().for_each(strip_to_shape);
+    }
+    for k in ["items", "additionalProperties"] {
+        if let Some(v) = o.get_mut(k) {
+            strip_to_shape(v);
+        }
+    }
+    if let Some(a) = o.get_mut("allOf").and_then(|a| a.as_array_mut()) {
+        a.iter_mut().for_each(strip_to_shape);
+    }
+}
+
+/// The definitions of built-in kinds (with patch and list-type extensions), for walking objects
+/// by their schema (server-side apply).
 pub fn builtin_defs() -> &'static Map<String, Value> {
-    &base().defs
+    &shapes().defs
 }
 
 /// The definition of a built-in kind.
 pub fn builtin_def(r: &Resource) -> Option<&'static Value> {
-    let b = base();
+    let b = shapes();
     b.kinds
         .iter()
         .find(|((g, v, k), _)| g == &*r.group && v == &*r.version && k == &*r.kind)
@@ -342,7 +383,9 @@ fn paths_for(r: &Resource, schema: &str, v3: bool) -> Map<String, Value> {
     out
 }
 
-fn build_base() -> Base {
+/// Every built-in kind's definitions (schemars from k8s-openapi, tagged with their kinds, with
+/// the patch and list-type extensions) and each kind's definition name.
+fn generate_defs() -> (Map<String, Value>, Vec<(&'static Resource, String)>) {
     let mut gen = schemars::generate::SchemaSettings::openapi3().into_generator();
     let mut names: Vec<(&'static Resource, String)> = Vec::new();
     for r in BUILTIN {
@@ -361,6 +404,15 @@ fn build_base() -> Base {
     }
     add_patch_extensions(&mut defs);
     add_list_type_extensions(&mut defs);
+    (defs, names)
+}
+
+fn kinds_of(names: &[(&'static Resource, String)]) -> Vec<((String, String, String), String)> {
+    names.iter().map(|(r, n)| ((r.group.to_string(), r.version.to_string(), r.kind.to_string()), n.clone())).collect()
+}
+
+fn build_base() -> Base {
+    let (defs, names) = generate_defs();
     let info = info();
     let mut v3 = BTreeMap::new();
     for (g, v) in registry::group_versions() {
@@ -385,11 +437,7 @@ fn build_base() -> Base {
     for (r, n) in &names {
         v2_paths.extend(paths_for(r, n, false));
     }
-    let kinds = names
-        .iter()
-        .map(|(r, n)| ((r.group.to_string(), r.version.to_string(), r.kind.to_string()), n.clone()))
-        .collect();
-    Base { defs, v3, v2_paths, kinds }
+    Base { defs, v3, v2_paths, kinds: kinds_of(&names) }
 }
 
 fn base() -> &'static Base {

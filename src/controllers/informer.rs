@@ -78,6 +78,9 @@ where
                 .default_backoff()
                 .modify(|o: &mut K| o.meta_mut().managed_fields = None);
             let mut stream = std::pin::pin!(stream);
+            // The objects cached when a re-list began: those missing from the new list were
+            // deleted while the watch was down, and subscribers must hear it.
+            let mut before_relist: Vec<Arc<K>> = Vec::new();
             loop {
                 let ev = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -103,9 +106,18 @@ where
                     watcher::Event::Delete(o) => Event::Delete(Arc::new(o)),
                     watcher::Event::InitDone => {
                         s.listed = true;
+                        for old in std::mem::take(&mut before_relist) {
+                            if store.get(&ObjectRef::from_obj(&*old)).is_none() {
+                                let gone = Event::Delete(old);
+                                s.senders.retain(|tx| tx.send(gone.clone()).is_ok());
+                            }
+                        }
                         continue;
                     }
-                    watcher::Event::Init => continue,
+                    watcher::Event::Init => {
+                        before_relist = store.state();
+                        continue;
+                    }
                 };
                 s.senders.retain(|tx| tx.send(out.clone()).is_ok());
             }
@@ -154,14 +166,81 @@ where
     }
 }
 
-/// The informers the controllers share, started once per term of leadership.
+type Pod = k8s_openapi::api::core::v1::Pod;
+
+/// The informers the controllers share, for one term of leadership.
 #[derive(Clone)]
 pub struct Informers {
-    pub pods: Shared<k8s_openapi::api::core::v1::Pod>,
+    pub pods: Shared<Pod>,
+    /// Keeps the process's pod informer running while this term lasts (see [`PodHub`]).
+    _hold: Option<Arc<PodHandle>>,
 }
 
 impl Informers {
+    /// Informers of their own, stopped with `shutdown` (tests).
     pub fn start(client: &kube::Client, shutdown: &CancellationToken) -> Informers {
-        Informers { pods: Shared::start(Api::all(client.clone()), shutdown.clone(), "controllers") }
+        Informers { pods: Shared::start(Api::all(client.clone()), shutdown.clone(), "controllers"), _hold: None }
+    }
+
+    /// The process's shared informers, held until the last clone is dropped.
+    pub fn from_hub(hub: &Arc<PodHub>) -> Informers {
+        let h = hub.acquire();
+        Informers { pods: h.pods.clone(), _hold: Some(Arc::new(h)) }
+    }
+}
+
+/// This server process's pod informer, shared by the controllers and the scheduler while either
+/// holds its lease here. They are elected separately (in an HA group they may lead on different
+/// servers), so the first to need it starts the watch and it stops once neither does. One watch
+/// instead of two halves the pod events the API server encodes for them, and the scheduler's
+/// queue holds the cache's own objects instead of a second copy of every pending pod.
+pub struct PodHub {
+    client: kube::Client,
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    pods: Shared<Pod>,
+    stop: CancellationToken,
+    users: usize,
+}
+
+/// A claim on the running pod informer; the watch stops when the last claim is dropped.
+pub struct PodHandle {
+    hub: Arc<PodHub>,
+    pub pods: Shared<Pod>,
+}
+
+impl PodHub {
+    pub fn new(client: kube::Client) -> Arc<PodHub> {
+        Arc::new(PodHub { client, running: Mutex::new(None) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The running informer, started now if nobody holds it.
+    pub fn acquire(self: &Arc<Self>) -> PodHandle {
+        let mut r = self.lock();
+        let run = r.get_or_insert_with(|| {
+            let stop = CancellationToken::new();
+            Running { pods: Shared::start(Api::all(self.client.clone()), stop.clone(), "shared"), stop, users: 0 }
+        });
+        run.users += 1;
+        PodHandle { hub: self.clone(), pods: run.pods.clone() }
+    }
+}
+
+impl Drop for PodHandle {
+    fn drop(&mut self) {
+        let mut r = self.hub.lock();
+        if let Some(run) = r.as_mut() {
+            run.users = run.users.saturating_sub(1);
+            if run.users == 0 {
+                run.stop.cancel();
+                *r = None;
+            }
+        }
     }
 }

@@ -116,21 +116,26 @@ impl ControllerConfig {
 /// Runs every controller until `shutdown` fires, while this server holds the
 /// `kube-system/kube-controller-manager` Lease (upstream kube-controller-manager's lock): in an HA
 /// group the others stand by and take over within the lease duration when the leader dies.
-pub async fn run(client: kube::Client, cfg: ControllerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Pods come from the process's shared pod informer (`hub`), which the scheduler uses too.
+pub async fn run(
+    client: kube::Client,
+    cfg: ControllerConfig,
+    hub: std::sync::Arc<informer::PodHub>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let c = client.clone();
     leader::run_as_leader(client, "kube-controller-manager", shutdown, move |term| {
-        run_all(c.clone(), cfg.clone(), term)
+        run_all(c.clone(), cfg.clone(), informer::Informers::from_hub(&hub), term)
     })
     .await;
     Ok(())
 }
 
 /// Runs the controllers unconditionally (the caller holds leadership) until `shutdown` fires.
-pub async fn run_all(client: kube::Client, cfg: ControllerConfig, shutdown: CancellationToken) {
+pub async fn run_all(client: kube::Client, cfg: ControllerConfig, inf: informer::Informers, shutdown: CancellationToken) {
     use futures::future::{BoxFuture, FutureExt};
     let c = || client.clone();
     let sd = || shutdown.clone();
-    let inf = informer::Informers::start(&client, &shutdown);
     let i = || inf.clone();
     let all: Vec<(&str, BoxFuture<'static, ()>)> = vec![
         ("replicaset", replicaset::run(c(), i(), sd()).boxed()),

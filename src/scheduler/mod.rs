@@ -33,6 +33,7 @@ pub mod selectors;
 pub mod spread;
 pub mod volumes;
 
+use crate::controllers::informer::{self, PodHub};
 use crate::controllers::events::{object_ref, Recorder};
 use cache::{pod_key, Cache};
 use filter::PodInfo;
@@ -328,22 +329,25 @@ impl Shared {
 
 /// Runs until `shutdown` fires, scheduling while this server holds the
 /// `kube-system/kube-scheduler` Lease (upstream kube-scheduler's leader election).
-pub async fn run(client: kube::Client, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Pods come from the process's shared pod informer (`hub`), which the controllers use too.
+pub async fn run(client: kube::Client, hub: Arc<PodHub>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let c = client.clone();
     crate::controllers::leader::run_as_leader(client, "kube-scheduler", shutdown, move |term| {
-        let c = c.clone();
-        run_unelected(c, term)
+        let (c, hub) = (c.clone(), hub.clone());
+        async move { run_unelected(c, &hub, term).await }
     })
     .await;
     Ok(())
 }
 
 /// Schedules until `shutdown` fires, without leader election (the caller holds the lease).
-pub async fn run_unelected(client: kube::Client, shutdown: CancellationToken) {
+pub async fn run_unelected(client: kube::Client, hub: &Arc<PodHub>, shutdown: CancellationToken) {
     let shared = Arc::new(Shared { state: Mutex::new(State::default()), wake: Notify::new() });
     let recorder = Recorder::new(client.clone(), SCHEDULER_NAME, shutdown.clone());
     let nodes = tokio::spawn(watch_nodes(client.clone(), shared.clone(), shutdown.clone()));
-    let pods = tokio::spawn(watch_pods(client.clone(), shared.clone(), shutdown.clone()));
+    // Held until scheduling stops: the shared watch runs while someone needs it.
+    let pod_informer = hub.acquire();
+    let pods = tokio::spawn(watch_pods(pod_informer.pods.subscribe(), shared.clone(), shutdown.clone()));
     let (c, sh, sd) = (&client, &shared, &shutdown);
     let others = vec![
         tokio::spawn(watch_objects::<Namespace>(
@@ -410,6 +414,7 @@ pub async fn run_unelected(client: kube::Client, shutdown: CancellationToken) {
     schedule_loop(client, shared, recorder, shutdown).await;
     nodes.abort();
     pods.abort();
+    drop(pod_informer);
     for t in others {
         t.abort();
     }
@@ -537,27 +542,22 @@ async fn watch_nodes(client: kube::Client, shared: Arc<Shared>, shutdown: Cancel
     }
 }
 
-async fn watch_pods(client: kube::Client, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let api: Api<Pod> = Api::all(client);
-    let mut stream = watcher(api, watcher::Config::default()).modify(strip_managed_fields).boxed();
+/// Feeds the queue and the cache from the shared pod informer's events (managedFields are
+/// already stripped there, and a pod deleted while its watch was down arrives as a delete).
+async fn watch_pods(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<informer::Event<Pod>>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     loop {
         let ev = tokio::select! {
             _ = shutdown.cancelled() => return,
-            ev = stream.next() => match ev { Some(ev) => ev, None => return },
-        };
-        let ev = match ev {
-            Ok(ev) => ev,
-            Err(e) => {
-                tracing::warn!(error = %e, "scheduler: pod watch failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+            ev = events.recv() => match ev { Some(ev) => ev, None => return },
         };
         let now = Instant::now();
         let mut st = shared.lock();
         match ev {
-            watcher::Event::Init | watcher::Event::InitDone => {}
-            watcher::Event::InitApply(p) | watcher::Event::Apply(p) => {
+            informer::Event::Apply(p) => {
                 let key = pod_key(&p);
                 let was_holding = cache::is_terminal(&p);
                 st.cache.update_pod(&p);
@@ -566,7 +566,7 @@ async fn watch_pods(client: kube::Client, shared: Arc<Shared>, shutdown: Cancell
                     // but keep it at hand in case the binding fails and it is retried.
                     let assumed = st.cache.is_assumed(&p);
                     let changed = st.pending.get(&key).is_none_or(|old| spec_changed(old, &p));
-                    st.pending.insert(key.clone(), Arc::new(p));
+                    st.pending.insert(key.clone(), p);
                     if !assumed && changed {
                         st.queue.add(&key, now);
                     }
@@ -579,7 +579,7 @@ async fn watch_pods(client: kube::Client, shared: Arc<Shared>, shutdown: Cancell
                     st.queue.cluster_changed(now);
                 }
             }
-            watcher::Event::Delete(p) => {
+            informer::Event::Delete(p) => {
                 let key = pod_key(&p);
                 st.cache.remove_pod(&p);
                 st.pending.remove(&key);

@@ -217,15 +217,18 @@ pub async fn start(
         server_ca_cert: pki.server_ca.cert_pem.clone(),
         server_ca_key: pki.server_ca.key_pem(),
     }));
+    // One pod watch for the controllers and the scheduler, whichever of them leads here.
+    let pod_hub = crate::controllers::informer::PodHub::new(cm.clone());
     let sd = shutdown.clone();
+    let hub = pod_hub.clone();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = crate::controllers::run(cm, ccfg, sd).await {
+        if let Err(e) = crate::controllers::run(cm, ccfg, hub, sd).await {
             tracing::error!(error = %e, "controllers stopped");
         }
     }));
     let sd = shutdown.clone();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = crate::scheduler::run(sched, sd).await {
+        if let Err(e) = crate::scheduler::run(sched, pod_hub, sd).await {
             tracing::error!(error = %e, "scheduler stopped");
         }
     }));

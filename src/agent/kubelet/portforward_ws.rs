@@ -299,7 +299,6 @@ mod tests {
     // --- whole sessions over a real WebSocket, against the fake runtime ---
 
     use crate::agent::kubelet::fake_runtime::FakeRuntime;
-    use crate::agent::runtime::{ContainerState, ContainerStatus, ImageRef, PodRef, Sandbox};
     use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message as WsMsg};
 
     /// A kubelet whose pod `default/p1` has port 80 served by a one-shot echo server (it answers

@@ -734,7 +734,6 @@ mod tests {
     // --- whole sessions over a real WebSocket, against the fake runtime ---
 
     use crate::agent::kubelet::fake_runtime::{Call, FakeRuntime};
-    use crate::agent::runtime::{ImageRef, PodRef, Sandbox};
     use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message as WsMsg};
 
     async fn kubelet() -> std::net::SocketAddr {
