@@ -1058,7 +1058,8 @@ pub async fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
                 // kept here as the Status's cause.
                 let mut err =
                     ApiError::new(422, "Invalid", "the server rejected our request due to an error in our request");
-                err.details = Some(json!({"causes": [{"reason": "FieldValueInvalid", "message": e, "field": "patch"}]}));
+                err.details =
+                    Some(json!({"causes": [{"reason": "FieldValueInvalid", "message": e, "field": "patch"}]}));
                 err
             } else {
                 ApiError::new(422, "Invalid", e)

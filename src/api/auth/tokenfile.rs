@@ -55,8 +55,7 @@ impl TokenFile {
     }
 
     /// Parses the file's text. Errors are (line, message); warnings likewise.
-    #[allow(clippy::type_complexity)]
-    pub fn parse(text: &str) -> Result<(TokenFile, Vec<(usize, String)>), (usize, String)> {
+    pub fn parse(text: &str) -> Result<(TokenFile, Vec<LineNote>), LineNote> {
         let mut tokens = HashMap::new();
         let mut warnings = Vec::new();
         for (line, record) in csv_records(text)? {
@@ -97,9 +96,15 @@ impl TokenFile {
     }
 }
 
+/// A message about one line of the file: (line number, what).
+pub type LineNote = (usize, String);
+
+/// One CSV record and the line it starts on.
+type Record = (usize, Vec<String>);
+
 /// Splits CSV text into records, each with the line it starts on (Go's `encoding/csv` with its
 /// defaults: `,` separator, no comment character, no lazy quotes, leading spaces kept).
-fn csv_records(text: &str) -> Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+fn csv_records(text: &str) -> Result<Vec<Record>, LineNote> {
     let mut out = Vec::new();
     let mut chars = text.chars().peekable();
     let mut line = 1usize;
