@@ -91,6 +91,10 @@ pub struct ServerArgs {
     /// Shared secret nodes use to join (default: generated, stored in the data dir).
     #[arg(long, env = "SKIFF_TOKEN")]
     pub token: Option<String>,
+    /// Static bearer tokens, in kube-apiserver's `--token-auth-file` CSV format:
+    /// `token,user,uid[,"group1,group2"]` per line.
+    #[arg(long, env = "SKIFF_TOKEN_AUTH_FILE")]
+    pub token_auth_file: Option<PathBuf>,
     /// Start the first server of a highly available group.
     #[arg(long, env = "SKIFF_CLUSTER_INIT")]
     pub cluster_init: bool,

@@ -85,16 +85,17 @@ impl ApiError {
         ApiError::new(405, "MethodNotAllowed", msg)
     }
 
-    pub fn unsupported_media_type(ct: &str) -> ApiError {
-        ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct:?})"))
-    }
-
     pub fn not_acceptable(msg: impl Into<String>) -> ApiError {
         ApiError::new(406, "NotAcceptable", msg)
     }
 
     pub fn too_large(limit: usize) -> ApiError {
-        ApiError::new(413, "RequestEntityTooLarge", format!("Request entity too large: limit is {limit}"))
+        Self::too_large_msg(format!("limit is {limit}"))
+    }
+
+    /// A 413 (NewRequestEntityTooLargeError): `Request entity too large: <why>`.
+    pub fn too_large_msg(why: impl std::fmt::Display) -> ApiError {
+        ApiError::new(413, "RequestEntityTooLarge", format!("Request entity too large: {why}"))
     }
 
     pub fn gone(msg: impl Into<String>) -> ApiError {

@@ -77,7 +77,11 @@ pub fn decode_body(ct: &str, body: &[u8]) -> ApiResult<Value> {
         "application/vnd.kubernetes.protobuf" => super::protobuf::decode(body).map_err(|e| {
             ApiError::bad_request(format!("the body of the request could not be decoded as protobuf: {e}"))
         }),
-        other => Err(ApiError::unsupported_media_type(other)),
+        _ => Err(super::decode::unsupported_media_type(&[
+            "application/json",
+            "application/yaml",
+            "application/vnd.kubernetes.protobuf",
+        ])),
     }
 }
 
@@ -107,30 +111,16 @@ pub async fn read_body(st: &ApiState, body: Body) -> ApiResult<bytes::Bytes> {
     Ok(buf.freeze())
 }
 
-/// Checks apiVersion/kind against the URL, fills them in, and checks namespace and name.
+/// Checks apiVersion/kind against the URL (upstream's decoder and handler checks, see
+/// [`super::decode::check_type`]), fills them in, and checks namespace and name.
 fn check_identity(req: &Req, obj: &mut Value, name_from_url: Option<&str>) -> ApiResult<()> {
     let r = &req.r;
+    let shown_name =
+        name_from_url.or_else(|| obj.pointer("/metadata/name").and_then(|n| n.as_str())).unwrap_or("").to_string();
+    super::decode::check_type(r, obj, &shown_name)?;
     let Some(o) = obj.as_object_mut() else {
         return Err(ApiError::bad_request(format!("the body of the request must be a {} object", r.kind)));
     };
-    if let Some(k) = o.get("kind").and_then(|k| k.as_str()) {
-        if k != r.kind {
-            return Err(ApiError::bad_request(format!(
-                "the kind in the body ({k}) does not match the kind of the URL ({}): send {} objects to {}",
-                r.kind,
-                r.kind,
-                r.group_version_path()
-            )));
-        }
-    }
-    if let Some(av) = o.get("apiVersion").and_then(|k| k.as_str()) {
-        if av != r.api_version() {
-            return Err(ApiError::bad_request(format!(
-                "the API version in the data ({av}) does not match the expected API version ({})",
-                r.api_version()
-            )));
-        }
-    }
     o.insert("apiVersion".into(), json!(r.api_version()));
     o.insert("kind".into(), json!(r.kind));
     let meta = o.entry("metadata").or_insert_with(|| json!({}));
@@ -174,12 +164,78 @@ fn normalize(req: &Req, obj: Value) -> ApiResult<(Value, Vec<String>)> {
     if !n.unknown_fields.is_empty() {
         let msgs: Vec<String> = n.unknown_fields.iter().map(|f| format!("unknown field {f:?}")).collect();
         match req.q.get("fieldValidation").unwrap_or("Warn") {
-            "Strict" => return Err(ApiError::bad_request(format!("strict decoding error: {}", msgs.join(", ")))),
+            "Strict" => return Err(super::decode::strict_error(&req.r, &n.value, &msgs)),
             "Ignore" => {}
             _ => warnings = msgs,
         }
     }
     Ok((n.value, warnings))
+}
+
+/// Decodes a create or update body. Duplicate fields are strict decoding errors: under
+/// `fieldValidation=Strict` they fail the request together with any unknown fields (one
+/// message, as upstream's decoder collects them); under `Warn` (the default) they come back as
+/// warnings, and the last value is the one kept, as in Go.
+fn decode_write_body(req: &Req, body: &[u8]) -> ApiResult<(Value, Vec<String>)> {
+    let (obj, dups) = super::decode::decode_object(&req.r, req.content_type(), body)?;
+    if dups.is_empty() {
+        return Ok((obj, Vec::new()));
+    }
+    let mut msgs: Vec<String> = dups.iter().map(|f| format!("duplicate field {f:?}")).collect();
+    match req.q.get("fieldValidation").unwrap_or("Warn") {
+        "Strict" => {
+            if let Ok(n) = typed::normalize(&req.r, obj.clone()) {
+                msgs.extend(n.unknown_fields.iter().map(|f| format!("unknown field {f:?}")));
+            }
+            Err(super::decode::strict_error(&req.r, &obj, &msgs))
+        }
+        "Ignore" => Ok((obj, Vec::new())),
+        _ => Ok((obj, msgs)),
+    }
+}
+
+/// Validates the options every write takes from the query (upstream's
+/// ValidateCreateOptions/UpdateOptions/PatchOptions/DeleteOptions): `dryRun` may only be
+/// `All`, `fieldValidation` only `Ignore`, `Warn` or `Strict`. A bad value is a 422 naming the
+/// options kind, not something to ignore.
+pub fn validate_write_options(method: &Method, q: &Query) -> ApiResult<()> {
+    let kind = match *method {
+        Method::POST => "CreateOptions",
+        Method::PUT => "UpdateOptions",
+        Method::PATCH => "PatchOptions",
+        Method::DELETE => "DeleteOptions",
+        _ => return Ok(()),
+    };
+    let mut causes = Vec::new();
+    let dry_run = q.all("dryRun");
+    if dry_run.iter().any(|d| d != "All") {
+        let shown: Vec<String> = dry_run.iter().map(|d| format!("{d:?}")).collect();
+        causes.push(validation::Cause {
+            reason: "FieldValueNotSupported",
+            field: "dryRun".into(),
+            message: format!("Unsupported value: []string{{{}}}: supported values: \"All\"", shown.join(", ")),
+        });
+    }
+    if *method != Method::DELETE {
+        if let Some(v) = q.get("fieldValidation").filter(|v| !matches!(*v, "" | "Ignore" | "Strict" | "Warn")) {
+            causes.push(validation::Cause::not_supported(
+                "fieldValidation",
+                &json!(v),
+                &["", "Ignore", "Strict", "Warn"],
+            ));
+        }
+    }
+    if causes.is_empty() {
+        return Ok(());
+    }
+    let kind = format!("{kind}.meta.k8s.io");
+    let mut e = ApiError::new(422, "Invalid", validation::invalid_message(&kind, "", &causes));
+    e.details = Some(json!({
+        "group": "meta.k8s.io",
+        "kind": kind.trim_end_matches(".meta.k8s.io"),
+        "causes": causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect::<Vec<_>>(),
+    }));
+    Err(e)
 }
 
 fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
@@ -310,11 +366,75 @@ fn encode_continue(rv: i64, start: &str) -> String {
         .encode(serde_json::to_vec(&Continue { rv, start: start.into() }).unwrap_or_default())
 }
 
+/// Reads a continue token, refusing a foreign or damaged one as upstream's storage does
+/// (`invalid continue token: continue key is not valid: …`, a 400).
 fn decode_continue(s: &str) -> ApiResult<Continue> {
     use base64::Engine;
-    let bad = || ApiError::bad_request("continue key is not valid: get a fresh list");
-    let b = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
-    serde_json::from_slice(&b).map_err(|_| bad())
+    let bad = |why: String| ApiError::bad_request(format!("invalid continue token: continue key is not valid: {why}"));
+    let b = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).map_err(|e| bad(e.to_string()))?;
+    let c: Continue = serde_json::from_slice(&b).map_err(|_| bad(super::decode::go_json_error(&b)))?;
+    if c.rv <= 0 {
+        return Err(ApiError::bad_request(
+            "invalid continue token: continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+        ));
+    }
+    Ok(c)
+}
+
+/// A resourceVersion parameter as a revision, refused as upstream's versioner words it.
+pub fn parse_resource_version(rv: &str) -> ApiResult<i64> {
+    rv.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: invalid syntax"
+        ))
+    })
+}
+
+/// The ListOptions rules upstream validates before listing (ValidateListOptions): a
+/// `resourceVersionMatch` needs a resourceVersion, not a continue token, and a known value.
+fn validate_list_options(q: &Query) -> ApiResult<()> {
+    let Some(m) = q.get("resourceVersionMatch").filter(|m| !m.is_empty()) else { return Ok(()) };
+    let rv = q.get("resourceVersion").unwrap_or("");
+    let mut causes = Vec::new();
+    if rv.is_empty() {
+        causes.push(validation::Cause {
+            reason: "FieldValueForbidden",
+            field: "resourceVersionMatch".into(),
+            message: "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided".into(),
+        });
+    }
+    if q.get("continue").is_some_and(|c| !c.is_empty()) {
+        causes.push(validation::Cause {
+            reason: "FieldValueForbidden",
+            field: "resourceVersionMatch".into(),
+            message: "Forbidden: resourceVersionMatch is forbidden when continue is provided".into(),
+        });
+    }
+    match m {
+        "Exact" if rv == "0" => causes.push(validation::Cause {
+            reason: "FieldValueForbidden",
+            field: "resourceVersionMatch".into(),
+            message: "Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"".into(),
+        }),
+        "Exact" | "NotOlderThan" => {}
+        other => causes.push(validation::Cause::not_supported(
+            "resourceVersionMatch",
+            &json!(other),
+            &["Exact", "NotOlderThan", ""],
+        )),
+    }
+    if causes.is_empty() {
+        return Ok(());
+    }
+    let mut e = ApiError::new(422, "Invalid", validation::invalid_message("ListOptions.meta.k8s.io", "", &causes));
+    e.details = Some(json!({"group": "meta.k8s.io", "kind": "ListOptions",
+        "causes": causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect::<Vec<_>>()}));
+    Err(e)
+}
+
+/// The 410 for a continue token whose revision was compacted (upstream's wording).
+fn continue_expired() -> ApiError {
+    ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.")
 }
 
 pub struct Selectors {
@@ -393,9 +513,15 @@ async fn list_with<T>(
     sel: &Selectors,
     mut accept: impl FnMut(&crate::store::KeyValue) -> ApiResult<Option<T>>,
 ) -> ApiResult<(Vec<T>, i64, Option<String>, Option<i64>)> {
+    validate_list_options(&req.q)?;
+    // A negative limit means no limit upstream (only a positive one pages).
     let limit = req.q.int("limit")?.filter(|l| *l > 0).map(|l| l as usize);
     let (mut revision, mut start_after) = (0i64, String::new());
+    let continuing = req.q.get("continue").is_some_and(|c| !c.is_empty());
     if let Some(c) = req.q.get("continue").filter(|c| !c.is_empty()) {
+        if req.q.get("resourceVersion").is_some_and(|v| !v.is_empty() && v != "0") {
+            return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+        }
         let c = decode_continue(c)?;
         revision = c.rv;
         start_after = c.start;
@@ -403,7 +529,7 @@ async fn list_with<T>(
         let rv = req.q.get("resourceVersion").unwrap_or("");
         let rvm = req.q.get("resourceVersionMatch").unwrap_or("");
         if !rv.is_empty() && rv != "0" {
-            let n: i64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?;
+            let n = parse_resource_version(rv)?;
             if rvm == "Exact" {
                 revision = n;
             } else {
@@ -441,7 +567,11 @@ async fn list_with<T>(
                 count_only: false,
                 serializable: false,
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::Compacted { .. } if continuing => continue_expired(),
+                e => e.into(),
+            })?;
         revision = resp.revision;
         let mut last_key = String::new();
         let mut stopped_early = false;
@@ -544,10 +674,11 @@ pub async fn list(req: &Req) -> ApiResult<Response> {
 // ---------- create ----------
 
 pub async fn create(req: &Req, body: &[u8], user: &super::User) -> ApiResult<Response> {
-    let mut obj = decode_body(req.content_type(), body)?;
+    let (mut obj, mut warnings) = decode_write_body(req, body)?;
     check_identity(req, &mut obj, None)?;
     record_requester(req, &mut obj, user);
-    let (obj, warnings) = create_object(req, obj).await?;
+    let (obj, w) = create_object(req, obj).await?;
+    warnings.extend(w);
     Ok(with_warnings(json_response(StatusCode::CREATED, &obj), &warnings))
 }
 
@@ -777,7 +908,7 @@ async fn write_update(
 }
 
 pub async fn update(req: &Req, body: &[u8]) -> ApiResult<Response> {
-    let mut obj = decode_body(req.content_type(), body)?;
+    let (mut obj, mut warnings) = decode_write_body(req, body)?;
     let name = req.name().to_string();
     let part = match req.sub.as_deref() {
         Some("status") | Some("approval") => Part::Status,
@@ -802,22 +933,97 @@ pub async fn update(req: &Req, body: &[u8]) -> ApiResult<Response> {
         merged["spec"]["finalizers"] = obj.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
         obj = merged;
     }
-    let (out, warnings) = write_update(req, &old, obj, part, true).await?;
+    let (out, w) = write_update(req, &old, obj, part, true).await?;
+    warnings.extend(w);
     Ok(with_warnings(json_response(StatusCode::OK, &out), &warnings))
 }
 
-pub async fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
-    let kind = PatchKind::from_content_type(req.content_type())
-        .ok_or_else(|| ApiError::unsupported_media_type(req.content_type()))?;
-    if kind == PatchKind::Strategic && req.r.is_custom() {
-        // Custom resources have no patch strategy metadata: upstream refuses SMP with a 415.
-        return Err(ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
-        ));
+/// Upstream's JSON patch operation limit (`maxJSONPatchOperations`).
+const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// Reads a PATCH body as its patch type, failing as upstream's patchers do: a body that is not
+/// JSON (or YAML, for apply), or not the shape its type needs (an array of operations, an
+/// object), is a 400 with the decoder's message.
+fn decode_patch(kind: PatchKind, body: &[u8]) -> ApiResult<Value> {
+    use super::decode::go_json_error;
+    let go_type = |v: &Value| match v {
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+        Value::String(_) => "string",
+        Value::Number(_) => "number",
+        Value::Bool(_) => "bool",
+        Value::Null => "null",
+    };
+    if kind == PatchKind::Apply {
+        let v: Value = serde_yaml::from_slice(body).map_err(|e| {
+            let text = e.to_string();
+            let problem = text.split(" at line ").next().unwrap_or(&text).to_string();
+            let line = e.location().map(|l| format!("line {}: ", l.line())).unwrap_or_default();
+            ApiError::bad_request(format!("error decoding YAML: error converting YAML to JSON: yaml: {line}{problem}"))
+        })?;
+        if !v.is_object() {
+            return Err(ApiError::bad_request(format!(
+                "error decoding YAML: json: cannot unmarshal {} into Go value of type map[string]interface {{}}",
+                go_type(&v)
+            )));
+        }
+        return Ok(v);
     }
-    let patch_body = decode_body(req.content_type(), body)?;
+    // Strategic merge patches report the bare decoding error; the others say "error decoding
+    // patch" (patch.go's strict pre-decoding under the default Warn field validation).
+    let prefix = if kind == PatchKind::Strategic { "" } else { "error decoding patch: " };
+    let v: Value =
+        serde_json::from_slice(body).map_err(|_| ApiError::bad_request(format!("{prefix}{}", go_json_error(body))))?;
+    match (kind, &v) {
+        (PatchKind::Json, Value::Array(ops)) => {
+            if let Some(op) = ops.iter().find(|o| !o.is_object()) {
+                return Err(ApiError::bad_request(format!(
+                    "{prefix}json: cannot unmarshal {} into Go value of type handlers.jsonPatchOp",
+                    go_type(op)
+                )));
+            }
+            if ops.len() > MAX_JSON_PATCH_OPERATIONS {
+                return Err(ApiError::too_large_msg(format!(
+                    "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+                    ops.len()
+                )));
+            }
+        }
+        (PatchKind::Json, other) => {
+            return Err(ApiError::bad_request(format!(
+                "{prefix}json: cannot unmarshal {} into Go value of type []handlers.jsonPatchOp",
+                go_type(other)
+            )))
+        }
+        // A null merge patch is not a patch (json-patch's ErrBadJSONPatch).
+        (PatchKind::Merge, Value::Null) => return Err(ApiError::bad_request("Invalid JSON Patch")),
+        (_, Value::Object(_)) => {}
+        (_, other) => {
+            return Err(ApiError::bad_request(format!(
+                "{prefix}json: cannot unmarshal {} into Go value of type map[string]interface {{}}",
+                go_type(other)
+            )))
+        }
+    }
+    Ok(v)
+}
+
+pub async fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
+    // Custom resources have no patch strategy metadata: upstream does not offer SMP for them.
+    let accepted: &[&str] = if req.r.is_custom() {
+        &["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"]
+    } else {
+        &[
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json",
+            "application/apply-patch+yaml",
+        ]
+    };
+    let kind = PatchKind::from_content_type(req.content_type())
+        .filter(|k| !(*k == PatchKind::Strategic && req.r.is_custom()))
+        .ok_or_else(|| super::decode::unsupported_media_type(accepted))?;
+    let patch_body = decode_patch(kind, body)?;
     let name = req.name().to_string();
     let part = match req.sub.as_deref() {
         Some("status") | Some("approval") => Part::Status,
@@ -845,7 +1051,20 @@ pub async fn patch(req: &Req, body: &[u8]) -> ApiResult<Response> {
         let old = objects::get(req.st.store.as_ref(), &req.r, req.ns(), &name).await?;
         let scale_patch = req.sub.as_deref() == Some("scale");
         let mut target = if scale_patch { scale_of(&req.r, &old.obj)? } else { old.obj.clone() };
-        patch::apply_standard(kind, &mut target, &patch_body).map_err(|e| ApiError::new(422, "Invalid", e))?;
+        patch::apply_standard(kind, &mut target, &patch_body).map_err(|e| {
+            if kind == PatchKind::Json {
+                // Upstream answers a JSON patch that does not apply (a missing path, a failed
+                // `test`) with a generic 422 whose message drops the reason; the reason is
+                // kept here as the Status's cause.
+                let mut err =
+                    ApiError::new(422, "Invalid", "the server rejected our request due to an error in our request");
+                err.details =
+                    Some(json!({"causes": [{"reason": "FieldValueInvalid", "message": e, "field": "patch"}]}));
+                err
+            } else {
+                ApiError::new(422, "Invalid", e)
+            }
+        })?;
         if scale_patch {
             return write_scale(req, &old, &target).await;
         }

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod apply;
 pub mod auth;
 pub mod crd;
+pub mod decode;
 pub mod discovery;
 pub mod errors;
 pub mod handlers;
@@ -58,6 +59,8 @@ pub struct ApiState {
     pub authz: auth::Authorizer,
     /// Signs and verifies service-account tokens.
     pub sa_signer: auth::tokens::Signer,
+    /// `--token-auth-file`'s static tokens, if one was given.
+    pub static_tokens: Option<auth::tokenfile::TokenFile>,
     /// Built-in and custom resources (kept current from the CRDs in the store).
     pub registry: Arc<crate::registry::Registry>,
     /// Node Summaries behind metrics.k8s.io, briefly cached.
@@ -117,6 +120,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let peers = state.store.peer_router().unwrap_or_default();
     Router::new()
         .route("/version", get(|| async { json_response(StatusCode::OK, &discovery::version()) }))
+        .route("/version/", get(|| async { json_response(StatusCode::OK, &discovery::version()) }))
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(health))
@@ -155,6 +159,12 @@ async fn authenticate(
         }
     }
     let path = req.uri().path().to_string();
+    // Anonymous requests are authenticated only for the public health and version endpoints,
+    // as kube-apiserver's `anonymous.conditions` (AuthenticationConfiguration) limits them:
+    // any other path is unauthenticated, a 401, not an RBAC 403.
+    if user.is_anonymous() && !ANONYMOUS_PATHS.contains(&path.as_str()) {
+        return ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
+    }
     if !is_resource_path(&st.registry, &path) {
         let a = auth::rbac::Attributes {
             verb: req.method().as_str().to_lowercase(),
@@ -184,10 +194,28 @@ fn verb_of(req: &Req) -> &'static str {
     }
 }
 
-async fn health(State(st): State<Arc<ApiState>>) -> Response {
-    match st.store.current_revision().await {
-        Ok(_) => (StatusCode::OK, "ok").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("[-]etcd failed: {e}")).into_response(),
+/// The paths anonymous callers may reach (upstream's `system:public-info-viewer` paths).
+const ANONYMOUS_PATHS: &[&str] = &["/version", "/version/", "/healthz", "/livez", "/readyz"];
+
+/// `/healthz`, `/livez`, `/readyz`: `ok`, or with `?verbose` each check on its own line and a
+/// summary (`[+]ping ok` … `healthz check passed`), as kube-apiserver's healthz handler
+/// writes them. A failing check is a 500 with the listing, its reason withheld (logged).
+async fn health(State(st): State<Arc<ApiState>>, uri: Uri) -> Response {
+    let name = uri.path().trim_start_matches('/');
+    let verbose = query::Query::parse(uri.query()).get("verbose").is_some();
+    let etcd = st.store.current_revision().await;
+    let lines = match &etcd {
+        Ok(_) => "[+]ping ok\n[+]log ok\n[+]etcd ok\n".to_string(),
+        Err(e) => {
+            tracing::warn!(check = "etcd", error = %e, "{name} check failed");
+            "[+]ping ok\n[+]log ok\n[-]etcd failed: reason withheld\n".to_string()
+        }
+    };
+    let text = |body: String| ([("content-type", "text/plain; charset=utf-8")], body);
+    match etcd {
+        Ok(_) if verbose => (StatusCode::OK, text(format!("{lines}{name} check passed\n"))).into_response(),
+        Ok(_) => (StatusCode::OK, text("ok".into())).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, text(format!("{lines}{name} check failed\n"))).into_response(),
     }
 }
 
@@ -368,6 +396,7 @@ async fn resource_request(
     if req.r.namespaced && req.ns.is_none() && req.name.is_some() {
         return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
     }
+    handlers::validate_write_options(&req.method, &req.q)?;
     let m = req.method.clone();
     let has_name = req.name.is_some();
     match (m, has_name, req.sub.as_deref()) {

@@ -338,7 +338,10 @@ fn message_name(group: &str, version: &str, kind: &str) -> String {
 
 /// Decodes a `k8s\0`-framed protobuf body into a JSON object with apiVersion and kind set.
 pub fn decode(body: &[u8]) -> Result<Value, String> {
-    let rest = body.strip_prefix(b"k8s\0").ok_or("protobuf body does not start with the k8s\\0 magic")?;
+    // Upstream's protobuf serializer words a missing `k8s\0` prefix this way.
+    let rest = body
+        .strip_prefix(b"k8s\0")
+        .ok_or("provided data does not appear to be a protobuf message, expected prefix [107 56 115 0]")?;
     let mut r = Reader { b: rest, i: 0 };
     let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &[][..]);
     while !r.done() {

@@ -30,18 +30,28 @@ impl Query {
     pub fn int(&self, k: &str) -> ApiResult<Option<i64>> {
         match self.get(k) {
             None | Some("") => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| ApiError::bad_request(format!("invalid value {v:?} for {k}: not an integer"))),
+            // Upstream's parameter codec reports strconv's error as a 400.
+            Some(v) => v.parse().map(Some).map_err(|e: std::num::ParseIntError| {
+                let why = match e.kind() {
+                    std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => "value out of range",
+                    _ => "invalid syntax",
+                };
+                ApiError::bad_request(format!("strconv.ParseInt: parsing {v:?}: {why}"))
+            }),
         }
     }
 
+    /// Whether the request is a dry run. Values were validated with the write's options
+    /// (`handlers::validate_write_options`), which refuses anything but `All`.
     pub fn dry_run(&self) -> ApiResult<bool> {
         match self.get("dryRun") {
             None | Some("") => Ok(false),
             Some("All") => Ok(true),
-            Some(v) => Err(ApiError::bad_request(format!("Invalid dryRun value {v:?}: supported values: \"All\""))),
+            Some(v) => Err(ApiError::new(
+                422,
+                "Invalid",
+                format!("dryRun: Unsupported value: []string{{{v:?}}}: supported values: \"All\""),
+            )),
         }
     }
 }

@@ -90,11 +90,7 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
     let mut initial = Vec::new();
     let mut initial_raw = Vec::new();
     let list_first = send_initial.unwrap_or(rv.is_empty() || rv == "0");
-    let mut from: i64 = if rv.is_empty() || rv == "0" {
-        0
-    } else {
-        rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?
-    };
+    let mut from: i64 = if rv.is_empty() || rv == "0" { 0 } else { super::handlers::parse_resource_version(&rv)? };
     if list_first {
         let resp = store.range(RangeRequest { prefix: prefix.as_bytes().to_vec(), ..Default::default() }).await?;
         for kv in &resp.kvs {
@@ -119,8 +115,8 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
         from = resp.revision;
     }
     let stream = match store.watch(prefix.as_bytes().to_vec(), from).await {
-        Ok(s) => Some(s),
-        Err(StoreError::Compacted { .. }) => None,
+        Ok(s) => Ok(s),
+        Err(StoreError::Compacted { compact_revision, .. }) => Err(compact_revision),
         Err(e) => return Err(e.into()),
     };
     let r = req.r.clone();
@@ -170,10 +166,14 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
                 return;
             }
         }
-        let Some(mut stream) = stream else {
-            let e = ApiError::gone(format!("too old resource version: {from}"));
-            let _ = tx.send(Ok(line(&json!({"type": "ERROR", "object": e.status()})))).await;
-            return;
+        // Upstream's watch cache words it `too old resource version: <asked> (<oldest kept - 1>)`.
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(compacted) => {
+                let e = ApiError::gone(format!("too old resource version: {from} ({compacted})"));
+                let _ = tx.send(Ok(line(&json!({"type": "ERROR", "object": e.status()})))).await;
+                return;
+            }
         };
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
         tokio::pin!(deadline);

@@ -64,24 +64,48 @@ pub fn is_dns1035_label(s: &str) -> bool {
     is_dns1123_label(s) && s.as_bytes()[0].is_ascii_lowercase()
 }
 
-/// Checks a name against the rule of its kind. Returns the cause if it breaks it.
-pub fn validate_name(r: &Resource, name: &str, field: &str) -> Option<Cause> {
+/// Checks a name against the rule of its kind. Returns one cause per broken rule, as
+/// upstream's name validators return one message each (a too-long name with bad characters
+/// gets both the length and the format message).
+pub fn validate_name(r: &Resource, name: &str, field: &str) -> Vec<Cause> {
     let v = Value::String(name.to_string());
-    let (ok, msg, max) = match (&*r.group, &*r.kind) {
-        ("", "Namespace") => (is_dns1123_label(name), DNS1123_LABEL_MSG, 63),
-        ("", "Service") => (is_dns1035_label(name), DNS1035_LABEL_MSG, 63),
-        // Events and a few others accept any path segment name.
-        ("", "Event") | ("events.k8s.io", "Event") | ("rbac.authorization.k8s.io", _) => (
-            !name.contains('/') && !name.contains('%') && name != "." && name != "..",
-            "may not contain '/' or '%'",
-            253,
-        ),
-        _ => (is_dns1123_subdomain(name), DNS1123_SUBDOMAIN_MSG, 253),
+    // Upstream checks the length and the pattern separately, and its subdomain pattern has
+    // no per-label length limit.
+    let (pattern_ok, msg, max) = match (&*r.group, &*r.kind) {
+        ("", "Namespace") => (label_pattern(name, false), DNS1123_LABEL_MSG, 63),
+        ("", "Service") => (label_pattern(name, true), DNS1035_LABEL_MSG, 63),
+        // Events and RBAC objects take any path segment name (IsValidPathSegmentName):
+        // not `.` or `..`, no `/` or `%`, and no length rule of its own.
+        ("", "Event") | ("events.k8s.io", "Event") | ("rbac.authorization.k8s.io", _) => {
+            if name == "." || name == ".." {
+                return vec![Cause::invalid(field, &v, &format!("may not be '{name}'"))];
+            }
+            return ["/", "%"]
+                .iter()
+                .filter(|c| name.contains(*c))
+                .map(|c| Cause::invalid(field, &v, &format!("may not contain '{c}'")))
+                .collect();
+        }
+        _ => (name.split('.').all(|p| label_pattern(p, false)), DNS1123_SUBDOMAIN_MSG, 253),
     };
+    let mut out = Vec::new();
     if name.len() > max {
-        return Some(Cause::invalid(field, &v, &format!("must be no more than {max} characters")));
+        out.push(Cause::invalid(field, &v, &format!("must be no more than {max} characters")));
     }
-    (!ok).then(|| Cause::invalid(field, &v, msg))
+    if !pattern_ok {
+        out.push(Cause::invalid(field, &v, msg));
+    }
+    out
+}
+
+/// Whether `s` matches the DNS label pattern, whatever its length. `alpha_first`: DNS-1035's
+/// leading letter.
+fn label_pattern(s: &str, alpha_first: bool) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && (!alpha_first || s.as_bytes()[0].is_ascii_lowercase())
 }
 
 fn validate_labels(labels: Option<&Value>, field: &str, out: &mut Vec<Cause>) {
@@ -310,11 +334,25 @@ mod tests {
         let ns = find("", "v1", "namespaces").unwrap();
         let svc = find("", "v1", "services").unwrap();
         let pod = find("", "v1", "pods").unwrap();
-        assert!(validate_name(ns, "kube-system", "metadata.name").is_none());
-        assert!(validate_name(ns, "a.b", "metadata.name").is_some());
-        assert!(validate_name(svc, "1abc", "metadata.name").is_some());
-        assert!(validate_name(pod, "web-1.x", "metadata.name").is_none());
-        let c = validate_name(pod, "Bad_Name", "metadata.name").unwrap();
+        assert!(validate_name(ns, "kube-system", "metadata.name").is_empty());
+        assert_eq!(validate_name(ns, "a.b", "metadata.name").len(), 1);
+        assert_eq!(validate_name(svc, "1abc", "metadata.name").len(), 1);
+        assert!(validate_name(pod, "web-1.x", "metadata.name").is_empty());
+        let long: Vec<String> =
+            validate_name(ns, &"a".repeat(64), "metadata.name").into_iter().map(|c| c.message).collect();
+        assert_eq!(long.len(), 1, "{long:?}");
+        assert!(long[0].ends_with("must be no more than 63 characters"), "{long:?}");
+        assert_eq!(validate_name(ns, &"A".repeat(64), "metadata.name").len(), 2);
+        assert_eq!(validate_name(pod, &"a".repeat(254), "metadata.name").len(), 1);
+        let crs = find("rbac.authorization.k8s.io", "v1", "clusterroles").unwrap();
+        assert_eq!(validate_name(crs, "..", "metadata.name")[0].message, "Invalid value: \"..\": may not be '..'");
+        let both: Vec<String> = validate_name(crs, "a/b%", "metadata.name").into_iter().map(|c| c.message).collect();
+        assert_eq!(
+            both,
+            vec!["Invalid value: \"a/b%\": may not contain '/'", "Invalid value: \"a/b%\": may not contain '%'"]
+        );
+        assert!(validate_name(crs, "system:aggregate-to-view", "metadata.name").is_empty());
+        let c = validate_name(pod, "Bad_Name", "metadata.name").remove(0);
         assert!(c.message.starts_with("Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"), "{}", c.message);
     }
 

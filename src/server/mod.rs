@@ -160,9 +160,18 @@ pub async fn start(
     .await?;
     let sa_signer =
         crate::api::auth::tokens::Signer::from_pem(&pki.service_account_key_pem).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let static_tokens = match &cfg.token_auth_file {
+        Some(path) => {
+            let f = crate::api::auth::tokenfile::TokenFile::load(path)?;
+            tracing::info!(file = %path.display(), tokens = f.len(), "static bearer tokens loaded");
+            Some(f)
+        }
+        None => None,
+    };
     let state = Arc::new(crate::api::ApiState {
         authz,
         sa_signer,
+        static_tokens,
         store,
         service_cidr: cfg.service_cidr,
         reserved_ips: [Some(first_service_ip), dns_ip].into_iter().flatten().collect(),

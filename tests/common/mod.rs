@@ -34,6 +34,14 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a control plane with no agent on 127.0.0.1:<random port>.
     pub fn start(extra: &[&str]) -> TestServer {
+        match TestServer::try_start(extra) {
+            Ok(s) => s,
+            Err(e) => panic!("server start: {e}"),
+        }
+    }
+
+    /// [`TestServer::start`], returning why the server refused to start instead of panicking.
+    pub fn try_start(extra: &[&str]) -> Result<TestServer, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig.yaml");
         let data = dir.path().join("data");
@@ -69,16 +77,28 @@ impl TestServer {
             let rt = tokio::runtime::Runtime::new().expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-                let running = skiff::server::start(cfg, listener, sd.clone()).await.expect("server start");
-                tx.send(running.port).expect("send port");
+                let running = match skiff::server::start(cfg, listener, sd.clone()).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("{e:#}")));
+                        return;
+                    }
+                };
+                tx.send(Ok(running.port)).expect("send port");
                 sd.cancelled().await;
                 for t in running.tasks {
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
                 }
             });
         });
-        let port = rx.recv().expect("server started");
-        TestServer { dir, kubeconfig, port, shutdown, thread: Some(thread), etcd }
+        let port = match rx.recv().expect("server thread answered") {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+        };
+        Ok(TestServer { dir, kubeconfig, port, shutdown, thread: Some(thread), etcd })
     }
 
     /// Runs kubectl; returns (success, stdout, stderr).
@@ -157,4 +177,124 @@ pub fn test_datastore(dir: &std::path::Path) -> Option<skiff::store::etcd::testi
         .block_on(skiff::store::etcd::testing::LocalEtcd::start(&dir.join("etcd"), true))
         .unwrap_or_else(|e| panic!("SKIFF_TEST_DATASTORE=etcd: {e}"));
     Some(etcd)
+}
+
+/// Raw HTTPS requests to a [`TestServer`] (for status codes and bodies kubectl hides), as the
+/// admin (client certificate), with a bearer token, or anonymously.
+pub struct Http {
+    rt: tokio::runtime::Runtime,
+    client: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    base: String,
+    token: Option<String>,
+}
+
+/// Who an [`Http`] client is.
+pub enum As<'a> {
+    Admin,
+    Token(&'a str),
+    Anonymous,
+}
+
+impl TestServer {
+    pub fn http(&self, who: As<'_>) -> Http {
+        use base64::Engine;
+        let kc: serde_json::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig")).expect("yaml");
+        let b64 = |p: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(kc.pointer(p).and_then(|v| v.as_str()).expect(p))
+                .expect("base64")
+        };
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut &b64("/clusters/0/cluster/certificate-authority-data")[..]) {
+            roots.add(c.expect("ca")).expect("add ca");
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("tls versions")
+            .with_root_certificates(roots);
+        let cfg = match who {
+            As::Admin => {
+                let certs: Vec<_> = rustls_pemfile::certs(&mut &b64("/users/0/user/client-certificate-data")[..])
+                    .collect::<Result<_, _>>()
+                    .expect("cert");
+                let key = rustls_pemfile::private_key(&mut &b64("/users/0/user/client-key-data")[..])
+                    .expect("key")
+                    .expect("a key");
+                builder.with_client_auth_cert(certs, key).expect("client cert")
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg).https_only().enable_http1().build();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+        let token = match who {
+            As::Token(t) => Some(t.to_string()),
+            _ => None,
+        };
+        Http { rt, client, base: format!("https://127.0.0.1:{}", self.port), token }
+    }
+}
+
+impl Http {
+    /// Sends a request; returns the status code and the body as text. A stream (watch) is read
+    /// for at most `read_for` when given.
+    pub fn send(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> (u16, String) {
+        self.send_with(method, path, content_type, body, None)
+    }
+
+    pub fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+        read_for: Option<std::time::Duration>,
+    ) -> (u16, String) {
+        use http_body_util::BodyExt;
+        let mut req = http::Request::builder().method(method).uri(format!("{}{path}", self.base));
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body))).expect("request");
+        self.rt.block_on(async {
+            let resp = self.client.request(req).await.expect("request sent");
+            let code = resp.status().as_u16();
+            let mut body = resp.into_body();
+            let mut out = Vec::new();
+            let read = async {
+                while let Some(f) = body.frame().await {
+                    match f {
+                        Ok(f) => {
+                            if let Ok(d) = f.into_data() {
+                                out.extend_from_slice(&d);
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+            };
+            match read_for {
+                Some(d) => {
+                    let _ = tokio::time::timeout(d, read).await;
+                }
+                None => read.await,
+            }
+            (code, String::from_utf8_lossy(&out).into_owned())
+        })
+    }
+
+    /// [`Http::send`] with a JSON answer (a `Status` for errors); panics if it is not JSON.
+    pub fn json(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> (u16, serde_json::Value) {
+        let (code, text) = self.send(method, path, content_type, body);
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {code} {text:?}: {e}"));
+        (code, v)
+    }
 }
