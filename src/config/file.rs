@@ -629,6 +629,20 @@ mod tests {
     }
 
     #[test]
+    fn booleans_take_an_optional_value_and_a_bare_one_before_another_flag_is_true() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Sub::Server(s)) => Ok((s.cluster_init, s.disable_agent, s.token)),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(parse(&["skiff", "server", "--cluster-init", "--token", "t"]), Ok((true, false, Some("t".into()))));
+        assert_eq!(parse(&["skiff", "server", "--cluster-init=false", "--disable-agent=yes"]), Ok((false, true, None)));
+        assert_eq!(parse(&["skiff", "server", "--disable-agent", "--disable-agent=false"]), Ok((false, false, None)));
+        assert!(parse(&["skiff", "server", "--disable-agent=maybe"]).is_err());
+        assert!(parse(&["skiff", "server", "--disable-agent", "true"]).is_err(), "a value needs `=`");
+    }
+
+    #[test]
     fn drop_ins_apply_in_order_later_values_replace_and_plus_appends() {
         // The example of k3s's documentation ("Multiple Config Files").
         let sources = [
