@@ -8,7 +8,10 @@
 //!   a command-line flag overrides the file for single-value flags and adds to it for repeatable
 //!   ones. A flag present in the file also overrides its `SKIFF_` variable, as in k3s, where
 //!   environment variables are only the flags' defaults: command line > file > environment >
-//!   default. (For a repeatable flag the file's list replaces the variable's.)
+//!   default. (For a repeatable flag the file's list replaces the variable's.) k3s's
+//!   documentation says command-line values replace a repeatable flag's list; its code (the file's
+//!   flags ahead of the command line's, urfave/cli appending every occurrence) adds them, and
+//!   skiff follows the code.
 //! - Drop-ins (`*.yaml`, `*.yml`, any case) are read after the file in lexical order; a later
 //!   value for a key replaces the earlier one, and `key+:` appends to it instead.
 //! - Only the flags of the running subcommand are taken. A key that is a flag of another
