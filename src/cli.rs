@@ -1,12 +1,17 @@
 //! Command-line argument structs (clap derive). No logic lives here: `config.rs` turns these into
-//! validated configuration. Every flag can also come from a `SKIFF_` environment variable.
+//! validated configuration. Every flag can also come from a `SKIFF_` environment variable and,
+//! for the subcommands that flatten [`ConfigFileArgs`], from `/etc/skiff/config.yaml`
+//! (`config/file.rs` turns the file into flags placed before the command line's).
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "skiff", version, about = "A Kubernetes distribution in one executable")]
+// Values from the config file are passed as flags ahead of the command line's, so a flag given
+// twice must mean "the last one wins" (as Go's flag package, and so k3s, do), not an error.
+#[command(name = "skiff", version, about = "A Kubernetes distribution in one executable", args_override_self = true)]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `skiff=debug`.
     #[arg(long, global = true, env = "SKIFF_LOG", default_value = "info")]
@@ -29,6 +34,17 @@ pub enum Command {
     /// Container log writer started by containerd's shim (internal).
     #[command(hide = true)]
     Logger(LoggerArgs),
+}
+
+/// `--config`: where the k3s-style config file is. `config/file.rs` reads it before clap parses
+/// the command line (its values become flags), so this field only makes clap accept the flag
+/// and show it in `--help`.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigFileArgs {
+    /// YAML file of flag values (keys are long flag names without the dashes); FILE.d/*.yaml
+    /// drop-ins are read after it. Command-line flags override it; it overrides SKIFF_* variables.
+    #[arg(long = "config", short = 'c', env = "SKIFF_CONFIG_FILE", value_name = "FILE", default_value = crate::config::file::DEFAULT_PATH)]
+    pub config: PathBuf,
 }
 
 /// Flags shared by `server` and `agent` that describe the node.
@@ -69,6 +85,8 @@ pub struct NodeArgs {
 #[derive(Debug, Args, Clone)]
 pub struct ServerArgs {
     #[command(flatten)]
+    pub config: ConfigFileArgs,
+    #[command(flatten)]
     pub node: NodeArgs,
     /// Address the API server listens on.
     #[arg(long, env = "SKIFF_BIND_ADDRESS", default_value = "0.0.0.0")]
@@ -95,14 +113,16 @@ pub struct ServerArgs {
     /// `token,user,uid[,"group1,group2"]` per line.
     #[arg(long, env = "SKIFF_TOKEN_AUTH_FILE")]
     pub token_auth_file: Option<PathBuf>,
+    // The three booleans take an optional value (`--cluster-init`, `--cluster-init=false`), as Go's
+    // flags do in k3s, so a config file's `false` is a flag that overrides a SKIFF_ variable's `true`.
     /// Start the first server of a highly available group.
-    #[arg(long, env = "SKIFF_CLUSTER_INIT")]
+    #[arg(long, env = "SKIFF_CLUSTER_INIT", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", hide_default_value = true, value_name = "BOOL", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub cluster_init: bool,
     /// Join the server group at this URL.
     #[arg(long, env = "SKIFF_SERVER")]
     pub server: Option<String>,
     /// Turn this member back into a one-node cluster, keeping its data.
-    #[arg(long, env = "SKIFF_CLUSTER_RESET")]
+    #[arg(long, env = "SKIFF_CLUSTER_RESET", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", hide_default_value = true, value_name = "BOOL", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub cluster_reset: bool,
     /// Pod network range.
     #[arg(long, env = "SKIFF_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
@@ -117,7 +137,7 @@ pub struct ServerArgs {
     #[arg(long, env = "SKIFF_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767")]
     pub service_node_port_range: String,
     /// Run only the control plane on this machine.
-    #[arg(long, env = "SKIFF_DISABLE_AGENT")]
+    #[arg(long, env = "SKIFF_DISABLE_AGENT", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", hide_default_value = true, value_name = "BOOL", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub disable_agent: bool,
     /// Built-in component not to run (repeatable).
     #[arg(long = "disable", env = "SKIFF_DISABLE", value_delimiter = ',')]
@@ -155,11 +175,15 @@ pub enum SnapshotCommand {
         name: String,
         #[arg(long, env = "SKIFF_DATA_DIR", default_value = "/var/lib/skiff")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        config: ConfigFileArgs,
     },
     /// List saved snapshots.
     Ls {
         #[arg(long, env = "SKIFF_DATA_DIR", default_value = "/var/lib/skiff")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        config: ConfigFileArgs,
     },
     /// Restore a snapshot into a stopped server's data dir, as a new one-server cluster.
     Restore {
@@ -167,11 +191,15 @@ pub enum SnapshotCommand {
         file: PathBuf,
         #[arg(long, env = "SKIFF_DATA_DIR", default_value = "/var/lib/skiff")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        config: ConfigFileArgs,
     },
 }
 
 #[derive(Debug, Args, Clone)]
 pub struct AgentArgs {
+    #[command(flatten)]
+    pub config: ConfigFileArgs,
     #[command(flatten)]
     pub node: NodeArgs,
     /// URL of a server to join, e.g. https://10.0.0.1:6443.

@@ -1,5 +1,13 @@
 //! Turns command-line flags into validated configuration. Pure: no I/O but what the caller
 //! passes in (the host name and the addresses of this machine), so every rule is unit-tested.
+//!
+//! The flags come from three places, merged before clap parses them: the command line, the
+//! k3s-style config file `/etc/skiff/config.yaml` (with its `config.yaml.d/*.yaml` drop-ins; see
+//! [`file`], which turns it into flags) and `SKIFF_*` environment variables. Precedence, as in
+//! k3s: command line > file > environment > default; a repeatable flag's command-line values are
+//! added to the file's.
+
+pub mod file;
 
 use crate::cli::{AgentArgs, NodeArgs, ServerArgs};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

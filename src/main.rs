@@ -1,24 +1,25 @@
-//! skiff: subcommand dispatch and logging set-up, nothing else.
+//! skiff: subcommand dispatch and logging set-up, nothing else (the config file's flags are
+//! spliced into the arguments by `config::file` before clap parses them).
 
 use skiff::{agent, cli, config, server};
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tokio_util::sync::CancellationToken;
 
 async fn snapshot_command(c: cli::SnapshotCommand) -> anyhow::Result<()> {
     match c {
-        cli::SnapshotCommand::Save { name, data_dir } => {
+        cli::SnapshotCommand::Save { name, data_dir, .. } => {
             let r = server::snapshot::save(&data_dir, &name).await?;
             println!("{} (revision {}, {} records)", r.path, r.revision, r.records);
         }
-        cli::SnapshotCommand::Ls { data_dir } => {
+        cli::SnapshotCommand::Ls { data_dir, .. } => {
             println!("{:<50} {:>12} CREATED", "NAME", "SIZE");
             for l in server::snapshot::list(&data_dir)? {
                 let when = chrono::DateTime::from_timestamp(l.created, 0).map(|t| t.to_rfc3339()).unwrap_or_default();
                 println!("{:<50} {:>12} {when}", l.name, l.size);
             }
         }
-        cli::SnapshotCommand::Restore { file, data_dir } => {
+        cli::SnapshotCommand::Restore { file, data_dir, .. } => {
             let i = server::snapshot::restore(&file, &data_dir)?;
             println!(
                 "restored revision {} ({} records); start `skiff server --data-dir {}`",
@@ -32,7 +33,11 @@ async fn snapshot_command(c: cli::SnapshotCommand) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = cli::Cli::parse();
+    // /etc/skiff/config.yaml's values become flags ahead of the command line's, so clap applies
+    // one precedence rule to both; a bad file stops here, before anything starts.
+    let env = std::env::var_os(config::file::ENV);
+    let expanded = config::file::expand(&cli::Cli::command(), std::env::args_os().collect(), env.as_deref())?;
+    let cli = cli::Cli::parse_from(&expanded.args);
     if let cli::Command::Logger(args) = &cli.command {
         // The logger runs under containerd's shim (or detached, for a container with stdin) with
         // no runtime needed; keep it tiny.
@@ -43,6 +48,12 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    for f in &expanded.files {
+        tracing::info!(file = %f.display(), "read config file");
+    }
+    for i in &expanded.ignored {
+        tracing::debug!(key = %i.key, file = %i.path.display(), "config key is a flag of another subcommand; ignored");
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
