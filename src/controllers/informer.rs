@@ -67,20 +67,21 @@ impl<K> Shared<K>
 where
     K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    /// Starts watching `api` until `shutdown` fires; `who` names the watch in logs.
-    pub fn start(api: Api<K>, shutdown: CancellationToken, who: &'static str) -> Shared<K> {
+    /// Starts watching `api` until `shutdown` fires; `who` names the watch in logs. `trim`
+    /// removes what no subscriber reads from each object before it is cached.
+    pub fn start(api: Api<K>, shutdown: CancellationToken, who: &'static str, trim: fn(&mut K)) -> Shared<K> {
         let (store, mut writer) = reflector::store::<K>();
         let subs = Arc::new(Mutex::new(Subscribers { senders: vec![], listed: false }));
         let shared = Shared { store: store.clone(), subs: subs.clone() };
         tokio::spawn(async move {
-            // No controller reads managedFields; they are a good part of an object's size.
-            let stream = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .modify(|o: &mut K| o.meta_mut().managed_fields = None);
+            let stream = watcher(api, watcher::Config::default()).default_backoff().modify(trim);
             let mut stream = std::pin::pin!(stream);
             // The objects cached when a re-list began: those missing from the new list were
             // deleted while the watch was down, and subscribers must hear it.
             let mut before_relist: Vec<Arc<K>> = Vec::new();
+            // The objects of the list in progress: announced at its end, as the cache's own
+            // `Arc`s (the cache takes the list only then), so subscribers share its copy.
+            let mut listing: Vec<ObjectRef<K>> = Vec::new();
             loop {
                 let ev = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -102,10 +103,19 @@ where
                     watcher::Event::Apply(o) => {
                         Event::Apply(store.get(&ObjectRef::from_obj(&o)).unwrap_or_else(|| Arc::new(o)))
                     }
-                    watcher::Event::InitApply(o) => Event::Apply(Arc::new(o)),
+                    watcher::Event::InitApply(o) => {
+                        listing.push(ObjectRef::from_obj(&o));
+                        continue;
+                    }
                     watcher::Event::Delete(o) => Event::Delete(Arc::new(o)),
                     watcher::Event::InitDone => {
                         s.listed = true;
+                        for r in std::mem::take(&mut listing) {
+                            if let Some(o) = store.get(&r) {
+                                let ev = Event::Apply(o);
+                                s.senders.retain(|tx| tx.send(ev.clone()).is_ok());
+                            }
+                        }
                         for old in std::mem::take(&mut before_relist) {
                             if store.get(&ObjectRef::from_obj(&*old)).is_none() {
                                 let gone = Event::Delete(old);
@@ -115,6 +125,7 @@ where
                         continue;
                     }
                     watcher::Event::Init => {
+                        listing.clear();
                         before_relist = store.state();
                         continue;
                     }
@@ -168,6 +179,45 @@ where
 
 type Pod = k8s_openapi::api::core::v1::Pod;
 
+/// A pod as the controllers and the scheduler need it. The cache holds every pod of the cluster,
+/// and k8s-openapi's types are wide (a `Volume` has a field for each of its thirty sources, a
+/// `Container` for each probe and hook), so the parts nobody here reads are dropped: managed
+/// fields, volumes that are not claims (the volume binder, the scheduler and pvc-protection
+/// look only at `persistentVolumeClaim` and `ephemeral` ones), and the container fields that
+/// only the kubelet uses. Kept: names, images (image locality), ports (host ports, named target
+/// ports), resources and restart policies (requests, sidecars), and all of the status.
+/// Nothing writes a cached pod back, so trimming loses nothing in the store.
+pub fn trim_pod(p: &mut Pod) {
+    p.metadata.managed_fields = None;
+    let Some(spec) = p.spec.as_mut() else { return };
+    if let Some(vols) = spec.volumes.as_mut() {
+        vols.retain(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some());
+        vols.shrink_to_fit();
+    }
+    let trim_container = |c: &mut k8s_openapi::api::core::v1::Container| {
+        let (name, image, ports, resources) = (
+            std::mem::take(&mut c.name),
+            c.image.take(),
+            c.ports.take(),
+            c.resources.take(),
+        );
+        let (restart_policy, resize_policy) = (c.restart_policy.take(), c.resize_policy.take());
+        *c = k8s_openapi::api::core::v1::Container {
+            name,
+            image,
+            ports,
+            resources,
+            restart_policy,
+            resize_policy,
+            ..Default::default()
+        };
+    };
+    spec.containers.iter_mut().for_each(trim_container);
+    spec.init_containers.iter_mut().flatten().for_each(trim_container);
+    // Ephemeral (debug) containers request nothing and run nowhere the scheduler decides.
+    spec.ephemeral_containers = None;
+}
+
 /// The informers the controllers share, for one term of leadership.
 #[derive(Clone)]
 pub struct Informers {
@@ -179,7 +229,7 @@ pub struct Informers {
 impl Informers {
     /// Informers of their own, stopped with `shutdown` (tests).
     pub fn start(client: &kube::Client, shutdown: &CancellationToken) -> Informers {
-        Informers { pods: Shared::start(Api::all(client.clone()), shutdown.clone(), "controllers"), _hold: None }
+        Informers { pods: Shared::start(Api::all(client.clone()), shutdown.clone(), "controllers", trim_pod), _hold: None }
     }
 
     /// The process's shared informers, held until the last clone is dropped.
@@ -225,7 +275,7 @@ impl PodHub {
         let mut r = self.lock();
         let run = r.get_or_insert_with(|| {
             let stop = CancellationToken::new();
-            Running { pods: Shared::start(Api::all(self.client.clone()), stop.clone(), "shared"), stop, users: 0 }
+            Running { pods: Shared::start(Api::all(self.client.clone()), stop.clone(), "shared", trim_pod), stop, users: 0 }
         });
         run.users += 1;
         PodHandle { hub: self.clone(), pods: run.pods.clone() }
@@ -242,5 +292,55 @@ impl Drop for PodHandle {
                 *r = None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trimmed_pods_keep_what_scheduling_and_controllers_read() {
+        let mut p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "labels": {"app": "a"}, "managedFields": [{"manager": "kubectl"}]},
+            "spec": {
+                "nodeName": "n1",
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+                "volumes": [
+                    {"name": "cfg", "configMap": {"name": "c"}},
+                    {"name": "data", "persistentVolumeClaim": {"claimName": "d"}},
+                    {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}}
+                ],
+                "initContainers": [{"name": "side", "image": "s", "restartPolicy": "Always",
+                                    "command": ["sh"]}],
+                "containers": [{
+                    "name": "web", "image": "busybox",
+                    "ports": [{"name": "http", "containerPort": 80, "hostPort": 8080}],
+                    "resources": {"requests": {"cpu": "100m"}},
+                    "env": [{"name": "A", "value": "1"}],
+                    "livenessProbe": {"exec": {"command": ["true"]}},
+                    "volumeMounts": [{"name": "cfg", "mountPath": "/c"}]
+                }]
+            },
+            "status": {"phase": "Running", "podIP": "10.42.0.5"}
+        }))
+        .unwrap();
+        trim_pod(&mut p);
+        assert!(p.metadata.managed_fields.is_none());
+        assert_eq!(p.metadata.labels.as_ref().and_then(|l| l.get("app")).map(String::as_str), Some("a"));
+        let spec = p.spec.as_ref().unwrap();
+        let vols: Vec<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+        assert_eq!(vols, ["data", "scratch"], "only claim volumes stay");
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(spec.tolerations.as_ref().map(Vec::len), Some(1));
+        let c = &spec.containers[0];
+        assert_eq!((c.name.as_str(), c.image.as_deref()), ("web", Some("busybox")));
+        assert_eq!(c.ports.as_ref().and_then(|p| p[0].host_port), Some(8080));
+        assert!(c.resources.as_ref().and_then(|r| r.requests.as_ref()).is_some_and(|r| r.contains_key("cpu")));
+        assert!(c.env.is_none() && c.liveness_probe.is_none() && c.volume_mounts.is_none());
+        let init = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(init.restart_policy.as_deref(), Some("Always"));
+        assert!(init.command.is_none());
+        assert_eq!(p.status.as_ref().and_then(|s| s.pod_ip.as_deref()), Some("10.42.0.5"));
     }
 }
