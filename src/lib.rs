@@ -16,3 +16,12 @@ pub mod registry;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+
+/// mimalloc instead of glibc's malloc: the server's work is small allocations freed on other
+/// threads (decoded requests, watch events, cached objects), where glibc's arenas cost CPU and
+/// fragment. Measured with `skiff-sched-bench` (10,000 pods on 1,000 fake nodes): 1,250–1,700
+/// pods bound per second against glibc's 860–975, in 260–266 MiB against 237. Built without
+/// transparent huge pages (`no_thp`): with them the same run took 286–299 MiB, and small boards
+/// have no memory to give away in 2 MiB pages.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
