@@ -195,12 +195,8 @@ pub fn trim_pod(p: &mut Pod) {
         vols.shrink_to_fit();
     }
     let trim_container = |c: &mut k8s_openapi::api::core::v1::Container| {
-        let (name, image, ports, resources) = (
-            std::mem::take(&mut c.name),
-            c.image.take(),
-            c.ports.take(),
-            c.resources.take(),
-        );
+        let (name, image, ports, resources) =
+            (std::mem::take(&mut c.name), c.image.take(), c.ports.take(), c.resources.take());
         let (restart_policy, resize_policy) = (c.restart_policy.take(), c.resize_policy.take());
         *c = k8s_openapi::api::core::v1::Container {
             name,
@@ -229,7 +225,10 @@ pub struct Informers {
 impl Informers {
     /// Informers of their own, stopped with `shutdown` (tests).
     pub fn start(client: &kube::Client, shutdown: &CancellationToken) -> Informers {
-        Informers { pods: Shared::start(Api::all(client.clone()), shutdown.clone(), "controllers", trim_pod), _hold: None }
+        Informers {
+            pods: Shared::start(Api::all(client.clone()), shutdown.clone(), "controllers", trim_pod),
+            _hold: None,
+        }
     }
 
     /// The process's shared informers, held until the last clone is dropped.
@@ -275,7 +274,11 @@ impl PodHub {
         let mut r = self.lock();
         let run = r.get_or_insert_with(|| {
             let stop = CancellationToken::new();
-            Running { pods: Shared::start(Api::all(self.client.clone()), stop.clone(), "shared", trim_pod), stop, users: 0 }
+            Running {
+                pods: Shared::start(Api::all(self.client.clone()), stop.clone(), "shared", trim_pod),
+                stop,
+                users: 0,
+            }
         });
         run.users += 1;
         PodHandle { hub: self.clone(), pods: run.pods.clone() }

@@ -132,7 +132,12 @@ pub async fn run(
 }
 
 /// Runs the controllers unconditionally (the caller holds leadership) until `shutdown` fires.
-pub async fn run_all(client: kube::Client, cfg: ControllerConfig, inf: informer::Informers, shutdown: CancellationToken) {
+pub async fn run_all(
+    client: kube::Client,
+    cfg: ControllerConfig,
+    inf: informer::Informers,
+    shutdown: CancellationToken,
+) {
     use futures::future::{BoxFuture, FutureExt};
     let c = || client.clone();
     let sd = || shutdown.clone();

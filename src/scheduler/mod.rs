@@ -33,8 +33,8 @@ pub mod selectors;
 pub mod spread;
 pub mod volumes;
 
-use crate::controllers::informer::{self, PodHub};
 use crate::controllers::events::{object_ref, Recorder};
+use crate::controllers::informer::{self, PodHub};
 use cache::{pod_key, Cache};
 use filter::PodInfo;
 use futures::StreamExt;

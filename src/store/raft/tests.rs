@@ -967,11 +967,8 @@ async fn compare_and_swap_histories_stay_linearizable_across_a_leader_kill() {
     victim.shutdown().await.unwrap();
     let limit = killed_at + Duration::from_secs(15);
     while std::time::Instant::now() < limit {
-        let recovered = history
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|o| matches!(o.what, Observed::Cas { .. }) && o.start > killed_at);
+        let recovered =
+            history.lock().unwrap().iter().any(|o| matches!(o.what, Observed::Cas { .. }) && o.start > killed_at);
         if recovered {
             tokio::time::sleep(Duration::from_millis(500)).await;
             break;
