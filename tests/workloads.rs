@@ -686,3 +686,101 @@ async fn a_pod_failure_policy_fails_a_job_on_a_matching_exit_code_and_ignores_di
     );
     kubectl_ok(&ts, &["delete", "job/calc"]).await;
 }
+
+/// The images of the app's pods that are not being deleted.
+async fn live_images(pods: &Api<Pod>, app: &str) -> BTreeSet<String> {
+    pods_of(pods, &format!("app={app}"))
+        .await
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(image)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_rolls_out_pauses_undoes_and_cascades_with_kubectl() {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    let Some(ts) = start() else { return };
+    let c = client(&ts).await;
+    fake_node(&c, "node-a", json!({}), json!([])).await;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let _kubelet = kubelet(pods.clone());
+    let rolled_out = |out: &str| out.contains("deployment \"web\" successfully rolled out");
+
+    kubectl_ok(&ts, &["create", "deployment", "web", "--image=busybox:1", "--replicas=3"]).await;
+    let out = kubectl_ok(&ts, &["rollout", "status", "deploy/web", "--timeout=60s"]).await;
+    assert!(rolled_out(&out), "{out}");
+    assert_eq!(pods_of(&pods, "app=web").await.len(), 3);
+
+    kubectl_ok(&ts, &["set", "image", "deploy/web", "busybox=busybox:2"]).await;
+    let out = kubectl_ok(&ts, &["rollout", "status", "deploy/web", "--timeout=60s"]).await;
+    assert!(rolled_out(&out), "{out}");
+    eventually("only busybox:2 pods", 30, || {
+        let pods = pods.clone();
+        async move { (live_images(&pods, "web").await == BTreeSet::from(["busybox:2".to_string()])).then_some(()) }
+    })
+    .await;
+    let history = kubectl_ok(&ts, &["rollout", "history", "deploy/web"]).await;
+    let revisions: Vec<&str> = history.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert!(revisions.contains(&"1") && revisions.contains(&"2"), "{history}");
+
+    // Paused: a template change makes no new ReplicaSet until the rollout resumes.
+    kubectl_ok(&ts, &["rollout", "pause", "deploy/web"]).await;
+    kubectl_ok(&ts, &["set", "image", "deploy/web", "busybox=busybox:3"]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let n_sets = sets.list(&ListParams::default().labels("app=web")).await.expect("replicasets").items.len();
+    assert_eq!(n_sets, 2, "a paused deployment does not roll out");
+    kubectl_ok(&ts, &["rollout", "resume", "deploy/web"]).await;
+    let out = kubectl_ok(&ts, &["rollout", "status", "deploy/web", "--timeout=60s"]).await;
+    assert!(rolled_out(&out), "{out}");
+
+    // Undo goes back to the previous template (busybox:2), reusing its ReplicaSet.
+    kubectl_ok(&ts, &["rollout", "undo", "deploy/web"]).await;
+    let out = kubectl_ok(&ts, &["rollout", "status", "deploy/web", "--timeout=60s"]).await;
+    assert!(rolled_out(&out), "{out}");
+    eventually("only busybox:2 pods after the undo", 30, || {
+        let pods = pods.clone();
+        async move { (live_images(&pods, "web").await == BTreeSet::from(["busybox:2".to_string()])).then_some(()) }
+    })
+    .await;
+    let n_sets = sets.list(&ListParams::default().labels("app=web")).await.expect("replicasets").items.len();
+    assert_eq!(n_sets, 3, "undo reuses the old ReplicaSet");
+
+    // Restart: new pods from a new ReplicaSet with the same image.
+    kubectl_ok(&ts, &["rollout", "restart", "deploy/web"]).await;
+    let out = kubectl_ok(&ts, &["rollout", "status", "deploy/web", "--timeout=60s"]).await;
+    assert!(rolled_out(&out), "{out}");
+    let n_sets = sets.list(&ListParams::default().labels("app=web")).await.expect("replicasets").items.len();
+    assert_eq!(n_sets, 4, "a restart rolls out a new ReplicaSet");
+
+    // The three cascade modes of kubectl delete.
+    for name in ["bg", "fg", "orph"] {
+        kubectl_ok(&ts, &["create", "deployment", name, "--image=busybox:1", "--replicas=2"]).await;
+        kubectl_ok(&ts, &["rollout", "status", &format!("deploy/{name}"), "--timeout=60s"]).await;
+    }
+    kubectl_ok(&ts, &["delete", "deploy", "bg", "--cascade=background"]).await;
+    kubectl_ok(&ts, &["delete", "deploy", "fg", "--cascade=foreground"]).await;
+    // kubectl waited for the foreground deletion: the ReplicaSet (and, through it, its pods)
+    // went before its owner.
+    let fg_sets = sets.list(&ListParams::default().labels("app=fg")).await.expect("replicasets").items;
+    assert!(fg_sets.is_empty(), "{fg_sets:?}");
+    kubectl_ok(&ts, &["delete", "deploy", "orph", "--cascade=orphan"]).await;
+    for app in ["bg", "fg"] {
+        eventually(&format!("{app}'s replica sets and pods to be gone"), 30, || {
+            let (pods, sets) = (pods.clone(), sets.clone());
+            async move {
+                let sel = format!("app={app}");
+                let s = sets.list(&ListParams::default().labels(&sel)).await.ok()?.items;
+                (s.is_empty() && pods_of(&pods, &sel).await.is_empty()).then_some(())
+            }
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let orphans = sets.list(&ListParams::default().labels("app=orph")).await.expect("replicasets").items;
+    assert_eq!(orphans.len(), 1, "the orphaned ReplicaSet stays");
+    assert!(orphans[0].metadata.owner_references.as_ref().is_none_or(|o| o.is_empty()), "and is released");
+    let orphan_pods = pods_of(&pods, "app=orph").await;
+    assert_eq!(orphan_pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).count(), 2);
+}
