@@ -181,7 +181,7 @@ pub fn check_type(r: &Resource, obj: &Value, name: &str) -> ApiResult<()> {
 }
 
 /// The JSON type name Go's decoder uses in `cannot unmarshal X into …`.
-fn go_type_name(v: &Value) -> &'static str {
+pub(crate) fn go_type_name(v: &Value) -> &'static str {
     match v {
         Value::Array(_) => "array",
         Value::Object(_) => "object",

@@ -945,15 +945,7 @@ const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
 /// JSON (or YAML, for apply), or not the shape its type needs (an array of operations, an
 /// object), is a 400 with the decoder's message.
 fn decode_patch(kind: PatchKind, body: &[u8]) -> ApiResult<Value> {
-    use super::decode::go_json_error;
-    let go_type = |v: &Value| match v {
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-        Value::String(_) => "string",
-        Value::Number(_) => "number",
-        Value::Bool(_) => "bool",
-        Value::Null => "null",
-    };
+    use super::decode::{go_json_error, go_type_name as go_type};
     if kind == PatchKind::Apply {
         let v: Value = serde_yaml::from_slice(body).map_err(|e| {
             let text = e.to_string();
