@@ -977,3 +977,59 @@ async fn a_cronjob_forbids_overlap_then_starts_a_job_for_a_missed_time_and_recor
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_balancer_service_gets_the_ready_nodes_addresses_as_its_ingress() {
+    use k8s_openapi::api::core::v1::Service;
+    let s = server().await;
+    let nodes: Api<Node> = Api::all(s.client.clone());
+    for (name, ip) in [("node-a", "192.0.2.11"), ("node-b", "192.0.2.10")] {
+        fake_node(&s.client, name, "2").await;
+        let addrs = json!({"status": {"addresses": [{"type": "InternalIP", "address": ip}]}});
+        nodes.patch_status(name, &PatchParams::default(), &Patch::Strategic(addrs)).await.expect("addresses");
+    }
+    let services: Api<Service> = Api::namespaced(s.client.clone(), "default");
+    let svc = |name: &str, extra: serde_json::Value| -> Service {
+        let mut spec = json!({"type": "LoadBalancer", "selector": {"app": name}, "ports": [{"port": 80}]});
+        if let (Some(sp), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            sp.extend(e.clone());
+        }
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec}))
+            .expect("service")
+    };
+    services.create(&PostParams::default(), &svc("web", json!({}))).await.expect("create web");
+    services
+        .create(&PostParams::default(), &svc("other", json!({"loadBalancerClass": "example.com/lb"})))
+        .await
+        .expect("create other");
+    let ingress = |svc: &Service| -> Vec<String> {
+        svc.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.clone())
+            .collect()
+    };
+    let got = eventually("web's load-balancer ingress", 20, || {
+        let services = services.clone();
+        async move {
+            let ing = ingress(&services.get("web").await.ok()?);
+            (!ing.is_empty()).then_some(ing)
+        }
+    })
+    .await;
+    assert_eq!(got, ["192.0.2.10", "192.0.2.11"]);
+    // A node that stops being ready stops carrying traffic.
+    let not_ready = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady", "message": "fake"}]}});
+    nodes.patch_status("node-a", &PatchParams::default(), &Patch::Strategic(not_ready)).await.expect("not ready");
+    eventually("node-a's address to leave the ingress", 20, || {
+        let services = services.clone();
+        async move { (ingress(&services.get("web").await.ok()?) == ["192.0.2.10"]).then_some(()) }
+    })
+    .await;
+    // Another implementation's Service is left alone.
+    let other = services.get("other").await.expect("other");
+    assert!(ingress(&other).is_empty(), "{:?}", other.status);
+}

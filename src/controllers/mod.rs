@@ -41,6 +41,7 @@ pub mod replicaset;
 pub mod replicationcontroller;
 pub mod resourcequota;
 pub mod revision;
+pub mod service_lb;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod volume_binding;
@@ -163,6 +164,8 @@ pub async fn run_all(
     ];
     let mut all = all;
     all.push(("csrapproving", csr_approval::run(c(), sd()).boxed()));
+    // The cloud-controller-manager's load-balancer duty, named as k3s names it (`--disable servicelb`).
+    all.push(("servicelb", service_lb::run(c(), sd()).boxed()));
     // One loop does both upstream duties; disabling either name stops it.
     all.push(("pvc-protection", volume_protection::run(c(), i(), sd()).boxed()));
     if let Some(keys) = cfg.csr_signing.clone() {
