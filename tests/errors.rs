@@ -119,36 +119,11 @@ fn bodies_that_do_not_decode_or_are_of_another_kind_are_bad_requests() {
     // Protobuf: no magic, a broken envelope, a truncated message.
     let pb = Some("application/vnd.kubernetes.protobuf");
     expect(&h, "POST", CMS, pb, b"hello", 400, "BadRequest", "the object provided is unrecognized (must be of type ConfigMap): provided data does not appear to be a protobuf message, expected prefix [107 56 115 0] (68656c6c6f)");
-    expect(
-        &h,
-        "POST",
-        CMS,
-        pb,
-        b"k8s\0garbage",
-        400,
-        "BadRequest",
-        "the object provided is unrecognized (must be of type ConfigMap): …",
-    );
-    expect(
-        &h,
-        "POST",
-        CMS,
-        pb,
-        b"k8s\0\x0a\x02\x0a",
-        400,
-        "BadRequest",
-        "the object provided is unrecognized (must be of type ConfigMap): …",
-    );
-    expect(
-        &h,
-        "POST",
-        CMS,
-        pb,
-        b"k8s\0\x0a\x0a\x0a\x02v1\x12\x04Pod",
-        400,
-        "BadRequest",
-        "the object provided is unrecognized (must be of type ConfigMap): …",
-    );
+    let bodies: [&[u8]; 3] = [b"k8s\0garbage", b"k8s\0\x0a\x02\x0a", b"k8s\0\x0a\x0a\x0a\x02v1\x12\x04Pod"];
+    for body in bodies {
+        let msg = "the object provided is unrecognized (must be of type ConfigMap): …";
+        expect(&h, "POST", CMS, pb, body, 400, "BadRequest", msg);
+    }
 
     assert_eq!(h.send("DELETE", &format!("{CMS}/audit-put"), None, b"").0, 200);
 }

@@ -39,8 +39,6 @@ struct Base {
     defs: Map<String, Value>,
     v3: BTreeMap<String, (String, String)>,
     v2_paths: Map<String, Value>,
-    /// (group, version, kind) → definition name.
-    kinds: Vec<((String, String, String), String)>,
 }
 
 /// The patch metadata of a list property: (merge key, strategy); the key is empty for a
@@ -137,7 +135,11 @@ fn shapes() -> &'static Shapes {
         for d in defs.values_mut() {
             strip_to_shape(d);
         }
-        Shapes { defs, kinds: kinds_of(&names) }
+        let kinds = names
+            .iter()
+            .map(|(r, n)| ((r.group.to_string(), r.version.to_string(), r.kind.to_string()), n.clone()))
+            .collect();
+        Shapes { defs, kinds }
     })
 }
 
@@ -407,10 +409,6 @@ fn generate_defs() -> (Map<String, Value>, Vec<(&'static Resource, String)>) {
     (defs, names)
 }
 
-fn kinds_of(names: &[(&'static Resource, String)]) -> Vec<((String, String, String), String)> {
-    names.iter().map(|(r, n)| ((r.group.to_string(), r.version.to_string(), r.kind.to_string()), n.clone())).collect()
-}
-
 fn build_base() -> Base {
     let (defs, names) = generate_defs();
     let info = info();
@@ -437,7 +435,7 @@ fn build_base() -> Base {
     for (r, n) in &names {
         v2_paths.extend(paths_for(r, n, false));
     }
-    Base { defs, v3, v2_paths, kinds: kinds_of(&names) }
+    Base { defs, v3, v2_paths }
 }
 
 fn base() -> &'static Base {

@@ -59,6 +59,13 @@ impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Clone for Shared<K> 
     }
 }
 
+impl<K> Subscribers<K> {
+    /// Sends `ev` to every subscriber, forgetting those that hung up.
+    fn send(&mut self, ev: Event<K>) {
+        self.senders.retain(|tx| tx.send(ev.clone()).is_ok());
+    }
+}
+
 fn lock<K>(m: &Mutex<Subscribers<K>>) -> MutexGuard<'_, Subscribers<K>> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -112,14 +119,12 @@ where
                         s.listed = true;
                         for r in std::mem::take(&mut listing) {
                             if let Some(o) = store.get(&r) {
-                                let ev = Event::Apply(o);
-                                s.senders.retain(|tx| tx.send(ev.clone()).is_ok());
+                                s.send(Event::Apply(o));
                             }
                         }
                         for old in std::mem::take(&mut before_relist) {
                             if store.get(&ObjectRef::from_obj(&*old)).is_none() {
-                                let gone = Event::Delete(old);
-                                s.senders.retain(|tx| tx.send(gone.clone()).is_ok());
+                                s.send(Event::Delete(old));
                             }
                         }
                         continue;
@@ -130,7 +135,7 @@ where
                         continue;
                     }
                 };
-                s.senders.retain(|tx| tx.send(out.clone()).is_ok());
+                s.send(out);
             }
         });
         shared
