@@ -69,10 +69,13 @@ pub struct Shape<'a> {
 impl<'a> Shape<'a> {
     /// The shape of kind `r`'s objects.
     pub fn of(r: &'a Resource) -> Shape<'a> {
-        let defs = super::openapi::builtin_defs();
         match &r.custom {
-            Some(c) => Shape { node: Some(&c.schema).filter(|s| !s.is_null()), defs, custom: true },
-            None => Shape { node: super::openapi::builtin_def(r), defs, custom: false },
+            // Structural schemas have no `$ref`s.
+            Some(c) => Shape { node: Some(&c.schema).filter(|s| !s.is_null()), custom: true, ..Shape::none() },
+            None => match super::openapi::builtin_shape(r) {
+                Some(k) => Shape { node: k.defs.get(&k.root), defs: &k.defs, custom: false },
+                None => Shape::none(),
+            },
         }
     }
 

@@ -118,29 +118,38 @@ fn add_list_type_extensions(defs: &mut Map<String, Value>) {
     }
 }
 
-/// The built-in definitions as server-side apply walks objects by them: generated once, then
-/// stripped to the structure and the patch and list-type extensions. Every write records its
-/// managedFields through these, so they must not cost what the served OpenAPI documents do
-/// (descriptions are most of those; the documents stay unbuilt until a client asks).
-struct Shapes {
-    defs: Map<String, Value>,
-    /// (group, version, kind) → definition name.
-    kinds: Vec<((String, String, String), String)>,
+/// A built-in kind's definitions as server-side apply walks objects by them: generated when
+/// the kind is first written, then stripped to the structure and the patch and list-type
+/// extensions. Every write records its managedFields through these, so they must not cost what
+/// the served OpenAPI documents do (descriptions are most of those; the documents stay unbuilt
+/// until a client asks). Built per kind, because an idle server writes a dozen kinds of the
+/// fifty: generating them all touched megabytes of schema code and kept the shapes of pods,
+/// workloads and CRDs that nothing had asked for.
+pub struct KindShape {
+    /// The kind's definition and every definition it references.
+    pub defs: Map<String, Value>,
+    /// The kind's own definition's name in `defs`.
+    pub root: String,
 }
 
-fn shapes() -> &'static Shapes {
-    static SHAPES: OnceLock<Shapes> = OnceLock::new();
-    SHAPES.get_or_init(|| {
-        let (mut defs, names) = generate_defs();
-        for d in defs.values_mut() {
-            strip_to_shape(d);
-        }
-        let kinds = names
-            .iter()
-            .map(|(r, n)| ((r.group.to_string(), r.version.to_string(), r.kind.to_string()), n.clone()))
-            .collect();
-        Shapes { defs, kinds }
-    })
+fn kind_shape(r: &Resource) -> Option<KindShape> {
+    let mut gen = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let root = with_type(r, Register(&mut gen))?;
+    let mut defs = gen.take_definitions(true);
+    add_patch_extensions(&mut defs);
+    add_list_type_extensions(&mut defs);
+    for d in defs.values_mut() {
+        strip_to_shape(d);
+    }
+    Some(KindShape { defs, root })
+}
+
+/// The shape of built-in kind `r` (None for kinds without a k8s-openapi type).
+pub fn builtin_shape(r: &Resource) -> Option<&'static KindShape> {
+    static SHAPES: OnceLock<Vec<OnceLock<Option<KindShape>>>> = OnceLock::new();
+    let slots = SHAPES.get_or_init(|| BUILTIN.iter().map(|_| OnceLock::new()).collect());
+    let i = BUILTIN.iter().position(|b| b.group == r.group && b.version == r.version && b.kind == r.kind)?;
+    slots.get(i)?.get_or_init(|| kind_shape(&BUILTIN[i])).as_ref()
 }
 
 /// Keeps what walking by schema reads: references, nesting, defaults and the extensions.
@@ -161,21 +170,6 @@ fn strip_to_shape(s: &mut Value) {
     if let Some(a) = o.get_mut("allOf").and_then(|a| a.as_array_mut()) {
         a.iter_mut().for_each(strip_to_shape);
     }
-}
-
-/// The definitions of built-in kinds (with patch and list-type extensions), for walking objects
-/// by their schema (server-side apply).
-pub fn builtin_defs() -> &'static Map<String, Value> {
-    &shapes().defs
-}
-
-/// The definition of a built-in kind.
-pub fn builtin_def(r: &Resource) -> Option<&'static Value> {
-    let b = shapes();
-    b.kinds
-        .iter()
-        .find(|((g, v, k), _)| g == &*r.group && v == &*r.version && k == &*r.kind)
-        .and_then(|(_, n)| b.defs.get(n))
 }
 
 fn refs_in(v: &Value, out: &mut Vec<String>) {
@@ -426,11 +420,6 @@ fn build_base() -> Base {
         let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
         v3.insert(key, (text, hash));
     }
-    let index: Map<String, Value> = v3
-        .iter()
-        .map(|(k, (_, h))| (k.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{k}?hash={h}")})))
-        .collect();
-    let _ = index;
     let mut v2_paths = Map::new();
     for (r, n) in &names {
         v2_paths.extend(paths_for(r, n, false));
