@@ -9,6 +9,7 @@ pub mod api;
 #[cfg(feature = "bench")]
 pub mod bench_support;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod controllers;
 pub mod pki;

@@ -23,7 +23,7 @@ pub struct AgentCredentials {
 
 /// Runs the agent of a server's own node, with API credentials the server issued in-process.
 pub async fn run(node: NodeConfig, creds: AgentCredentials, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let client = kube::Client::try_from(creds.kube.clone())?;
+    let client = crate::client::new(creds.kube.clone())?;
     // Starts (or connects to) containerd and imports `<data-dir>/agent/images/*.tar`.
     let rt = runtime::node::start(&node, shutdown.clone()).await?;
     let version = match rt.runtime.client().version().version(()).await {

@@ -261,7 +261,10 @@ pub async fn serve(
                 .unwrap_or_else(User::anonymous);
             let svc = hyper_util::service::TowerToHyperService::new(app.layer(Extension(user)));
             let io = hyper_util::rt::TokioIo::new(tls);
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            // kube-apiserver's per-connection stream limit (client-go multiplexes a component's
+            // watches and requests over one connection).
+            builder.http2().max_concurrent_streams(250);
             let conn = builder.serve_connection_with_upgrades(io, svc);
             tokio::select! {
                 r = conn => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended with error") },

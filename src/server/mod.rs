@@ -211,8 +211,8 @@ pub async fn start(
     };
     let cm_kc = client_for("system:kube-controller-manager", vec![], "client-controller")?;
     let sched_kc = client_for("system:kube-scheduler", vec![], "client-scheduler")?;
-    let cm = kube::Client::try_from(kube_config(&cm_kc).await?)?;
-    let sched = kube::Client::try_from(kube_config(&sched_kc).await?)?;
+    let cm = crate::client::new(kube_config(&cm_kc).await?)?;
+    let sched = crate::client::new(kube_config(&sched_kc).await?)?;
     let mut ccfg = crate::controllers::ControllerConfig::new(
         cfg.node.cluster_cidr,
         pki.server_ca.cert_pem.clone(),
