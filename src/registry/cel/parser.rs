@@ -786,7 +786,7 @@ impl Parser<'_> {
         let Some(kind) = kind else {
             // Namespaced functions (`optional.of(x)`, `sets.contains(a, b)`) are global calls.
             if let Expr::Ident(_, ns) = &target {
-                if matches!(&**ns, "optional" | "sets") {
+                if matches!(&**ns, "optional" | "sets") || (&**ns == "ip" && name == "isCanonical") {
                     return Ok(Expr::Call { pos, target: None, func: format!("{ns}.{name}").into(), args });
                 }
             }
