@@ -137,6 +137,12 @@ impl Env {
     pub fn new(vars: Vec<(Arc<str>, Ty)>) -> Env {
         Env { vars }
     }
+    pub fn push(&mut self, n: Arc<str>, t: Ty) {
+        self.vars.push((n, t));
+    }
+    pub fn pop(&mut self) {
+        self.vars.pop();
+    }
     fn get(&self, n: &str) -> Option<&Ty> {
         self.vars.iter().rev().find(|(v, _)| &**v == n).map(|(_, t)| t)
     }

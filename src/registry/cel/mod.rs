@@ -11,6 +11,7 @@
 //! offer none of the three, and `cel-interpreter` 0.9 panics on `1 / 0` and on overflow.
 
 pub mod check;
+pub mod cost;
 pub mod eval;
 pub mod library;
 pub mod net;
@@ -68,6 +69,12 @@ impl Program {
         }
         let uses_old_self = expr.references("oldSelf");
         Ok(Program { expr, uses_old_self })
+    }
+
+    /// The estimated worst-case cost of one evaluation, with each variable's type and the size
+    /// bounds of its schema node (see [`cost`]).
+    pub fn estimated_cost(&self, vars: &[(&str, Ty, Option<Arc<cost::Sz>>)]) -> u64 {
+        cost::estimate(&self.expr, vars)
     }
 
     /// Evaluates with `vars` bound, charging `meter`.
