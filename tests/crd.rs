@@ -445,11 +445,12 @@ fn cel_rules_and_list_types_behave_as_upstream() {
             && err.contains("spec.validation.openAPIV3Schema: Forbidden: x-kubernetes-validations estimated rule cost total for entire OpenAPIv3 schema exceeds budget"),
         "{err}"
     );
-    let bounded = costly.replace(
-        "                type: array\n                x-kubernetes-validations:",
-        "                type: array\n                maxItems: 50\n                x-kubernetes-validations:",
-    )
-    .replace("                items: {type: string}\n", "                items: {type: string, maxLength: 63}\n");
+    let bounded = costly
+        .replace(
+            "                type: array\n                x-kubernetes-validations:",
+            "                type: array\n                maxItems: 50\n                x-kubernetes-validations:",
+        )
+        .replace("                items: {type: string}\n", "                items: {type: string, maxLength: 63}\n");
     let (okk, _, err) = k_stdin(&s, &["apply", "--dry-run=server", "-f", "-"], Some(&bounded));
     assert!(okk, "the bounded rule was refused: {err}");
 

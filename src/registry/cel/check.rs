@@ -480,6 +480,12 @@ fn global_type(pos: usize, f: &str, args: &[Ty]) -> Result<Ty, Issue> {
         "quantity" => one(&|t| matches!(t, Ty::String), Ty::Quantity),
         "isQuantity" => one(&|t| matches!(t, Ty::String), Ty::Bool),
         "ip" => one(&|t| matches!(t, Ty::String), Ty::Ip),
+        "strings.quote" => one(&|t| matches!(t, Ty::String), Ty::String),
+        "format.named" => one(&|t| matches!(t, Ty::String), Ty::Optional(Box::new(Ty::Format))),
+        n if n.strip_prefix("format.").is_some_and(|n| super::formats::NAMES.contains(&n)) => match args {
+            [] => Ok(Ty::Format),
+            _ => no_match(pos, f, &a),
+        },
         "cidr" => one(&|t| matches!(t, Ty::String), Ty::Cidr),
         "url" => one(&|t| matches!(t, Ty::String), Ty::Url),
         "isIP" | "isCIDR" | "isURL" | "ip.isCanonical" => one(&|t| matches!(t, Ty::String), Ty::Bool),
@@ -572,6 +578,8 @@ const METHODS: &[&str] = &[
     "major",
     "minor",
     "patch",
+    "format",
+    "validate",
 ];
 
 fn member_type(pos: usize, f: &str, t: &Ty, args: &[Ty]) -> Result<Ty, Issue> {
@@ -608,6 +616,8 @@ fn member_type(pos: usize, f: &str, t: &Ty, args: &[Ty]) -> Result<Ty, Issue> {
             "ip" => Ty::Ip,
             "masked" => Ty::Cidr,
             "getQuery" => Ty::Map(Box::new(Ty::String), Box::new(Ty::List(Box::new(Ty::String)))),
+            "format" => Ty::String,
+            "validate" => Ty::Optional(Box::new(Ty::List(Box::new(Ty::String)))),
             _ => Ty::Dyn,
         }),
         (Ty::String | Ty::Bytes | Ty::List(_) | Ty::Map(..) | Ty::Object(_), "size", []) => Some(Ty::Int),
@@ -664,6 +674,10 @@ fn member_type(pos: usize, f: &str, t: &Ty, args: &[Ty]) -> Result<Ty, Issue> {
         (Ty::Url, "getScheme" | "getHost" | "getHostname" | "getPort" | "getEscapedPath", []) => Some(Ty::String),
         (Ty::Url, "getQuery", []) => Some(Ty::Map(Box::new(Ty::String), Box::new(Ty::List(Box::new(Ty::String))))),
         (Ty::Semver, "major" | "minor" | "patch", []) => Some(Ty::Int),
+        (Ty::String, "format", [Ty::List(_) | Ty::Dyn]) => Some(Ty::String),
+        (Ty::Format, "validate", [Ty::String | Ty::Dyn]) => {
+            Some(Ty::Optional(Box::new(Ty::List(Box::new(Ty::String)))))
+        }
         (Ty::Semver, "isLessThan" | "isGreaterThan", [Ty::Semver | Ty::Dyn]) => Some(Ty::Bool),
         (Ty::Semver, "compareTo", [Ty::Semver | Ty::Dyn]) => Some(Ty::Int),
         _ => None,

@@ -50,6 +50,9 @@ fn global(name: &str, mut args: Vec<Val>, meter: &mut Meter) -> R<Val> {
             _ => no_overload(),
         };
     }
+    if let Some(f) = name.strip_prefix("format.") {
+        return super::formats::global(f, &args);
+    }
     if matches!(name, "semver" | "isSemver") {
         let (text, normalize) = match args.as_slice() {
             [Val::Str(s)] => (s.clone(), false),
@@ -79,6 +82,7 @@ fn global(name: &str, mut args: Vec<Val>, meter: &mut Meter) -> R<Val> {
             "isCIDR" => return Ok(Val::Bool(net::is_cidr(s))),
             "url" => return net::parse_url(s).map(|u| Val::Url(Arc::new(u))).map_err(EvalError::Msg),
             "isURL" => return Ok(Val::Bool(net::is_url(s))),
+            "strings.quote" => return Ok(Val::str(&net::go_quote(s))),
             _ => {}
         }
     }
@@ -334,6 +338,11 @@ fn member(name: &str, t: Val, args: Vec<Val>, meter: &mut Meter) -> R<Val> {
             timestamp_field(*ts, f, tz.as_deref())
         }
         (Val::Quantity(q), f, rest) => quantity_call(q, f, rest),
+        (Val::Str(s), "format", [Val::List(l)]) => {
+            meter.charge(l.items.len() as u64)?;
+            super::formats::format(s, &l.items)
+        }
+        (Val::Format(n), "validate", [Val::Str(s)]) => Ok(super::formats::validate_call(n, s)),
         (Val::Ip(a), f, []) => Ok(match f {
             "family" => Val::Int(if a.is_ipv4() { 4 } else { 6 }),
             "isUnspecified" => Val::Bool(a.is_unspecified()),

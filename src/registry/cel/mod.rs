@@ -13,6 +13,7 @@
 pub mod check;
 pub mod cost;
 pub mod eval;
+pub mod formats;
 pub mod library;
 pub mod net;
 pub mod parser;
@@ -312,6 +313,56 @@ mod tests {
         assert!(compile_err("semver('1.0.0').isLessThan('2.0.0')")
             .contains("found no matching overload for 'isLessThan' applied to 'kubernetes.Semver.(string)'"));
         assert!(compile_err("semver('1.0.0', 'yes').major() == 1").contains("applied to '(string, string)'"));
+    }
+
+    #[test]
+    fn strings_format_quote_and_the_format_library() {
+        let o = json!({"name": "web-1", "replicas": 3, "tags": ["a"]});
+        yes("'%s has %d replicas'.format([self.name, self.replicas]) == 'web-1 has 3 replicas'", o.clone());
+        yes("'%.2f|%x|%b|%o|%%'.format([1.5, 255, 5, 8]) == '1.50|ff|101|10|%'", o.clone());
+        yes("'%s'.format([self.tags]) == '[\"a\"]'", o.clone());
+        no("'%d'.format([1]) == '2'", o.clone());
+        assert_eq!(run("'%d %d'.format([1]) == ''", o.clone()).unwrap_err(), "Msg(\"index 1 out of range\")");
+        yes("strings.quote('say \"hi\"\\n') == '\"say \\\\\"hi\\\\\"\\\\n\"'", o.clone());
+        yes("!format.dns1123Label().validate(self.name).hasValue()", o.clone());
+        yes("format.dns1123Label().validate('Web_1').value()[0].startsWith('a lowercase RFC 1123 label')", o.clone());
+        yes("format.named('dns1123Subdomain').hasValue() && !format.named('nope').hasValue()", o.clone());
+        yes(
+            "format.named('uuid').value().validate('123e4567-e89b-12d3-a456-426614174000') == optional.none()",
+            o.clone(),
+        );
+        yes(
+            "format.qualifiedName().validate('a/b/c').hasValue() && !format.labelValue().validate('').hasValue()",
+            o.clone(),
+        );
+        no("format.uri().validate('https://example.com').hasValue()", o.clone());
+        assert!(compile_err("'%d'.format(1) == ''")
+            .contains("found no matching overload for 'format' applied to 'string.(int)'"));
+        assert!(compile_err("format.dns1123Label().validate(1).hasValue()")
+            .contains("found no matching overload for 'validate' applied to 'kubernetes.NamedFormat.(int)'"));
+        assert!(compile_err("format.named(1).hasValue()")
+            .contains("found no matching overload for 'format.named' applied to '(int)'"));
+        assert!(compile_err("strings.quote(1) == ''")
+            .contains("found no matching overload for 'strings.quote' applied to '(int)'"));
+        assert!(compile_err("format.bogus().validate('x').hasValue()").contains("undeclared reference to 'format'"));
+    }
+
+    #[test]
+    fn no_rule_text_panics() {
+        // Every prefix of rules using the new functions, checked and (when they compile) run.
+        let rules = [
+            "cidr('10.0.0.0/8').containsCIDR('10.1.0.0/16') && ip('fe80::1').isLinkLocalUnicast()",
+            "url('https://[::1]:80/%zz?a=%zz;b&c').getQuery().size() >= 0",
+            "semver('1.0.0-rc.1+b', true).compareTo(semver('v1', true)) < 0",
+            "'%.200f%e%X%'.format([1.0, dyn('x'), 'é', 1]) != '' && format.dns1123LabelPrefix().validate('é-').hasValue()",
+        ];
+        let o = json!({"name": "x"});
+        for r in rules {
+            for (i, _) in r.char_indices() {
+                let _ = run(&r[..i], o.clone());
+            }
+            let _ = run(r, o.clone());
+        }
     }
 
     #[test]
