@@ -431,6 +431,29 @@ fn cel_rules_and_list_types_behave_as_upstream() {
     let (okk, _, err) = k_stdin(&s, &["apply", "-f", "-"], Some(&typo));
     assert!(!okk && err.contains("undefined field 'maxReplica'"), "{err}");
 
+    // A rule whose estimated cost is over budget refuses the CRD (422, upstream's words); bounding
+    // the list and its strings makes the same rule acceptable.
+    let costly = RULES_CRD.replace(
+        "              tags:\n                type: array\n",
+        "              tags:\n                type: array\n                x-kubernetes-validations:\n                - rule: self.all(t, t.matches('^[a-z]+$'))\n",
+    );
+    assert!(costly.contains("t.matches"), "the replacement applied");
+    let (okk, _, err) = k_stdin(&s, &["apply", "-f", "-"], Some(&costly));
+    assert!(!okk, "a CRD with an unbounded rule was accepted");
+    assert!(
+        err.contains("spec.validation.openAPIV3Schema.properties[spec].properties[tags].x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of more than 100x (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)")
+            && err.contains("spec.validation.openAPIV3Schema: Forbidden: x-kubernetes-validations estimated rule cost total for entire OpenAPIv3 schema exceeds budget"),
+        "{err}"
+    );
+    let bounded = costly
+        .replace(
+            "                type: array\n                x-kubernetes-validations:",
+            "                type: array\n                maxItems: 50\n                x-kubernetes-validations:",
+        )
+        .replace("                items: {type: string}\n", "                items: {type: string, maxLength: 63}\n");
+    let (okk, _, err) = k_stdin(&s, &["apply", "--dry-run=server", "-f", "-"], Some(&bounded));
+    assert!(okk, "the bounded rule was refused: {err}");
+
     ok_stdin(&s, &["apply", "-f", "-"], RULES_CRD);
     ok(&s, &["wait", "--for=condition=Established", "crd/widgets.cel.example.com", "--timeout=20s"]);
     eventually("widgets in api-resources", || {

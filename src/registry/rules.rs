@@ -412,10 +412,79 @@ fn go_rule(r: &Value) -> String {
     )
 }
 
+/// The estimated cost of a CRD's rules together (apiextensions' `TotalCost`): the sum, and the
+/// most expensive rules (at most 4, each at least 1% of the CRD limit) to name when the sum is
+/// over the limit.
+#[derive(Default)]
+struct TotalCost {
+    total: u64,
+    most_expensive: Vec<(String, u64)>,
+}
+
+impl TotalCost {
+    fn observe(&mut self, path: String, cost: u64) {
+        self.total = self.total.saturating_add(cost);
+        if cost < cel::cost::STATIC_ESTIMATED_CRD_COST_LIMIT / 100 {
+            return;
+        }
+        self.most_expensive.push((path, cost));
+        self.most_expensive.sort_by_key(|e| std::cmp::Reverse(e.1));
+        self.most_expensive.truncate(4);
+    }
+}
+
+fn forbidden(field: String, detail: String) -> Cause {
+    Cause { reason: "FieldValueForbidden", field, message: format!("Forbidden: {detail}") }
+}
+
 /// Checks the rules of a CRD version's schema, pushing causes under `base`
 /// (`spec.validation.openAPIV3Schema`). `uncorrelatable` is the path of the nearest enclosing
 /// list whose elements have no identity (transition rules cannot be used below it).
+///
+/// Each rule's estimated cost, times the number of times it can run (the product of the
+/// enclosing lists' maxItems and maps' maxProperties, or what fits in a request where one is
+/// unbounded), must stay within apiextensions' per-rule limit, and all of them together within
+/// the per-CRD limit.
 pub fn check_crd_rules(s: &Value, path: &str, resource: bool, uncorrelatable: Option<&str>, out: &mut Vec<Cause>) {
+    let mut total = TotalCost::default();
+    check_node(s, path, resource, uncorrelatable, Some(1), &mut total, out);
+    if total.total > cel::cost::STATIC_ESTIMATED_CRD_COST_LIMIT {
+        for (p, _) in &total.most_expensive {
+            out.push(forbidden(
+                p.clone(),
+                "contributed to estimated rule cost total exceeding cost limit for entire OpenAPIv3 schema".into(),
+            ));
+        }
+        out.push(forbidden(
+            path.to_string(),
+            cel::cost::cost_error_message(
+                "x-kubernetes-validations estimated rule cost total for entire OpenAPIv3 schema",
+                total.total,
+                cel::cost::STATIC_ESTIMATED_CRD_COST_LIMIT,
+            ),
+        ));
+    }
+}
+
+/// The estimated cost of a compiled rule at node `s`, without and with its cardinality.
+fn rule_cost(p: &Program, s: &Value, resource: bool, t: &Ty, optional: bool, cardinality: Option<u64>) -> (u64, u64) {
+    let sz = cel::cost::schema_sizes(s, resource);
+    let old = if optional { Ty::Optional(Box::new(t.clone())) } else { t.clone() };
+    let raw = p.estimated_cost(&[("self", t.clone(), sz.clone()), ("oldSelf", old, sz.clone())]);
+    let card = cardinality.unwrap_or_else(|| cel::cost::max_cardinality(sz.as_ref().map_or(0, |z| z.min_size)));
+    (raw, if raw == 0 { 0 } else { raw.saturating_mul(card) })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_node(
+    s: &Value,
+    path: &str,
+    resource: bool,
+    uncorrelatable: Option<&str>,
+    cardinality: Option<u64>,
+    total: &mut TotalCost,
+    out: &mut Vec<Cause>,
+) {
     if let Some(rules) = s.get("x-kubernetes-validations").and_then(|r| r.as_array()) {
         let before = out.len();
         let ty = cel::check::schema_type(s, resource);
@@ -498,6 +567,18 @@ pub fn check_crd_rules(s: &Value, path: &str, resource: bool, uncorrelatable: Op
                         out.push(Cause::invalid_shown(format!("{base}.rule"), &go_rule(r), &rule_error_detail(&e, "")))
                     }
                     Ok(p) => {
+                        let (_, cost) = rule_cost(&p, s, resource, t, optional, cardinality);
+                        if cost > cel::cost::STATIC_ESTIMATED_COST_LIMIT {
+                            out.push(forbidden(
+                                format!("{base}.rule"),
+                                cel::cost::cost_error_message(
+                                    "estimated rule cost",
+                                    cost,
+                                    cel::cost::STATIC_ESTIMATED_COST_LIMIT,
+                                ),
+                            ));
+                        }
+                        total.observe(format!("{base}.rule"), cost);
                         if p.uses_old_self {
                             if let Some(u) = uncorrelatable {
                                 out.push(Cause::invalid(
@@ -518,26 +599,45 @@ pub fn check_crd_rules(s: &Value, path: &str, resource: bool, uncorrelatable: Op
                     }
                 }
                 if let Some(m) = r.get("messageExpression").and_then(|x| x.as_str()).filter(|m| !m.trim().is_empty()) {
-                    if let Err(e) = compile(m, t, optional, Want::String) {
-                        out.push(Cause::invalid_shown(
+                    match compile(m, t, optional, Want::String) {
+                        Err(e) => out.push(Cause::invalid_shown(
                             format!("{base}.messageExpression"),
                             &go_rule(r),
                             &rule_error_detail(&e, "messageExpression"),
-                        ));
+                        )),
+                        Ok(p) => {
+                            // Upstream does not multiply a message's cost by the cardinality.
+                            let (cost, _) = rule_cost(&p, s, resource, t, optional, cardinality);
+                            if cost > cel::cost::STATIC_ESTIMATED_COST_LIMIT {
+                                out.push(forbidden(
+                                    format!("{base}.messageExpression"),
+                                    cel::cost::cost_error_message(
+                                        "estimated messageExpression cost",
+                                        cost,
+                                        cel::cost::STATIC_ESTIMATED_COST_LIMIT,
+                                    ),
+                                ));
+                            }
+                            total.observe(format!("{base}.messageExpression"), cost);
+                        }
                     }
                 }
             }
         }
     }
+    // How many times each child can occur per occurrence of this node's value.
+    let child_cardinality = cardinality.zip(cel::cost::max_elements(s)).map(|(a, b)| a.saturating_mul(b));
     for (k, ps) in s.get("properties").and_then(|p| p.as_object()).into_iter().flatten() {
         if resource && k == "metadata" {
             continue;
         }
-        check_crd_rules(
+        check_node(
             ps,
             &format!("{path}.properties[{k}]"),
             flag(ps, "x-kubernetes-embedded-resource"),
             uncorrelatable,
+            child_cardinality,
+            total,
             out,
         );
     }
@@ -549,14 +649,24 @@ pub fn check_crd_rules(s: &Value, path: &str, resource: bool, uncorrelatable: Op
         } else {
             Some(uncorrelatable.map(String::from).unwrap_or(items_path.clone()))
         };
-        check_crd_rules(items, &items_path, flag(items, "x-kubernetes-embedded-resource"), unc.as_deref(), out);
+        check_node(
+            items,
+            &items_path,
+            flag(items, "x-kubernetes-embedded-resource"),
+            unc.as_deref(),
+            child_cardinality,
+            total,
+            out,
+        );
     }
     if let Some(a) = s.get("additionalProperties").filter(|a| a.is_object()) {
-        check_crd_rules(
+        check_node(
             a,
             &format!("{path}.additionalProperties"),
             flag(a, "x-kubernetes-embedded-resource"),
             uncorrelatable,
+            child_cardinality,
+            total,
             out,
         );
     }
@@ -673,6 +783,79 @@ mod tests {
             "{m:#?}"
         );
         assert_eq!(m.len(), 4, "{m:#?}");
+    }
+
+    fn crd_causes(s: &Value) -> Vec<String> {
+        let mut out = Vec::new();
+        check_crd_rules(s, "spec.validation.openAPIV3Schema", true, None, &mut out);
+        out.iter().map(|c| format!("{}: {}", c.field, c.message)).collect()
+    }
+
+    fn names_schema(names: Value) -> Value {
+        json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {"names": names}}}})
+    }
+
+    #[test]
+    fn crd_rules_over_the_estimated_cost_budget_are_forbidden() {
+        let hint = "(try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)";
+        let base =
+            "spec.validation.openAPIV3Schema.properties[spec].properties[names].x-kubernetes-validations[0].rule";
+        let rule = json!([{"rule": "self.all(x, x.matches('^[a-z]+$'))"}]);
+        let unbounded =
+            names_schema(json!({"type": "array", "items": {"type": "string"}, "x-kubernetes-validations": rule}));
+        assert_eq!(
+            crd_causes(&unbounded),
+            vec![
+                format!("{base}: Forbidden: estimated rule cost exceeds budget by factor of more than 100x {hint}"),
+                format!("{base}: Forbidden: contributed to estimated rule cost total exceeding cost limit for entire OpenAPIv3 schema"),
+                format!("spec.validation.openAPIV3Schema: Forbidden: x-kubernetes-validations estimated rule cost total for entire OpenAPIv3 schema exceeds budget by factor of more than 100x {hint}"),
+            ]
+        );
+        let bounded = names_schema(json!({"type": "array", "maxItems": 100,
+            "items": {"type": "string", "maxLength": 63}, "x-kubernetes-validations": rule}));
+        assert_eq!(crd_causes(&bounded), Vec::<String>::new());
+
+        // A cheap rule on the items of an unbounded list still runs once per item that fits in a
+        // request: 53 units × 1,048,576 items.
+        let items_base =
+            "spec.validation.openAPIV3Schema.properties[spec].properties[names].items.x-kubernetes-validations[0].rule";
+        let per_item = |list: Value| {
+            let mut l = list;
+            l["items"] = json!({"type": "string", "maxLength": 63, "x-kubernetes-validations": [{"rule": "self.matches('^[a-z]+$')"}]});
+            crd_causes(&names_schema(l))
+        };
+        assert_eq!(
+            per_item(json!({"type": "array"})),
+            vec![format!("{items_base}: Forbidden: estimated rule cost exceeds budget by factor of 5.6x {hint}")]
+        );
+        assert!(per_item(json!({"type": "array", "maxItems": 1000})).is_empty());
+
+        // A messageExpression is estimated too.
+        let msg = names_schema(json!({"type": "array", "maxItems": 10, "items": {"type": "string"},
+            "x-kubernetes-validations": [{"rule": "self.size() > 0",
+                "messageExpression": "self.map(x, x.findAll('[a-z]+').join(',')).join(';')"}]}));
+        let m = crd_causes(&msg);
+        assert!(
+            m[0].starts_with("spec.validation.openAPIV3Schema.properties[spec].properties[names].x-kubernetes-validations[0].messageExpression: Forbidden: estimated messageExpression cost exceeds budget by factor of"),
+            "{m:#?}"
+        );
+
+        // Rules that are each within budget can still be too many together.
+        let many: Vec<Value> = (0..17).map(|i| json!({"rule": format!("self.all(x, x.size() > {i})")})).collect();
+        let total =
+            names_schema(json!({"type": "array", "items": {"type": "string"}, "x-kubernetes-validations": many}));
+        let m = crd_causes(&total);
+        assert!(m.last().unwrap().starts_with("spec.validation.openAPIV3Schema: Forbidden: x-kubernetes-validations estimated rule cost total for entire OpenAPIv3 schema exceeds budget by factor of 1."), "{m:#?}");
+        assert_eq!(
+            m.iter()
+                .filter(|x| x.ends_with(
+                    "contributed to estimated rule cost total exceeding cost limit for entire OpenAPIv3 schema"
+                ))
+                .count(),
+            4,
+            "{m:#?}"
+        );
+        assert!(!m.iter().any(|x| x.contains("estimated rule cost exceeds budget")), "{m:#?}");
     }
 
     #[test]

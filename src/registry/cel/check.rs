@@ -34,6 +34,12 @@ pub enum Ty {
     Optional(Box<Ty>),
     Type,
     Quantity,
+    /// `net.IP`, `net.CIDR`, `kubernetes.URL`, `kubernetes.Semver`, `kubernetes.NamedFormat`.
+    Ip,
+    Cidr,
+    Url,
+    Semver,
+    Format,
 }
 
 impl fmt::Display for Ty {
@@ -55,6 +61,11 @@ impl fmt::Display for Ty {
             Ty::Optional(t) => write!(f, "optional_type({t})"),
             Ty::Type => write!(f, "type"),
             Ty::Quantity => write!(f, "kubernetes.Quantity"),
+            Ty::Ip => write!(f, "net.IP"),
+            Ty::Cidr => write!(f, "net.CIDR"),
+            Ty::Url => write!(f, "kubernetes.URL"),
+            Ty::Semver => write!(f, "kubernetes.Semver"),
+            Ty::Format => write!(f, "kubernetes.NamedFormat"),
         }
     }
 }
@@ -126,6 +137,12 @@ impl Env {
     pub fn new(vars: Vec<(Arc<str>, Ty)>) -> Env {
         Env { vars }
     }
+    pub fn push(&mut self, n: Arc<str>, t: Ty) {
+        self.vars.push((n, t));
+    }
+    pub fn pop(&mut self) {
+        self.vars.pop();
+    }
     fn get(&self, n: &str) -> Option<&Ty> {
         self.vars.iter().rev().find(|(v, _)| &**v == n).map(|(_, t)| t)
     }
@@ -189,6 +206,9 @@ pub fn check(e: &Expr, env: &mut Env) -> Result<Ty, Issue> {
             },
         },
         Expr::Select { pos, operand, field, test, optional } => {
+            if is_net_type(operand, field, |n| env.get(n).is_some()) {
+                return Ok(Ty::Type);
+            }
             let t = check(operand, env)?;
             let ft = select_type(*pos, &t, field)?;
             Ok(if *test {
@@ -339,6 +359,11 @@ pub fn check(e: &Expr, env: &mut Env) -> Result<Ty, Issue> {
     }
 }
 
+/// `net.IP` and `net.CIDR` name types (unless `net` is a variable).
+pub fn is_net_type(operand: &Expr, field: &str, bound: impl Fn(&str) -> bool) -> bool {
+    matches!(operand, Expr::Ident(_, n) if &**n == "net" && !bound("net")) && matches!(field, "IP" | "CIDR")
+}
+
 fn select_type(pos: usize, t: &Ty, field: &str) -> Result<Ty, Issue> {
     match t {
         Ty::Object(fields) => match fields.get(field) {
@@ -434,7 +459,16 @@ fn global_type(pos: usize, f: &str, args: &[Ty]) -> Result<Ty, Issue> {
             &|t| {
                 matches!(
                     t,
-                    Ty::Int | Ty::Uint | Ty::Double | Ty::String | Ty::Bytes | Ty::Bool | Ty::Duration | Ty::Timestamp
+                    Ty::Int
+                        | Ty::Uint
+                        | Ty::Double
+                        | Ty::String
+                        | Ty::Bytes
+                        | Ty::Bool
+                        | Ty::Duration
+                        | Ty::Timestamp
+                        | Ty::Ip
+                        | Ty::Cidr
                 )
             },
             Ty::String,
@@ -445,6 +479,23 @@ fn global_type(pos: usize, f: &str, args: &[Ty]) -> Result<Ty, Issue> {
         "timestamp" => one(&|t| matches!(t, Ty::String | Ty::Timestamp | Ty::Int), Ty::Timestamp),
         "quantity" => one(&|t| matches!(t, Ty::String), Ty::Quantity),
         "isQuantity" => one(&|t| matches!(t, Ty::String), Ty::Bool),
+        "ip" => one(&|t| matches!(t, Ty::String), Ty::Ip),
+        "strings.quote" => one(&|t| matches!(t, Ty::String), Ty::String),
+        "format.named" => one(&|t| matches!(t, Ty::String), Ty::Optional(Box::new(Ty::Format))),
+        n if n.strip_prefix("format.").is_some_and(|n| super::formats::NAMES.contains(&n)) => match args {
+            [] => Ok(Ty::Format),
+            _ => no_match(pos, f, &a),
+        },
+        "cidr" => one(&|t| matches!(t, Ty::String), Ty::Cidr),
+        "url" => one(&|t| matches!(t, Ty::String), Ty::Url),
+        "isIP" | "isCIDR" | "isURL" | "ip.isCanonical" => one(&|t| matches!(t, Ty::String), Ty::Bool),
+        "semver" | "isSemver" => {
+            let out = if f == "semver" { Ty::Semver } else { Ty::Bool };
+            match args {
+                [s] | [s, Ty::Bool | Ty::Dyn] if matches!(s, Ty::String | Ty::Dyn) => Ok(out),
+                _ => no_match(pos, f, &a),
+            }
+        }
         "dyn" => one(&|_| true, Ty::Dyn),
         "type" => one(&|_| true, Ty::Type),
         "optional.of" | "optional.ofNonZeroValue" => match args {
@@ -507,6 +558,28 @@ const METHODS: &[&str] = &[
     "isInteger",
     "add",
     "sub",
+    "family",
+    "isUnspecified",
+    "isLoopback",
+    "isLinkLocalMulticast",
+    "isLinkLocalUnicast",
+    "isGlobalUnicast",
+    "containsIP",
+    "containsCIDR",
+    "ip",
+    "masked",
+    "prefixLength",
+    "getScheme",
+    "getHost",
+    "getHostname",
+    "getPort",
+    "getEscapedPath",
+    "getQuery",
+    "major",
+    "minor",
+    "patch",
+    "format",
+    "validate",
 ];
 
 fn member_type(pos: usize, f: &str, t: &Ty, args: &[Ty]) -> Result<Ty, Issue> {
@@ -519,13 +592,32 @@ fn member_type(pos: usize, f: &str, t: &Ty, args: &[Ty]) -> Result<Ty, Issue> {
     let i = &Ty::Int;
     let out = match (t, f, args) {
         (Ty::Dyn, _, _) => Some(match f {
-            "contains" | "startsWith" | "endsWith" | "matches" | "isSorted" | "hasValue" | "isLessThan"
-            | "isGreaterThan" | "isInteger" => Ty::Bool,
-            "size" | "indexOf" | "lastIndexOf" | "compareTo" | "sign" | "asInteger" => Ty::Int,
-            "lowerAscii" | "upperAscii" | "trim" | "reverse" | "charAt" | "substring" | "replace" | "join" | "find" => {
-                Ty::String
-            }
+            "contains"
+            | "startsWith"
+            | "endsWith"
+            | "matches"
+            | "isSorted"
+            | "hasValue"
+            | "isLessThan"
+            | "isGreaterThan"
+            | "isInteger"
+            | "isUnspecified"
+            | "isLoopback"
+            | "isLinkLocalMulticast"
+            | "isLinkLocalUnicast"
+            | "isGlobalUnicast"
+            | "containsIP"
+            | "containsCIDR" => Ty::Bool,
+            "size" | "indexOf" | "lastIndexOf" | "compareTo" | "sign" | "asInteger" | "family" | "prefixLength"
+            | "major" | "minor" | "patch" => Ty::Int,
+            "lowerAscii" | "upperAscii" | "trim" | "reverse" | "charAt" | "substring" | "replace" | "join" | "find"
+            | "getScheme" | "getHost" | "getHostname" | "getPort" | "getEscapedPath" => Ty::String,
             "split" | "findAll" => Ty::List(Box::new(Ty::String)),
+            "ip" => Ty::Ip,
+            "masked" => Ty::Cidr,
+            "getQuery" => Ty::Map(Box::new(Ty::String), Box::new(Ty::List(Box::new(Ty::String)))),
+            "format" => Ty::String,
+            "validate" => Ty::Optional(Box::new(Ty::List(Box::new(Ty::String)))),
             _ => Ty::Dyn,
         }),
         (Ty::String | Ty::Bytes | Ty::List(_) | Ty::Map(..) | Ty::Object(_), "size", []) => Some(Ty::Int),
@@ -568,6 +660,26 @@ fn member_type(pos: usize, f: &str, t: &Ty, args: &[Ty]) -> Result<Ty, Issue> {
         (Ty::Quantity, "isInteger", []) => Some(Ty::Bool),
         (Ty::Quantity, "asApproximateFloat", []) => Some(Ty::Double),
         (Ty::Quantity, "add" | "sub", [Ty::Quantity | Ty::Int | Ty::Dyn]) => Some(Ty::Quantity),
+        (Ty::Ip, "family", []) => Some(Ty::Int),
+        (
+            Ty::Ip,
+            "isUnspecified" | "isLoopback" | "isLinkLocalMulticast" | "isLinkLocalUnicast" | "isGlobalUnicast",
+            [],
+        ) => Some(Ty::Bool),
+        (Ty::Cidr, "containsIP", [Ty::Ip | Ty::String | Ty::Dyn]) => Some(Ty::Bool),
+        (Ty::Cidr, "containsCIDR", [Ty::Cidr | Ty::String | Ty::Dyn]) => Some(Ty::Bool),
+        (Ty::Cidr, "ip", []) => Some(Ty::Ip),
+        (Ty::Cidr, "masked", []) => Some(Ty::Cidr),
+        (Ty::Cidr, "prefixLength", []) => Some(Ty::Int),
+        (Ty::Url, "getScheme" | "getHost" | "getHostname" | "getPort" | "getEscapedPath", []) => Some(Ty::String),
+        (Ty::Url, "getQuery", []) => Some(Ty::Map(Box::new(Ty::String), Box::new(Ty::List(Box::new(Ty::String))))),
+        (Ty::Semver, "major" | "minor" | "patch", []) => Some(Ty::Int),
+        (Ty::String, "format", [Ty::List(_) | Ty::Dyn]) => Some(Ty::String),
+        (Ty::Format, "validate", [Ty::String | Ty::Dyn]) => {
+            Some(Ty::Optional(Box::new(Ty::List(Box::new(Ty::String)))))
+        }
+        (Ty::Semver, "isLessThan" | "isGreaterThan", [Ty::Semver | Ty::Dyn]) => Some(Ty::Bool),
+        (Ty::Semver, "compareTo", [Ty::Semver | Ty::Dyn]) => Some(Ty::Int),
         _ => None,
     };
     match out {

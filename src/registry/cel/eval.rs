@@ -83,6 +83,9 @@ pub fn eval(e: &Expr, sc: &mut Scope) -> R<Val> {
             },
         },
         Expr::Select { operand, field, test, optional, .. } => {
+            if super::check::is_net_type(operand, field, |n| sc.lookup(n).is_some()) {
+                return Ok(Val::Type(Arc::from(format!("net.{field}").as_str())));
+            }
             let v = eval(operand, sc)?;
             select(v, field, *test, *optional)
         }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
 use super::eval::{duration, err, no_overload, size_of, EvalError, Meter, R};
-use super::value::{ListVal, Val};
+use super::net;
+use super::semver::Semver;
+use super::value::{Key, ListVal, MapVal, Val};
 
 /// Calls function `name` (with `target` for the receiver-style form `x.f()`).
 pub fn call(name: &str, target: Option<Val>, args: Vec<Val>, meter: &mut Meter) -> R<Val> {
@@ -48,10 +50,42 @@ fn global(name: &str, mut args: Vec<Val>, meter: &mut Meter) -> R<Val> {
             _ => no_overload(),
         };
     }
+    if let Some(f) = name.strip_prefix("format.") {
+        return super::formats::global(f, &args);
+    }
+    if matches!(name, "semver" | "isSemver") {
+        let (text, normalize) = match args.as_slice() {
+            [Val::Str(s)] => (s.clone(), false),
+            [Val::Str(s), Val::Bool(b)] => (s.clone(), *b),
+            _ => return no_overload(),
+        };
+        let r = if normalize { Semver::parse_normalized(&text) } else { Semver::parse(&text) };
+        return match (name, r) {
+            ("semver", Ok(v)) => Ok(Val::Semver(Arc::new(v))),
+            ("semver", Err(e)) => err(e),
+            (_, r) => Ok(Val::Bool(r.is_ok())),
+        };
+    }
     if args.len() != 1 {
         return no_overload();
     }
     let v = args.remove(0);
+    if let Val::Str(s) = &v {
+        match name {
+            "ip" => return net::parse_ip(s).map(Val::Ip).map_err(EvalError::Msg),
+            "isIP" => return Ok(Val::Bool(net::parse_ip(s).is_ok())),
+            "ip.isCanonical" => {
+                let a = net::parse_ip(s).map_err(EvalError::Msg)?;
+                return Ok(Val::Bool(net::ip_string(&a) == **s));
+            }
+            "cidr" => return net::parse_cidr(s).map(|(a, b)| Val::Cidr(a, b)).map_err(EvalError::Msg),
+            "isCIDR" => return Ok(Val::Bool(net::is_cidr(s))),
+            "url" => return net::parse_url(s).map(|u| Val::Url(Arc::new(u))).map_err(EvalError::Msg),
+            "isURL" => return Ok(Val::Bool(net::is_url(s))),
+            "strings.quote" => return Ok(Val::str(&net::go_quote(s))),
+            _ => {}
+        }
+    }
     match name {
         "int" => to_int(v),
         "uint" => to_uint(v),
@@ -304,6 +338,73 @@ fn member(name: &str, t: Val, args: Vec<Val>, meter: &mut Meter) -> R<Val> {
             timestamp_field(*ts, f, tz.as_deref())
         }
         (Val::Quantity(q), f, rest) => quantity_call(q, f, rest),
+        (Val::Str(s), "format", [Val::List(l)]) => {
+            meter.charge(l.items.len() as u64)?;
+            super::formats::format(s, &l.items)
+        }
+        (Val::Format(n), "validate", [Val::Str(s)]) => Ok(super::formats::validate_call(n, s)),
+        (Val::Ip(a), f, []) => Ok(match f {
+            "family" => Val::Int(if a.is_ipv4() { 4 } else { 6 }),
+            "isUnspecified" => Val::Bool(a.is_unspecified()),
+            "isLoopback" => Val::Bool(net::is_loopback(a)),
+            "isLinkLocalMulticast" => Val::Bool(net::is_link_local_multicast(a)),
+            "isLinkLocalUnicast" => Val::Bool(net::is_link_local_unicast(a)),
+            "isGlobalUnicast" => Val::Bool(net::is_global_unicast(a)),
+            _ => return no_overload(),
+        }),
+        (Val::Cidr(n, bits), "containsIP", [x]) => {
+            let ip = match x {
+                Val::Ip(ip) => *ip,
+                Val::Str(s) => net::parse_ip(s).map_err(EvalError::Msg)?,
+                _ => return no_overload(),
+            };
+            Ok(Val::Bool(net::cidr_contains_ip(n, *bits, &ip)))
+        }
+        (Val::Cidr(n, bits), "containsCIDR", [x]) => {
+            let (o, ob) = match x {
+                Val::Cidr(o, ob) => (*o, *ob),
+                Val::Str(s) => net::parse_cidr(s).map_err(EvalError::Msg)?,
+                _ => return no_overload(),
+            };
+            Ok(Val::Bool(net::cidr_contains_cidr(n, *bits, &o, ob)))
+        }
+        (Val::Cidr(n, bits), f, []) => Ok(match f {
+            "ip" => Val::Ip(*n),
+            "masked" => Val::Cidr(net::masked(n, *bits), *bits),
+            "prefixLength" => Val::Int(i64::from(*bits)),
+            _ => return no_overload(),
+        }),
+        (Val::Url(u), f, []) => Ok(match f {
+            "getScheme" => Val::str(&u.scheme),
+            "getHost" => Val::str(&u.host),
+            "getHostname" => Val::str(u.hostname()),
+            "getPort" => Val::str(u.port()),
+            "getEscapedPath" => Val::str(&u.escaped_path()),
+            "getQuery" => {
+                let mut entries = std::collections::BTreeMap::new();
+                for (k, vs) in u.query() {
+                    entries
+                        .insert(Key::Str(Arc::from(k.as_str())), Val::list(vs.iter().map(|v| Val::str(v)).collect()));
+                }
+                Val::Map(Arc::new(MapVal { entries }))
+            }
+            _ => return no_overload(),
+        }),
+        (Val::Semver(v), f, []) => Ok(Val::Int(match f {
+            "major" => v.major as i64,
+            "minor" => v.minor as i64,
+            "patch" => v.patch as i64,
+            _ => return no_overload(),
+        })),
+        (Val::Semver(v), f, [Val::Semver(o)]) => {
+            let c = v.compare(o);
+            Ok(match f {
+                "isLessThan" => Val::Bool(c == Ordering::Less),
+                "isGreaterThan" => Val::Bool(c == Ordering::Greater),
+                "compareTo" => Val::Int(c as i64),
+                _ => return no_overload(),
+            })
+        }
         _ => no_overload(),
     }
 }
@@ -430,6 +531,8 @@ pub fn to_string(v: &Val) -> R<String> {
         Val::Type(t) => t.to_string(),
         Val::Null => "null".into(),
         Val::Quantity(q) => q.text.clone(),
+        Val::Ip(a) => net::ip_string(a),
+        Val::Cidr(a, b) => net::cidr_string(a, *b),
         _ => return no_overload(),
     })
 }

@@ -11,9 +11,13 @@
 //! offer none of the three, and `cel-interpreter` 0.9 panics on `1 / 0` and on overflow.
 
 pub mod check;
+pub mod cost;
 pub mod eval;
+pub mod formats;
 pub mod library;
+pub mod net;
 pub mod parser;
+pub mod semver;
 pub mod value;
 
 use std::sync::Arc;
@@ -66,6 +70,12 @@ impl Program {
         }
         let uses_old_self = expr.references("oldSelf");
         Ok(Program { expr, uses_old_self })
+    }
+
+    /// The estimated worst-case cost of one evaluation, with each variable's type and the size
+    /// bounds of its schema node (see [`cost`]).
+    pub fn estimated_cost(&self, vars: &[(&str, Ty, Option<Arc<cost::Sz>>)]) -> u64 {
+        cost::estimate(&self.expr, vars)
     }
 
     /// Evaluates with `vars` bound, charging `meter`.
@@ -178,6 +188,181 @@ mod tests {
         yes("isQuantity('10Mi') && !isQuantity('ten')", o.clone());
         yes("sets.contains(self.tags, ['a']) && sets.intersects(self.tags, ['c', 'z'])", o.clone());
         yes("'abc123'.find('[0-9]+') == '123' && 'a1b2'.findAll('[0-9]') == ['1', '2']", o.clone());
+    }
+
+    /// The error a rule fails to compile with.
+    fn compile_err(rule: &str) -> String {
+        let ty = check::schema_type(&schema(), false).unwrap();
+        match Program::compile(rule, &[("self", ty)], Want::Bool) {
+            Err(CompileError::Issues(s)) => s,
+            other => panic!("{rule}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ip_and_cidr_libraries() {
+        let o = json!({"name": "10.0.0.7", "tags": ["10.0.0.0/8", "192.168.0.0/16"]});
+        yes("isIP(self.name) && ip(self.name).family() == 4 && ip('::1').family() == 6", o.clone());
+        no("isIP('192.168.0.1.0') || isIP('fe80::1%eth0') || isIP('::ffff:1.2.3.4')", o.clone());
+        yes("ip.isCanonical('2001:db8::abcd') && !ip.isCanonical('2001:DB8::ABCD')", o.clone());
+        yes("ip('0.0.0.0').isUnspecified() && ip('::').isUnspecified() && !ip('::1').isUnspecified()", o.clone());
+        yes("ip('127.0.0.1').isLoopback() && ip('::1').isLoopback() && !ip('1.2.3.4').isLoopback()", o.clone());
+        yes("ip('224.0.0.1').isLinkLocalMulticast() && !ip('224.0.1.1').isLinkLocalMulticast()", o.clone());
+        yes("ip('ff02::1').isLinkLocalMulticast() && !ip('fd00::1').isLinkLocalMulticast()", o.clone());
+        yes("ip('169.254.169.254').isLinkLocalUnicast() && ip('fe80::1').isLinkLocalUnicast()", o.clone());
+        no("ip('192.168.0.1').isLinkLocalUnicast() || ip('fd80::1').isLinkLocalUnicast()", o.clone());
+        yes("ip('192.168.0.1').isGlobalUnicast() && ip('2001:db8::abcd').isGlobalUnicast()", o.clone());
+        no("ip('255.255.255.255').isGlobalUnicast() || ip('ff00::1').isGlobalUnicast()", o.clone());
+        yes("string(ip('2001:DB8::0:68')) == '2001:db8::68' && ip('1.2.3.4') == ip('1.2.3.4')", o.clone());
+        yes("ip('1.2.3.4') != ip('1.2.3.5') && type(ip('1.2.3.4')) == net.IP", o.clone());
+        yes(
+            "self.tags.exists(c, cidr(c).containsIP(self.name)) && cidr('10.0.0.0/8').containsIP(ip('10.1.2.3'))",
+            o.clone(),
+        );
+        no(
+            "cidr('192.168.0.0/24').containsIP('192.168.1.1') || cidr('2001:db8::/32').containsIP('1.2.3.4')",
+            o.clone(),
+        );
+        yes("cidr('192.168.0.0/16').containsCIDR('192.168.10.0/24') && cidr('::/0').containsCIDR(cidr('2001:db8::/32'))", o.clone());
+        no("cidr('192.168.0.0/24').containsCIDR(cidr('192.168.0.0/23'))", o.clone());
+        yes("cidr('192.168.0.1/24').ip() == ip('192.168.0.1') && cidr('192.168.0.1/24').masked() == cidr('192.168.0.0/24')", o.clone());
+        yes("cidr('192.168.0.1/24') != cidr('192.168.0.0/24') && cidr('::1/128').prefixLength() == 128", o.clone());
+        yes("string(cidr('192.168.0.1/24').masked()) == '192.168.0.0/24' && type(cidr('::/0')) == net.CIDR", o.clone());
+        yes(
+            "isCIDR('10.0.0.0/8') && !isCIDR('10.0.0.0/33') && !isCIDR('10.0.0.0') && !isCIDR('::ffff:1.2.3.4/120')",
+            o.clone(),
+        );
+        assert_eq!(
+            run("ip('127.0.0.256') == ip('1.2.3.4')", o.clone()).unwrap_err(),
+            "Msg(\"IP Address \\\"127.0.0.256\\\" parse error during conversion from string: ParseAddr(\\\"127.0.0.256\\\"): IPv4 field has value >255\")"
+        );
+        assert!(run("cidr('1.2.3.4/').prefixLength() > 0", o.clone()).unwrap_err().contains("bad bits after slash"));
+        assert!(compile_err("isIP(cidr('192.168.0.0/24'))")
+            .contains("found no matching overload for 'isIP' applied to '(net.CIDR)'"));
+        assert!(compile_err("ip('1.2.3.4').family() == 'four'")
+            .contains("found no matching overload for '_==_' applied to '(int, string)'"));
+        assert!(compile_err("cidr('10.0.0.0/8').containsIP(1)")
+            .contains("found no matching overload for 'containsIP' applied to 'net.CIDR.(int)'"));
+        assert!(compile_err("ip(self.name) == cidr('10.0.0.0/8')").contains("applied to '(net.IP, net.CIDR)'"));
+        assert!(compile_err("self.name.family() == 4").contains("applied to 'string.()'"));
+    }
+
+    #[test]
+    fn url_library() {
+        let o = json!({"name": "https://user:pw@Example.com:8443/a%20b/c?k1=a&k2=b&k2=c#frag"});
+        yes(
+            "isURL(self.name) && url(self.name).getScheme() == 'https' && url(self.name).getPort() == '8443'",
+            o.clone(),
+        );
+        yes(
+            "url(self.name).getHost() == 'Example.com:8443' && url(self.name).getHostname() == 'Example.com'",
+            o.clone(),
+        );
+        yes("url(self.name).getEscapedPath() == '/a%20b/c'", o.clone());
+        yes("url(self.name).getQuery() == {'k1': ['a'], 'k2': ['b', 'c']}", o.clone());
+        yes("url(self.name).getQuery()['k2'][1] == 'c' && url('https://e.com/p?').getQuery().size() == 0", o.clone());
+        yes(
+            "url('https://[::1]:80/').getHost() == '[::1]:80' && url('https://[::1]:80/').getHostname() == '::1'",
+            o.clone(),
+        );
+        yes("url('/absolute-path').getScheme() == '' && url('/absolute-path').getHost() == ''", o.clone());
+        yes("url('https://example.com/path with spaces/').getEscapedPath() == '/path%20with%20spaces/'", o.clone());
+        yes(
+            "url('https://example.com').getEscapedPath() == '' && url('https://example.com/').getPort() == ''",
+            o.clone(),
+        );
+        no("isURL('../relative-path') || isURL('https://a:b:c/') || isURL('')", o.clone());
+        assert_eq!(
+            run("url('../relative-path').getScheme() == ''", o.clone()).unwrap_err(),
+            "Msg(\"URL parse error during conversion from string: parse \\\"../relative-path\\\": invalid URI for request\")"
+        );
+        assert!(
+            compile_err("url(1).getScheme() == ''").contains("found no matching overload for 'url' applied to '(int)'")
+        );
+        assert!(compile_err("url(self.name).getQuery() == 'x'")
+            .contains("applied to '(map(string, list(string)), string)'"));
+        assert!(compile_err("url(self.name).getPort() == 80").contains("applied to '(string, int)'"));
+    }
+
+    #[test]
+    fn semver_library() {
+        let o = json!({"name": "1.2.3-beta.1+build.5"});
+        yes("isSemver(self.name) && semver(self.name).major() == 1 && semver(self.name).minor() == 2", o.clone());
+        yes("semver(self.name).patch() == 3 && semver(self.name).isLessThan(semver('1.2.3'))", o.clone());
+        yes(
+            "semver('1.2.3').isGreaterThan(semver('1.0.0')) && semver('1.2.3').compareTo(semver('2.0.0')) == -1",
+            o.clone(),
+        );
+        yes(
+            "semver('1.2.3').compareTo(semver('1.2.3')) == 0 && semver('1.2.3').compareTo(semver('0.1.2')) == 1",
+            o.clone(),
+        );
+        yes("semver('1.2.3+a') == semver('1.2.3+b') && semver('1.2.3') != semver('1.0.0')", o.clone());
+        yes("semver('v01.01', true) == semver('1.1.0') && isSemver('v1.0', true) && isSemver('1', true)", o.clone());
+        no(
+            "isSemver('v1.0.0') || isSemver('01.01.01') || isSemver('1.1') || isSemver(' 1.0.0') || isSemver('', true)",
+            o.clone(),
+        );
+        no("semver('1.0.0').isLessThan(semver('1.0.0')) || semver('1.0.0').isGreaterThan(semver('1.0.0'))", o.clone());
+        assert_eq!(
+            run("semver('v1.0').major() == 1", o.clone()).unwrap_err(),
+            "Msg(\"No Major.Minor.Patch elements found\")"
+        );
+        assert!(compile_err("isSemver([1, 2, 3])")
+            .contains("found no matching overload for 'isSemver' applied to '(list(int))'"));
+        assert!(compile_err("semver('1.0.0').isLessThan('2.0.0')")
+            .contains("found no matching overload for 'isLessThan' applied to 'kubernetes.Semver.(string)'"));
+        assert!(compile_err("semver('1.0.0', 'yes').major() == 1").contains("applied to '(string, string)'"));
+    }
+
+    #[test]
+    fn strings_format_quote_and_the_format_library() {
+        let o = json!({"name": "web-1", "replicas": 3, "tags": ["a"]});
+        yes("'%s has %d replicas'.format([self.name, self.replicas]) == 'web-1 has 3 replicas'", o.clone());
+        yes("'%.2f|%x|%b|%o|%%'.format([1.5, 255, 5, 8]) == '1.50|ff|101|10|%'", o.clone());
+        yes("'%s'.format([self.tags]) == '[\"a\"]'", o.clone());
+        no("'%d'.format([1]) == '2'", o.clone());
+        assert_eq!(run("'%d %d'.format([1]) == ''", o.clone()).unwrap_err(), "Msg(\"index 1 out of range\")");
+        yes("strings.quote('say \"hi\"\\n') == '\"say \\\\\"hi\\\\\"\\\\n\"'", o.clone());
+        yes("!format.dns1123Label().validate(self.name).hasValue()", o.clone());
+        yes("format.dns1123Label().validate('Web_1').value()[0].startsWith('a lowercase RFC 1123 label')", o.clone());
+        yes("format.named('dns1123Subdomain').hasValue() && !format.named('nope').hasValue()", o.clone());
+        yes(
+            "format.named('uuid').value().validate('123e4567-e89b-12d3-a456-426614174000') == optional.none()",
+            o.clone(),
+        );
+        yes(
+            "format.qualifiedName().validate('a/b/c').hasValue() && !format.labelValue().validate('').hasValue()",
+            o.clone(),
+        );
+        no("format.uri().validate('https://example.com').hasValue()", o.clone());
+        assert!(compile_err("'%d'.format(1) == ''")
+            .contains("found no matching overload for 'format' applied to 'string.(int)'"));
+        assert!(compile_err("format.dns1123Label().validate(1).hasValue()")
+            .contains("found no matching overload for 'validate' applied to 'kubernetes.NamedFormat.(int)'"));
+        assert!(compile_err("format.named(1).hasValue()")
+            .contains("found no matching overload for 'format.named' applied to '(int)'"));
+        assert!(compile_err("strings.quote(1) == ''")
+            .contains("found no matching overload for 'strings.quote' applied to '(int)'"));
+        assert!(compile_err("format.bogus().validate('x').hasValue()").contains("undeclared reference to 'format'"));
+    }
+
+    #[test]
+    fn no_rule_text_panics() {
+        // Every prefix of rules using the new functions, checked and (when they compile) run.
+        let rules = [
+            "cidr('10.0.0.0/8').containsCIDR('10.1.0.0/16') && ip('fe80::1').isLinkLocalUnicast()",
+            "url('https://[::1]:80/%zz?a=%zz;b&c').getQuery().size() >= 0",
+            "semver('1.0.0-rc.1+b', true).compareTo(semver('v1', true)) < 0",
+            "'%.200f%e%X%'.format([1.0, dyn('x'), 'é', 1]) != '' && format.dns1123LabelPrefix().validate('é-').hasValue()",
+        ];
+        let o = json!({"name": "x"});
+        for r in rules {
+            for (i, _) in r.char_indices() {
+                let _ = run(&r[..i], o.clone());
+            }
+            let _ = run(r, o.clone());
+        }
     }
 
     #[test]

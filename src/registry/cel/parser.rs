@@ -786,7 +786,14 @@ impl Parser<'_> {
         let Some(kind) = kind else {
             // Namespaced functions (`optional.of(x)`, `sets.contains(a, b)`) are global calls.
             if let Expr::Ident(_, ns) = &target {
-                if matches!(&**ns, "optional" | "sets") {
+                let namespaced = match &**ns {
+                    "optional" | "sets" => true,
+                    "ip" => name == "isCanonical",
+                    "strings" => name == "quote",
+                    "format" => name == "named" || super::formats::NAMES.contains(&name),
+                    _ => false,
+                };
+                if namespaced {
                     return Ok(Expr::Call { pos, target: None, func: format!("{ns}.{name}").into(), args });
                 }
             }

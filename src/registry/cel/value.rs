@@ -91,6 +91,16 @@ pub enum Val {
     Type(Arc<str>),
     Optional(Option<Arc<Val>>),
     Quantity(Arc<super::library::Quantity>),
+    /// `net.IP`.
+    Ip(std::net::IpAddr),
+    /// `net.CIDR`: an address (not necessarily masked) and a prefix length.
+    Cidr(std::net::IpAddr, u8),
+    /// `kubernetes.URL`.
+    Url(Arc<super::net::Url>),
+    /// `kubernetes.Semver`.
+    Semver(Arc<super::semver::Semver>),
+    /// `kubernetes.NamedFormat`, by its name in the format library (`dns1123Label`).
+    Format(&'static str),
 }
 
 /// CEL's duration range: about ±10000 years.
@@ -121,6 +131,11 @@ impl Val {
             Val::Type(_) => "type",
             Val::Optional(_) => "optional_type",
             Val::Quantity(_) => "kubernetes.Quantity",
+            Val::Ip(_) => "net.IP",
+            Val::Cidr(..) => "net.CIDR",
+            Val::Url(_) => "kubernetes.URL",
+            Val::Semver(_) => "kubernetes.Semver",
+            Val::Format(_) => "kubernetes.NamedFormat",
         }
     }
 
@@ -135,6 +150,11 @@ impl Val {
             (Val::Timestamp(a), Val::Timestamp(b)) => a == b,
             (Val::Type(a), Val::Type(b)) => a == b,
             (Val::Quantity(a), Val::Quantity(b)) => a.compare(b) == Ordering::Equal,
+            (Val::Ip(a), Val::Ip(b)) => a == b,
+            (Val::Cidr(a, x), Val::Cidr(b, y)) => a == b && x == y,
+            (Val::Url(a), Val::Url(b)) => a.text == b.text,
+            (Val::Semver(a), Val::Semver(b)) => a.compare(b) == Ordering::Equal,
+            (Val::Format(a), Val::Format(b)) => a == b,
             (Val::Optional(a), Val::Optional(b)) => match (a, b) {
                 (None, None) => true,
                 (Some(x), Some(y)) => x.equals(y),
