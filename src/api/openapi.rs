@@ -132,12 +132,9 @@ pub struct KindShape {
     pub root: String,
 }
 
-fn kind_shape(r: &Resource) -> Option<KindShape> {
-    let mut gen = schemars::generate::SchemaSettings::openapi3().into_generator();
-    let root = with_type(r, Register(&mut gen))?;
-    let mut defs = gen.take_definitions(true);
-    add_patch_extensions(&mut defs);
-    add_list_type_extensions(&mut defs);
+fn kind_shape(r: &'static Resource) -> Option<KindShape> {
+    let (mut defs, names) = generate_defs(std::slice::from_ref(r));
+    let (_, root) = names.into_iter().next()?;
     for d in defs.values_mut() {
         strip_to_shape(d);
     }
@@ -379,12 +376,13 @@ fn paths_for(r: &Resource, schema: &str, v3: bool) -> Map<String, Value> {
     out
 }
 
-/// Every built-in kind's definitions (schemars from k8s-openapi, tagged with their kinds, with
-/// the patch and list-type extensions) and each kind's definition name.
-fn generate_defs() -> (Map<String, Value>, Vec<(&'static Resource, String)>) {
+/// The definitions of built-in kinds `kinds` and all they reference (schemars from
+/// k8s-openapi, tagged with their kinds, with the patch and list-type extensions), and each
+/// kind's definition name.
+fn generate_defs(kinds: &'static [Resource]) -> (Map<String, Value>, Vec<(&'static Resource, String)>) {
     let mut gen = schemars::generate::SchemaSettings::openapi3().into_generator();
     let mut names: Vec<(&'static Resource, String)> = Vec::new();
-    for r in BUILTIN {
+    for r in kinds {
         if let Some(n) = with_type(r, Register(&mut gen)) {
             names.push((r, n));
         }
@@ -404,7 +402,7 @@ fn generate_defs() -> (Map<String, Value>, Vec<(&'static Resource, String)>) {
 }
 
 fn build_base() -> Base {
-    let (defs, names) = generate_defs();
+    let (defs, names) = generate_defs(BUILTIN);
     let info = info();
     let mut v3 = BTreeMap::new();
     for (g, v) in registry::group_versions() {

@@ -9,6 +9,7 @@ use super::eval::{err, no_overload, EvalError, R};
 use super::library::{format_g, to_string};
 use super::net::{go_quote, request_uri_error};
 use super::value::Val;
+use crate::registry::validation::{label_pattern, DNS1035_LABEL_MSG, DNS1123_LABEL_MSG, DNS1123_SUBDOMAIN_MSG};
 
 /// The format library's names, in its order.
 pub const NAMES: &[&str] = &[
@@ -27,20 +28,8 @@ pub const NAMES: &[&str] = &[
     "datetime",
 ];
 
-const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
-const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
-const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
 const QUALIFIED_NAME_MSG: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
 const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
-
-fn label_chars(s: &str, alpha_first: bool) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-        && (!alpha_first || b[0].is_ascii_lowercase())
-}
 
 fn max_len(s: &str, n: usize, out: &mut Vec<String>) {
     if s.len() > n {
@@ -51,7 +40,7 @@ fn max_len(s: &str, n: usize, out: &mut Vec<String>) {
 fn dns1123_label(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     max_len(s, 63, &mut out);
-    if !label_chars(s, false) {
+    if !label_pattern(s, false) {
         out.push(DNS1123_LABEL_MSG.into());
     }
     out
@@ -60,7 +49,7 @@ fn dns1123_label(s: &str) -> Vec<String> {
 fn dns1123_subdomain(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     max_len(s, 253, &mut out);
-    if !s.split('.').all(|p| label_chars(p, false)) {
+    if !s.split('.').all(|p| label_pattern(p, false)) {
         out.push(DNS1123_SUBDOMAIN_MSG.into());
     }
     out
@@ -69,7 +58,7 @@ fn dns1123_subdomain(s: &str) -> Vec<String> {
 fn dns1035_label(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     max_len(s, 63, &mut out);
-    if !label_chars(s, true) {
+    if !label_pattern(s, true) {
         out.push(DNS1035_LABEL_MSG.into());
     }
     out
