@@ -96,9 +96,9 @@ async fn metadata_only_lists_and_gets_return_partial_object_metadata() {
     let s = tokio::task::spawn_blocking(|| TestServer::start(&[])).await.unwrap();
     let yaml = std::fs::read_to_string(&s.kubeconfig).unwrap();
     let client = kube::Client::try_from(skiff::server::kube_config(&yaml).await.unwrap()).unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let cm: ConfigMap = serde_json::from_value(
-        serde_json::json!({"metadata": {"name": "m", "labels": {"a": "b"}}, "data": {"secret": "x"}}),
+        serde_json::json!({"metadata": {"name": "m", "labels": {"a": "b"}}, "data": {"secret": "v4lue-only-in-data"}}),
     )
     .unwrap();
     api.create(&PostParams::default(), &cm).await.unwrap();
@@ -107,6 +107,42 @@ async fn metadata_only_lists_and_gets_return_partial_object_metadata() {
     assert_eq!(list.items[0].metadata.name.as_deref(), Some("m"));
     let one = api.get_metadata("m").await.unwrap();
     assert_eq!(one.metadata.labels.unwrap().get("a").map(String::as_str), Some("b"));
+    // On the wire: metadata alone, in a PartialObjectMetadataList, for lists and watches.
+    const AS_META: &str = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+    let raw = |path: &str, accept: &str| {
+        let req = http::Request::get(path).header("accept", accept).body(Vec::new()).unwrap();
+        client.request_text(req)
+    };
+    let text = raw("/api/v1/namespaces/default/configmaps?labelSelector=a%3Db", AS_META).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["kind"], "PartialObjectMetadataList", "{text}");
+    assert_eq!(v["items"][0]["kind"], "PartialObjectMetadata", "{text}");
+    assert!(v["items"][0].get("data").is_none() && !text.contains("v4lue-only-in-data"), "{text}");
+    assert!(v["items"][0]["metadata"]["resourceVersion"].as_str().is_some_and(|r| !r.is_empty()), "{text}");
+    let rv = v["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let watch = {
+        let client = client.clone();
+        let path = format!(
+            "/api/v1/namespaces/default/configmaps?watch=1&labelSelector=a%3Db&resourceVersion={rv}&timeoutSeconds=2"
+        );
+        tokio::spawn(async move {
+            let req = http::Request::get(path.as_str())
+                .header("accept", "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1")
+                .body(Vec::new())
+                .unwrap();
+            client.request_text(req).await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut cm2 = cm.clone();
+    cm2.metadata.name = Some("m2".into());
+    api.create(&PostParams::default(), &cm2).await.unwrap();
+    let events = watch.await.unwrap().unwrap();
+    let first: serde_json::Value = serde_json::from_str(events.lines().next().unwrap_or("{}")).unwrap();
+    assert_eq!(first["type"], "ADDED", "{events}");
+    assert_eq!(first["object"]["kind"], "PartialObjectMetadata", "{events}");
+    assert_eq!(first["object"]["metadata"]["name"], "m2", "{events}");
+    assert!(!events.contains("v4lue-only-in-data"), "{events}");
     tokio::task::spawn_blocking(move || drop(s)).await.unwrap();
 }
 

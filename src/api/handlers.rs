@@ -486,10 +486,15 @@ pub async fn list_objects(req: &Req) -> ApiResult<(Vec<Value>, i64, Option<Strin
 
 /// A page of a list as JSON bytes, each item as stored but for its resourceVersion (see
 /// [`super::rawjson`]); for kinds served as stored and metadata-only selectors.
-async fn list_raw(req: &Req, sel: &Selectors) -> ApiResult<(Vec<Vec<u8>>, i64, Option<String>, Option<i64>)> {
+async fn list_raw(
+    req: &Req,
+    sel: &Selectors,
+    partial: bool,
+) -> ApiResult<(Vec<Vec<u8>>, i64, Option<String>, Option<i64>)> {
     list_with(req, sel, |kv| {
         let mut out = Vec::with_capacity(kv.value.len() + 32);
         match super::rawjson::RawObject::parse(&kv.value) {
+            Some(o) if sel.matches_raw(&o) && partial => o.write_partial_with_rv(kv.mod_revision, &mut out),
             Some(o) if sel.matches_raw(&o) => o.write_with_rv(kv.mod_revision, &mut out),
             Some(_) => return Ok(None),
             // Not an object: the Value path names the broken key.
@@ -621,8 +626,9 @@ async fn list_with<T>(
 
 pub async fn list(req: &Req) -> ApiResult<Response> {
     let sel = Selectors::from(req)?;
-    if !req.wants_metadata() && !req.wants_table() && objects::served_as_stored(&req.r) && sel.metadata_only() {
-        let (items, rev, cont, remaining) = list_raw(req, &sel).await?;
+    if !req.wants_table() && objects::served_as_stored(&req.r) && sel.metadata_only() {
+        let partial = req.wants_metadata();
+        let (items, rev, cont, remaining) = list_raw(req, &sel, partial).await?;
         let mut meta = json!({"resourceVersion": rev.to_string()});
         if let Some(c) = cont {
             meta["continue"] = json!(c);
@@ -630,7 +636,11 @@ pub async fn list(req: &Req) -> ApiResult<Response> {
         if let Some(n) = remaining {
             meta["remainingItemCount"] = json!(n);
         }
-        let head = json!({"kind": list_kind(&req.r), "apiVersion": req.r.api_version(), "metadata": meta});
+        let head = if partial {
+            json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta})
+        } else {
+            json!({"kind": list_kind(&req.r), "apiVersion": req.r.api_version(), "metadata": meta})
+        };
         let mut body = serde_json::to_vec(&head).map_err(|e| ApiError::internal(e.to_string()))?;
         body.pop(); // the closing brace
         body.extend_from_slice(b",\"items\":[");

@@ -90,7 +90,6 @@ impl<'a> RawObject<'a> {
     /// Appends the object to `out` with `metadata.resourceVersion` set to `rev` (the stored
     /// one, if any, dropped).
     pub fn write_with_rv(&self, rev: i64, out: &mut Vec<u8>) {
-        let rv = |out: &mut Vec<u8>| out.extend_from_slice(format!("\"resourceVersion\":\"{rev}\"").as_bytes());
         out.push(b'{');
         let mut wrote_meta = false;
         for (i, (k, v)) in self.top.iter().enumerate() {
@@ -100,21 +99,7 @@ impl<'a> RawObject<'a> {
             write_key(out, k);
             if k == "metadata" && !wrote_meta {
                 wrote_meta = true;
-                out.push(b'{');
-                let mut first = true;
-                for (mk, mv) in self.metadata.iter().filter(|(mk, _)| mk != "resourceVersion") {
-                    if !first {
-                        out.push(b',');
-                    }
-                    first = false;
-                    write_key(out, mk);
-                    out.extend_from_slice(mv.get().as_bytes());
-                }
-                if !first {
-                    out.push(b',');
-                }
-                rv(out);
-                out.push(b'}');
+                self.write_metadata(rev, out);
             } else {
                 out.extend_from_slice(v.get().as_bytes());
             }
@@ -123,11 +108,28 @@ impl<'a> RawObject<'a> {
             if !self.top.is_empty() {
                 out.push(b',');
             }
-            out.extend_from_slice(b"\"metadata\":{");
-            rv(out);
-            out.push(b'}');
+            write_key(out, "metadata");
+            self.write_metadata(rev, out);
         }
         out.push(b'}');
+    }
+
+    /// Appends the object as a `meta.k8s.io/v1` PartialObjectMetadata (its metadata only, with
+    /// `resourceVersion` set to `rev`), what `as=PartialObjectMetadata` asks for.
+    pub fn write_partial_with_rv(&self, rev: i64, out: &mut Vec<u8>) {
+        out.extend_from_slice(br#"{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":"#);
+        self.write_metadata(rev, out);
+        out.push(b'}');
+    }
+
+    fn write_metadata(&self, rev: i64, out: &mut Vec<u8>) {
+        out.push(b'{');
+        for (mk, mv) in self.metadata.iter().filter(|(mk, _)| mk != "resourceVersion") {
+            write_key(out, mk);
+            out.extend_from_slice(mv.get().as_bytes());
+            out.push(b',');
+        }
+        out.extend_from_slice(format!("\"resourceVersion\":\"{rev}\"}}").as_bytes());
     }
 }
 
@@ -194,6 +196,25 @@ mod tests {
         assert_eq!(o.labels(), Some(json!({"app": "web"})));
         assert_eq!(o.meta_str("name").as_deref(), Some("n1"));
         assert_eq!(o.meta_str("namespace").as_deref(), Some("ns"));
+    }
+
+    #[test]
+    fn partial_metadata_is_the_metadata_alone_with_the_version_set() {
+        let v = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "namespace": "n", "resourceVersion": "7", "labels": {"x": "y"}},
+            "data": {"k": "v"}});
+        let bytes = serde_json::to_vec(&v).expect("serializes");
+        let mut out = Vec::new();
+        RawObject::parse(&bytes).expect("object").write_partial_with_rv(9, &mut out);
+        let mut want = crate::api::handlers::partial(&v);
+        want["metadata"]["resourceVersion"] = json!("9");
+        assert_eq!(serde_json::from_slice::<Value>(&out).expect("valid JSON"), want);
+        out.clear();
+        RawObject::parse(b"{\"kind\":\"X\"}").expect("object").write_partial_with_rv(2, &mut out);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&out).expect("valid JSON"),
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": "2"}})
+        );
     }
 
     #[test]

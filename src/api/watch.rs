@@ -36,7 +36,7 @@ fn raw_line(ty: &str, object: &[u8]) -> bytes::Bytes {
 /// The line for one store event of a watch served raw, `Some(None)` when the selectors leave it
 /// out (same transitions as the `Value` path), `None` when the new object does not parse (the
 /// `Value` path then reports it).
-fn raw_event(ev: &crate::store::Event, sel: &Selectors) -> Option<Option<bytes::Bytes>> {
+fn raw_event(ev: &crate::store::Event, sel: &Selectors, partial: bool) -> Option<Option<bytes::Bytes>> {
     use super::rawjson::RawObject;
     let rev = ev.kv.mod_revision;
     let everything = sel.labels.is_empty() && sel.fields.is_empty();
@@ -63,7 +63,11 @@ fn raw_event(ev: &crate::store::Event, sel: &Selectors) -> Option<Option<bytes::
         },
     };
     let mut bytes = Vec::with_capacity(ev.kv.value.len() + 32);
-    obj.write_with_rv(rev, &mut bytes);
+    if partial {
+        obj.write_partial_with_rv(rev, &mut bytes);
+    } else {
+        obj.write_with_rv(rev, &mut bytes);
+    }
     Some(Some(raw_line(ty, &bytes)))
 }
 
@@ -82,8 +86,8 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
     // A Table row carries the object as includeObject asks (kubectl's custom-columns -w wants it whole).
     let include = req.q.get("includeObject").unwrap_or("Metadata").to_string();
     let metadata_only = req.wants_metadata();
-    // Plain objects of kinds served as stored skip the Value tree.
-    let raw = !table && !metadata_only && objects::served_as_stored(&req.r) && sel.metadata_only();
+    // Plain objects (or their metadata) of kinds served as stored skip the Value tree.
+    let raw = !table && objects::served_as_stored(&req.r) && sel.metadata_only();
     let store = req.st.store.clone();
 
     // Initial state: unset/"0" resourceVersion (or sendInitialEvents=true) lists first.
@@ -101,7 +105,11 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
                 if let Some(o) = super::rawjson::RawObject::parse(&kv.value) {
                     if sel.matches_raw(&o) {
                         let mut bytes = Vec::with_capacity(kv.value.len() + 32);
-                        o.write_with_rv(kv.mod_revision, &mut bytes);
+                        if metadata_only {
+                            o.write_partial_with_rv(kv.mod_revision, &mut bytes);
+                        } else {
+                            o.write_with_rv(kv.mod_revision, &mut bytes);
+                        }
                         initial_raw.push(raw_line("ADDED", &bytes));
                     }
                     continue;
@@ -207,7 +215,7 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
             };
             for ev in evs_filter(&events, exact_key, prefix.as_bytes()) {
                 if raw {
-                    match raw_event(ev, &sel) {
+                    match raw_event(ev, &sel, metadata_only) {
                         Some(Some(l)) => {
                             if tx.send(Ok(l)).await.is_err() {
                                 return;

@@ -16,9 +16,10 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -130,16 +131,36 @@ pub async fn run(client: kube::Client, informers: super::informer::Informers, sh
         let ns = obj.meta().namespace.clone();
         quotas.state().into_iter().filter(|q| q.namespace() == ns).map(|q| ObjectRef::from_obj(q.as_ref())).collect()
     }
-    let cfg = watcher::Config::default;
     let (q1, q2, q3, q4, q5) = (quotas.clone(), quotas.clone(), quotas.clone(), quotas.clone(), quotas);
     let pod_events =
         informers.pods.events().map(move |ev| futures::stream::iter(in_namespace(&q1, ev.object()))).flatten();
+    // Only the namespace of a ConfigMap, Secret, Service or PVC matters here (usage is counted
+    // from a fresh list), so these are metadata-only watches: a 1 KiB ConfigMap written is
+    // not encoded, sent and decoded whole for the sake of its namespace.
+    fn namespace_of<K>(
+        client: &kube::Client,
+        quotas: kube::runtime::reflector::Store<ResourceQuota>,
+    ) -> impl futures::Stream<Item = ObjectRef<ResourceQuota>> + Send + 'static
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        watcher::watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .touched_objects()
+            .filter_map(|r| future::ready(r.ok()))
+            .flat_map(move |m| futures::stream::iter(in_namespace(&quotas, &m)))
+    }
     let controller = controller
         .reconcile_on(pod_events)
-        .watches(Api::<ConfigMap>::all(client.clone()), cfg(), move |o| in_namespace(&q2, &o))
-        .watches(Api::<Secret>::all(client.clone()), cfg(), move |o| in_namespace(&q3, &o))
-        .watches(Api::<Service>::all(client.clone()), cfg(), move |o| in_namespace(&q4, &o))
-        .watches(Api::<PersistentVolumeClaim>::all(client.clone()), cfg(), move |o| in_namespace(&q5, &o));
+        .reconcile_on(namespace_of::<ConfigMap>(&client, q2))
+        .reconcile_on(namespace_of::<Secret>(&client, q3))
+        .reconcile_on(namespace_of::<Service>(&client, q4))
+        .reconcile_on(namespace_of::<PersistentVolumeClaim>(&client, q5));
     let ctx = Arc::new(Context { client });
     controller
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
