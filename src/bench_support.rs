@@ -26,6 +26,27 @@ impl Server {
     }
 }
 
+impl Server {
+    /// CPU time (user + system) the server has used so far, seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.child.id())
+    }
+}
+
+/// CPU time (user + system, all threads) process `pid` has used, seconds (NaN if unreadable).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    // /proc/PID/stat: the command may hold spaces, so fields are counted after its ')'.
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
+        let rest = s.get(s.rfind(')')? + 1..)?.to_string();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // Fields 14 and 15 (utime, stime) are the 12th and 13th after the ')'.
+        Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+    });
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks.map(|t| t / if hz > 0.0 { hz } else { 100.0 }).unwrap_or(f64::NAN)
+}
+
 /// The resident set of process `pid`, MiB (NaN if it cannot be read).
 pub fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -193,6 +193,7 @@ async fn main() -> Result<(), BoxErr> {
 
     let ns = "default";
     eprintln!("create with {} clients…", o.clients);
+    let cpu_before = (server.cpu_seconds(), skiff::bench_support::cpu_seconds(std::process::id()));
     let c = client.clone();
     let mut create = concurrent(o.clients, per_client_create, move |ci, i| {
         let api: Api<ConfigMap> = Api::namespaced(c.clone(), ns);
@@ -203,6 +204,11 @@ async fn main() -> Result<(), BoxErr> {
     })
     .await?;
     let created = create.lat.len();
+    // Where the create phase's CPU went: the server, and this process (the clients).
+    let create_cpu = (
+        (server.cpu_seconds() - cpu_before.0) / created.max(1) as f64 * 1e6,
+        (skiff::bench_support::cpu_seconds(std::process::id()) - cpu_before.1) / created.max(1) as f64 * 1e6,
+    );
 
     eprintln!("get with {} clients…", o.clients);
     let c = client.clone();
@@ -268,6 +274,12 @@ async fn main() -> Result<(), BoxErr> {
     row(&format!("a write reaching {watchers} watchers"), &mut watch, "p99 < 100 ms");
     let ratio = create.ops() / raw.ops();
     println!("API create / store put throughput: {ratio:.2} (target > 0.5)");
+    println!(
+        "CPU per API create: server {:.0} µs, bench clients {:.0} µs (2 cores: {:.0} µs of CPU per op at the measured rate)",
+        create_cpu.0,
+        create_cpu.1,
+        2e6 / create.ops()
+    );
     println!("server RSS idle: {idle_rss:.1} MiB (target < 50)");
     if o.quick {
         println!(
