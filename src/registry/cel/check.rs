@@ -128,14 +128,21 @@ pub fn schema_type(s: &Value, resource: bool) -> Option<Ty> {
     })
 }
 
-/// Variables in scope while checking.
+/// Variables in scope while checking, and the Kubernetes minor version whose CEL environment
+/// declares the functions (see [`super::STORED_MINOR`]).
 pub struct Env {
     vars: Vec<(Arc<str>, Ty)>,
+    minor: u32,
 }
 
 impl Env {
+    /// This version's full environment.
     pub fn new(vars: Vec<(Arc<str>, Ty)>) -> Env {
-        Env { vars }
+        Env { vars, minor: super::STORED_MINOR }
+    }
+    /// The environment of Kubernetes 1.`minor`: libraries introduced later are undeclared.
+    pub fn at(vars: Vec<(Arc<str>, Ty)>, minor: u32) -> Env {
+        Env { vars, minor }
     }
     pub fn push(&mut self, n: Arc<str>, t: Ty) {
         self.vars.push((n, t));
@@ -256,7 +263,7 @@ pub fn check(e: &Expr, env: &mut Env) -> Result<Ty, Issue> {
             }
             match tt {
                 Some(t) => member_type(*pos, func, &t, &ats),
-                None => global_type(*pos, func, &ats),
+                None => global_type(*pos, func, &ats, env.minor),
             }
         }
         Expr::List(_, xs) => {
@@ -459,7 +466,7 @@ fn binary_type(pos: usize, op: BinOp, x: &Ty, y: &Ty) -> Result<Ty, Issue> {
     }
 }
 
-fn global_type(pos: usize, f: &str, args: &[Ty]) -> Result<Ty, Issue> {
+fn global_type(pos: usize, f: &str, args: &[Ty], minor: u32) -> Result<Ty, Issue> {
     let a: Vec<&Ty> = args.iter().collect();
     let any = |t: &Ty| dynish(t);
     let one = |ok: &dyn Fn(&Ty) -> bool, out: Ty| -> Result<Ty, Issue> {
@@ -509,7 +516,8 @@ fn global_type(pos: usize, f: &str, args: &[Ty]) -> Result<Ty, Issue> {
         "cidr" => one(&|t| matches!(t, Ty::String), Ty::Cidr),
         "url" => one(&|t| matches!(t, Ty::String), Ty::Url),
         "isIP" | "isCIDR" | "isURL" | "ip.isCanonical" => one(&|t| matches!(t, Ty::String), Ty::Bool),
-        "semver" | "isSemver" => {
+        // The semver library came with 1.33; before, the names are undeclared (below).
+        "semver" | "isSemver" if minor >= 33 => {
             let out = if f == "semver" { Ty::Semver } else { Ty::Bool };
             match args {
                 [s] | [s, Ty::Bool | Ty::Dyn] if matches!(s, Ty::String | Ty::Dyn) => Ok(out),

@@ -31,6 +31,15 @@ pub const PER_CALL_LIMIT: u64 = 1_000_000;
 /// The cost all rules of one object may use together (apiserver's `RuntimeCELCostBudget`).
 pub const RUNTIME_BUDGET: u64 = 10_000_000;
 
+/// The Kubernetes minor version (1.33) whose CEL environment skiff offers, as apiserver's
+/// `StoredExpressions` environment: rules a CRD already had compile with all of it, and so do
+/// rules when custom resources are validated.
+pub const STORED_MINOR: u32 = 33;
+/// The compatibility version (n-1) whose environment (`NewExpressions`) a rule new to a CRD
+/// compiles with, so that a server rolled back one version still runs every rule it accepted:
+/// the semver library (1.33) is not there, two-variable comprehensions (1.32) are.
+pub const NEW_MINOR: u32 = 32;
+
 /// What an expression must evaluate to.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Want {
@@ -56,10 +65,16 @@ pub enum CompileError {
 }
 
 impl Program {
-    /// Parses and checks `src` with the given variables in scope.
+    /// Parses and checks `src` with the given variables in scope, in the full environment.
     pub fn compile(src: &str, vars: &[(&str, Ty)], want: Want) -> Result<Program, CompileError> {
+        Program::compile_at(src, vars, want, STORED_MINOR)
+    }
+
+    /// As [`Program::compile`], with the functions of Kubernetes 1.`minor`'s environment.
+    pub fn compile_at(src: &str, vars: &[(&str, Ty)], want: Want, minor: u32) -> Result<Program, CompileError> {
         let expr = parser::parse(src).map_err(|i| CompileError::Issues(parser::format_issues(src, &[i])))?;
-        let mut env = check::Env::new(vars.iter().map(|(n, t)| (Arc::from(*n), t.clone())).collect());
+        let vars = vars.iter().map(|(n, t)| (Arc::from(*n), t.clone())).collect();
+        let mut env = check::Env::at(vars, minor);
         let ty = check::check(&expr, &mut env).map_err(|i| CompileError::Issues(parser::format_issues(src, &[i])))?;
         let ok = match want {
             Want::Bool => ty == Ty::Bool,
