@@ -486,14 +486,22 @@ fn lex_string(src: &str, q: usize, raw: bool, start: usize) -> Result<(Vec<u8>, 
 
 // ---------- parser ----------
 
-/// A comprehension's variable: a simple name, not the accumulator's (cel-go's `extractIterVar`).
-fn iter_var(e: &Expr) -> Result<Arc<str>, Issue> {
+/// A comprehension's variable: a simple name, not the accumulator's (but `optMap` does not look),
+/// refused in the words cel-go v0.23 (Kubernetes 1.33's) uses for the macro `kind`.
+fn iter_var(e: &Expr, kind: Macro) -> Result<Arc<str>, Issue> {
     match e {
-        Expr::Ident(p, v) if &**v == ACCUMULATOR => {
+        Expr::Ident(p, v) if &**v == ACCUMULATOR && kind != Macro::OptMap => {
             Err(Issue { pos: *p, message: "iteration variable overwrites accumulator variable".into() })
         }
         Expr::Ident(_, v) => Ok(v.clone()),
-        other => Err(Issue { pos: other.pos(), message: "argument must be a simple name".into() }),
+        other => {
+            let message = match kind {
+                Macro::Map | Macro::Filter => "argument is not an identifier",
+                Macro::OptMap => "optMap() variable name must be a simple identifier",
+                _ => "argument must be a simple name",
+            };
+            Err(Issue { pos: other.pos(), message: message.into() })
+        }
     }
 }
 
@@ -835,10 +843,10 @@ impl Parser<'_> {
             _ => false,
         };
         let mut rest = args.split_off(if two { 2 } else { 1 }).into_iter();
-        let var = iter_var(&args[0])?;
+        let var = iter_var(&args[0], kind)?;
         let var2 = match args.get(1) {
             Some(a) => {
-                let v = iter_var(a)?;
+                let v = iter_var(a, kind)?;
                 if v == var {
                     return Err(Issue { pos: a.pos(), message: format!("duplicate variable name: {v}") });
                 }
@@ -973,6 +981,12 @@ mod tests {
         assert_eq!((e.message.as_str(), e.pos), ("duplicate variable name: i", 10));
         assert_eq!(err("[].all(__result__, i, __result__ < i)").message, "iteration variable overwrites accumulator variable");
         assert_eq!(err("[].all(j, __result__, __result__ < j)").pos, 10);
+        // The one-variable forms word it by macro, as cel-go v0.23.
+        assert_eq!(err("[].map(1, 2)").message, "argument is not an identifier");
+        assert_eq!(err("[].filter(a.b, true)").message, "argument is not an identifier");
+        assert_eq!(err("[].exists_one(a.b, true)").message, "argument must be a simple name");
+        assert_eq!(err("optional.none().optMap(a.b, 1)").message, "optMap() variable name must be a simple identifier");
+        assert_eq!(err("[].map(__result__, 1)").message, "iteration variable overwrites accumulator variable");
         for bad in [
             "[].all(i.j, k, i.j < k)",
             "[].exists(j, i.k, j < i.k)",
