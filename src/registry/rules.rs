@@ -893,9 +893,19 @@ mod tests {
         let base = "spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[0]";
         assert_eq!(m.len(), 2, "{m:#?}");
         assert!(m[0].starts_with(&format!("{base}.rule: Invalid value: ")), "{m:#?}");
-        assert!(m[0].contains("compilation failed: ERROR: <input>:1:9: undeclared reference to 'isSemver' (in container '')"), "{m:#?}");
+        assert!(
+            m[0].contains(
+                "compilation failed: ERROR: <input>:1:9: undeclared reference to 'isSemver' (in container '')"
+            ),
+            "{m:#?}"
+        );
         assert!(m[1].starts_with(&format!("{base}.messageExpression: ")), "{m:#?}");
-        assert!(m[1].contains("messageExpression compilation failed: ERROR: <input>:1:9: undeclared reference to 'isSemver'"), "{m:#?}");
+        assert!(
+            m[1].contains(
+                "messageExpression compilation failed: ERROR: <input>:1:9: undeclared reference to 'isSemver'"
+            ),
+            "{m:#?}"
+        );
         // An expression the stored CRD already had compiles with the full environment: rules and
         // message expressions are told apart, as upstream.
         let crd = |rule: &str, msg: &str| {

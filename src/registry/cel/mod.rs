@@ -372,7 +372,11 @@ mod tests {
         // A variable shadows one of the same name; oldSelf as a variable is no transition rule.
         yes("self.tags.all(i, self, self.size() == 1)", o.clone());
         let map = Ty::Map(Box::new(Ty::String), Box::new(Ty::Int));
-        let p = Program::compile("self.all(k, oldSelf, oldSelf > 0)", &[("self", map.clone()), ("oldSelf", map)], Want::Bool);
+        let p = Program::compile(
+            "self.all(k, oldSelf, oldSelf > 0)",
+            &[("self", map.clone()), ("oldSelf", map)],
+            Want::Bool,
+        );
         assert!(!p.unwrap().uses_old_self);
         // Misuse is refused when the rule is compiled.
         assert!(compile_err("self.tags.all(i, i, i > 0)").contains("1:18: duplicate variable name: i"));
@@ -381,17 +385,21 @@ mod tests {
         assert!(compile_err("self.tags.transformList(__result__, v, v) == []")
             .contains("iteration variable overwrites accumulator variable"));
         assert!(compile_err("self.tags.all(__result__, true)").contains("overwrites accumulator variable"));
-        assert!(compile_err("self.name.existsOne(k, v, true)")
-            .contains("expression of type 'string' cannot be range of a comprehension (must be list, map, or dynamic)"));
+        assert!(compile_err("self.name.existsOne(k, v, true)").contains(
+            "expression of type 'string' cannot be range of a comprehension (must be list, map, or dynamic)"
+        ));
         assert!(compile_err("self.tags.all(i, v, v)").contains("expected type 'bool' but found 'string'"));
         assert!(compile_err("self.tags.all(i, v, i == 'a')")
             .contains("found no matching overload for '_==_' applied to '(int, string)'"));
         assert!(compile_err("self.labels.exists(k, v, v > 1)").contains("applied to '(string, int)'"));
-        assert!(compile_err("self.tags.transformList(i, v, 'x', v) == []").contains("expected type 'bool' but found 'string'"));
-        assert!(compile_err("self.tags.transformList(i, v, i) == ['a']")
-            .contains("applied to '(list(int), list(string))'"));
+        assert!(compile_err("self.tags.transformList(i, v, 'x', v) == []")
+            .contains("expected type 'bool' but found 'string'"));
+        assert!(
+            compile_err("self.tags.transformList(i, v, i) == ['a']").contains("applied to '(list(int), list(string))'")
+        );
         assert!(compile_err("self.tags.transformMap(i, v, v)[0] == 1").contains("applied to '(string, int)'"));
-        assert!(compile_err("self.labels.transformMapEntry(k, v, {v: 1})['a'] == 'b'").contains("applied to '(int, string)'"));
+        assert!(compile_err("self.labels.transformMapEntry(k, v, {v: 1})['a'] == 'b'")
+            .contains("applied to '(int, string)'"));
         assert!(compile_err("self.labels.transformMapEntry(k, v, []) == {}")
             .contains("found no matching overload for 'cel.@mapInsert' applied to '(map(dyn, dyn), list(dyn))'"));
         let e = compile_err("self.tags.transformList(1, 2)");

@@ -979,7 +979,10 @@ mod tests {
         let err = |s: &str| parse(s).unwrap_err();
         let e = err("[].all(i, i, i < i)");
         assert_eq!((e.message.as_str(), e.pos), ("duplicate variable name: i", 10));
-        assert_eq!(err("[].all(__result__, i, __result__ < i)").message, "iteration variable overwrites accumulator variable");
+        assert_eq!(
+            err("[].all(__result__, i, __result__ < i)").message,
+            "iteration variable overwrites accumulator variable"
+        );
         assert_eq!(err("[].all(j, __result__, __result__ < j)").pos, 10);
         // The one-variable forms word it by macro, as cel-go v0.23.
         assert_eq!(err("[].map(1, 2)").message, "argument is not an identifier");
