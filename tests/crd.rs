@@ -396,6 +396,13 @@ spec:
                 type: array
                 x-kubernetes-list-type: set
                 items: {type: string}
+              owners:
+                type: object
+                maxProperties: 10
+                additionalProperties: {type: string, maxLength: 63}
+                x-kubernetes-validations:
+                - rule: self.all(team, owner, owner.startsWith(team + '-'))
+                  message: each owner must belong to its team
               ports:
                 type: array
                 x-kubernetes-list-type: map
@@ -469,6 +476,16 @@ fn cel_rules_and_list_types_behave_as_upstream() {
     let bad = widget("w1", "  replicas: 1\n  maxReplicas: 3\n  mode: a\n  name: Gadget\n");
     let (_, _, err) = k_stdin(&s, &["apply", "-f", "-"], Some(&bad));
     assert!(err.contains("spec: Invalid value: \"object\": name Gadget must start with w"), "{err}");
+    // A two-variable comprehension (Kubernetes 1.32) over a map sees each key with its value.
+    let owners = widget("w3", "  replicas: 1\n  maxReplicas: 3\n  mode: a\n  owners: {web: web-ann, db: db-bob}\n");
+    let (okk, _, err) = k_stdin(&s, &["apply", "--dry-run=server", "-f", "-"], Some(&owners));
+    assert!(okk, "owners matching their teams were refused: {err}");
+    let (okk, _, err) = k_stdin(&s, &["apply", "-f", "-"], Some(&owners.replace("db-bob", "web-bob")));
+    assert!(!okk, "an owner of another team was accepted");
+    assert!(
+        err.contains("is invalid: spec.owners: Invalid value: \"object\": each owner must belong to its team"),
+        "{err}"
+    );
     // Set elements and map-list keys are unique.
     let dup = widget("w1", "  replicas: 1\n  maxReplicas: 3\n  mode: a\n  tags: [x, y, x]\n");
     let (_, _, err) = k_stdin(&s, &["apply", "--validate=false", "-f", "-"], Some(&dup));

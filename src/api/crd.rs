@@ -46,10 +46,9 @@ pub async fn on_write(req: &Req, old: Option<&Value>, obj: &mut Value) -> ApiRes
     }
     let name = obj.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
     if let Some(old) = old {
-        let causes: Vec<_> = custom::validate_crd_update(old, obj)
-            .into_iter()
-            .filter(|c| !custom::validate_crd(obj).contains(c))
-            .collect();
+        let reported = custom::validate_crd_replacing(obj, Some(old));
+        let causes: Vec<_> =
+            custom::validate_crd_update(old, obj).into_iter().filter(|c| !reported.contains(c)).collect();
         if !causes.is_empty() {
             return Err(ApiError::invalid(&req.r, &name, &causes));
         }

@@ -194,8 +194,17 @@ pub fn resources_from_crd(crd: &Value) -> Vec<Resource> {
 
 // ---------- the CRD's own strategy ----------
 
-/// Validates a CustomResourceDefinition (apiextensions validation, the parts users meet).
+/// Validates a CustomResourceDefinition (apiextensions validation, the parts users meet) being
+/// created.
 pub fn validate_crd(crd: &Value) -> Vec<Cause> {
+    validate_crd_replacing(crd, None)
+}
+
+/// Validates a CustomResourceDefinition replacing `old` (None on create): the CEL expressions
+/// `old` already had compile with the full environment, new ones with the compatibility
+/// version's.
+pub fn validate_crd_replacing(crd: &Value, old: Option<&Value>) -> Vec<Cause> {
+    let pre = super::rules::Preexisting::of(old);
     let mut out = Vec::new();
     let spec = &crd["spec"];
     let group = s(spec.get("group"));
@@ -294,7 +303,7 @@ pub fn validate_crd(crd: &Value) -> Vec<Cause> {
                 let before = out.len();
                 super::schema::check_structural(sch, &base, true, &mut out);
                 if out.len() == before {
-                    super::rules::check_crd_rules(sch, &base, true, None, &mut out);
+                    super::rules::check_crd_rules(sch, &base, true, &pre, None, &mut out);
                 }
             }
         }
@@ -326,7 +335,7 @@ pub fn validate_crd(crd: &Value) -> Vec<Cause> {
 /// Validates an update of a CRD: group, names.plural and scope are fixed, and a version listed
 /// in `status.storedVersions` may not be removed.
 pub fn validate_crd_update(old: &Value, new: &Value) -> Vec<Cause> {
-    let mut out = validate_crd(new);
+    let mut out = validate_crd_replacing(new, Some(old));
     for (p, f) in
         [("/spec/group", "spec.group"), ("/spec/scope", "spec.scope"), ("/spec/names/plural", "spec.names.plural")]
     {

@@ -14,9 +14,12 @@
 //! - Each rule may use 1,000,000 cost units, all rules of an object 10,000,000 together.
 //!
 //! It also checks the rules of a CRD when the CRD is written ([`check_crd_rules`]), with the
-//! messages apiextensions' CRD validation gives.
+//! messages apiextensions' CRD validation gives. A rule or message expression the CRD did not
+//! have before compiles there with the CEL environment of the compatibility version
+//! ([`cel::NEW_MINOR`]); one it had, and every rule when custom resources are validated, with the
+//! full one ([`Preexisting`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -106,8 +109,84 @@ fn compile_rule(r: &Value, self_ty: Option<&Ty>, schema: &Value) -> Rule {
 }
 
 fn compile(src: &str, self_ty: &Ty, optional_old_self: bool, want: Want) -> Result<Program, CompileError> {
+    compile_at(src, self_ty, optional_old_self, want, cel::STORED_MINOR)
+}
+
+fn compile_at(
+    src: &str,
+    self_ty: &Ty,
+    optional_old_self: bool,
+    want: Want,
+    minor: u32,
+) -> Result<Program, CompileError> {
     let old = if optional_old_self { Ty::Optional(Box::new(self_ty.clone())) } else { self_ty.clone() };
-    Program::compile(src, &[("self", self_ty.clone()), ("oldSelf", old)], want)
+    Program::compile_at(src, &[("self", self_ty.clone()), ("oldSelf", old)], want, minor)
+}
+
+/// The rules and message expressions a CRD had before an update, anywhere in its schemas
+/// (apiextensions' `preexistingExpressions`): these compile with the full CEL environment (a
+/// CRD stored by this version keeps working), new ones with the compatibility version's.
+#[derive(Debug, Default)]
+pub struct Preexisting {
+    rules: HashSet<String>,
+    messages: HashSet<String>,
+}
+
+impl Preexisting {
+    /// Those of the stored CRD `crd` (None on create: every expression is new).
+    pub fn of(crd: Option<&Value>) -> Preexisting {
+        let mut p = Preexisting::default();
+        let Some(spec) = crd.and_then(|c| c.get("spec")) else { return p };
+        if let Some(s) = spec.pointer("/validation/openAPIV3Schema") {
+            p.collect(s);
+        }
+        for v in spec.get("versions").and_then(|v| v.as_array()).into_iter().flatten() {
+            if let Some(s) = v.pointer("/schema/openAPIV3Schema") {
+                p.collect(s);
+            }
+        }
+        p
+    }
+
+    /// Walks every subschema, as apiextensions' `SchemaHas` does.
+    fn collect(&mut self, s: &Value) {
+        let Some(o) = s.as_object() else { return };
+        for r in o.get("x-kubernetes-validations").and_then(|r| r.as_array()).into_iter().flatten() {
+            if let Some(rule) = r.get("rule").and_then(|x| x.as_str()) {
+                self.rules.insert(rule.to_string());
+            }
+            if let Some(m) = r.get("messageExpression").and_then(|x| x.as_str()).filter(|m| !m.is_empty()) {
+                self.messages.insert(m.to_string());
+            }
+        }
+        for k in ["properties", "patternProperties", "definitions", "dependencies"] {
+            for sub in o.get(k).and_then(|x| x.as_object()).into_iter().flat_map(|m| m.values()) {
+                self.collect(sub);
+            }
+        }
+        for k in ["allOf", "anyOf", "oneOf"] {
+            for sub in o.get(k).and_then(|x| x.as_array()).into_iter().flatten() {
+                self.collect(sub);
+            }
+        }
+        for k in ["items", "additionalProperties", "additionalItems", "not"] {
+            match o.get(k) {
+                Some(Value::Array(xs)) => xs.iter().for_each(|x| self.collect(x)),
+                Some(x) => self.collect(x),
+                None => {}
+            }
+        }
+    }
+
+    /// The environment a rule (or, with `message`, a message expression) compiles with.
+    fn minor(&self, expr: &str, message: bool) -> u32 {
+        let set = if message { &self.messages } else { &self.rules };
+        if set.contains(expr) {
+            cel::STORED_MINOR
+        } else {
+            cel::NEW_MINOR
+        }
+    }
 }
 
 /// The detail apiextensions gives a compile failure (`compilation failed: ERROR: …`).
@@ -445,9 +524,16 @@ fn forbidden(field: String, detail: String) -> Cause {
 /// enclosing lists' maxItems and maps' maxProperties, or what fits in a request where one is
 /// unbounded), must stay within apiextensions' per-rule limit, and all of them together within
 /// the per-CRD limit.
-pub fn check_crd_rules(s: &Value, path: &str, resource: bool, uncorrelatable: Option<&str>, out: &mut Vec<Cause>) {
+pub fn check_crd_rules(
+    s: &Value,
+    path: &str,
+    resource: bool,
+    pre: &Preexisting,
+    uncorrelatable: Option<&str>,
+    out: &mut Vec<Cause>,
+) {
     let mut total = TotalCost::default();
-    check_node(s, path, resource, uncorrelatable, Some(1), &mut total, out);
+    check_node(s, path, resource, uncorrelatable, Some(1), pre, &mut total, out);
     if total.total > cel::cost::STATIC_ESTIMATED_CRD_COST_LIMIT {
         for (p, _) in &total.most_expensive {
             out.push(forbidden(
@@ -482,6 +568,7 @@ fn check_node(
     resource: bool,
     uncorrelatable: Option<&str>,
     cardinality: Option<u64>,
+    pre: &Preexisting,
     total: &mut TotalCost,
     out: &mut Vec<Cause>,
 ) {
@@ -562,7 +649,7 @@ fn check_node(
                     break;
                 };
                 let optional = flag(r, "optionalOldSelf");
-                match compile(rule, t, optional, Want::Bool) {
+                match compile_at(rule, t, optional, Want::Bool, pre.minor(rule, false)) {
                     Err(e) => {
                         out.push(Cause::invalid_shown(format!("{base}.rule"), &go_rule(r), &rule_error_detail(&e, "")))
                     }
@@ -599,7 +686,7 @@ fn check_node(
                     }
                 }
                 if let Some(m) = r.get("messageExpression").and_then(|x| x.as_str()).filter(|m| !m.trim().is_empty()) {
-                    match compile(m, t, optional, Want::String) {
+                    match compile_at(m, t, optional, Want::String, pre.minor(m, true)) {
                         Err(e) => out.push(Cause::invalid_shown(
                             format!("{base}.messageExpression"),
                             &go_rule(r),
@@ -637,6 +724,7 @@ fn check_node(
             flag(ps, "x-kubernetes-embedded-resource"),
             uncorrelatable,
             child_cardinality,
+            pre,
             total,
             out,
         );
@@ -655,6 +743,7 @@ fn check_node(
             flag(items, "x-kubernetes-embedded-resource"),
             unc.as_deref(),
             child_cardinality,
+            pre,
             total,
             out,
         );
@@ -666,6 +755,7 @@ fn check_node(
             flag(a, "x-kubernetes-embedded-resource"),
             uncorrelatable,
             child_cardinality,
+            pre,
             total,
             out,
         );
@@ -761,7 +851,7 @@ mod tests {
                 "x-kubernetes-validations": [{"rule": "self.v == oldSelf.v"}]}}},
             "x-kubernetes-validations": [{"rule": "self.r >"}, {"rule": "self.q > 0"}, {"rule": "self.r", "optionalOldSelf": true},
                 {"rule": "self.r > 0", "reason": "Bogus", "fieldPath": ".nope"}]}}});
-        check_crd_rules(&s, "spec.validation.openAPIV3Schema", true, None, &mut out);
+        check_crd_rules(&s, "spec.validation.openAPIV3Schema", true, &Preexisting::default(), None, &mut out);
         let m: Vec<String> = out.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
         let base = "spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations";
         assert!(m.iter().any(|x| x.starts_with(&format!("{base}[3].reason: Unsupported value: \"Bogus\""))), "{m:#?}");
@@ -773,7 +863,7 @@ mod tests {
             s2
         };
         let mut out = Vec::new();
-        check_crd_rules(&s2, "spec.validation.openAPIV3Schema", true, None, &mut out);
+        check_crd_rules(&s2, "spec.validation.openAPIV3Schema", true, &Preexisting::default(), None, &mut out);
         let m: Vec<String> = out.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
         assert!(m[0].starts_with(&format!("{base}[0].rule: Invalid value: apiextensions.ValidationRule{{Rule:\"self.r >\", Message:\"\", MessageExpression:\"\", Reason:(*apiextensions.FieldValueErrorReason)(nil), FieldPath:\"\", OptionalOldSelf:(*bool)(nil)}}: compilation failed: ERROR: <input>:1:9: Syntax error: mismatched input '<EOF>'")), "{m:#?}");
         assert!(m[1].contains("compilation failed: ERROR: <input>:1:5: undefined field 'q'"), "{m:#?}");
@@ -785,9 +875,59 @@ mod tests {
         assert_eq!(m.len(), 4, "{m:#?}");
     }
 
+    #[test]
+    fn new_expressions_compile_with_the_compatibility_versions_environment() {
+        let s = json!({"type": "object", "properties": {"spec": {"type": "object",
+            "properties": {"v": {"type": "string", "maxLength": 20},
+                "m": {"type": "object", "maxProperties": 5, "additionalProperties": {"type": "integer"}}},
+            "x-kubernetes-validations": [
+                {"rule": "isSemver(self.v)", "messageExpression": "isSemver(self.v, true) ? 'normalizable' : 'no version'"},
+                {"rule": "self.m.all(k, v, v > 0)"}]}}});
+        let causes = |pre: &Preexisting| {
+            let mut out = Vec::new();
+            check_crd_rules(&s, "spec.validation.openAPIV3Schema", true, pre, None, &mut out);
+            out.iter().map(|c| format!("{}: {}", c.field, c.message)).collect::<Vec<_>>()
+        };
+        // On create, semver (1.33) is undeclared; two-variable comprehensions (1.32) are there.
+        let m = causes(&Preexisting::default());
+        let base = "spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[0]";
+        assert_eq!(m.len(), 2, "{m:#?}");
+        assert!(m[0].starts_with(&format!("{base}.rule: Invalid value: ")), "{m:#?}");
+        assert!(
+            m[0].contains(
+                "compilation failed: ERROR: <input>:1:9: undeclared reference to 'isSemver' (in container '')"
+            ),
+            "{m:#?}"
+        );
+        assert!(m[1].starts_with(&format!("{base}.messageExpression: ")), "{m:#?}");
+        assert!(
+            m[1].contains(
+                "messageExpression compilation failed: ERROR: <input>:1:9: undeclared reference to 'isSemver'"
+            ),
+            "{m:#?}"
+        );
+        // An expression the stored CRD already had compiles with the full environment: rules and
+        // message expressions are told apart, as upstream.
+        let crd = |rule: &str, msg: &str| {
+            json!({"spec": {"versions": [{"name": "v1", "schema": {"openAPIV3Schema": {"type": "object",
+                "properties": {"spec": {"type": "object", "properties": {"x": {"type": "array", "items": {"type": "object",
+                    "x-kubernetes-validations": [{"rule": rule, "messageExpression": msg}]}}}}}}}}]}})
+        };
+        let old = crd("isSemver(self.v)", "isSemver(self.v, true) ? 'normalizable' : 'no version'");
+        assert_eq!(causes(&Preexisting::of(Some(&old))), Vec::<String>::new());
+        let old = crd("isSemver(self.v, true) ? 'normalizable' : 'no version'", "isSemver(self.v)");
+        let m = causes(&Preexisting::of(Some(&old)));
+        assert_eq!(m.len(), 2, "{m:#?}");
+        // Custom resources are validated with the full environment.
+        let r = Rules::compile(&s);
+        let spec = |v: &str| json!({"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "a"}, "spec": {"v": v, "m": {"a": 1}}});
+        assert!(msgs(&r, &spec("1.0.0"), None).is_empty());
+        assert_eq!(msgs(&r, &spec("1.0"), None), vec!["spec: Invalid value: \"object\": normalizable".to_string()]);
+    }
+
     fn crd_causes(s: &Value) -> Vec<String> {
         let mut out = Vec::new();
-        check_crd_rules(s, "spec.validation.openAPIV3Schema", true, None, &mut out);
+        check_crd_rules(s, "spec.validation.openAPIV3Schema", true, &Preexisting::default(), None, &mut out);
         out.iter().map(|c| format!("{}: {}", c.field, c.message)).collect()
     }
 

@@ -266,7 +266,9 @@ pub fn validate(r: &Resource, v: &Value, old: Option<&Value>) -> Vec<Cause> {
         return out;
     }
     match (&*r.group, &*r.kind) {
-        ("apiextensions.k8s.io", "CustomResourceDefinition") => out.extend(super::custom::validate_crd(v)),
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            out.extend(super::custom::validate_crd_replacing(v, old))
+        }
         ("events.k8s.io", "Event") => out.extend(super::convert::validate_event_v1(v)),
         ("", "Pod") => match v.get("spec") {
             Some(spec) => validate_containers(spec, "spec", &mut out),

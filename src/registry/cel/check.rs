@@ -128,14 +128,21 @@ pub fn schema_type(s: &Value, resource: bool) -> Option<Ty> {
     })
 }
 
-/// Variables in scope while checking.
+/// Variables in scope while checking, and the Kubernetes minor version whose CEL environment
+/// declares the functions (see [`super::STORED_MINOR`]).
 pub struct Env {
     vars: Vec<(Arc<str>, Ty)>,
+    minor: u32,
 }
 
 impl Env {
+    /// This version's full environment.
     pub fn new(vars: Vec<(Arc<str>, Ty)>) -> Env {
-        Env { vars }
+        Env { vars, minor: super::STORED_MINOR }
+    }
+    /// The environment of Kubernetes 1.`minor`: libraries introduced later are undeclared.
+    pub fn at(vars: Vec<(Arc<str>, Ty)>, minor: u32) -> Env {
+        Env { vars, minor }
     }
     pub fn push(&mut self, n: Arc<str>, t: Ty) {
         self.vars.push((n, t));
@@ -256,7 +263,7 @@ pub fn check(e: &Expr, env: &mut Env) -> Result<Ty, Issue> {
             }
             match tt {
                 Some(t) => member_type(*pos, func, &t, &ats),
-                None => global_type(*pos, func, &ats),
+                None => global_type(*pos, func, &ats, env.minor),
             }
         }
         Expr::List(_, xs) => {
@@ -318,42 +325,62 @@ pub fn check(e: &Expr, env: &mut Env) -> Result<Ty, Issue> {
             let (x, y) = (check(a, env)?, check(b, env)?);
             binary_type(*pos, *op, &x, &y)
         }
-        Expr::Comprehension { pos, kind, range, var, body, transform } => {
+        Expr::Comprehension { pos, kind, range, var, var2, body, transform } => {
             let rt = check(range, env)?;
-            let vt = match (&rt, kind) {
-                (Ty::Optional(t), Macro::OptMap) => (**t).clone(),
-                (Ty::Dyn, _) => Ty::Dyn,
-                (_, Macro::OptMap) => return no_member_match(*pos, "optMap", &rt, &[]),
-                (Ty::List(t), _) => (**t).clone(),
-                (Ty::Map(k, _), _) => (**k).clone(),
-                (Ty::Object(_), _) => Ty::String,
-                _ => {
-                    return issue(
-                        range.pos(),
-                        format!(
+            let not_a_range = || {
+                issue(
+                    range.pos(),
+                    format!(
                         "expression of type '{rt}' cannot be range of a comprehension (must be list, map, or dynamic)"
                     ),
-                    )
-                }
+                )
+            };
+            // The variables' types: the element or key; with two variables, the index or key and
+            // the element or value.
+            let (vt, v2t) = match (&rt, kind, var2.is_some()) {
+                (Ty::Optional(t), Macro::OptMap, _) => ((**t).clone(), None),
+                (Ty::Dyn, _, two) => (Ty::Dyn, two.then_some(Ty::Dyn)),
+                (_, Macro::OptMap, _) => return no_member_match(*pos, "optMap", &rt, &[]),
+                (Ty::List(t), _, false) => ((**t).clone(), None),
+                (Ty::List(t), _, true) => (Ty::Int, Some((**t).clone())),
+                (Ty::Map(k, v), _, two) => ((**k).clone(), two.then(|| (**v).clone())),
+                (Ty::Object(_), _, two) => (Ty::String, two.then_some(Ty::Dyn)),
+                _ => return not_a_range(),
             };
             env.vars.push((var.clone(), vt.clone()));
+            if let (Some(v2), Some(t)) = (var2, &v2t) {
+                env.vars.push((v2.clone(), t.clone()));
+            }
             let bt = check(body, env);
             let tt = transform.as_ref().map(|t| check(t, env));
             env.vars.pop();
+            if var2.is_some() {
+                env.vars.pop();
+            }
             let bt = bt?;
             let predicate = matches!(kind, Macro::All | Macro::Exists | Macro::ExistsOne | Macro::Filter)
-                || (*kind == Macro::Map && transform.is_some());
+                || (matches!(kind, Macro::Map | Macro::TransformList | Macro::TransformMap | Macro::TransformMapEntry)
+                    && transform.is_some());
             if predicate && !matches!(bt, Ty::Bool | Ty::Dyn) {
                 return issue(body.pos(), format!("expected type 'bool' but found '{bt}'"));
             }
+            // What a transform yields: the last argument.
+            let out = tt.transpose()?.unwrap_or(bt);
             Ok(match kind {
                 Macro::All | Macro::Exists | Macro::ExistsOne => Ty::Bool,
                 Macro::Filter => Ty::List(Box::new(vt)),
-                Macro::Map => match tt {
-                    Some(t) => Ty::List(Box::new(t?)),
-                    None => Ty::List(Box::new(bt)),
+                Macro::Map | Macro::TransformList => Ty::List(Box::new(out)),
+                Macro::TransformMap => Ty::Map(Box::new(vt), Box::new(out)),
+                // cel-go merges the entry with `cel.@mapInsert(map, map)`.
+                Macro::TransformMapEntry => match out {
+                    Ty::Map(..) => out,
+                    Ty::Dyn => Ty::Map(Box::new(Ty::Dyn), Box::new(Ty::Dyn)),
+                    t => {
+                        let accu = Ty::Map(Box::new(Ty::Dyn), Box::new(Ty::Dyn));
+                        return no_match(*pos, "cel.@mapInsert", &[&accu, &t]);
+                    }
                 },
-                Macro::OptMap => Ty::Optional(Box::new(bt)),
+                Macro::OptMap => Ty::Optional(Box::new(out)),
             })
         }
     }
@@ -439,7 +466,7 @@ fn binary_type(pos: usize, op: BinOp, x: &Ty, y: &Ty) -> Result<Ty, Issue> {
     }
 }
 
-fn global_type(pos: usize, f: &str, args: &[Ty]) -> Result<Ty, Issue> {
+fn global_type(pos: usize, f: &str, args: &[Ty], minor: u32) -> Result<Ty, Issue> {
     let a: Vec<&Ty> = args.iter().collect();
     let any = |t: &Ty| dynish(t);
     let one = |ok: &dyn Fn(&Ty) -> bool, out: Ty| -> Result<Ty, Issue> {
@@ -489,7 +516,8 @@ fn global_type(pos: usize, f: &str, args: &[Ty]) -> Result<Ty, Issue> {
         "cidr" => one(&|t| matches!(t, Ty::String), Ty::Cidr),
         "url" => one(&|t| matches!(t, Ty::String), Ty::Url),
         "isIP" | "isCIDR" | "isURL" | "ip.isCanonical" => one(&|t| matches!(t, Ty::String), Ty::Bool),
-        "semver" | "isSemver" => {
+        // The semver library came with 1.33; before, the names are undeclared (below).
+        "semver" | "isSemver" if minor >= 33 => {
             let out = if f == "semver" { Ty::Semver } else { Ty::Bool };
             match args {
                 [s] | [s, Ty::Bool | Ty::Dyn] if matches!(s, Ty::String | Ty::Dyn) => Ok(out),

@@ -322,35 +322,56 @@ fn node(e: &Expr, cx: &mut Cx) -> Node {
         }
         Expr::Binary(_, op, a, b) => binary(*op, a, b, cx),
         Expr::Call { target, func, args, .. } => call(target.as_deref(), func, args, cx),
-        Expr::Comprehension { kind, range, var, body, transform, .. } => {
+        Expr::Comprehension { kind, range, var, var2, body, transform, .. } => {
             let r = node(range, cx);
             let rt = cx.ty(range);
             let count = size_of(&r, &rt);
-            let (var_sz, var_size, var_ty) = match &rt {
-                Ty::List(el) => (r.sz.as_ref().and_then(|z| z.elem.clone()), r.elem, (**el).clone()),
-                Ty::Map(k, _) => (Some(Arc::new(Sz::default())), None, (**k).clone()),
-                Ty::Optional(t) => (r.sz.clone(), r.size, (**t).clone()),
-                Ty::Object(_) => (Some(Arc::new(Sz::default())), None, Ty::String),
-                _ => (None, None, Ty::Dyn),
+            // The variables' size bounds and types (see `check`): with two variables, a list's
+            // index (an int) and element, a map's key and value.
+            let elem_sz = || r.sz.as_ref().and_then(|z| z.elem.clone());
+            let key = || Some(Arc::new(Sz::default()));
+            let (first, second) = match (&rt, var2.is_some()) {
+                (Ty::List(el), false) => ((elem_sz(), r.elem, (**el).clone()), None),
+                (Ty::List(el), true) => ((None, None, Ty::Int), Some((elem_sz(), r.elem, (**el).clone()))),
+                (Ty::Map(k, v), two) => ((key(), None, (**k).clone()), two.then(|| (elem_sz(), None, (**v).clone()))),
+                (Ty::Optional(t), _) => ((r.sz.clone(), r.size, (**t).clone()), None),
+                (Ty::Object(_), two) => ((key(), None, Ty::String), two.then_some((None, None, Ty::Dyn))),
+                (_, two) => ((None, None, Ty::Dyn), two.then_some((None, None, Ty::Dyn))),
             };
-            cx.vars.push(Var { name: var.clone(), sz: var_sz, size: var_size });
-            cx.types.push(var.clone(), var_ty);
+            let mut bound = vec![(var.clone(), first)];
+            if let (Some(v2), Some(second)) = (var2, second) {
+                bound.push((v2.clone(), second));
+            }
+            for (name, (sz, size, ty)) in &bound {
+                cx.vars.push(Var { name: name.clone(), sz: sz.clone(), size: *size });
+                cx.types.push(name.clone(), ty.clone());
+            }
             let b = node(body, cx);
             let t = transform.as_ref().map(|t| node(t, cx));
-            cx.vars.pop();
-            cx.types.pop();
+            for _ in &bound {
+                cx.vars.pop();
+                cx.types.pop();
+            }
             let tcost = t.map(|t| t.cost).unwrap_or(fixed(0));
+            // cel-go's expansions: the accumulator's initial value and the result (fixed), the
+            // loop condition and step (per element). `cel.@mapInsert` is a plain call (1) over
+            // the accumulator (1), for transformMap the key variable (1), and the value.
             let (fixed_cost, per_item) = match kind {
                 Macro::All => (fixed(1), fixed(3).add(b.cost)),
                 Macro::Exists => (fixed(1), fixed(4).add(b.cost)),
                 Macro::ExistsOne => (fixed(2), fixed(2).add(b.cost)),
-                Macro::Map if transform.is_some() => (fixed(11), fixed(12).add(b.cost).add(tcost)),
-                Macro::Map => (fixed(11), fixed(12).add(b.cost)),
+                Macro::Map | Macro::TransformList => (fixed(11), fixed(12).add(b.cost).add(tcost)),
+                Macro::TransformMap => (fixed(31), fixed(3).add(b.cost).add(tcost)),
+                Macro::TransformMapEntry => (fixed(31), fixed(2).add(b.cost).add(tcost)),
                 Macro::Filter => (fixed(11), fixed(13).add(b.cost)),
                 Macro::OptMap => return Node::cost(r.cost.add(r.cost).add(fixed(3)).add(b.cost)),
             };
             let cost = r.cost.add(fixed_cost).add(count.mul(per_item));
-            let size = matches!(kind, Macro::Map | Macro::Filter).then_some(Est { min: 0, max: count.max });
+            let builds = matches!(
+                kind,
+                Macro::Map | Macro::Filter | Macro::TransformList | Macro::TransformMap | Macro::TransformMapEntry
+            );
+            let size = builds.then_some(Est { min: 0, max: count.max });
             Node { cost, size, sz: None, elem: None }
         }
     }
@@ -545,6 +566,36 @@ mod tests {
         assert_eq!(cost_of("self.m.all(k, self.m[k].size() < 3)", s.clone()), 2 + 1 + 3 * (3 + 4 + 1 + 1));
         let c = cost_of("self.tags.all(a, self.tags.all(b, a != b || true))", s);
         assert!(c > 5 * 5 && c < 1000, "{c}");
+    }
+
+    #[test]
+    fn two_variable_comprehensions_cost_as_cel_go_estimates_them() {
+        let s = json!({"type": "object", "properties": {
+            "tags": {"type": "array", "maxItems": 5, "items": {"type": "string", "maxLength": 4}},
+            "m": {"type": "object", "maxProperties": 3, "additionalProperties": {"type": "string", "maxLength": 2}}}});
+        // The maxima of cel-go's own estimates (ext/comprehensions_test.go).
+        for (rule, cost) in [
+            ("[1, 2, 3, 4].all(i, v, i < 5 && v > 0)", 39),
+            ("{1: 1, 2: 2, 3: 3}.all(i, v, i < 5 && v > 0)", 52),
+            ("[].transformList(i, v, v) == []", 31),
+            ("[1].transformList(i, v, i) == [0]", 45),
+            ("[3, 2, 1].transformList(i, v, v > i, v) == [3, 2]", 80),
+            ("{1: 2}.transformMap(k, v, v + 1) == {1: 3}", 97),
+            ("{1: 2, 3: 4, 5: 6}.transformMap(k, v, k % 3 == 0, v + 1) == {3: 5}", 116),
+            ("{1: 2}.transformMapEntry(k, v, {v: k}) == {2: 1}", 126),
+        ] {
+            assert_eq!(cost_of(rule, s.clone()), cost, "{rule}");
+        }
+        // Over the schema's bounds: 3 entries × (3 + v.size() < 3), and the value's maxLength
+        // (×4 for runes) for startsWith.
+        assert_eq!(cost_of("self.m.all(k, v, v.size() < 3)", s.clone()), 2 + 1 + 3 * (3 + 3));
+        assert_eq!(cost_of("self.m.exists(k, v, k.startsWith(v))", s.clone()), 2 + 1 + 3 * (4 + 2 + 1));
+        assert_eq!(cost_of("self.tags.existsOne(i, v, i == 0)", s.clone()), 2 + 2 + 5 * (2 + 2));
+        let unbounded = json!({"type": "array", "items": {"type": "string"}});
+        let c = cost_of("self.all(i, x, x.matches('^[a-z]+$'))", unbounded.clone());
+        assert!(c > 100 * STATIC_ESTIMATED_COST_LIMIT, "{c}");
+        let c = cost_of("self.transformMap(i, x, x.lowerAscii()).size() > 0", unbounded);
+        assert!(c > STATIC_ESTIMATED_COST_LIMIT, "{c}");
     }
 
     #[test]

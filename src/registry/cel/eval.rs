@@ -181,9 +181,9 @@ pub fn eval(e: &Expr, sc: &mut Scope) -> R<Val> {
             let r = eval(b, sc)?;
             binary(*op, l, r, sc.meter)
         }
-        Expr::Comprehension { kind, range, var, body, transform, .. } => {
+        Expr::Comprehension { kind, range, var, var2, body, transform, .. } => {
             let r = eval(range, sc)?;
-            comprehension(*kind, r, var, body, transform.as_deref(), sc)
+            comprehension(*kind, r, (var, var2.as_ref()), body, transform.as_deref(), sc)
         }
     }
 }
@@ -251,10 +251,12 @@ fn index_val(v: Val, i: &Val, optional: bool) -> R<Val> {
     }
 }
 
+/// Runs a comprehension macro over `range` with its variable, or (two-variable forms) its
+/// index or key variable and its element or value variable.
 fn comprehension(
     kind: Macro,
     range: Val,
-    var: &Arc<str>,
+    (var, var2): (&Arc<str>, Option<&Arc<str>>),
     body: &Expr,
     transform: Option<&Expr>,
     sc: &mut Scope,
@@ -271,24 +273,42 @@ fn comprehension(
             _ => no_overload(),
         };
     }
-    let items: Vec<Val> = match &range {
-        Val::List(l) => l.items.clone(),
-        Val::Map(m) => m.entries.keys().map(Key::to_val).collect(),
+    // Each step's first variable, and its second when there are two.
+    let items: Vec<(Val, Option<Val>)> = match (&range, var2.is_some()) {
+        (Val::List(l), false) => l.items.iter().map(|x| (x.clone(), None)).collect(),
+        (Val::List(l), true) => {
+            l.items.iter().enumerate().map(|(i, x)| (Val::Int(i as i64), Some(x.clone()))).collect()
+        }
+        (Val::Map(m), false) => m.entries.keys().map(|k| (k.to_val(), None)).collect(),
+        (Val::Map(m), true) => m.entries.iter().map(|(k, v)| (k.to_val(), Some(v.clone()))).collect(),
         _ => return no_overload(),
     };
+    let transforms = matches!(kind, Macro::Map | Macro::TransformList | Macro::TransformMap | Macro::TransformMapEntry);
     let mut first_err: Option<EvalError> = None;
     let mut count = 0usize;
     let mut out: Vec<Val> = Vec::new();
-    for it in items {
+    let mut out_map = MapVal::default();
+    for (first, second) in items {
         sc.meter.charge(1)?;
-        sc.vars.push((var.clone(), it));
+        let key = first.clone();
+        sc.vars.push((var.clone(), first));
+        let two = match (var2, second) {
+            (Some(v2), Some(x)) => {
+                sc.vars.push((v2.clone(), x));
+                true
+            }
+            _ => false,
+        };
         let r = eval(body, sc);
-        let r = match (kind, r, transform) {
-            (Macro::Map, Ok(Val::Bool(true)), Some(t)) => eval(t, sc).map(Some),
-            (Macro::Map, Ok(Val::Bool(false)), Some(_)) => Ok(None),
-            (Macro::Map, Ok(_), Some(_)) => no_overload(),
+        let r = match (transforms, r, transform) {
+            (true, Ok(Val::Bool(true)), Some(t)) => eval(t, sc).map(Some),
+            (true, Ok(Val::Bool(false)), Some(_)) => Ok(None),
+            (true, Ok(_), Some(_)) => no_overload(),
             (_, r, _) => r.map(Some),
         };
+        if two {
+            sc.vars.pop();
+        }
         let current = sc.vars.pop().map(|(_, v)| v);
         match r {
             Err(EvalError::CostLimit) => return Err(EvalError::CostLimit),
@@ -325,9 +345,20 @@ fn comprehension(
                     Val::Bool(false) => {}
                     _ => return no_overload(),
                 },
-                Macro::Map => {
+                Macro::Map | Macro::TransformList => {
                     sc.meter.charge(1)?;
                     out.push(v);
+                }
+                Macro::TransformMap => {
+                    sc.meter.charge(1)?;
+                    map_insert(&mut out_map, &key, v)?;
+                }
+                Macro::TransformMapEntry => {
+                    let Val::Map(entry) = v else { return no_overload() };
+                    sc.meter.charge(entry.entries.len() as u64)?;
+                    for (k, x) in &entry.entries {
+                        map_insert(&mut out_map, &k.to_val(), x.clone())?;
+                    }
                 }
                 Macro::OptMap => {}
             },
@@ -340,8 +371,20 @@ fn comprehension(
         Macro::All => Val::Bool(true),
         Macro::Exists => Val::Bool(false),
         Macro::ExistsOne => Val::Bool(count == 1),
+        Macro::TransformMap | Macro::TransformMapEntry => Val::Map(Arc::new(out_map)),
         _ => Val::list(out),
     })
+}
+
+/// Adds a new entry to a map being built (cel-go's `cel.@mapInsert`): a key already there, by
+/// CEL equality (`0` and `0u` are the same key), is an error.
+fn map_insert(m: &mut MapVal, k: &Val, v: Val) -> R<()> {
+    let key = Key::from_val(k).ok_or_else(|| EvalError::Msg(format!("unsupported key type: {}", k.type_name())))?;
+    if m.get(&key).is_some() {
+        return err(format!("insert failed: key {} already exists", display(k)));
+    }
+    m.entries.insert(key, v);
+    Ok(())
 }
 
 /// The binary operators.

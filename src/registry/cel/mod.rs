@@ -31,6 +31,15 @@ pub const PER_CALL_LIMIT: u64 = 1_000_000;
 /// The cost all rules of one object may use together (apiserver's `RuntimeCELCostBudget`).
 pub const RUNTIME_BUDGET: u64 = 10_000_000;
 
+/// The Kubernetes minor version (1.33) whose CEL environment skiff offers, as apiserver's
+/// `StoredExpressions` environment: rules a CRD already had compile with all of it, and so do
+/// rules when custom resources are validated.
+pub const STORED_MINOR: u32 = 33;
+/// The compatibility version (n-1) whose environment (`NewExpressions`) a rule new to a CRD
+/// compiles with, so that a server rolled back one version still runs every rule it accepted:
+/// the semver library (1.33) is not there, two-variable comprehensions (1.32) are.
+pub const NEW_MINOR: u32 = 32;
+
 /// What an expression must evaluate to.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Want {
@@ -56,10 +65,16 @@ pub enum CompileError {
 }
 
 impl Program {
-    /// Parses and checks `src` with the given variables in scope.
+    /// Parses and checks `src` with the given variables in scope, in the full environment.
     pub fn compile(src: &str, vars: &[(&str, Ty)], want: Want) -> Result<Program, CompileError> {
+        Program::compile_at(src, vars, want, STORED_MINOR)
+    }
+
+    /// As [`Program::compile`], with the functions of Kubernetes 1.`minor`'s environment.
+    pub fn compile_at(src: &str, vars: &[(&str, Ty)], want: Want, minor: u32) -> Result<Program, CompileError> {
         let expr = parser::parse(src).map_err(|i| CompileError::Issues(parser::format_issues(src, &[i])))?;
-        let mut env = check::Env::new(vars.iter().map(|(n, t)| (Arc::from(*n), t.clone())).collect());
+        let vars = vars.iter().map(|(n, t)| (Arc::from(*n), t.clone())).collect();
+        let mut env = check::Env::at(vars, minor);
         let ty = check::check(&expr, &mut env).map_err(|i| CompileError::Issues(parser::format_issues(src, &[i])))?;
         let ok = match want {
             Want::Bool => ty == Ty::Bool,
@@ -316,6 +331,82 @@ mod tests {
     }
 
     #[test]
+    fn two_variable_comprehensions() {
+        let o = json!({"tags": ["a", "b", "c"], "labels": {"app": "web", "tier": "front"},
+            "ports": [{"port": 80, "name": "http"}, {"port": 443, "name": "https"}]});
+        // Lists give the index and the element, maps the key and the value.
+        yes("self.tags.all(i, t, self.tags[i] == t) && [1, 2, 3].all(i, j, i < j)", o.clone());
+        no("{'hello': 'world', 'taco': 'taco'}.all(k, v, k != v)", o.clone());
+        yes("self.labels.all(k, v, k.size() >= 3 && v.size() >= 3)", o.clone());
+        no("self.labels.all(k, v, v == 'web')", o.clone());
+        yes("self.labels.exists(k, v, k == 'tier' && v == 'front')", o.clone());
+        no("[1, 2, 4, 8, 16].exists(i, v, v == 1024 && i == 10)", o.clone());
+        yes("[1, 1, 2, 2, 3, 3].existsOne(i, v, i == 2 && v == 2)", o.clone());
+        yes("{'i': 0, 'j': 1, 'k': 2}.exists_one(i, v, i == 'l' || v == 1)", o.clone());
+        no("[1, 2, 1, 3, 1, 4].existsOne(i, v, i == 1 || v == 1)", o.clone());
+        // As the one-variable forms, all and exists prefer a decisive element to an error.
+        no("[0, 1].all(i, v, 10 / v == 5)", o.clone());
+        yes("[0, 1].exists(i, v, 10 / v == 10)", o.clone());
+        assert_eq!(run("[0, 1].all(i, v, 10 / v > 0)", o.clone()).unwrap_err(), "Msg(\"division by zero\")");
+        // The transforms, with and without a filter.
+        yes("[1, 2, 3].transformList(i, v, i * v + v) == [1, 4, 9]", o.clone());
+        yes("[1, 2, 3].transformList(i, v, i % 2 == 0, i * v + v) == [1, 9]", o.clone());
+        yes("self.labels.transformList(k, _, k) == ['app', 'tier']", o.clone());
+        yes("self.labels.transformList(_, v, v) == ['web', 'front']", o.clone());
+        yes("[1, 2, 3].transformMap(i, v, i * v + v) == {0: 1, 1: 4, 2: 9}", o.clone());
+        yes("[1, 2, 3].transformMap(i, v, i % 2 == 0, i * v + v) == {0: 1, 2: 9}", o.clone());
+        yes("self.labels.transformMap(k, v, v + '!') == {'app': 'web!', 'tier': 'front!'}", o.clone());
+        yes("self.labels.transformMapEntry(k, v, {v: k}) == {'web': 'app', 'front': 'tier'}", o.clone());
+        yes("self.ports.transformMapEntry(i, p, p.port > 100, {p.name: p.port}) == {'https': 443}", o.clone());
+        yes("self.ports.transformMapEntry(i, p, {p.name: p.port, string(i): i}).size() == 4", o.clone());
+        no("[].transformList(i, v, v) != [] || {}.transformMap(k, v, v) != {}", o.clone());
+        // A key the entries repeat is an error, in cel-go's words; 0 and 0u are the same key.
+        assert_eq!(
+            run("[1, 1].transformMapEntry(i, v, {v: i}).size() == 2", o.clone()).unwrap_err(),
+            "Msg(\"insert failed: key 1 already exists\")"
+        );
+        assert_eq!(
+            run("[0, 0u].transformMapEntry(i, v, {v: i}).size() == 2", o.clone()).unwrap_err(),
+            "Msg(\"insert failed: key 0 already exists\")"
+        );
+        // A variable shadows one of the same name; oldSelf as a variable is no transition rule.
+        yes("self.tags.all(i, self, self.size() == 1)", o.clone());
+        let map = Ty::Map(Box::new(Ty::String), Box::new(Ty::Int));
+        let p = Program::compile(
+            "self.all(k, oldSelf, oldSelf > 0)",
+            &[("self", map.clone()), ("oldSelf", map)],
+            Want::Bool,
+        );
+        assert!(!p.unwrap().uses_old_self);
+        // Misuse is refused when the rule is compiled.
+        assert!(compile_err("self.tags.all(i, i, i > 0)").contains("1:18: duplicate variable name: i"));
+        assert!(compile_err("self.tags.all(i.j, k, true)").contains("argument must be a simple name"));
+        assert!(compile_err("self.tags.exists(j, i.k, true)").contains("1:22: argument must be a simple name"));
+        assert!(compile_err("self.tags.transformList(__result__, v, v) == []")
+            .contains("iteration variable overwrites accumulator variable"));
+        assert!(compile_err("self.tags.all(__result__, true)").contains("overwrites accumulator variable"));
+        assert!(compile_err("self.name.existsOne(k, v, true)").contains(
+            "expression of type 'string' cannot be range of a comprehension (must be list, map, or dynamic)"
+        ));
+        assert!(compile_err("self.tags.all(i, v, v)").contains("expected type 'bool' but found 'string'"));
+        assert!(compile_err("self.tags.all(i, v, i == 'a')")
+            .contains("found no matching overload for '_==_' applied to '(int, string)'"));
+        assert!(compile_err("self.labels.exists(k, v, v > 1)").contains("applied to '(string, int)'"));
+        assert!(compile_err("self.tags.transformList(i, v, 'x', v) == []")
+            .contains("expected type 'bool' but found 'string'"));
+        assert!(
+            compile_err("self.tags.transformList(i, v, i) == ['a']").contains("applied to '(list(int), list(string))'")
+        );
+        assert!(compile_err("self.tags.transformMap(i, v, v)[0] == 1").contains("applied to '(string, int)'"));
+        assert!(compile_err("self.labels.transformMapEntry(k, v, {v: 1})['a'] == 'b'")
+            .contains("applied to '(int, string)'"));
+        assert!(compile_err("self.labels.transformMapEntry(k, v, []) == {}")
+            .contains("found no matching overload for 'cel.@mapInsert' applied to '(map(dyn, dyn), list(dyn))'"));
+        let e = compile_err("self.tags.transformList(1, 2)");
+        assert!(e.contains("undeclared reference to 'transformList'"), "{e}");
+    }
+
+    #[test]
     fn strings_format_quote_and_the_format_library() {
         let o = json!({"name": "web-1", "replicas": 3, "tags": ["a"]});
         yes("'%s has %d replicas'.format([self.name, self.replicas]) == 'web-1 has 3 replicas'", o.clone());
@@ -355,6 +446,8 @@ mod tests {
             "url('https://[::1]:80/%zz?a=%zz;b&c').getQuery().size() >= 0",
             "semver('1.0.0-rc.1+b', true).compareTo(semver('v1', true)) < 0",
             "'%.200f%e%X%'.format([1.0, dyn('x'), 'é', 1]) != '' && format.dns1123LabelPrefix().validate('é-').hasValue()",
+            "self.tags.transformMapEntry(i, v, v != 'é', {v: i}).all(k, v, [k].existsOne(j, w, w == k && j == v))",
+            "{'a': [1], 'b': dyn(2)}.transformMap(k, v, k == 'a', dyn(v).transformList(i, x, x)).exists(k, v, v == [1])",
         ];
         let o = json!({"name": "x"});
         for r in rules {

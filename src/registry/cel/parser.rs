@@ -1,7 +1,8 @@
 //! CEL source text → syntax tree: a hand-written lexer and recursive-descent parser for the
 //! grammar of the CEL spec (github.com/google/cel-spec, `doc/langdef.md`), with the macros
-//! (`has`, `all`, `exists`, `exists_one`, `map`, `filter`) expanded while parsing, as cel-go
-//! does. Errors carry cel-go's wording and the 1-based line:column cel-go reports
+//! (`has`, `all`, `exists`, `exists_one`, `map`, `filter`, and the two-variable forms of cel-go's
+//! `ext.TwoVarComprehensions`: `all(k, v, p)`, `exists`, `existsOne`, `transformList`,
+//! `transformMap`, `transformMapEntry`) expanded while parsing, as cel-go does. Errors carry cel-go's wording and the 1-based line:column cel-go reports
 //! (`Syntax error: mismatched input '<EOF>' expecting …`).
 
 use std::sync::Arc;
@@ -71,6 +72,13 @@ pub enum Macro {
     Filter,
     /// `optMap(x, f)` on optionals.
     OptMap,
+    /// `transformList(i, v, f)` and `transformList(i, v, p, f)` (two variables only).
+    TransformList,
+    /// `transformMap(k, v, f)` and `transformMap(k, v, p, f)`: the key kept, the value transformed.
+    TransformMap,
+    /// `transformMapEntry(k, v, f)` and `transformMapEntry(k, v, p, f)`: `f` yields a map merged
+    /// into the result.
+    TransformMapEntry,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -111,11 +119,14 @@ pub enum Expr {
         pos: Pos,
         kind: Macro,
         range: Box<Expr>,
+        /// The element (lists) or key (maps); with `var2`, the index or key.
         var: Arc<str>,
-        /// The predicate (all/exists/exists_one/filter, the filter of a 3-argument map) or the
-        /// transform (map, optMap).
+        /// The second variable of a two-variable comprehension: the element or value.
+        var2: Option<Arc<str>>,
+        /// The predicate (all/exists/exists_one/filter, the filter of a 3-argument map or a
+        /// 4-argument transform) or the transform (map, optMap, 3-argument transforms).
         body: Box<Expr>,
-        /// The transform of a 3-argument `map(x, p, f)`.
+        /// The transform of a 3-argument `map(x, p, f)` or a 4-argument `transformList(i, v, p, f)`.
         transform: Option<Box<Expr>>,
     },
 }
@@ -157,9 +168,10 @@ impl Expr {
                 a.references(name) || b.references(name)
             }
             Expr::Cond(_, a, b, c) => a.references(name) || b.references(name) || c.references(name),
-            Expr::Comprehension { range, var, body, transform, .. } => {
+            Expr::Comprehension { range, var, var2, body, transform, .. } => {
                 range.references(name)
                     || (&**var != name
+                        && var2.as_deref() != Some(name)
                         && (body.references(name) || transform.as_ref().is_some_and(|t| t.references(name))))
             }
         }
@@ -474,6 +486,28 @@ fn lex_string(src: &str, q: usize, raw: bool, start: usize) -> Result<(Vec<u8>, 
 
 // ---------- parser ----------
 
+/// A comprehension's variable: a simple name, not the accumulator's (but `optMap` does not look),
+/// refused in the words cel-go v0.23 (Kubernetes 1.33's) uses for the macro `kind`.
+fn iter_var(e: &Expr, kind: Macro) -> Result<Arc<str>, Issue> {
+    match e {
+        Expr::Ident(p, v) if &**v == ACCUMULATOR && kind != Macro::OptMap => {
+            Err(Issue { pos: *p, message: "iteration variable overwrites accumulator variable".into() })
+        }
+        Expr::Ident(_, v) => Ok(v.clone()),
+        other => {
+            let message = match kind {
+                Macro::Map | Macro::Filter => "argument is not an identifier",
+                Macro::OptMap => "optMap() variable name must be a simple identifier",
+                _ => "argument must be a simple name",
+            };
+            Err(Issue { pos: other.pos(), message: message.into() })
+        }
+    }
+}
+
+/// The name of cel-go's comprehension accumulator, which a macro variable may not take.
+const ACCUMULATOR: &str = "__result__";
+
 struct Parser<'a> {
     src: &'a str,
     toks: Vec<Token>,
@@ -775,12 +809,15 @@ impl Parser<'_> {
     /// `target.name(args)`, expanding the comprehension macros.
     fn member_call(&mut self, pos: Pos, target: Expr, name: &str, mut args: Vec<Expr>) -> Result<Expr, Issue> {
         let kind = match (name, args.len()) {
-            ("all", 2) => Some(Macro::All),
-            ("exists", 2) => Some(Macro::Exists),
-            ("exists_one" | "existsOne", 2) => Some(Macro::ExistsOne),
+            ("all", 2 | 3) => Some(Macro::All),
+            ("exists", 2 | 3) => Some(Macro::Exists),
+            ("exists_one" | "existsOne", 2 | 3) => Some(Macro::ExistsOne),
             ("map", 2 | 3) => Some(Macro::Map),
             ("filter", 2) => Some(Macro::Filter),
             ("optMap", 2) => Some(Macro::OptMap),
+            ("transformList", 3 | 4) => Some(Macro::TransformList),
+            ("transformMap", 3 | 4) => Some(Macro::TransformMap),
+            ("transformMapEntry", 3 | 4) => Some(Macro::TransformMapEntry),
             _ => None,
         };
         let Some(kind) = kind else {
@@ -799,15 +836,27 @@ impl Parser<'_> {
             }
             return Ok(Expr::Call { pos, target: Some(Box::new(target)), func: name.into(), args });
         };
-        let var = match &args[0] {
-            Expr::Ident(_, v) => v.clone(),
-            other => {
-                return Err(Issue { pos: other.pos(), message: "argument must be a simple name".into() });
-            }
+        // Two variables: the quantifiers with 3 arguments, the transforms always.
+        let two = match kind {
+            Macro::All | Macro::Exists | Macro::ExistsOne => args.len() == 3,
+            Macro::TransformList | Macro::TransformMap | Macro::TransformMapEntry => true,
+            _ => false,
         };
-        let transform = if args.len() == 3 { args.pop().map(Box::new) } else { None };
-        let body = args.pop().map(Box::new).ok_or_else(|| Issue { pos, message: "missing macro body".into() })?;
-        Ok(Expr::Comprehension { pos, kind, range: Box::new(target), var, body, transform })
+        let mut rest = args.split_off(if two { 2 } else { 1 }).into_iter();
+        let var = iter_var(&args[0], kind)?;
+        let var2 = match args.get(1) {
+            Some(a) => {
+                let v = iter_var(a, kind)?;
+                if v == var {
+                    return Err(Issue { pos: a.pos(), message: format!("duplicate variable name: {v}") });
+                }
+                Some(v)
+            }
+            None => None,
+        };
+        let body = rest.next().map(Box::new).ok_or_else(|| Issue { pos, message: "missing macro body".into() })?;
+        let transform = rest.next().map(Box::new);
+        Ok(Expr::Comprehension { pos, kind, range: Box::new(target), var, var2, body, transform })
     }
 
     fn primary(&mut self) -> Result<Expr, Issue> {
@@ -911,6 +960,46 @@ mod tests {
         assert!(matches!(parse("-9223372036854775808").unwrap(), Expr::Lit(_, Lit::Int(i64::MIN))));
         assert!(matches!(parse("'a\\n' + r'\\n' + '''x'y'''").unwrap(), Expr::Binary(..)));
         assert!(matches!(parse("[1, 2,]").unwrap(), Expr::List(_, v) if v.len() == 2));
+        let e = parse("m.transformMap(k, v, k != 'a', v + 1)").unwrap();
+        let Expr::Comprehension { kind: Macro::TransformMap, var, var2: Some(v2), transform: Some(_), .. } = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!((&*var, &*v2), ("k", "v"));
+        let e = parse("l.exists_one(i, v, v > i)").unwrap();
+        assert!(matches!(e, Expr::Comprehension { kind: Macro::ExistsOne, var2: Some(_), transform: None, .. }));
+        let e = parse("l.all(x, x > 0)").unwrap();
+        assert!(matches!(e, Expr::Comprehension { kind: Macro::All, var2: None, .. }));
+        // Not macros: too few arguments, or a one-variable form of a two-variable macro.
+        assert!(matches!(parse("l.transformList(i, v)").unwrap(), Expr::Call { .. }));
+        assert!(matches!(parse("l.filter(i, v, true)").unwrap(), Expr::Call { .. }));
+    }
+
+    #[test]
+    fn two_variable_macros_refuse_what_cel_go_refuses() {
+        let err = |s: &str| parse(s).unwrap_err();
+        let e = err("[].all(i, i, i < i)");
+        assert_eq!((e.message.as_str(), e.pos), ("duplicate variable name: i", 10));
+        assert_eq!(
+            err("[].all(__result__, i, __result__ < i)").message,
+            "iteration variable overwrites accumulator variable"
+        );
+        assert_eq!(err("[].all(j, __result__, __result__ < j)").pos, 10);
+        // The one-variable forms word it by macro, as cel-go v0.23.
+        assert_eq!(err("[].map(1, 2)").message, "argument is not an identifier");
+        assert_eq!(err("[].filter(a.b, true)").message, "argument is not an identifier");
+        assert_eq!(err("[].exists_one(a.b, true)").message, "argument must be a simple name");
+        assert_eq!(err("optional.none().optMap(a.b, 1)").message, "optMap() variable name must be a simple identifier");
+        assert_eq!(err("[].map(__result__, 1)").message, "iteration variable overwrites accumulator variable");
+        for bad in [
+            "[].all(i.j, k, i.j < k)",
+            "[].exists(j, i.k, j < i.k)",
+            "[].existsOne(j, i.k, j < i.k)",
+            "[].transformList(1, k, k)",
+            "{}.transformMap(j, i.k, j + i.k)",
+            "{}.transformMapEntry(i.j, k, {k: i.j})",
+        ] {
+            assert_eq!(err(bad).message, "argument must be a simple name", "{bad}");
+        }
     }
 
     #[test]
