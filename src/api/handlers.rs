@@ -293,12 +293,20 @@ async fn ensure_namespace_usable(req: &Req) -> ApiResult<()> {
     // linearizable read waits for every write in flight to apply, which doubled a create's
     // latency under load. Only a namespace not found there (created a moment ago through another
     // server) is looked up linearizably.
-    let n = match objects::get_serializable(req.st.store.as_ref(), nsr, None, ns).await {
-        Ok(n) => n,
-        Err(e) if e.code == 404 => objects::get(req.st.store.as_ref(), nsr, None, ns).await?,
-        Err(e) => return Err(e),
+    // The namespace's bytes are only looked into for metadata.deletionTimestamp (decoding the
+    // whole object on every create cost more than the rest of this check).
+    let terminating = match objects::get_serializable_kv(req.st.store.as_ref(), nsr, None, ns).await? {
+        Some(kv) => match super::rawjson::RawObject::parse(&kv.value) {
+            Some(o) => o.meta_is_set("deletionTimestamp"),
+            None => objects::decode_as(nsr, &kv)?.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null()),
+        },
+        None => objects::get(req.st.store.as_ref(), nsr, None, ns)
+            .await?
+            .obj
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|d| !d.is_null()),
     };
-    if n.obj.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null()) {
+    if terminating {
         return Err(ApiError::forbidden(format!(
             "{} {:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
             req.r.qualified_plural(),

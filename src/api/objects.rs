@@ -89,11 +89,21 @@ pub async fn get(store: &dyn Store, r: &Resource, ns: Option<&str>, name: &str) 
 /// [`get`] from this server's applied state (a serializable read): for admission's lookups,
 /// which read informer caches upstream (eventually consistent, as these are).
 pub async fn get_serializable(store: &dyn Store, r: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Stored> {
+    stored(r, name, get_serializable_kv(store, r, ns, name).await?)
+}
+
+/// [`get_serializable`], the stored bytes left undecoded.
+pub async fn get_serializable_kv(
+    store: &dyn Store,
+    r: &Resource,
+    ns: Option<&str>,
+    name: &str,
+) -> ApiResult<Option<crate::store::KeyValue>> {
     let key = r.key(ns, name).into_bytes();
     let resp = store
         .range(crate::store::RangeRequest { prefix: key.clone(), serializable: true, ..Default::default() })
         .await?;
-    stored(r, name, resp.kvs.into_iter().find(|kv| kv.key == key))
+    Ok(resp.kvs.into_iter().find(|kv| kv.key == key))
 }
 
 fn stored(r: &Resource, name: &str, kv: Option<crate::store::KeyValue>) -> ApiResult<Stored> {

@@ -77,6 +77,11 @@ impl<'a> RawObject<'a> {
         self.metadata.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
     }
 
+    /// Whether `metadata` has member `name` with a value other than `null`.
+    pub fn meta_is_set(&self, name: &str) -> bool {
+        self.meta(name).is_some_and(|raw| raw.get() != "null")
+    }
+
     /// `metadata.labels`, parsed (for label selectors).
     pub fn labels(&self) -> Option<Value> {
         self.meta("labels").and_then(|raw| serde_json::from_str(raw.get()).ok())
@@ -196,6 +201,9 @@ mod tests {
         assert_eq!(o.labels(), Some(json!({"app": "web"})));
         assert_eq!(o.meta_str("name").as_deref(), Some("n1"));
         assert_eq!(o.meta_str("namespace").as_deref(), Some("ns"));
+        assert!(o.meta_is_set("labels") && !o.meta_is_set("deletionTimestamp"));
+        let o = RawObject::parse(br#"{"metadata":{"deletionTimestamp":null}}"#).expect("object");
+        assert!(!o.meta_is_set("deletionTimestamp"));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! create throughput should stay above half of it).
 //!
 //! Run: `cargo run --release --features bench --bin skiff-api-bench -- [--quick]
-//! [--clients N] [--skiff PATH]`. The server binary defaults to `skiff` next to this one.
+//! [--clients N] [--skiff PATH] [--creates-only N]`; `--creates-only` runs only the create workload
+//! (to profile the write path). The server binary defaults to `skiff` next to this one.
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -22,16 +23,19 @@ type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 
 struct Opts {
     quick: bool,
+    /// Only the create workload, `n` objects (for profiling the write path).
+    creates_only: Option<usize>,
     clients: usize,
     skiff: PathBuf,
 }
 
 fn opts() -> Result<Opts, BoxErr> {
-    let mut o = Opts { quick: false, clients: 16, skiff: default_skiff()? };
+    let mut o = Opts { quick: false, creates_only: None, clients: 16, skiff: default_skiff()? };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => o.quick = true,
+            "--creates-only" => o.creates_only = Some(args.next().ok_or("--creates-only N")?.parse()?),
             "--clients" => o.clients = args.next().ok_or("--clients N")?.parse()?,
             "--skiff" => o.skiff = args.next().ok_or("--skiff PATH")?.into(),
             other => return Err(format!("unknown argument {other}").into()),
@@ -179,12 +183,19 @@ async fn watch_fanout(client: &kube::Client, ns: &str, n: usize, writes: usize) 
 async fn main() -> Result<(), BoxErr> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let o = opts()?;
-    let (per_client_create, get_calls, lists, watchers, watch_writes) =
+    let (mut per_client_create, get_calls, lists, watchers, watch_writes) =
         if o.quick { (50, 200, 5, 100, 20) } else { (5000 / o.clients, 2000, 20, 1000, 100) };
+    if let Some(n) = o.creates_only {
+        per_client_create = n.div_ceil(o.clients.max(1));
+    }
     let tmp = tempfile::tempdir()?;
 
-    eprintln!("raw store puts…");
-    let mut raw = store_puts(&tmp.path().join("store"), o.clients, per_client_create).await?;
+    let mut raw = if o.creates_only.is_some() {
+        Sample { lat: vec![], wall: 1.0 }
+    } else {
+        eprintln!("raw store puts…");
+        store_puts(&tmp.path().join("store"), o.clients, per_client_create).await?
+    };
 
     eprintln!("starting {}…", o.skiff.display());
     let (server, client) = start_server(&o.skiff, tmp.path(), &[]).await?;
@@ -209,6 +220,17 @@ async fn main() -> Result<(), BoxErr> {
         (server.cpu_seconds() - cpu_before.0) / created.max(1) as f64 * 1e6,
         (skiff::bench_support::cpu_seconds(std::process::id()) - cpu_before.1) / created.max(1) as f64 * 1e6,
     );
+    if o.creates_only.is_some() {
+        println!(
+            "API create ConfigMap 1 KiB, {} clients: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+            o.clients,
+            create.ops(),
+            create.pct(0.5),
+            create.pct(0.99)
+        );
+        println!("CPU per create: server {:.0} µs, bench clients {:.0} µs", create_cpu.0, create_cpu.1);
+        return Ok(());
+    }
 
     eprintln!("get with {} clients…", o.clients);
     let c = client.clone();

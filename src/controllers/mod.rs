@@ -182,5 +182,11 @@ pub async fn run_all(
         })
         .map(|(_, f)| f)
         .collect();
-    futures::future::join_all(run).await;
+    // Each controller is its own task: polled together (one join_all), every event any one of
+    // them received woke and polled all twenty. A JoinSet also aborts them if this is dropped.
+    let mut tasks = tokio::task::JoinSet::new();
+    for f in run {
+        tasks.spawn(f);
+    }
+    while tasks.join_next().await.is_some() {}
 }

@@ -3,11 +3,10 @@
 //! reference the durable store is checked against.
 
 use super::mvcc::Mvcc;
-use super::watch::{self, Published};
+use super::watch;
 use super::*;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::broadcast;
 
 pub use super::watch::PROGRESS_INTERVAL;
 
@@ -15,7 +14,7 @@ pub use super::watch::PROGRESS_INTERVAL;
 #[derive(Clone)]
 pub struct MemStore {
     inner: Arc<Mutex<Mvcc>>,
-    tx: broadcast::Sender<Published>,
+    hub: Arc<watch::Hub>,
     /// TTL deadlines are kept in milliseconds since this instant (the MVCC core takes plain
     /// numbers so the Raft state machine can use the proposer's wall clock instead).
     epoch: Instant,
@@ -29,8 +28,7 @@ impl Default for MemStore {
 
 impl MemStore {
     pub fn new() -> MemStore {
-        let (tx, _) = broadcast::channel(watch::LIVE_CAPACITY);
-        MemStore { inner: Arc::new(Mutex::new(Mvcc::new())), tx, epoch: Instant::now() }
+        MemStore { inner: Arc::new(Mutex::new(Mvcc::new())), hub: Arc::new(watch::Hub::new()), epoch: Instant::now() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Mvcc> {
@@ -47,7 +45,7 @@ impl MemStore {
         let applied = g.apply(txn, self.millis(now));
         // Send under the lock so live events are published in revision order.
         if !applied.events.is_empty() {
-            let _ = self.tx.send(Arc::new((applied.response.revision, applied.events)));
+            self.hub.publish(applied.response.revision, applied.events);
         }
         applied.response
     }
@@ -75,7 +73,7 @@ impl Store for MemStore {
         let (history, live, start_rev) = {
             let g = self.lock();
             let (history, start_rev) = g.history(&prefix, after_revision)?;
-            (history, self.tx.subscribe(), start_rev)
+            (history, self.hub.subscribe(&prefix), start_rev)
         };
         Ok(watch::stream(history, live, start_rev, prefix))
     }

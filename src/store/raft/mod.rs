@@ -761,7 +761,7 @@ impl Store for RaftStore {
         let (history, live, start_rev) = {
             let m = self.shared.lock();
             let (history, start_rev) = m.history(&prefix, after_revision)?;
-            (history, m.tx.subscribe(), start_rev)
+            (history, m.hub.subscribe(&prefix), start_rev)
         };
         Ok(watch::stream(history, live, start_rev, prefix))
     }

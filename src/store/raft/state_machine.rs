@@ -14,7 +14,6 @@
 use super::codec;
 use super::{Error, Request, Response, TypeConfig};
 use crate::store::mvcc::Mvcc;
-use crate::store::watch::{Published, LIVE_CAPACITY};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError, StoredMembership,
@@ -23,7 +22,6 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::broadcast;
 
 type NodeId = u64;
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -44,7 +42,7 @@ pub struct Shared {
 /// history read and its subscription see the same revision.
 pub struct Inner {
     pub mvcc: Mvcc,
-    pub tx: broadcast::Sender<Published>,
+    pub hub: super::super::watch::Hub,
 }
 
 impl std::ops::Deref for Inner {
@@ -143,7 +141,7 @@ fn apply_request(inner: &mut Inner, compacted: &AtomicU64, req: Request) -> Resp
             if !applied.events.is_empty() {
                 // Published under the lock, so watchers see revisions in order and a new
                 // watch's history read never misses or repeats one.
-                let _ = inner.tx.send(Arc::new((applied.response.revision, applied.events)));
+                inner.hub.publish(applied.response.revision, applied.events);
             }
             Response::Txn(applied.response)
         }
@@ -168,9 +166,8 @@ impl StateMachine {
             }
             None => (Mvcc::new(), None, StoredMembership::default(), 0),
         };
-        let (tx, _) = broadcast::channel(LIVE_CAPACITY);
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner { mvcc, tx }),
+            inner: Mutex::new(Inner { mvcc, hub: Default::default() }),
             snapshot_records: AtomicU64::new(records),
             compacted_since_snapshot: AtomicU64::new(0),
         });
@@ -262,7 +259,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Live watchers cannot follow a jump over revisions they never saw: replacing the
             // channel ends their streams with `WatchLagged`, and they re-watch from their last
             // revision (history) or re-list (`Compacted`), as after an etcd watch cancel.
-            inner.tx = broadcast::channel(LIVE_CAPACITY).0;
+            inner.hub.reset();
         }
         tracing::info!(revision = rev, "installed a raft snapshot");
         Ok(())
