@@ -93,7 +93,11 @@ impl<'a> Shape<'a> {
     fn resolved(self) -> Option<&'a Value> {
         let mut n = self.node?;
         for _ in 0..16 {
-            let r = n.get("$ref").or_else(|| n.pointer("/allOf/0/$ref")).and_then(|r| r.as_str());
+            // (Direct lookups: `Value::pointer` allocates for every path token.)
+            let r = n
+                .get("$ref")
+                .or_else(|| n.get("allOf").and_then(|a| a.get(0)).and_then(|a| a.get("$ref")))
+                .and_then(|r| r.as_str());
             match r.and_then(|r| r.rsplit('/').next()).and_then(|name| self.defs.get(name)) {
                 Some(d) => n = d,
                 None => return Some(n),
@@ -482,11 +486,27 @@ pub fn record_update(
     subresource: Option<&str>,
     shape: Shape,
 ) {
-    let mut entries = old.map(read_entries).unwrap_or_default();
-    let touched = match old {
-        Some(o) => changed(o, new, shape),
-        None => fields_in(new, shape),
+    let sub = subresource.map(String::from);
+    let Some(old) = old else {
+        // A create: every field is the creator's (one walk of the object, not two).
+        let fields = fields_in(new, shape);
+        let entries = if fields.is_empty() {
+            vec![]
+        } else {
+            vec![Entry {
+                manager: manager.into(),
+                operation: "Update".into(),
+                api_version: api_version.into(),
+                time: now(),
+                subresource: sub,
+                fields,
+            }]
+        };
+        write_entries(new, &entries);
+        return;
     };
+    let mut entries = read_entries(old);
+    let touched = changed(old, new, shape);
     if touched.is_empty() {
         write_entries(new, &entries);
         return;
@@ -495,7 +515,6 @@ pub fn record_update(
     for e in entries.iter_mut() {
         e.fields.retain(|p| !touched.contains(p) && current.contains(p));
     }
-    let sub = subresource.map(String::from);
     match entries.iter_mut().find(|e| e.manager == manager && e.operation == "Update" && e.subresource == sub) {
         Some(e) => {
             e.fields.extend(touched.into_iter().filter(|p| current.contains(p)));

@@ -55,7 +55,7 @@ fn qty(v: Option<&Value>) -> Option<f64> {
 /// The objects of one kind in `ns`. `serializable`: from this server's applied state, for
 /// admission lookups, which read informer caches upstream.
 async fn list_in(req: &Req, group: &str, plural: &str, ns: &str, serializable: bool) -> ApiResult<Vec<Value>> {
-    let Some(r) = registry::BUILTIN.iter().find(|r| r.group == group && r.plural == plural) else { return Ok(vec![]) };
+    let Some(r) = registry::by_plural(plural).find(|r| r.group == group) else { return Ok(vec![]) };
     let resp = req
         .st
         .store

@@ -406,7 +406,21 @@ pub static BUILTIN: &[Resource] = &[
 
 /// Looks up a served resource by group, version and plural name.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
-    BUILTIN.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    by_plural(plural).find(|r| r.group == group && r.version == version)
+}
+
+/// The built-ins named `plural` (a handful at most: one per group and version), from an index
+/// (every request looks its resource up; a scan of the whole table showed in profiles).
+pub fn by_plural(plural: &str) -> impl Iterator<Item = &'static Resource> + '_ {
+    static INDEX: std::sync::OnceLock<std::collections::HashMap<&'static str, Vec<usize>>> = std::sync::OnceLock::new();
+    let index = INDEX.get_or_init(|| {
+        let mut m: std::collections::HashMap<&'static str, Vec<usize>> = std::collections::HashMap::new();
+        for (i, r) in BUILTIN.iter().enumerate() {
+            m.entry(r.plural.as_ref()).or_default().push(i);
+        }
+        m
+    });
+    index.get(plural).into_iter().flatten().filter_map(|i| BUILTIN.get(*i))
 }
 
 /// Looks up a served resource by group and kind (any served version).

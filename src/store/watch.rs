@@ -18,6 +18,11 @@ pub type Published = Arc<(i64, Vec<Event>)>;
 /// [`StoreError::WatchLagged`] (etcd likewise cancels slow watchers rather than buffer forever).
 pub const LIVE_CAPACITY: usize = 4096;
 
+/// Capacity of each kind's channel. Every channel's slots are allocated up front (about 40
+/// bytes each) and a server watches some thirty kinds, so these are smaller than the channel
+/// for everything; a kind's channel carries only that kind's revisions.
+pub const KIND_CAPACITY: usize = 1024;
+
 /// The live side of watches: applied revisions go out on broadcast channels, one per kind's
 /// key range (`/registry/<group>/<plural>/`, the first four `/`-separated parts of a key) and
 /// one for everything. A watch subscribes to its prefix's kind channel when the prefix names
@@ -73,7 +78,7 @@ impl Hub {
     pub fn subscribe(&self, prefix: &[u8]) -> broadcast::Receiver<Published> {
         let mut c = self.lock();
         match kind_range(prefix) {
-            Some(k) => c.kinds.entry(k.to_vec()).or_insert_with(|| broadcast::channel(LIVE_CAPACITY).0).subscribe(),
+            Some(k) => c.kinds.entry(k.to_vec()).or_insert_with(|| broadcast::channel(KIND_CAPACITY).0).subscribe(),
             None => c.all.subscribe(),
         }
     }
