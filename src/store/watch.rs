@@ -1,5 +1,5 @@
 //! The watch stream shared by every store backend: replay the history a [`super::mvcc::Mvcc`]
-//! returned, then forward live revisions from a broadcast channel, filtered by prefix, with a
+//! returned, then forward live revisions from the [`Hub`], filtered by prefix, with a
 //! periodic `Progress` so idle watchers learn the revision moved on (etcd's progress
 //! notifications, which kube-apiserver turns into watch bookmarks).
 
@@ -14,7 +14,7 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// One applied revision as published to live watchers.
 pub type Published = Arc<(i64, Vec<Event>)>;
 
-/// Capacity of the live broadcast channel; a watcher further behind than this is dropped with
+/// Capacity of the channel for wide prefixes; a watcher further behind than this is dropped with
 /// [`StoreError::WatchLagged`] (etcd likewise cancels slow watchers rather than buffer forever).
 pub const LIVE_CAPACITY: usize = 4096;
 
