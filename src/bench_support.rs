@@ -24,9 +24,7 @@ impl Server {
     pub fn rss_mib(&self) -> f64 {
         rss_mib(self.child.id())
     }
-}
 
-impl Server {
     /// CPU time (user + system) the server has used so far, seconds.
     pub fn cpu_seconds(&self) -> f64 {
         cpu_seconds(self.child.id())

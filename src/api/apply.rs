@@ -425,6 +425,20 @@ pub struct Entry {
     pub fields: FieldSet,
 }
 
+impl Entry {
+    /// A manager's entry written now.
+    fn new(manager: &str, operation: &str, api_version: &str, subresource: Option<String>, fields: FieldSet) -> Entry {
+        Entry {
+            manager: manager.into(),
+            operation: operation.into(),
+            api_version: api_version.into(),
+            time: now(),
+            subresource,
+            fields,
+        }
+    }
+}
+
 pub fn read_entries(obj: &Value) -> Vec<Entry> {
     obj.pointer("/metadata/managedFields")
         .and_then(|m| m.as_array())
@@ -490,18 +504,8 @@ pub fn record_update(
     let Some(old) = old else {
         // A create: every field is the creator's (one walk of the object, not two).
         let fields = fields_in(new, shape);
-        let entries = if fields.is_empty() {
-            vec![]
-        } else {
-            vec![Entry {
-                manager: manager.into(),
-                operation: "Update".into(),
-                api_version: api_version.into(),
-                time: now(),
-                subresource: sub,
-                fields,
-            }]
-        };
+        let entries =
+            if fields.is_empty() { vec![] } else { vec![Entry::new(manager, "Update", api_version, sub, fields)] };
         write_entries(new, &entries);
         return;
     };
@@ -520,14 +524,13 @@ pub fn record_update(
             e.fields.extend(touched.into_iter().filter(|p| current.contains(p)));
             e.time = now();
         }
-        None => entries.push(Entry {
-            manager: manager.into(),
-            operation: "Update".into(),
-            api_version: api_version.into(),
-            time: now(),
-            subresource: sub,
-            fields: touched.into_iter().filter(|p| current.contains(p)).collect(),
-        }),
+        None => entries.push(Entry::new(
+            manager,
+            "Update",
+            api_version,
+            sub,
+            touched.into_iter().filter(|p| current.contains(p)).collect(),
+        )),
     }
     write_entries(new, &entries);
 }
@@ -641,14 +644,7 @@ pub fn apply(
         });
     }
     entries.retain(|e| !(e.manager == manager && e.operation == "Apply"));
-    entries.push(Entry {
-        manager: manager.into(),
-        operation: "Apply".into(),
-        api_version: api_version.into(),
-        time: now(),
-        subresource: None,
-        fields: new_set,
-    });
+    entries.push(Entry::new(manager, "Apply", api_version, None, new_set));
     write_entries(&mut result, &entries);
     Ok(result)
 }

@@ -295,16 +295,13 @@ async fn ensure_namespace_usable(req: &Req) -> ApiResult<()> {
     // server) is looked up linearizably.
     // The namespace's bytes are only looked into for metadata.deletionTimestamp (decoding the
     // whole object on every create cost more than the rest of this check).
-    let terminating = match objects::get_serializable_kv(req.st.store.as_ref(), nsr, None, ns).await? {
-        Some(kv) => match super::rawjson::RawObject::parse(&kv.value) {
-            Some(o) => o.meta_is_set("deletionTimestamp"),
-            None => objects::decode_as(nsr, &kv)?.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null()),
-        },
-        None => objects::get(req.st.store.as_ref(), nsr, None, ns)
-            .await?
-            .obj
-            .pointer("/metadata/deletionTimestamp")
-            .is_some_and(|d| !d.is_null()),
+    let kv = match objects::get_serializable_kv(req.st.store.as_ref(), nsr, None, ns).await? {
+        Some(kv) => kv,
+        None => req.st.store.get(nsr.key(None, ns).as_bytes()).await?.0.ok_or_else(|| ApiError::not_found(nsr, ns))?,
+    };
+    let terminating = match super::rawjson::RawObject::parse(&kv.value) {
+        Some(o) => o.meta_is_set("deletionTimestamp"),
+        None => objects::decode_as(nsr, &kv)?.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null()),
     };
     if terminating {
         return Err(ApiError::forbidden(format!(
@@ -502,8 +499,7 @@ async fn list_raw(
     list_with(req, sel, |kv| {
         let mut out = Vec::with_capacity(kv.value.len() + 32);
         match super::rawjson::RawObject::parse(&kv.value) {
-            Some(o) if sel.matches_raw(&o) && partial => o.write_partial_with_rv(kv.mod_revision, &mut out),
-            Some(o) if sel.matches_raw(&o) => o.write_with_rv(kv.mod_revision, &mut out),
+            Some(o) if sel.matches_raw(&o) => o.write_served(kv.mod_revision, partial, &mut out),
             Some(_) => return Ok(None),
             // Not an object: the Value path names the broken key.
             None => {

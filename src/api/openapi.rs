@@ -145,8 +145,8 @@ fn kind_shape(r: &'static Resource) -> Option<KindShape> {
 pub fn builtin_shape(r: &Resource) -> Option<&'static KindShape> {
     static SHAPES: OnceLock<Vec<OnceLock<Option<KindShape>>>> = OnceLock::new();
     let slots = SHAPES.get_or_init(|| BUILTIN.iter().map(|_| OnceLock::new()).collect());
-    let i = BUILTIN.iter().position(|b| b.group == r.group && b.version == r.version && b.kind == r.kind)?;
-    slots.get(i)?.get_or_init(|| kind_shape(&BUILTIN[i])).as_ref()
+    let i = registry::builtin_position(r)?;
+    slots.get(i)?.get_or_init(|| BUILTIN.get(i).and_then(kind_shape)).as_ref()
 }
 
 /// Keeps what walking by schema reads: references, nesting, defaults and the extensions.

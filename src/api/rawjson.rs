@@ -127,6 +127,15 @@ impl<'a> RawObject<'a> {
         out.push(b'}');
     }
 
+    /// [`RawObject::write_partial_with_rv`] when `partial`, else [`RawObject::write_with_rv`].
+    pub fn write_served(&self, rev: i64, partial: bool, out: &mut Vec<u8>) {
+        if partial {
+            self.write_partial_with_rv(rev, out)
+        } else {
+            self.write_with_rv(rev, out)
+        }
+    }
+
     fn write_metadata(&self, rev: i64, out: &mut Vec<u8>) {
         out.push(b'{');
         for (mk, mv) in self.metadata.iter().filter(|(mk, _)| mk != "resourceVersion") {

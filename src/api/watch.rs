@@ -63,11 +63,7 @@ fn raw_event(ev: &crate::store::Event, sel: &Selectors, partial: bool) -> Option
         },
     };
     let mut bytes = Vec::with_capacity(ev.kv.value.len() + 32);
-    if partial {
-        obj.write_partial_with_rv(rev, &mut bytes);
-    } else {
-        obj.write_with_rv(rev, &mut bytes);
-    }
+    obj.write_served(rev, partial, &mut bytes);
     Some(Some(raw_line(ty, &bytes)))
 }
 
@@ -105,11 +101,7 @@ pub async fn serve(req: Req) -> ApiResult<Response> {
                 if let Some(o) = super::rawjson::RawObject::parse(&kv.value) {
                     if sel.matches_raw(&o) {
                         let mut bytes = Vec::with_capacity(kv.value.len() + 32);
-                        if metadata_only {
-                            o.write_partial_with_rv(kv.mod_revision, &mut bytes);
-                        } else {
-                            o.write_with_rv(kv.mod_revision, &mut bytes);
-                        }
+                        o.write_served(kv.mod_revision, metadata_only, &mut bytes);
                         initial_raw.push(raw_line("ADDED", &bytes));
                     }
                     continue;

@@ -409,18 +409,31 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
     by_plural(plural).find(|r| r.group == group && r.version == version)
 }
 
-/// The built-ins named `plural` (a handful at most: one per group and version), from an index
-/// (every request looks its resource up; a scan of the whole table showed in profiles).
-pub fn by_plural(plural: &str) -> impl Iterator<Item = &'static Resource> + '_ {
+/// Positions in [`BUILTIN`] by plural name, built once: every request looks its resource up,
+/// and a scan of the whole table showed in profiles.
+fn plural_index() -> &'static std::collections::HashMap<&'static str, Vec<usize>> {
     static INDEX: std::sync::OnceLock<std::collections::HashMap<&'static str, Vec<usize>>> = std::sync::OnceLock::new();
-    let index = INDEX.get_or_init(|| {
+    INDEX.get_or_init(|| {
         let mut m: std::collections::HashMap<&'static str, Vec<usize>> = std::collections::HashMap::new();
         for (i, r) in BUILTIN.iter().enumerate() {
             m.entry(r.plural.as_ref()).or_default().push(i);
         }
         m
-    });
-    index.get(plural).into_iter().flatten().filter_map(|i| BUILTIN.get(*i))
+    })
+}
+
+/// The built-ins named `plural` (a handful at most: one per group and version).
+pub fn by_plural(plural: &str) -> impl Iterator<Item = &'static Resource> + '_ {
+    plural_index().get(plural).into_iter().flatten().filter_map(|i| BUILTIN.get(*i))
+}
+
+/// The position in [`BUILTIN`] of the built-in with `r`'s group, version and kind.
+pub fn builtin_position(r: &Resource) -> Option<usize> {
+    plural_index()
+        .get(&*r.plural)?
+        .iter()
+        .copied()
+        .find(|i| BUILTIN.get(*i).is_some_and(|b| b.group == r.group && b.version == r.version && b.kind == r.kind))
 }
 
 /// Looks up a served resource by group and kind (any served version).

@@ -86,35 +86,27 @@ impl Hub {
     /// Publishes one applied revision's events.
     pub fn publish(&self, rev: i64, events: Vec<Event>) {
         let mut c = self.lock();
-        let c = &mut *c;
-        if !c.kinds.is_empty() {
-            // Almost every revision touches one kind: then its channel shares the event list.
-            let published: Published = Arc::new((rev, events));
-            let first = published.1.first().and_then(|e| kind_range(&e.kv.key));
-            let one_kind = published.1.iter().all(|e| kind_range(&e.kv.key) == first);
-            if one_kind {
-                if let Some(k) = first {
-                    send_kind(&mut c.kinds, k, &published);
-                }
+        let published: Published = Arc::new((rev, events));
+        let mut ranges: Vec<&[u8]> = published.1.iter().filter_map(|e| kind_range(&e.kv.key)).collect();
+        ranges.sort_unstable();
+        ranges.dedup();
+        for k in ranges {
+            let Some(tx) = c.kinds.get(k) else { continue };
+            if tx.receiver_count() == 0 {
+                // Nobody listens to this kind any more.
+                c.kinds.remove(k);
+                continue;
+            }
+            // Almost every revision touches one kind: its channel then shares the event list.
+            let p = if published.1.iter().all(|e| kind_range(&e.kv.key) == Some(k)) {
+                published.clone()
             } else {
-                let mut ranges: Vec<&[u8]> = published.1.iter().filter_map(|e| kind_range(&e.kv.key)).collect();
-                ranges.sort_unstable();
-                ranges.dedup();
-                for k in ranges {
-                    if c.kinds.get(k).is_some_and(|tx| tx.receiver_count() > 0) {
-                        let evs = published.1.iter().filter(|e| kind_range(&e.kv.key) == Some(k)).cloned().collect();
-                        send_kind(&mut c.kinds, k, &Arc::new((rev, evs)));
-                    } else {
-                        c.kinds.remove(k);
-                    }
-                }
-            }
-            if c.all.receiver_count() > 0 {
-                let _ = c.all.send(published);
-            }
-        } else if c.all.receiver_count() > 0 {
-            let _ = c.all.send(Arc::new((rev, events)));
+                Arc::new((rev, published.1.iter().filter(|e| kind_range(&e.kv.key) == Some(k)).cloned().collect()))
+            };
+            let _ = tx.send(p);
         }
+        // An error means nobody watches a wide prefix.
+        let _ = c.all.send(published);
     }
 
     /// Ends every live watch (they see `WatchLagged`): after the state jumped (a snapshot was
@@ -123,15 +115,6 @@ impl Hub {
         let mut c = self.lock();
         c.all = broadcast::channel(LIVE_CAPACITY).0;
         c.kinds.clear();
-    }
-}
-
-/// Sends to kind `k`'s channel; a channel nobody listens to any more is dropped.
-fn send_kind(kinds: &mut std::collections::HashMap<Vec<u8>, broadcast::Sender<Published>>, k: &[u8], p: &Published) {
-    if let Some(tx) = kinds.get(k) {
-        if tx.send(p.clone()).is_err() {
-            kinds.remove(k);
-        }
     }
 }
 
